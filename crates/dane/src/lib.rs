@@ -24,6 +24,9 @@ pub mod record;
 pub mod verifier;
 pub mod verify;
 
+#[cfg(test)]
+mod test_pki;
+
 pub use matching::Profile;
 pub use name::{NameError, ReferenceName};
 pub use record::{Field, Matching, Selector, Tlsa, TlsaError, Usage};

@@ -8,8 +8,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key};
+use rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key,
+};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, SignatureScheme};
 
@@ -35,6 +38,19 @@ impl DaneServerVerifier {
             algorithms,
             outcome: Mutex::new(None),
         })
+    }
+
+    /// A rustls client configuration whose certificate decisions are this verifier's: the
+    /// usual way to use it, one configuration per connection.
+    pub fn client_config(
+        self: &Arc<Self>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ClientConfig, Error> {
+        Ok(ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth())
     }
 
     /// The verdict of the last certificate check: `None` before the server's certificate
@@ -126,5 +142,176 @@ impl ServerCertVerifier for DaneServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::crypto::ring::default_provider;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use rustls::version::{TLS12, TLS13};
+    use rustls::{ClientConnection, ServerConfig, ServerConnection, SupportedProtocolVersion};
+
+    use super::*;
+    use crate::record::Tlsa;
+    use crate::test_pki::{Leaf, ca, tlsa};
+    use crate::verify::AnchorSource;
+
+    /// Serves one fixed chain and key, without checking that they belong together, so a
+    /// test can play a server that has the certificate but not its private key.
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+
+    impl ResolvesServerCert for Fixed {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn server(chain: Vec<CertificateDer<'static>>, key: &rcgen::KeyPair) -> ServerConnection {
+        let provider = Arc::new(default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = provider.key_provider.load_private_key(key).unwrap();
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(Arc::new(CertifiedKey::new(chain, signer)))));
+        ServerConnection::new(Arc::new(config)).unwrap()
+    }
+
+    fn client(
+        records: &[Tlsa],
+        version: &'static SupportedProtocolVersion,
+    ) -> (Arc<DaneServerVerifier>, ClientConnection) {
+        let provider = default_provider();
+        let auth = Authenticator::smtp(records, vec!["mx.example.test".parse().unwrap()]);
+        let verifier = DaneServerVerifier::new(auth, provider.signature_verification_algorithms);
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        let sni = ServerName::try_from("mx.example.test").unwrap();
+        (
+            verifier,
+            ClientConnection::new(Arc::new(config), sni).unwrap(),
+        )
+    }
+
+    /// Runs a handshake in memory; the client's error, if any, is returned.
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Result<(), Error> {
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                if server.process_new_packets().is_err() {
+                    break;
+                }
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets()?;
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish")
+    }
+
+    #[test]
+    fn dane_ee_and_dane_ta_handshakes_succeed_on_tls12_and_tls13() {
+        let root = ca("Root", None);
+        let inter = ca("Inter", Some(&root));
+        let (leaf, key) = Leaf::default().issue(&inter);
+        let chain = vec![leaf.clone(), inter.der().clone()];
+        for version in [&TLS12, &TLS13] {
+            for (record, depth) in [(tlsa(3, 1, 1, &leaf), 0), (tlsa(2, 0, 1, inter.der()), 1)] {
+                let (verifier, mut c) = client(std::slice::from_ref(&record), version);
+                let mut s = server(chain.clone(), &key);
+                handshake(&mut c, &mut s).unwrap();
+                let v = verifier.verified().expect("verified after the handshake");
+                assert_eq!((v.record(), v.depth()), (&record, depth));
+                assert_eq!(c.protocol_version(), Some(version.version));
+            }
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_match_aborts_the_handshake() {
+        let root = ca("Root", None);
+        let (leaf, key) = Leaf::default().issue(&root);
+        let (other, _) = Leaf::default().issue(&root);
+        let (verifier, mut c) = client(&[tlsa(3, 1, 1, &other)], &TLS13);
+        let mut s = server(vec![leaf], &key);
+        let err = handshake(&mut c, &mut s).unwrap_err();
+        let Error::InvalidCertificate(CertificateError::Other(other)) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            other.to_string().contains("no usable TLSA record matches"),
+            "{other}"
+        );
+        assert!(matches!(
+            verifier.outcome(),
+            Some(Err(VerifyError::NoMatch { .. }))
+        ));
+        assert!(verifier.verified().is_none());
+    }
+
+    #[test]
+    fn the_server_must_hold_the_private_key() {
+        // The attacker replays the genuine certificate but signs with its own key.
+        let root = ca("Root", None);
+        let (leaf, _genuine_key) = Leaf::default().issue(&root);
+        let attacker_key = rcgen::KeyPair::generate().unwrap();
+        for version in [&TLS12, &TLS13] {
+            let (verifier, mut c) = client(&[tlsa(3, 1, 1, &leaf)], version);
+            let mut s = server(vec![leaf.clone()], &attacker_key);
+            let err = handshake(&mut c, &mut s).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidCertificate(CertificateError::BadSignature)
+                ),
+                "{err:?}"
+            );
+            // The certificate itself matched; the handshake signature did not.
+            assert_eq!(
+                verifier.verified().map(|v| v.anchor()),
+                Some(AnchorSource::Leaf)
+            );
+        }
+    }
+
+    #[test]
+    fn client_config_helper_uses_this_verifier() {
+        let root = ca("Root", None);
+        let (leaf, key) = Leaf::default().issue(&root);
+        let auth = Authenticator::smtp(&[tlsa(3, 0, 1, &leaf)], vec![]);
+        let provider = Arc::new(default_provider());
+        let verifier = DaneServerVerifier::new(auth, provider.signature_verification_algorithms);
+        let config = verifier.client_config(provider).unwrap();
+        let sni = ServerName::try_from("mx.example.test").unwrap();
+        let mut c = ClientConnection::new(Arc::new(config), sni).unwrap();
+        let mut s = server(vec![leaf], &key);
+        handshake(&mut c, &mut s).unwrap();
+        assert!(verifier.verified().is_some());
     }
 }
