@@ -22,6 +22,7 @@ pub struct CertInfo {
     common_names: Vec<String>,
     not_before: u64,
     not_after: u64,
+    is_ca: bool,
 }
 
 /// A certificate that `x509-parser` cannot read.
@@ -69,6 +70,7 @@ impl CertInfo {
             common_names,
             not_before: time(tbs.validity.not_before),
             not_after: time(tbs.validity.not_after),
+            is_ca: matches!(tbs.basic_constraints(), Ok(Some(bc)) if bc.value.ca),
             der: der.to_vec(),
         })
     }
@@ -116,6 +118,11 @@ impl CertInfo {
     /// Whether `now` lies inside notBefore..=notAfter (RFC 5280 §4.1.2.5).
     pub fn valid_at(&self, now: UnixTime) -> bool {
         (self.not_before..=self.not_after).contains(&now.as_secs())
+    }
+
+    /// Whether basicConstraints marks this as a CA certificate.
+    pub fn is_ca(&self) -> bool {
+        self.is_ca
     }
 
     /// notBefore, seconds since the epoch.

@@ -66,7 +66,7 @@ fn digest_strength(m: Matching) -> u8 {
 }
 
 /// The bytes a selector picks from a certificate (RFC 6698 §2.1.2).
-pub fn selected<'c>(selector: Selector, cert: &'c CertInfo) -> Option<&'c [u8]> {
+pub fn selected(selector: Selector, cert: &CertInfo) -> Option<&[u8]> {
     match selector {
         Selector::FullCert => Some(cert.der()),
         Selector::Spki => Some(cert.spki()),
@@ -82,6 +82,18 @@ pub fn association(matching: Matching, content: &[u8]) -> Option<Vec<u8>> {
         Matching::Sha512 => Some(digest::digest(&digest::SHA512, content).as_ref().to_vec()),
         Matching::Unassigned(_) => None,
     }
+}
+
+/// The record of the given usage, selector and matching type that matches `cert`, as a
+/// domain owner would publish it; `None` for unassigned selector or matching values.
+pub fn record_for(
+    usage: Usage,
+    selector: Selector,
+    matching: Matching,
+    cert: &CertInfo,
+) -> Option<Tlsa> {
+    let data = association(matching, selected(selector, cert)?)?;
+    Tlsa::new(usage, selector, matching, data).ok()
 }
 
 /// Whether `record` matches `cert`, ignoring the usage (RFC 6698 §2.1.2–2.1.3).

@@ -181,14 +181,14 @@ impl Tlsa {
         if data.is_empty() {
             return Err(TlsaError::Missing(Field::Data));
         }
-        if let Some(expected) = matching.digest_len() {
-            if data.len() != expected {
-                return Err(TlsaError::DigestLength {
-                    matching: matching.into(),
-                    expected,
-                    found: data.len(),
-                });
-            }
+        if let Some(expected) = matching.digest_len()
+            && data.len() != expected
+        {
+            return Err(TlsaError::DigestLength {
+                matching: matching.into(),
+                expected,
+                found: data.len(),
+            });
         }
         Ok(Self {
             usage,

@@ -9,8 +9,8 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use time::{Duration, OffsetDateTime};
 
 use crate::cert::CertInfo;
-use crate::matching::{association, selected};
-use crate::record::{Matching, Selector, Tlsa, Usage};
+use crate::matching::record_for;
+use crate::record::Tlsa;
 
 /// A certificate authority with its certificate.
 pub type Ca = CertifiedIssuer<'static, KeyPair>;
@@ -82,7 +82,5 @@ impl Leaf<'_> {
 /// A TLSA record of `usage`, `selector`, `matching` for `cert`.
 pub fn tlsa(usage: u8, selector: u8, matching: u8, cert: &CertificateDer<'_>) -> Tlsa {
     let info = CertInfo::parse(cert).unwrap();
-    let (s, m) = (Selector::from(selector), Matching::from(matching));
-    let data = association(m, selected(s, &info).unwrap()).unwrap();
-    Tlsa::new(Usage::from(usage), s, m, data).unwrap()
+    record_for(usage.into(), selector.into(), matching.into(), &info).unwrap()
 }

@@ -707,16 +707,18 @@ impl Authenticator {
             let mut depth = 0;
             for cert in path.intermediate_certificates() {
                 depth += 1;
-                if let Ok(info) = CertInfo::parse(&cert.der()) {
-                    if let Some((i, _)) = ta_records.iter().find(|(_, r)| matches(r, &info)) {
-                        let source = if chain[1..].iter().any(|c| c.as_ref() == info.der()) {
-                            AnchorSource::Chain
-                        } else {
-                            AnchorSource::Dns
-                        };
-                        hit.set(Some((*i, depth, source)));
-                        return Ok(());
-                    }
+                let Ok(info) = CertInfo::parse(&cert.der()) else {
+                    continue;
+                };
+                if let Some((i, _)) = ta_records.iter().find(|(_, r)| matches(r, &info)) {
+                    let sent = chain[1..].iter().any(|c| c.as_ref() == info.der());
+                    let source = if sent {
+                        AnchorSource::Chain
+                    } else {
+                        AnchorSource::Dns
+                    };
+                    hit.set(Some((*i, depth, source)));
+                    return Ok(());
                 }
             }
             let root = roots
@@ -1220,7 +1222,7 @@ mod tests {
         assert_eq!(auth.verify(&[], now()), Err(VerifyError::EmptyChain));
         let junk = CertificateDer::from(b"junk".to_vec());
         assert!(matches!(
-            auth.verify(&[junk.clone()], now()),
+            auth.verify(std::slice::from_ref(&junk), now()),
             Err(VerifyError::BadCertificate { depth: 0, .. })
         ));
         // DANE-EE Cert(0) compares bytes: it needs no certificate parser.
