@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole test suite, runnable on a fresh Debian 12 machine (as root): installs what the
+# tests need, then checks formatting and lints, runs every unit, integration, conformance and
+# property test, and a short fuzzing run of the TLSA parser.
+#
+#   bash scripts/test.sh              # everything
+#   FUZZ_SECONDS=0 bash scripts/test.sh   # skip the fuzzing run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: OpenSSL's CLI cross-checks our digests; gcc builds ring;
+# nsd, unbound and ldnsutils (ldns-keygen/-signzone/-key2ds, drill) run the DNSSEC test lab
+# of crates/lab.
+apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "==> installing Debian packages: ${missing[*]}"
+    # The nsd and unbound packages would start system services that bind port 53 on every
+    # address and clash with the lab's private servers: forbid service starts while installing
+    # (policy-rc.d exiting 101 is the Debian way), restoring any existing policy afterwards.
+    policy=/usr/sbin/policy-rc.d
+    policy_backup=
+    if [ -e "$policy" ]; then
+        policy_backup=$(mktemp)
+        cp -p "$policy" "$policy_backup"
+    fi
+    printf '#!/bin/sh\n# scripts/test.sh: no service starts during the package install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    restore_policy() {
+        if [ -n "$policy_backup" ]; then mv -f "$policy_backup" "$policy"; else rm -f "$policy"; fi
+    }
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }; then
+        restore_policy
+        echo "error: could not install ${missing[*]} with apt-get (are you root, is a mirror reachable?)" >&2
+        exit 1
+    fi
+    restore_policy
+fi
+# A system nsd/unbound (started before this script, or by systemd despite policy-rc.d) may
+# hold port 53; stop and disable them. The lab avoids 127.0.0.1 anyway, so this is a safety net.
+for svc in nsd unbound; do
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null && update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+done
+command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+shared=${DANEMTA_SHARED:-../shared}
+[ -d "$shared/conformance/openssl-dane" ] || {
+    echo "error: conformance data missing: $shared/conformance/openssl-dane (set DANEMTA_SHARED)" >&2
+    exit 1
+}
+export DANEMTA_SHARED="$(cd "$shared" && pwd)"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
+
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+    echo "==> fuzzing the TLSA parser for ${FUZZ_SECONDS:-20} s"
+    bash scripts/fuzz.sh
+fi
+echo "==> all tests passed"
