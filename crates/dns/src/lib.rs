@@ -1,0 +1,28 @@
+//! # danemta-dns: DNSSEC-aware lookups and RFC 7672 route discovery
+//!
+//! Every lookup returns its DNSSEC [`Status`] with its data ([`Lookup`]); nothing above this
+//! crate can read a record without it. The route module turns lookups into the ordered list of
+//! hosts a message may be delivered to, with the DANE state of each (RFC 7672 §2.2) — as a pure
+//! function of the lookup results, so every rule is testable without a network.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod answer;
+pub mod discover;
+pub mod lookup;
+pub mod name;
+pub mod resolver;
+pub mod route;
+pub mod status;
+pub mod trust_ad;
+pub mod validating;
+
+pub use discover::discover;
+pub use lookup::{CnameLink, Failure, Lookup, Mx, Outcome, Record, RecordType, Srv};
+pub use name::{DnsName, DnsNameError};
+pub use resolver::{Cached, Resolver};
+pub use route::{Candidate, DaneState, NextHop, Route};
+pub use status::Status;
+pub use trust_ad::TrustAd;
+pub use validating::{SetupError, Validating};

@@ -1,0 +1,261 @@
+//! What one DNS lookup returns: records or a denial or a failure, always with its DNSSEC
+//! status and the CNAME links followed on the way.
+
+use std::net::IpAddr;
+
+use dane::Tlsa;
+use serde::Serialize;
+
+use crate::name::DnsName;
+use crate::status::Status;
+
+/// The record types the route layer asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RecordType {
+    /// IPv4 address.
+    A,
+    /// IPv6 address.
+    Aaaa,
+    /// Mail exchanger (RFC 5321 §5.1).
+    Mx,
+    /// Service locator (RFC 2782), for RFC 6186 submission.
+    Srv,
+    /// TLSA (RFC 6698).
+    Tlsa,
+    /// DNSKEY, for resolver self-tests.
+    Dnskey,
+}
+
+/// A mail exchanger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mx {
+    /// Lower is preferred.
+    pub preference: u16,
+    /// The exchange host; the root for a null MX (RFC 7505).
+    pub exchange: DnsName,
+}
+
+/// A service location (RFC 2782).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Srv {
+    /// Lower is preferred.
+    pub priority: u16,
+    /// Load-balancing weight among equal priorities.
+    pub weight: u16,
+    /// The TCP port.
+    pub port: u16,
+    /// The target host; the root means "no service" (RFC 2782).
+    pub target: DnsName,
+}
+
+/// One record of an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Record {
+    /// A or AAAA.
+    Address(IpAddr),
+    /// MX.
+    Mx(Mx),
+    /// SRV.
+    Srv(Srv),
+    /// A TLSA record that parsed.
+    Tlsa(Tlsa),
+    /// A TLSA record whose RDATA is malformed (RFC 7671 §4: unusable, never fatal).
+    MalformedTlsa(String),
+    /// Any other type that was asked for (e.g. DNSKEY); only counted.
+    Other,
+}
+
+/// How a lookup ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The name has records of the type asked for.
+    Records(Vec<Record>),
+    /// The name exists but has no records of that type.
+    NoData,
+    /// The name does not exist (NXDOMAIN).
+    NxDomain,
+    /// No usable answer: the status is then bogus or indeterminate.
+    Failed(Failure),
+}
+
+/// Why a lookup gave no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "failure", content = "detail", rename_all = "kebab-case")]
+pub enum Failure {
+    /// The data did not validate.
+    #[error("DNSSEC validation failed: {0}")]
+    Bogus(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The server answered SERVFAIL (for a validating resolver: bogus or unreachable data).
+    #[error("server failure (SERVFAIL)")]
+    ServFail,
+    /// The server refused the query.
+    #[error("query refused")]
+    Refused,
+    /// A reply that cannot be parsed, or is not an answer to our question.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// The upstream resolver does not return DNSSEC records, so nothing can be validated.
+    #[error("upstream resolver does not support DNSSEC (no RRSIG records returned)")]
+    NoDnssec,
+    /// Anything else on the network path.
+    #[error("network error: {0}")]
+    Network(String),
+}
+
+/// One CNAME link followed while answering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CnameLink {
+    /// The alias.
+    pub from: DnsName,
+    /// Its target.
+    pub to: DnsName,
+    /// The DNSSEC status of this link.
+    pub status: Status,
+}
+
+/// The result of looking up `name`/`rtype`.
+///
+/// The records cannot be had without their status: [`Lookup::answer`] returns both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lookup {
+    name: DnsName,
+    rtype: RecordType,
+    status: Status,
+    outcome: Outcome,
+    cnames: Vec<CnameLink>,
+    ttl: u32,
+}
+
+impl Lookup {
+    /// A lookup result. `status` is that of the final answer; it is combined with every CNAME
+    /// link's status, so a chain is only as secure as its weakest link.
+    pub fn new(
+        name: DnsName,
+        rtype: RecordType,
+        status: Status,
+        outcome: Outcome,
+        cnames: Vec<CnameLink>,
+        ttl: u32,
+    ) -> Self {
+        let status = cnames.iter().fold(status, |s, l| s.and(l.status));
+        let status = match &outcome {
+            Outcome::Failed(Failure::Timeout | Failure::Network(_) | Failure::ServFail) => {
+                status.and(Status::Indeterminate)
+            }
+            Outcome::Failed(_) => status.and(Status::Bogus),
+            _ => status,
+        };
+        Self {
+            name,
+            rtype,
+            status,
+            outcome,
+            cnames,
+            ttl,
+        }
+    }
+
+    /// A failed lookup.
+    pub fn failed(name: DnsName, rtype: RecordType, failure: Failure) -> Self {
+        Self::new(
+            name,
+            rtype,
+            Status::Indeterminate,
+            Outcome::Failed(failure),
+            Vec::new(),
+            0,
+        )
+    }
+
+    /// The status and the outcome, together.
+    pub fn answer(&self) -> (Status, &Outcome) {
+        (self.status, &self.outcome)
+    }
+
+    /// The status alone.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The name asked for.
+    pub fn name(&self) -> &DnsName {
+        &self.name
+    }
+
+    /// The type asked for.
+    pub fn rtype(&self) -> RecordType {
+        self.rtype
+    }
+
+    /// The CNAME links followed, in order.
+    pub fn cnames(&self) -> &[CnameLink] {
+        &self.cnames
+    }
+
+    /// The name the answer is for: the end of the CNAME chain, or the name asked for.
+    pub fn final_name(&self) -> &DnsName {
+        self.cnames.last().map_or(&self.name, |l| &l.to)
+    }
+
+    /// Seconds the answer may be cached.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// The records, with the status (empty for denials and failures).
+    pub fn records(&self) -> (Status, &[Record]) {
+        match &self.outcome {
+            Outcome::Records(r) => (self.status, r),
+            _ => (self.status, &[]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> DnsName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_cname_chain_is_as_secure_as_its_weakest_link() {
+        let l = Lookup::new(
+            n("a.example"),
+            RecordType::A,
+            Status::Secure,
+            Outcome::NoData,
+            vec![CnameLink {
+                from: n("a.example"),
+                to: n("b.example"),
+                status: Status::Insecure,
+            }],
+            60,
+        );
+        assert_eq!(l.status(), Status::Insecure);
+        assert_eq!(l.final_name(), &n("b.example"));
+    }
+
+    #[test]
+    fn failures_never_read_as_secure() {
+        let l = Lookup::failed(n("a.example"), RecordType::Tlsa, Failure::Timeout);
+        assert_eq!(l.status(), Status::Indeterminate);
+        let l = Lookup::new(
+            n("a.example"),
+            RecordType::Tlsa,
+            Status::Secure,
+            Outcome::Failed(Failure::Bogus("x".into())),
+            vec![],
+            0,
+        );
+        assert_eq!(l.status(), Status::Bogus);
+        assert!(l.records().1.is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+//! Domain names as the route layer handles them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// A fully qualified domain name, stored lower-case without the trailing dot; the root is
+/// `.`. Comparison is therefore case-insensitive, as DNS requires (RFC 4343).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsName(String);
+
+/// Text that is not a domain name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a domain name: {why}")]
+pub struct DnsNameError {
+    /// The text.
+    pub text: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+impl FromStr for DnsName {
+    type Err = DnsNameError;
+
+    fn from_str(text: &str) -> Result<Self, DnsNameError> {
+        let err = |why| DnsNameError {
+            text: text.to_owned(),
+            why,
+        };
+        if text == "." {
+            return Ok(Self::root());
+        }
+        let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(err("it is empty"));
+        }
+        if name.len() > 253 {
+            return Err(err("it is longer than 253 characters"));
+        }
+        for label in name.split('.') {
+            if label.is_empty() {
+                return Err(err("it has an empty label"));
+            }
+            if label.len() > 63 {
+                return Err(err("a label is longer than 63 characters"));
+            }
+            if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+                return Err(err("a label has a space, control or non-ASCII character"));
+            }
+        }
+        Ok(Self(name))
+    }
+}
+
+impl DnsName {
+    /// The root name, `.`.
+    pub fn root() -> Self {
+        Self(".".to_owned())
+    }
+
+    /// Whether this is the root (the null MX target of RFC 7505).
+    pub fn is_root(&self) -> bool {
+        self.0 == "."
+    }
+
+    /// The name without trailing dot (`.` for the root).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `_PORT._tcp.NAME`, the TLSA owner name of RFC 6698 §3.
+    pub fn tlsa_owner(&self, port: u16) -> DnsName {
+        Self(format!("_{port}._tcp.{}", self.0))
+    }
+
+    /// The name as a DANE reference identifier, if it is a host name.
+    pub fn reference_name(&self) -> Option<dane::ReferenceName> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for DnsName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalised() {
+        let n: DnsName = "MX.Example.COM.".parse().unwrap();
+        assert_eq!(n.as_str(), "mx.example.com");
+        assert_eq!(n, "mx.example.com".parse().unwrap());
+        assert!(".".parse::<DnsName>().unwrap().is_root());
+        assert_eq!(n.tlsa_owner(25).as_str(), "_25._tcp.mx.example.com");
+    }
+
+    #[test]
+    fn bad_names_are_rejected_with_a_reason() {
+        for bad in ["", "a..b", "a b.com", &"x".repeat(64), &"a.".repeat(130)] {
+            assert!(bad.parse::<DnsName>().is_err(), "{bad:?}");
+        }
+    }
+}

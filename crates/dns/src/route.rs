@@ -1,0 +1,939 @@
+//! RFC 7672 §2.2 route discovery as pure decisions over lookup results.
+//!
+//! The driver ([`crate::discover`]) performs the lookups; every decision lives here, one
+//! function per RFC step, so each rule of the PRODUCT.md checklist is a unit test away:
+//!
+//! | step | function | rule |
+//! | --- | --- | --- |
+//! | MX / SRV / fixed next hop → hosts | [`mx_step`], [`srv_step`] | 2, 3 |
+//! | TLSA base domain | [`tlsa_base`], [`try_unexpanded`] | 4 |
+//! | per-host DANE state | [`host_state`] | 1, 5, 6 |
+//! | SNI and reference names | [`Candidate`] fields | 8, 10 |
+
+use std::net::IpAddr;
+
+use dane::{Profile, ReferenceName, Tlsa};
+use serde::Serialize;
+
+use crate::lookup::{Lookup, Outcome, Record};
+use crate::name::DnsName;
+use crate::status::Status;
+
+/// Where a message goes next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NextHop {
+    /// A recipient domain, subject to MX lookup (RFC 5321 §5.1).
+    Domain {
+        /// The domain.
+        domain: DnsName,
+        /// The SMTP port, 25 unless configured otherwise.
+        port: u16,
+    },
+    /// A configured `[host]:port`: exempt from MX lookup.
+    Host {
+        /// The host.
+        host: DnsName,
+        /// The port.
+        port: u16,
+    },
+    /// A submission domain: its `_submission._tcp` SRV targets (RFC 6186) are treated like MX
+    /// hosts on their own ports.
+    Submission {
+        /// The domain.
+        domain: DnsName,
+    },
+}
+
+impl NextHop {
+    /// The domain the message is addressed to, a DANE-TA reference name (RFC 7672 §3.2.3).
+    pub fn domain(&self) -> &DnsName {
+        match self {
+            NextHop::Domain { domain, .. } | NextHop::Submission { domain } => domain,
+            NextHop::Host { host, .. } => host,
+        }
+    }
+}
+
+/// A host to try, before its address and TLSA lookups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRef {
+    /// The MX exchange, SRV target or configured host.
+    pub name: DnsName,
+    /// MX preference or SRV priority (0 for implicit MX and fixed hosts).
+    pub preference: u16,
+    /// The TCP port.
+    pub port: u16,
+}
+
+/// The first step's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostsStep {
+    /// Hosts to try in this order; `secure` tells whether the lookup that named them was
+    /// secure (RFC 7672 §2.2.1).
+    Hosts {
+        /// Hosts in order.
+        hosts: Vec<HostRef>,
+        /// DNSSEC status of the MX/SRV lookup (with its CNAMEs); `Secure` for a configured host.
+        status: Status,
+    },
+    /// Retry later.
+    Defer(String),
+    /// Give up: the destination does not accept mail.
+    Bounce(String),
+}
+
+/// Sorts records by preference, shuffling ties with `shuffle` so load spreads across
+/// equal-preference hosts (RFC 5321 §5.1). `shuffle` receives each run of equal preference.
+fn order<T>(mut items: Vec<(u16, T)>, shuffle: &mut dyn FnMut(&mut [(u16, T)])) -> Vec<(u16, T)> {
+    items.sort_by_key(|(p, _)| *p);
+    let mut start = 0;
+    while start < items.len() {
+        let end = start
+            + items[start..]
+                .iter()
+                .take_while(|(p, _)| *p == items[start].0)
+                .count();
+        shuffle(&mut items[start..end]);
+        start = end;
+    }
+    items
+}
+
+/// RFC 7672 §2.2.1 with RFC 5321 §5.1 and RFC 7505: from the MX lookup of `domain` to hosts.
+///
+/// * Bogus or failed MX lookup: defer (checklist rule 2). Nothing from it may be used, and
+///   falling back to the domain's address would let an attacker choose the host.
+/// * NXDOMAIN: the domain does not exist: bounce.
+/// * A null MX (`0 .`): the domain accepts no mail: bounce.
+/// * No MX records: the domain itself is the one host (implicit MX), with the MX lookup's
+///   status (a secure denial keeps DANE applicable, rule 4).
+/// * Otherwise the exchanges in preference order, ties shuffled (rule 3: no host is promoted
+///   for having TLSA records).
+pub fn mx_step(
+    domain: &DnsName,
+    port: u16,
+    mx: &Lookup,
+    shuffle: &mut dyn FnMut(&mut [(u16, DnsName)]),
+) -> HostsStep {
+    let (status, outcome) = mx.answer();
+    if status.is_failure() {
+        return HostsStep::Defer(format!(
+            "MX lookup for {domain} is {status}{} (RFC 7672 §2.2.1)",
+            match outcome {
+                Outcome::Failed(f) => format!(": {f}"),
+                _ => String::new(),
+            }
+        ));
+    }
+    match outcome {
+        Outcome::NxDomain => HostsStep::Bounce(format!(
+            "domain {domain} does not exist (NXDOMAIN, {status})"
+        )),
+        Outcome::NoData => HostsStep::Hosts {
+            hosts: vec![HostRef {
+                name: mx.final_name().clone(),
+                preference: 0,
+                port,
+            }],
+            status,
+        },
+        Outcome::Records(records) => {
+            let mxs: Vec<(u16, DnsName)> = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Mx(mx) => Some((mx.preference, mx.exchange.clone())),
+                    _ => None,
+                })
+                .collect();
+            // RFC 7505 §3: a null MX is the only MX record of its domain.
+            if mxs.iter().any(|(_, exchange)| exchange.is_root()) {
+                return HostsStep::Bounce(format!(
+                    "domain {domain} publishes a null MX: it accepts no mail (RFC 7505)"
+                ));
+            }
+            if mxs.is_empty() {
+                return HostsStep::Defer(format!("MX answer for {domain} holds no MX record"));
+            }
+            let hosts = order(mxs, shuffle)
+                .into_iter()
+                .map(|(preference, name)| HostRef {
+                    name,
+                    preference,
+                    port,
+                })
+                .collect();
+            HostsStep::Hosts { hosts, status }
+        }
+        Outcome::Failed(f) => HostsStep::Defer(format!("MX lookup for {domain} failed: {f}")),
+    }
+}
+
+/// RFC 6186 §3 with RFC 2782: from the `_submission._tcp` SRV lookup to hosts on their ports,
+/// treated like MX hosts (RFC 7673 §3). A lone target of `.` means no service.
+pub fn srv_step(
+    domain: &DnsName,
+    srv: &Lookup,
+    shuffle: &mut dyn FnMut(&mut [(u16, (DnsName, u16))]),
+) -> HostsStep {
+    let (status, outcome) = srv.answer();
+    if status.is_failure() {
+        return HostsStep::Defer(format!(
+            "SRV lookup for _submission._tcp.{domain} is {status}"
+        ));
+    }
+    let targets: Vec<(u16, (DnsName, u16))> = match outcome {
+        Outcome::Records(records) => records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Srv(s) => Some((s.priority, (s.target.clone(), s.port))),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if targets.is_empty() || targets.iter().all(|(_, (t, _))| t.is_root()) {
+        return HostsStep::Bounce(format!(
+            "{domain} publishes no submission service (_submission._tcp SRV, RFC 6186)"
+        ));
+    }
+    let hosts = order(targets, shuffle)
+        .into_iter()
+        .filter(|(_, (t, _))| !t.is_root())
+        .map(|(preference, (name, port))| HostRef {
+            name,
+            preference,
+            port,
+        })
+        .collect();
+    HostsStep::Hosts { hosts, status }
+}
+
+/// RFC 7672 §2.2.2 (checklist rule 4): the TLSA base domain of a host is its CNAME-expanded
+/// name when every CNAME link on the way is secure, else the name as given. `addresses` is
+/// the host's address lookup, which followed the CNAMEs.
+pub fn tlsa_base(host: &DnsName, addresses: &Lookup) -> DnsName {
+    let links = addresses.cnames();
+    if !links.is_empty() && links.iter().all(|l| l.status.is_secure()) {
+        addresses.final_name().clone()
+    } else {
+        host.clone()
+    }
+}
+
+/// RFC 7672 §2.2.3: when the TLSA lookup at the CNAME-expanded base finds nothing (a denial
+/// that is not a failure), the client tries the unexpanded name. `Some(name)` to try.
+pub fn try_unexpanded(host: &DnsName, base: &DnsName, tlsa: &Lookup) -> Option<DnsName> {
+    let (status, outcome) = tlsa.answer();
+    let nothing = matches!(outcome, Outcome::NoData | Outcome::NxDomain) && !status.is_failure();
+    (nothing && base != host).then(|| host.clone())
+}
+
+/// The DANE state of one host (RFC 7672 §2.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DaneState {
+    /// Secure TLSA records, some usable: TLS is mandatory and authenticated by them.
+    Usable {
+        /// The usable records after RFC 7671 §9 digest agility.
+        records: Vec<Tlsa>,
+    },
+    /// Secure TLSA records, none usable: TLS is mandatory but unauthenticated (RFC 7672 §2.2,
+    /// rule 6).
+    Unusable,
+    /// No secure TLSA records: DANE does not apply; opportunistic TLS.
+    NotApplicable {
+        /// Why.
+        reason: String,
+    },
+    /// The host must not be used (rule 5): try the next, defer when none is left.
+    HostUnusable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One address of a host, with the status of the lookup that produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Address {
+    /// The address.
+    pub address: IpAddr,
+    /// DNSSEC status of its A or AAAA lookup.
+    pub dnssec: Status,
+}
+
+/// A host as the SMTP client should try it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// The MX exchange, SRV target or configured host.
+    pub name: DnsName,
+    /// MX preference or SRV priority.
+    pub preference: u16,
+    /// The TCP port.
+    pub port: u16,
+    /// The TLSA base domain (rule 4); also the SNI name to send (rule 10).
+    pub tlsa_base: DnsName,
+    /// Usable addresses: those of families whose lookup did not fail (a broken AAAA
+    /// lookup does not spoil a secure A lookup).
+    pub addresses: Vec<Address>,
+    /// Status of the A lookup.
+    pub a_dnssec: Status,
+    /// Status of the AAAA lookup.
+    pub aaaa_dnssec: Status,
+    /// The TLSA owner name that was looked up, if any.
+    pub tlsa_name: Option<DnsName>,
+    /// Status of the TLSA lookup, if one was made.
+    pub tlsa_dnssec: Option<Status>,
+    /// All TLSA records found (usable or not), for reports.
+    pub tlsa: Vec<Tlsa>,
+    /// What DANE means for this host.
+    pub dane: DaneState,
+    /// The names a DANE-TA certificate may carry (RFC 7672 §3.2.3, rule 8).
+    pub reference_names: Vec<ReferenceName>,
+}
+
+/// The lookups made for one host.
+#[derive(Clone, Debug)]
+pub struct HostLookups {
+    /// A.
+    pub a: Lookup,
+    /// AAAA.
+    pub aaaa: Lookup,
+    /// The TLSA lookup at the base domain, and the one at the unexpanded name if
+    /// [`try_unexpanded`] asked for it. `None` when no secure address made it worth asking.
+    pub tlsa: Option<(Lookup, Option<Lookup>)>,
+}
+
+/// Whether the address lookups make a TLSA lookup worthwhile: RFC 7672 §2.2.2 applies DANE
+/// only to hosts whose address records are secure.
+pub fn wants_tlsa(a: &Lookup, aaaa: &Lookup) -> bool {
+    let has = |l: &Lookup| l.status().is_secure() && !l.records().1.is_empty();
+    has(a) || has(aaaa)
+}
+
+/// RFC 7672 §2.2 (checklist rules 1, 5, 6): the DANE state and usable addresses of a host.
+///
+/// `route_secure` is whether the MX (or SRV) lookup was secure. When it is not, a host with
+/// secure TLSA records is still authenticated by them (RFC 7672 §2.2.1; the outcome is
+/// reported as `trusted`), but only the TLSA base domain is a reference name, since nothing
+/// authenticated the MX name or the domain.
+pub fn host_state(
+    host: &HostRef,
+    next_hop: &DnsName,
+    route_secure: bool,
+    lookups: &HostLookups,
+) -> Candidate {
+    // After a fallback to the unexpanded name (RFC 7672 §2.2.3), that name is the base.
+    let base = match &lookups.tlsa {
+        Some((_, Some(_))) => host.name.clone(),
+        _ => tlsa_base(&host.name, address_chain(&lookups.a, &lookups.aaaa)),
+    };
+    let addresses: Vec<Address> = [&lookups.a, &lookups.aaaa]
+        .into_iter()
+        .filter(|l| !l.status().is_failure())
+        .flat_map(|l| {
+            let (dnssec, records) = l.records();
+            records.iter().filter_map(move |r| match r {
+                Record::Address(address) => Some(Address {
+                    address: *address,
+                    dnssec,
+                }),
+                _ => None,
+            })
+        })
+        .collect();
+
+    let mut names: Vec<ReferenceName> = Vec::new();
+    let mut add = |n: &DnsName| {
+        if let Some(r) = n.reference_name().filter(|r| !names.contains(r)) {
+            names.push(r);
+        }
+    };
+    add(&base);
+    if route_secure {
+        add(&host.name);
+        add(next_hop);
+    }
+
+    let mut candidate = Candidate {
+        name: host.name.clone(),
+        preference: host.preference,
+        port: host.port,
+        tlsa_base: base,
+        addresses,
+        a_dnssec: lookups.a.status(),
+        aaaa_dnssec: lookups.aaaa.status(),
+        tlsa_name: None,
+        tlsa_dnssec: None,
+        tlsa: Vec::new(),
+        dane: DaneState::NotApplicable {
+            reason: String::new(),
+        },
+        reference_names: names,
+    };
+
+    if candidate.addresses.is_empty() {
+        let failed = [&lookups.a, &lookups.aaaa]
+            .iter()
+            .any(|l| l.status().is_failure());
+        candidate.dane = DaneState::HostUnusable {
+            reason: if failed {
+                format!(
+                    "address lookup failed (A {}, AAAA {})",
+                    lookups.a.status(),
+                    lookups.aaaa.status()
+                )
+            } else {
+                "the host has no A or AAAA records".to_owned()
+            },
+        };
+        return candidate;
+    }
+
+    let Some((at_base, unexpanded)) = &lookups.tlsa else {
+        candidate.dane = DaneState::NotApplicable {
+            reason: format!(
+                "address records of {} are not secure (A {}, AAAA {}): DANE does not apply (RFC 7672 §2.2.2)",
+                host.name,
+                lookups.a.status(),
+                lookups.aaaa.status()
+            ),
+        };
+        return candidate;
+    };
+    let tlsa = unexpanded.as_ref().unwrap_or(at_base);
+    let (status, outcome) = tlsa.answer();
+    candidate.tlsa_name = Some(tlsa.name().clone());
+    candidate.tlsa_dnssec = Some(status);
+    candidate.dane = match (status, outcome) {
+        (s, _) if s.is_failure() => DaneState::HostUnusable {
+            reason: format!(
+                "TLSA lookup for {} is {s}{} (RFC 7672 §2.2, rule 5)",
+                tlsa.name(),
+                match outcome {
+                    Outcome::Failed(f) => format!(": {f}"),
+                    _ => String::new(),
+                }
+            ),
+        },
+        (Status::Secure, Outcome::Records(records)) => {
+            candidate.tlsa = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Tlsa(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect();
+            let usable = Profile::Smtp.usable_records(&candidate.tlsa);
+            if usable.is_empty() {
+                DaneState::Unusable
+            } else {
+                DaneState::Usable { records: usable }
+            }
+        }
+        (Status::Secure, _) => DaneState::NotApplicable {
+            reason: format!("{} has no TLSA records (secure denial)", tlsa.name()),
+        },
+        (s, _) => DaneState::NotApplicable {
+            reason: format!(
+                "TLSA records of {} are {s}: ignored (RFC 7672 §2.2)",
+                tlsa.name()
+            ),
+        },
+    };
+    candidate
+}
+
+/// The address lookup whose CNAME chain decides the base domain: A, unless it failed and
+/// AAAA did not.
+pub fn address_chain<'l>(a: &'l Lookup, aaaa: &'l Lookup) -> &'l Lookup {
+    if a.status().is_failure() && !aaaa.status().is_failure() {
+        aaaa
+    } else {
+        a
+    }
+}
+
+/// The outcome of route discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "route", rename_all = "kebab-case")]
+pub enum Route {
+    /// Try these hosts in order.
+    Deliver {
+        /// DNSSEC status of the MX (or SRV) lookup; `Secure` for a configured host.
+        mx_dnssec: Status,
+        /// The hosts, in the order to try them.
+        candidates: Vec<Candidate>,
+    },
+    /// Keep the message and retry later.
+    Defer {
+        /// Why.
+        reason: String,
+    },
+    /// Return the message to its sender.
+    Bounce {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::lookup::{CnameLink, Failure, Mx, RecordType};
+
+    fn n(s: &str) -> DnsName {
+        s.parse().unwrap()
+    }
+
+    fn lookup(name: &str, rtype: RecordType, status: Status, outcome: Outcome) -> Lookup {
+        Lookup::new(n(name), rtype, status, outcome, vec![], 300)
+    }
+
+    fn mx(status: Status, list: &[(u16, &str)]) -> Lookup {
+        let records = list
+            .iter()
+            .map(|(p, e)| {
+                Record::Mx(Mx {
+                    preference: *p,
+                    exchange: n(e),
+                })
+            })
+            .collect();
+        lookup(
+            "example.test",
+            RecordType::Mx,
+            status,
+            Outcome::Records(records),
+        )
+    }
+
+    fn keep(_: &mut [(u16, DnsName)]) {}
+
+    fn hosts(step: HostsStep) -> (Vec<String>, Status) {
+        match step {
+            HostsStep::Hosts { hosts, status } => (
+                hosts.into_iter().map(|h| h.name.to_string()).collect(),
+                status,
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bogus_or_failed_mx_defers() {
+        // Rule 1 and 2: indeterminate is handled like bogus, and both defer.
+        for l in [
+            mx(Status::Bogus, &[(10, "mx.example.test")]),
+            Lookup::failed(n("example.test"), RecordType::Mx, Failure::Timeout),
+            Lookup::failed(n("example.test"), RecordType::Mx, Failure::ServFail),
+        ] {
+            assert!(matches!(
+                mx_step(&n("example.test"), 25, &l, &mut keep),
+                HostsStep::Defer(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn mx_hosts_in_preference_order_with_status() {
+        let l = mx(
+            Status::Insecure,
+            &[(20, "b.test"), (10, "a.test"), (30, "c.test")],
+        );
+        let (names, status) = hosts(mx_step(&n("example.test"), 25, &l, &mut keep));
+        assert_eq!(names, ["a.test", "b.test", "c.test"]);
+        assert_eq!(status, Status::Insecure);
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled_only_among_themselves() {
+        let l = mx(
+            Status::Secure,
+            &[(10, "a.test"), (20, "c.test"), (10, "b.test")],
+        );
+        let mut reverse = |run: &mut [(u16, DnsName)]| run.reverse();
+        let (names, _) = hosts(mx_step(&n("example.test"), 25, &l, &mut reverse));
+        assert_eq!(names, ["b.test", "a.test", "c.test"]);
+    }
+
+    #[test]
+    fn null_mx_and_nxdomain_bounce() {
+        let null = mx(Status::Secure, &[(0, ".")]);
+        assert!(matches!(
+            mx_step(&n("example.test"), 25, &null, &mut keep),
+            HostsStep::Bounce(_)
+        ));
+        let nx = lookup("nx.test", RecordType::Mx, Status::Secure, Outcome::NxDomain);
+        assert!(matches!(
+            mx_step(&n("nx.test"), 25, &nx, &mut keep),
+            HostsStep::Bounce(_)
+        ));
+    }
+
+    #[test]
+    fn no_mx_means_the_domain_itself_with_the_denial_status() {
+        let l = Lookup::new(
+            n("alias.test"),
+            RecordType::Mx,
+            Status::Secure,
+            Outcome::NoData,
+            vec![CnameLink {
+                from: n("alias.test"),
+                to: n("target.test"),
+                status: Status::Secure,
+            }],
+            300,
+        );
+        // The implicit MX is the CNAME-expanded domain (RFC 5321 §5.1).
+        let (names, status) = hosts(mx_step(&n("alias.test"), 25, &l, &mut keep));
+        assert_eq!(
+            (names, status),
+            (vec!["target.test".to_owned()], Status::Secure)
+        );
+    }
+
+    #[test]
+    fn srv_targets_keep_their_ports_and_dot_means_no_service() {
+        let srv = |list: &[(u16, &str, u16)]| {
+            lookup(
+                "_submission._tcp.example.test",
+                RecordType::Srv,
+                Status::Secure,
+                Outcome::Records(
+                    list.iter()
+                        .map(|(p, t, port)| {
+                            Record::Srv(crate::lookup::Srv {
+                                priority: *p,
+                                weight: 0,
+                                port: *port,
+                                target: n(t),
+                            })
+                        })
+                        .collect(),
+                ),
+            )
+        };
+        let step = srv_step(
+            &n("example.test"),
+            &srv(&[(1, "sub.test", 587)]),
+            &mut |_| {},
+        );
+        let HostsStep::Hosts { hosts, .. } = step else {
+            panic!()
+        };
+        assert_eq!((hosts[0].name.as_str(), hosts[0].port), ("sub.test", 587));
+        assert!(matches!(
+            srv_step(&n("example.test"), &srv(&[(0, ".", 0)]), &mut |_| {}),
+            HostsStep::Bounce(_)
+        ));
+    }
+
+    fn addr(name: &str, status: Status, ip: IpAddr, cnames: Vec<CnameLink>) -> Lookup {
+        let rtype = if ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::Aaaa
+        };
+        Lookup::new(
+            n(name),
+            rtype,
+            status,
+            Outcome::Records(vec![Record::Address(ip)]),
+            cnames,
+            300,
+        )
+    }
+
+    fn v4() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+    }
+
+    fn v6() -> IpAddr {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    }
+
+    fn link(from: &str, to: &str, status: Status) -> CnameLink {
+        CnameLink {
+            from: n(from),
+            to: n(to),
+            status,
+        }
+    }
+
+    #[test]
+    fn tlsa_base_is_the_expanded_name_only_when_every_cname_is_secure() {
+        let host = n("mx.example.test");
+        let secure = addr(
+            "mx.example.test",
+            Status::Secure,
+            v4(),
+            vec![
+                link("mx.example.test", "a.test", Status::Secure),
+                link("a.test", "b.test", Status::Secure),
+            ],
+        );
+        assert_eq!(tlsa_base(&host, &secure), n("b.test"));
+        let broken = addr(
+            "mx.example.test",
+            Status::Insecure,
+            v4(),
+            vec![
+                link("mx.example.test", "a.test", Status::Secure),
+                link("a.test", "b.test", Status::Insecure),
+            ],
+        );
+        assert_eq!(tlsa_base(&host, &broken), host);
+        assert_eq!(
+            tlsa_base(
+                &host,
+                &addr("mx.example.test", Status::Secure, v4(), vec![])
+            ),
+            host
+        );
+    }
+
+    #[test]
+    fn unexpanded_name_is_tried_only_after_a_clean_denial() {
+        let host = n("mx.example.test");
+        let base = n("b.test");
+        let nodata = lookup(
+            "_25._tcp.b.test",
+            RecordType::Tlsa,
+            Status::Secure,
+            Outcome::NoData,
+        );
+        assert_eq!(try_unexpanded(&host, &base, &nodata), Some(host.clone()));
+        let insecure_nx = lookup(
+            "_25._tcp.b.test",
+            RecordType::Tlsa,
+            Status::Insecure,
+            Outcome::NxDomain,
+        );
+        assert_eq!(
+            try_unexpanded(&host, &base, &insecure_nx),
+            Some(host.clone())
+        );
+        let bogus = lookup(
+            "_25._tcp.b.test",
+            RecordType::Tlsa,
+            Status::Bogus,
+            Outcome::NoData,
+        );
+        assert_eq!(try_unexpanded(&host, &base, &bogus), None);
+        assert_eq!(try_unexpanded(&host, &host, &nodata), None);
+    }
+
+    fn tlsa_lookup(status: Status, records: Vec<&str>) -> Lookup {
+        let outcome = if records.is_empty() {
+            Outcome::NoData
+        } else {
+            Outcome::Records(
+                records
+                    .iter()
+                    .map(|r| Record::Tlsa(r.parse().unwrap()))
+                    .collect(),
+            )
+        };
+        lookup(
+            "_25._tcp.mx.example.test",
+            RecordType::Tlsa,
+            status,
+            outcome,
+        )
+    }
+
+    const EE: &str = "3 1 1 0101010101010101010101010101010101010101010101010101010101010101";
+    const PKIX: &str = "1 1 1 0101010101010101010101010101010101010101010101010101010101010101";
+
+    fn host_ref() -> HostRef {
+        HostRef {
+            name: n("mx.example.test"),
+            preference: 10,
+            port: 25,
+        }
+    }
+
+    fn state_with(tlsa: Option<Lookup>, route_secure: bool) -> Candidate {
+        let lookups = HostLookups {
+            a: addr("mx.example.test", Status::Secure, v4(), vec![]),
+            aaaa: addr("mx.example.test", Status::Secure, v6(), vec![]),
+            tlsa: tlsa.map(|t| (t, None)),
+        };
+        host_state(&host_ref(), &n("example.test"), route_secure, &lookups)
+    }
+
+    #[test]
+    fn secure_usable_tlsa_makes_dane_mandatory() {
+        let c = state_with(Some(tlsa_lookup(Status::Secure, vec![EE, PKIX])), true);
+        assert_eq!(
+            c.dane,
+            DaneState::Usable {
+                records: vec![EE.parse().unwrap()]
+            }
+        );
+        assert_eq!(c.tlsa.len(), 2);
+        assert_eq!(c.tlsa_base, n("mx.example.test"));
+        let names: Vec<&str> = c.reference_names.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["mx.example.test", "example.test"]);
+    }
+
+    #[test]
+    fn bogus_or_failed_tlsa_makes_the_host_unusable() {
+        // Rule 5: never treat a failed TLSA lookup as "no TLSA".
+        for t in [
+            tlsa_lookup(Status::Bogus, vec![EE]),
+            Lookup::failed(
+                n("_25._tcp.mx.example.test"),
+                RecordType::Tlsa,
+                Failure::Timeout,
+            ),
+            Lookup::failed(
+                n("_25._tcp.mx.example.test"),
+                RecordType::Tlsa,
+                Failure::ServFail,
+            ),
+        ] {
+            let c = state_with(Some(t), true);
+            assert!(
+                matches!(c.dane, DaneState::HostUnusable { .. }),
+                "{:?}",
+                c.dane
+            );
+        }
+    }
+
+    #[test]
+    fn secure_records_none_usable_mean_unauthenticated_mandatory_tls() {
+        // Rule 6.
+        let c = state_with(Some(tlsa_lookup(Status::Secure, vec![PKIX])), true);
+        assert_eq!(c.dane, DaneState::Unusable);
+    }
+
+    #[test]
+    fn insecure_tlsa_or_secure_denial_means_no_dane() {
+        for t in [
+            tlsa_lookup(Status::Insecure, vec![EE]),
+            tlsa_lookup(Status::Secure, vec![]),
+        ] {
+            let c = state_with(Some(t), true);
+            assert!(
+                matches!(c.dane, DaneState::NotApplicable { .. }),
+                "{:?}",
+                c.dane
+            );
+        }
+    }
+
+    #[test]
+    fn insecure_mx_keeps_dane_but_only_the_base_domain_as_reference_name() {
+        // Rule 2: an insecure MX with secure host records still uses the TLSA records.
+        let c = state_with(Some(tlsa_lookup(Status::Secure, vec![EE])), false);
+        assert!(matches!(c.dane, DaneState::Usable { .. }));
+        let names: Vec<&str> = c.reference_names.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["mx.example.test"]);
+    }
+
+    #[test]
+    fn a_broken_aaaa_lookup_does_not_spoil_the_ipv4_path() {
+        let lookups = HostLookups {
+            a: addr("mx.example.test", Status::Secure, v4(), vec![]),
+            aaaa: Lookup::failed(
+                n("mx.example.test"),
+                RecordType::Aaaa,
+                Failure::Bogus("bad NSEC".into()),
+            ),
+            tlsa: Some((tlsa_lookup(Status::Secure, vec![EE]), None)),
+        };
+        assert!(wants_tlsa(&lookups.a, &lookups.aaaa));
+        let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
+        assert_eq!(
+            c.addresses,
+            vec![Address {
+                address: v4(),
+                dnssec: Status::Secure
+            }]
+        );
+        assert_eq!(c.aaaa_dnssec, Status::Bogus);
+        assert!(matches!(c.dane, DaneState::Usable { .. }));
+    }
+
+    #[test]
+    fn insecure_addresses_mean_no_tlsa_lookup_and_no_dane() {
+        let a = addr("mx.example.test", Status::Insecure, v4(), vec![]);
+        let aaaa = lookup(
+            "mx.example.test",
+            RecordType::Aaaa,
+            Status::Insecure,
+            Outcome::NoData,
+        );
+        assert!(!wants_tlsa(&a, &aaaa));
+        let c = host_state(
+            &host_ref(),
+            &n("example.test"),
+            true,
+            &HostLookups {
+                a,
+                aaaa,
+                tlsa: None,
+            },
+        );
+        assert!(matches!(c.dane, DaneState::NotApplicable { .. }));
+        assert_eq!(c.addresses.len(), 1);
+    }
+
+    #[test]
+    fn a_host_without_addresses_is_unusable() {
+        let a = Lookup::failed(n("mx.example.test"), RecordType::A, Failure::Timeout);
+        let aaaa = lookup(
+            "mx.example.test",
+            RecordType::Aaaa,
+            Status::Secure,
+            Outcome::NoData,
+        );
+        let c = host_state(
+            &host_ref(),
+            &n("example.test"),
+            true,
+            &HostLookups {
+                a,
+                aaaa,
+                tlsa: None,
+            },
+        );
+        assert!(matches!(c.dane, DaneState::HostUnusable { .. }));
+    }
+
+    #[test]
+    fn the_unexpanded_lookup_is_used_when_made() {
+        let lookups = HostLookups {
+            a: addr(
+                "mx.example.test",
+                Status::Secure,
+                v4(),
+                vec![link("mx.example.test", "b.test", Status::Secure)],
+            ),
+            aaaa: lookup(
+                "mx.example.test",
+                RecordType::Aaaa,
+                Status::Secure,
+                Outcome::NoData,
+            ),
+            tlsa: Some((
+                lookup(
+                    "_25._tcp.b.test",
+                    RecordType::Tlsa,
+                    Status::Secure,
+                    Outcome::NoData,
+                ),
+                Some(tlsa_lookup(Status::Secure, vec![EE])),
+            )),
+        };
+        let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
+        assert_eq!(c.tlsa_base, n("mx.example.test"));
+        assert_eq!(c.tlsa_name, Some(n("_25._tcp.mx.example.test")));
+        assert!(matches!(c.dane, DaneState::Usable { .. }));
+    }
+}

@@ -1,0 +1,116 @@
+//! The `trust-ad` back-end: a local validating resolver does the DNSSEC work, and we trust
+//! the AD bit of its answers (the model of Postfix and Exim, RFC 6698 §4.1, RFC 7672 §2.1.1).
+//!
+//! The AD bit is only as trustworthy as the path to the resolver, so the resolver should be
+//! on loopback; [`TrustAd::is_loopback`] lets callers warn when it is not. A validating
+//! resolver answers SERVFAIL for bogus data, so SERVFAIL is reported as such and handled
+//! like bogus (indeterminate). The high-level hickory resolver rebuilds its messages and loses
+//! the upstream's AD flag, so this back-end speaks DNS over hickory-net directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_net::NetError;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
+
+use crate::answer::{build, hickory_name};
+use crate::lookup::{Failure, Lookup, RecordType};
+use crate::name::DnsName;
+use crate::resolver::Resolver;
+use crate::status::Status;
+
+/// Trusts the AD bit of the resolver at one address.
+pub struct TrustAd {
+    upstream: SocketAddr,
+    udp: DnsExchange<TokioRuntimeProvider>,
+    timeout: Duration,
+}
+
+impl TrustAd {
+    /// A back-end asking `upstream`, each query bounded by `timeout`. Must be called inside a
+    /// tokio runtime (it spawns the UDP exchange's background task).
+    pub fn new(upstream: SocketAddr, timeout: Duration) -> Self {
+        let udp = UdpClientStream::builder(upstream, TokioRuntimeProvider::default())
+            .with_timeout(Some(timeout))
+            .exchange();
+        Self {
+            upstream,
+            udp,
+            timeout,
+        }
+    }
+
+    /// The resolver asked.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Whether the resolver is on loopback, the only place its AD bit can be trusted without
+    /// an authenticated channel (RFC 6698 §4.1).
+    pub fn is_loopback(&self) -> bool {
+        self.upstream.ip().is_loopback()
+    }
+
+    fn request(name: &DnsName, rtype: RecordType) -> Result<DnsRequest, Failure> {
+        let query = Query::query(hickory_name(name)?, rtype.to_hickory());
+        let mut options = DnsRequestOptions::default();
+        options.use_edns = true;
+        options.recursion_desired = true;
+        let mut request = DnsRequest::from_query(query, options);
+        // RFC 6840 §5.7: setting AD in the query asks for AD in the answer, without DO.
+        request.metadata.authentic_data = true;
+        Ok(request)
+    }
+
+    async fn exchange(&self, request: DnsRequest) -> Result<DnsResponse, NetError> {
+        let response = self.udp.send(request.clone()).first_answer().await?;
+        if !response.metadata.truncation {
+            return Ok(response);
+        }
+        // RFC 7766: a truncated UDP answer is retried over TCP.
+        let tcp = TcpClientStream::exchange(
+            self.upstream,
+            None,
+            self.timeout,
+            None,
+            TokioRuntimeProvider::default(),
+        )
+        .await?;
+        tcp.send(request).first_answer().await
+    }
+}
+
+impl Resolver for TrustAd {
+    async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
+        let request = match Self::request(name, rtype) {
+            Ok(r) => r,
+            Err(f) => return Lookup::failed(name.clone(), rtype, f),
+        };
+        let response = match tokio::time::timeout(self.timeout * 2, self.exchange(request)).await {
+            Err(_) | Ok(Err(NetError::Timeout)) => {
+                return Lookup::failed(name.clone(), rtype, Failure::Timeout);
+            }
+            Ok(Err(e)) => {
+                return Lookup::failed(name.clone(), rtype, Failure::Network(e.to_string()));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = if response.metadata.authentic_data {
+            Status::Secure
+        } else {
+            Status::Insecure
+        };
+        build(
+            name,
+            rtype,
+            response.metadata.response_code,
+            &response.answers,
+            |_| status,
+            status,
+        )
+    }
+}

@@ -1,0 +1,313 @@
+//! The `validating` back-end: DNSSEC validation in process (hickory's validator), from
+//! built-in or configured trust anchors, asking an upstream resolver that passes DNSSEC
+//! records through.
+//!
+//! Where hickory's validator gets it wrong, this layer compensates, and never towards a
+//! downgrade:
+//! * A DNSKEY or DS fetch that fails on the network comes back from hickory as *bogus*
+//!   (hickory-dns#3932, #3964). A bogus verdict is therefore checked again with a fresh
+//!   validator whose transport records network errors; if any occurred, the answer is
+//!   *indeterminate* (defer and retry), not *bogus*.
+//! * An upstream that strips RRSIGs makes every signed zone look bogus; that is reported as
+//!   [`Failure::NoDnssec`] once a probe of the root DNSKEY shows the upstream returns no
+//!   signatures at all.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use hickory_net::dnssec::DnssecDnsHandle;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::xfer::{DnsHandle, FirstAnswer};
+use hickory_net::{DnsError, NetError};
+use hickory_proto::dnssec::{Proof, TrustAnchors};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
+use hickory_proto::rr::{Record as HRecord, RecordType as HType};
+use hickory_resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+use tokio::sync::OnceCell;
+
+use crate::answer::{build, hickory_name};
+use crate::lookup::{Failure, Lookup, Outcome, RecordType};
+use crate::name::DnsName;
+use crate::resolver::Resolver;
+use crate::status::Status;
+
+type Pool = NameServerPool<TokioRuntimeProvider>;
+
+/// Validates DNSSEC itself, asking upstream resolvers for the data.
+pub struct Validating {
+    pool: Pool,
+    anchors: Arc<TrustAnchors>,
+    validator: DnssecDnsHandle<Pool>,
+    timeout: Duration,
+    upstream_dnssec: OnceCell<bool>,
+}
+
+/// The validating back-end cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// No upstream resolver is configured.
+    #[error("no upstream resolver: /etc/resolv.conf lists none and none was given")]
+    NoUpstream,
+    /// /etc/resolv.conf cannot be read.
+    #[error("cannot read the system resolver configuration: {0}")]
+    SystemConfig(String),
+    /// The trust anchor file cannot be used.
+    #[error("trust anchor {path}: {reason}")]
+    TrustAnchor {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn status_of(proof: Proof) -> Status {
+    match proof {
+        Proof::Secure => Status::Secure,
+        Proof::Insecure => Status::Insecure,
+        Proof::Bogus => Status::Bogus,
+        Proof::Indeterminate => Status::Indeterminate,
+    }
+}
+
+impl Validating {
+    /// A validator asking `upstreams` (UDP, TCP on truncation), trusting `anchors` (the IANA
+    /// root keys by default, see [`TrustAnchors::default`]).
+    pub fn new(
+        upstreams: &[SocketAddr],
+        anchors: TrustAnchors,
+        timeout: Duration,
+    ) -> Result<Self, SetupError> {
+        if upstreams.is_empty() {
+            return Err(SetupError::NoUpstream);
+        }
+        let mut options = ResolverOpts::default();
+        options.timeout = timeout;
+        options.attempts = 2;
+        options.edns0 = true;
+        let servers = upstreams.iter().map(|addr| {
+            let mut config = NameServerConfig::udp_and_tcp(addr.ip());
+            for c in &mut config.connections {
+                c.port = addr.port();
+            }
+            config
+        });
+        let tls = TlsConfig::new().map_err(|e| SetupError::SystemConfig(e.to_string()))?;
+        let context = Arc::new(PoolContext::new(options, tls));
+        let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
+        let anchors = Arc::new(anchors);
+        Ok(Self {
+            validator: DnssecDnsHandle::with_trust_anchor(pool.clone(), anchors.clone()),
+            pool,
+            anchors,
+            timeout,
+            upstream_dnssec: OnceCell::new(),
+        })
+    }
+
+    /// A validator asking the resolvers of /etc/resolv.conf.
+    pub fn from_system(anchors: TrustAnchors, timeout: Duration) -> Result<Self, SetupError> {
+        let (config, _) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| SetupError::SystemConfig(e.to_string()))?;
+        let upstreams: Vec<SocketAddr> = config
+            .name_servers()
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+            .collect();
+        Self::new(&upstreams, anchors, timeout)
+    }
+
+    /// Trust anchors from a file of DNSKEY records in zone-file syntax.
+    pub fn anchors_from_file(path: &std::path::Path) -> Result<TrustAnchors, SetupError> {
+        let err = |reason: String| SetupError::TrustAnchor {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let anchors: TrustAnchors = text.parse().map_err(|e| err(format!("{e}")))?;
+        if anchors.is_empty() {
+            return Err(err(
+                "no root DNSKEY record found (give the root zone's DNSKEY records)".into(),
+            ));
+        }
+        Ok(anchors)
+    }
+
+    /// Whether the upstream returns RRSIGs at all: asked once, for the root DNSKEY RRset.
+    pub async fn upstream_passes_dnssec(&self) -> bool {
+        *self
+            .upstream_dnssec
+            .get_or_init(|| async {
+                let query = Query::query(hickory_proto::rr::Name::root(), HType::DNSKEY);
+                let mut request = DnsRequest::from_query(query, options());
+                request
+                    .edns
+                    .get_or_insert_with(Default::default)
+                    .enable_dnssec();
+                match self.pool.send(request).first_answer().await {
+                    Ok(r) => r.answers.iter().any(|a| a.record_type() == HType::RRSIG),
+                    Err(_) => true, // unknown: do not blame the upstream for a network failure
+                }
+            })
+            .await
+    }
+
+    async fn validate<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        name: &DnsName,
+        rtype: RecordType,
+    ) -> Lookup {
+        let query = match hickory_name(name) {
+            Ok(n) => Query::query(n, rtype.to_hickory()),
+            Err(f) => return Lookup::failed(name.clone(), rtype, f),
+        };
+        let result = tokio::time::timeout(
+            self.timeout * 4,
+            validator.lookup(query, options()).first_answer(),
+        )
+        .await
+        .unwrap_or(Err(NetError::Timeout));
+        classify(name, rtype, result)
+    }
+}
+
+fn options() -> DnsRequestOptions {
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = true;
+    options.recursion_desired = true;
+    options
+}
+
+/// The status of a denial in a response that hickory accepted: secure when a validated
+/// NSEC/NSEC3 record proves it, else insecure (hickory proved an insecure delegation).
+fn denial_status(response: &DnsResponse) -> Status {
+    let proven = response.authorities.iter().any(|r| {
+        r.proof == Proof::Secure
+            && matches!(r.record_type(), HType::NSEC | HType::NSEC3 | HType::SOA)
+    });
+    if proven {
+        Status::Secure
+    } else {
+        Status::Insecure
+    }
+}
+
+/// Maps hickory's verdict on one response to a [`Lookup`].
+fn classify(name: &DnsName, rtype: RecordType, result: Result<DnsResponse, NetError>) -> Lookup {
+    let lookup = match result {
+        Ok(response) => {
+            let denial = denial_status(&response);
+            build(
+                name,
+                rtype,
+                response.metadata.response_code,
+                &response.answers,
+                |r: &HRecord| status_of(r.proof),
+                denial,
+            )
+        }
+        Err(NetError::Dns(DnsError::Nsec {
+            response, proof, ..
+        })) => build(
+            name,
+            rtype,
+            response.metadata.response_code,
+            &response.answers,
+            |r: &HRecord| status_of(r.proof),
+            status_of(proof),
+        ),
+        Err(NetError::Dns(DnsError::DnssecBogus)) => Lookup::failed(
+            name.clone(),
+            rtype,
+            Failure::Bogus("answer did not validate".into()),
+        ),
+        Err(NetError::Timeout) => Lookup::failed(name.clone(), rtype, Failure::Timeout),
+        Err(e) => Lookup::failed(name.clone(), rtype, Failure::Network(e.to_string())),
+    };
+    if lookup.status() == Status::Bogus && !matches!(lookup.answer().1, Outcome::Failed(_)) {
+        let what = match lookup.answer().1 {
+            Outcome::Records(_) => "records",
+            _ => "denial of existence",
+        };
+        return with_failure(
+            &lookup,
+            Failure::Bogus(format!("{what} for {name} did not validate")),
+        );
+    }
+    lookup
+}
+
+fn with_failure(lookup: &Lookup, failure: Failure) -> Lookup {
+    Lookup::new(
+        lookup.name().clone(),
+        lookup.rtype(),
+        lookup.status(),
+        Outcome::Failed(failure),
+        lookup.cnames().to_vec(),
+        0,
+    )
+}
+
+impl Resolver for Validating {
+    async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
+        let first = self.validate(&self.validator, name, rtype).await;
+        if first.status() != Status::Bogus {
+            return first;
+        }
+        // Check a bogus verdict again with a fresh validator (no cached key proofs) whose
+        // transport counts network errors: a key fetch that failed is not an attack.
+        let errors = Arc::new(AtomicUsize::new(0));
+        let counting = Counting {
+            inner: self.pool.clone(),
+            errors: errors.clone(),
+        };
+        let fresh = DnssecDnsHandle::with_trust_anchor(counting, self.anchors.clone());
+        let second = self.validate(&fresh, name, rtype).await;
+        if errors.load(Ordering::Relaxed) > 0 {
+            return with_failure(
+                &Lookup::new(
+                    name.clone(),
+                    rtype,
+                    Status::Indeterminate,
+                    Outcome::NoData,
+                    second.cnames().to_vec(),
+                    0,
+                ),
+                Failure::Network("a DNSKEY or DS lookup failed during validation".into()),
+            );
+        }
+        if second.status() == Status::Bogus && !self.upstream_passes_dnssec().await {
+            return with_failure(&second, Failure::NoDnssec);
+        }
+        second
+    }
+}
+
+/// A transport that counts the network errors of the queries sent through it.
+#[derive(Clone)]
+struct Counting {
+    inner: Pool,
+    errors: Arc<AtomicUsize>,
+}
+
+impl DnsHandle for Counting {
+    type Response = Pin<Box<dyn Stream<Item = Result<DnsResponse, NetError>> + Send>>;
+    type Runtime = TokioRuntimeProvider;
+
+    fn send(&self, request: DnsRequest) -> Self::Response {
+        let errors = self.errors.clone();
+        Box::pin(self.inner.send(request).inspect(move |r| {
+            if let Err(e) = r {
+                if !(e.is_no_records_found() || e.is_nx_domain()) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }))
+    }
+}
