@@ -26,6 +26,7 @@ impl RecordType {
             RecordType::Srv => HType::SRV,
             RecordType::Tlsa => HType::TLSA,
             RecordType::Dnskey => HType::DNSKEY,
+            RecordType::Cname => HType::CNAME,
         }
     }
 }

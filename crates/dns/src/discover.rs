@@ -20,10 +20,11 @@ use crate::status::Status;
 /// address lookups, which decide whether DANE can apply and what the base domain is.
 pub async fn discover<R: Resolver>(resolver: &R, next_hop: &NextHop) -> Route {
     let mut rng = rand::rng();
-    let step = match next_hop {
+    let (step, looked_up) = match next_hop {
         NextHop::Domain { domain, port } => {
             let mx = resolver.lookup(domain, RecordType::Mx).await;
-            mx_step(domain, *port, &mx, &mut |run| run.shuffle(&mut rng))
+            let step = mx_step(domain, *port, &mx, &mut |run| run.shuffle(&mut rng));
+            (step, Some(mx.status()))
         }
         NextHop::Submission { domain } => {
             let owner: DnsName = match format!("_submission._tcp.{domain}").parse() {
@@ -31,27 +32,43 @@ pub async fn discover<R: Resolver>(resolver: &R, next_hop: &NextHop) -> Route {
                 Err(e) => {
                     return Route::Defer {
                         reason: e.to_string(),
+                        mx_dnssec: None,
                     };
                 }
             };
             let srv = resolver.lookup(&owner, RecordType::Srv).await;
-            srv_step(domain, &srv, &mut |run| run.shuffle(&mut rng))
+            let step = srv_step(domain, &srv, &mut |run| run.shuffle(&mut rng));
+            (step, Some(srv.status()))
         }
         // A configured next hop is the operator's choice, not an answer an attacker could
         // forge: it is as good as a secure MX (RFC 7672 §2.2.1).
-        NextHop::Host { host, port } => HostsStep::Hosts {
-            hosts: vec![HostRef {
+        NextHop::Host { host, port } => {
+            let host = HostRef {
                 name: host.clone(),
                 preference: 0,
                 port: *port,
-            }],
-            status: Status::Secure,
-        },
+            };
+            let step = HostsStep::Hosts {
+                hosts: vec![host],
+                status: Status::Secure,
+            };
+            (step, None)
+        }
     };
     let (hosts, mx_dnssec) = match step {
         HostsStep::Hosts { hosts, status } => (hosts, status),
-        HostsStep::Defer(reason) => return Route::Defer { reason },
-        HostsStep::Bounce(reason) => return Route::Bounce { reason },
+        HostsStep::Defer(reason) => {
+            return Route::Defer {
+                reason,
+                mx_dnssec: looked_up,
+            };
+        }
+        HostsStep::Bounce(reason) => {
+            return Route::Bounce {
+                reason,
+                mx_dnssec: looked_up,
+            };
+        }
     };
     let domain = next_hop.domain();
     let candidates = join_all(hosts.iter().map(|host| async move {

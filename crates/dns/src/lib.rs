@@ -9,7 +9,9 @@
 #![warn(missing_docs)]
 
 mod answer;
+pub mod backend;
 pub mod discover;
+pub mod doctor;
 pub mod lookup;
 pub mod name;
 pub mod resolver;
@@ -18,6 +20,7 @@ pub mod status;
 pub mod trust_ad;
 pub mod validating;
 
+pub use backend::{Backend, ResolverSpec};
 pub use discover::discover;
 pub use lookup::{CnameLink, Failure, Lookup, Mx, Outcome, Record, RecordType, Srv};
 pub use name::{DnsName, DnsNameError};

@@ -25,6 +25,8 @@ pub enum RecordType {
     Tlsa,
     /// DNSKEY, for resolver self-tests.
     Dnskey,
+    /// CNAME itself, to learn one alias's own status.
+    Cname,
 }
 
 /// A mail exchanger.

@@ -83,9 +83,12 @@ pub enum HostsStep {
     Bounce(String),
 }
 
+/// Reorders one run of records of equal preference (randomly, in production).
+pub type Shuffle<'a, T> = dyn FnMut(&mut [(u16, T)]) + 'a;
+
 /// Sorts records by preference, shuffling ties with `shuffle` so load spreads across
 /// equal-preference hosts (RFC 5321 §5.1). `shuffle` receives each run of equal preference.
-fn order<T>(mut items: Vec<(u16, T)>, shuffle: &mut dyn FnMut(&mut [(u16, T)])) -> Vec<(u16, T)> {
+fn order<T>(mut items: Vec<(u16, T)>, shuffle: &mut Shuffle<'_, T>) -> Vec<(u16, T)> {
     items.sort_by_key(|(p, _)| *p);
     let mut start = 0;
     while start < items.len() {
@@ -114,7 +117,7 @@ pub fn mx_step(
     domain: &DnsName,
     port: u16,
     mx: &Lookup,
-    shuffle: &mut dyn FnMut(&mut [(u16, DnsName)]),
+    shuffle: &mut Shuffle<'_, DnsName>,
 ) -> HostsStep {
     let (status, outcome) = mx.answer();
     if status.is_failure() {
@@ -174,7 +177,7 @@ pub fn mx_step(
 pub fn srv_step(
     domain: &DnsName,
     srv: &Lookup,
-    shuffle: &mut dyn FnMut(&mut [(u16, (DnsName, u16))]),
+    shuffle: &mut Shuffle<'_, (DnsName, u16)>,
 ) -> HostsStep {
     let (status, outcome) = srv.answer();
     if status.is_failure() {
@@ -469,11 +472,15 @@ pub enum Route {
     Defer {
         /// Why.
         reason: String,
+        /// DNSSEC status of the MX (or SRV) lookup, if one was made.
+        mx_dnssec: Option<Status>,
     },
     /// Return the message to its sender.
     Bounce {
         /// Why.
         reason: String,
+        /// DNSSEC status of the MX (or SRV) lookup, if one was made.
+        mx_dnssec: Option<Status>,
     },
 }
 

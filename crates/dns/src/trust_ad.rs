@@ -17,7 +17,11 @@ use hickory_net::udp::UdpClientStream;
 use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
 
-use crate::answer::{build, hickory_name};
+use std::collections::HashMap;
+
+use hickory_proto::rr::RecordType as HType;
+
+use crate::answer::{build, dns_name, hickory_name};
 use crate::lookup::{Failure, Lookup, RecordType};
 use crate::name::DnsName;
 use crate::resolver::Resolver;
@@ -84,6 +88,14 @@ impl TrustAd {
     }
 }
 
+fn ad_status(response: &DnsResponse) -> Status {
+    if response.metadata.authentic_data {
+        Status::Secure
+    } else {
+        Status::Insecure
+    }
+}
+
 impl Resolver for TrustAd {
     async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
         let request = match Self::request(name, rtype) {
@@ -99,17 +111,37 @@ impl Resolver for TrustAd {
             }
             Ok(Ok(response)) => response,
         };
-        let status = if response.metadata.authentic_data {
-            Status::Secure
-        } else {
-            Status::Insecure
-        };
+        let status = ad_status(&response);
+        // One AD bit covers the whole answer. When it is clear and CNAMEs were followed, ask
+        // for each alias on its own: a secure CNAME into an insecure zone still makes the
+        // expanded name the TLSA base domain (RFC 7672 §2.2.2), as Postfix does.
+        let mut alias_status = HashMap::new();
+        if status == Status::Insecure {
+            for record in response
+                .answers
+                .iter()
+                .filter(|r| r.record_type() == HType::CNAME)
+            {
+                let alias = dns_name(&record.name);
+                let own = match Self::request(&alias, RecordType::Cname) {
+                    Ok(request) => match self.exchange(request).await {
+                        Ok(r) => ad_status(&r),
+                        Err(_) => Status::Indeterminate,
+                    },
+                    Err(_) => Status::Indeterminate,
+                };
+                alias_status.insert(record.name.clone(), own);
+            }
+        }
         build(
             name,
             rtype,
             response.metadata.response_code,
             &response.answers,
-            |_| status,
+            |r| match r.record_type() {
+                HType::CNAME => alias_status.get(&r.name).copied().unwrap_or(status),
+                _ => status,
+            },
             status,
         )
     }

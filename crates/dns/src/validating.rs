@@ -13,6 +13,7 @@
 //!   signatures at all.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +24,11 @@ use hickory_net::dnssec::DnssecDnsHandle;
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::xfer::{DnsHandle, FirstAnswer};
 use hickory_net::{DnsError, NetError};
+use hickory_proto::dnssec::rdata::{DNSSECRData, DS};
+use hickory_proto::dnssec::{Algorithm, DigestType, Verifier};
 use hickory_proto::dnssec::{Proof, TrustAnchors};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
-use hickory_proto::rr::{Record as HRecord, RecordType as HType};
+use hickory_proto::rr::{Name, RData, Record as HRecord, RecordType as HType};
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::sync::OnceCell;
@@ -122,20 +125,51 @@ impl Validating {
         Self::new(&upstreams, anchors, timeout)
     }
 
-    /// Trust anchors from a file of DNSKEY records in zone-file syntax.
-    pub fn anchors_from_file(path: &std::path::Path) -> Result<TrustAnchors, SetupError> {
+    /// Replaces the trust anchors with those of a file in zone-file syntax: root DNSKEY
+    /// records are used as they are; root DS records select the keys of the root DNSKEY
+    /// RRset (fetched from the upstream) whose digest they match (RFC 4034 §5).
+    pub async fn with_anchor_file(mut self, path: &Path) -> Result<Self, SetupError> {
         let err = |reason: String| SetupError::TrustAnchor {
             path: path.display().to_string(),
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let anchors: TrustAnchors = text.parse().map_err(|e| err(format!("{e}")))?;
+        let (ds, dnskey) = anchor_lines(&text).map_err(err)?;
+        let mut anchors: TrustAnchors =
+            dnskey.join("\n").parse().map_err(|e| err(format!("{e}")))?;
+        if !ds.is_empty() {
+            let query = Query::query(Name::root(), HType::DNSKEY);
+            let response = self
+                .pool
+                .send(DnsRequest::from_query(query, options()))
+                .first_answer()
+                .await
+                .map_err(|e| {
+                    err(format!(
+                        "cannot fetch the root DNSKEY RRset to match the DS records: {e}"
+                    ))
+                })?;
+            for record in &response.answers {
+                let RData::DNSSEC(DNSSECRData::DNSKEY(key)) = &record.data else {
+                    continue;
+                };
+                let covered = ds
+                    .iter()
+                    .any(|d| d.covers(&Name::root(), key).unwrap_or(false));
+                if covered && let Ok(public) = key.key() {
+                    anchors.insert(&*public);
+                }
+            }
+        }
         if anchors.is_empty() {
             return Err(err(
-                "no root DNSKEY record found (give the root zone's DNSKEY records)".into(),
+                "no usable root DNSKEY (or DS matching a root DNSKEY) in the file".into(),
             ));
         }
-        Ok(anchors)
+        self.anchors = Arc::new(anchors);
+        self.validator =
+            DnssecDnsHandle::with_trust_anchor(self.pool.clone(), self.anchors.clone());
+        Ok(self)
     }
 
     /// Whether the upstream returns RRSIGs at all: asked once, for the root DNSKEY RRset.
@@ -143,7 +177,7 @@ impl Validating {
         *self
             .upstream_dnssec
             .get_or_init(|| async {
-                let query = Query::query(hickory_proto::rr::Name::root(), HType::DNSKEY);
+                let query = Query::query(Name::root(), HType::DNSKEY);
                 let mut request = DnsRequest::from_query(query, options());
                 request
                     .edns
@@ -303,11 +337,102 @@ impl DnsHandle for Counting {
     fn send(&self, request: DnsRequest) -> Self::Response {
         let errors = self.errors.clone();
         Box::pin(self.inner.send(request).inspect(move |r| {
-            if let Err(e) = r {
-                if !(e.is_no_records_found() || e.is_nx_domain()) {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Err(e) = r
+                && !(e.is_no_records_found() || e.is_nx_domain())
+            {
+                errors.fetch_add(1, Ordering::Relaxed);
             }
         }))
+    }
+}
+
+/// Splits a trust-anchor file into root DS records (parsed) and DNSKEY lines (for hickory's
+/// own parser). Comments (`;`) and blank lines are skipped; other record types are errors.
+fn anchor_lines(text: &str) -> Result<(Vec<DS>, Vec<String>), String> {
+    let mut ds = Vec::new();
+    let mut dnskey = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split(';').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = fields
+            .iter()
+            .position(|f| f.eq_ignore_ascii_case("DS") || f.eq_ignore_ascii_case("DNSKEY"))
+        else {
+            return Err(format!(
+                "line {}: neither a DS nor a DNSKEY record: {line:?}",
+                number + 1
+            ));
+        };
+        if fields[0] != "." {
+            return Err(format!(
+                "line {}: only root (\".\") anchors are supported: {line:?}",
+                number + 1
+            ));
+        }
+        if fields[at].eq_ignore_ascii_case("DNSKEY") {
+            dnskey.push(line.to_owned());
+            continue;
+        }
+        let bad = || {
+            format!(
+                "line {}: DS needs key tag, algorithm, digest type and hex digest: {line:?}",
+                number + 1
+            )
+        };
+        let [tag, alg, dtype, hex @ ..] = &fields[at + 1..] else {
+            return Err(bad());
+        };
+        let digest = decode_hex(&hex.concat()).ok_or_else(bad)?;
+        ds.push(DS::new(
+            tag.parse().map_err(|_| bad())?,
+            Algorithm::from_u8(alg.parse().map_err(|_| bad())?),
+            DigestType::from(dtype.parse::<u8>().map_err(|_| bad())?),
+            digest,
+        ));
+    }
+    Ok((ds, dnskey))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_files_hold_root_ds_and_dnskey_records() {
+        let text = "; IANA root KSK-2017\n\
+                    . 86400 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n\
+                    . IN DNSKEY 257 3 13 AAAA\n";
+        let (ds, dnskey) = anchor_lines(text).unwrap();
+        assert_eq!(ds.len(), 1);
+        assert_eq!(ds[0].key_tag(), 20326);
+        assert_eq!(dnskey.len(), 1);
+        assert!(
+            anchor_lines("example. IN DS 1 8 2 00")
+                .unwrap_err()
+                .contains("only root")
+        );
+        assert!(
+            anchor_lines(". IN A 192.0.2.1")
+                .unwrap_err()
+                .contains("neither")
+        );
+        assert!(
+            anchor_lines(". IN DS 1 8 2 0")
+                .unwrap_err()
+                .contains("DS needs")
+        );
     }
 }
