@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# Benchmarks Authenticator::verify (DANE-EE, DANE-TA at depth 1 and 2) against rustls-webpki
-# validating the same chain, and prints each case's mean and its ratio to webpki.
+# Benchmarks, each printing ratios or rates measured in the same run:
+#   dane: Authenticator::verify (DANE-EE, DANE-TA at depth 1 and 2) against rustls-webpki
+#         validating the same chain (criterion; mean and ratio per case);
+#   dns:  route discovery of every DNSSEC-lab domain, cold and warm cache, for both resolver
+#         back-ends (routes/s, DNS queries per route). Needs root and nsd, unbound, ldnsutils
+#         (scripts/test.sh installs them).
 #
-#   bash scripts/bench.sh                       # about a minute
-#   bash scripts/bench.sh --measurement-time 10 # longer, steadier numbers
-#
-# Extra arguments go to criterion (e.g. a filter such as `dane-ta`).
+#   bash scripts/bench.sh            # both
+#   bash scripts/bench.sh dane [criterion args…]
+#   bash scripts/bench.sh dns
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-cargo bench -p danemta-dane --bench verify -- "$@"
+what="${1:-all}"
+[ $# -gt 0 ] && shift
+case "$what" in
+    dane) cargo bench -p danemta-dane --bench verify -- "$@" ;;
+    dns) cargo bench -p danemta-dns --bench routes ;;
+    all)
+        cargo bench -p danemta-dane --bench verify
+        cargo bench -p danemta-dns --bench routes
+        ;;
+    *) echo "usage: bash scripts/bench.sh [dane|dns] [criterion args…]" >&2; exit 64 ;;
+esac

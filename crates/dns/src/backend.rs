@@ -107,6 +107,16 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// DNS queries sent upstream so far (cache hits send none).
+    pub fn queries_sent(&self) -> u64 {
+        match self {
+            Backend::Validating(v) => v.inner().queries_sent(),
+            Backend::TrustAd(t) => t.inner().queries_sent(),
+        }
+    }
+}
+
 impl Resolver for Backend {
     async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
         match self {

@@ -16,12 +16,14 @@ pub trait Resolver: Send + Sync {
     fn lookup(&self, name: &DnsName, rtype: RecordType) -> impl Future<Output = Lookup> + Send;
 }
 
-/// Answers kept within their TTLs, in bounded memory. Failures are not kept: a deferred
-/// message's retry should ask again.
+/// Answers kept within their TTLs, in bounded memory. Bogus and indeterminate answers are
+/// kept only briefly (a "BAD cache", RFC 4035 §4.7): long enough to spare the upstream a
+/// storm of retries, short enough that a deferred message's retry asks again.
 pub struct Cached<R> {
     inner: R,
     capacity: usize,
     max_ttl: Duration,
+    failure_ttl: Duration,
     entries: Mutex<HashMap<(DnsName, RecordType), (Instant, Lookup)>>,
 }
 
@@ -32,8 +34,15 @@ impl<R: Resolver> Cached<R> {
             inner,
             capacity: capacity.max(1),
             max_ttl,
+            failure_ttl: Duration::from_secs(5),
             entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps failed lookups this long (5 s by default; zero keeps none).
+    pub fn with_failure_ttl(mut self, ttl: Duration) -> Self {
+        self.failure_ttl = ttl;
+        self
     }
 
     /// The back-end behind the cache.
@@ -50,11 +59,16 @@ impl<R: Resolver> Cached<R> {
     }
 
     fn put(&self, key: (DnsName, RecordType), lookup: &Lookup) {
-        if lookup.status().is_failure() || lookup.ttl() == 0 {
+        let ttl = if lookup.status().is_failure() {
+            self.failure_ttl
+        } else {
+            self.max_ttl.min(Duration::from_secs(lookup.ttl().into()))
+        };
+        if ttl.is_zero() {
             return;
         }
         let now = Instant::now();
-        let expires = now + self.max_ttl.min(Duration::from_secs(lookup.ttl().into()));
+        let expires = now + ttl;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
             entries.retain(|_, (e, _)| *e > now);
@@ -153,22 +167,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_are_cached_within_their_ttl_but_failures_are_not() {
-        let table = Table::default()
-            .with(Lookup::new(
-                n("a.test"),
-                RecordType::Mx,
-                Status::Secure,
-                Outcome::NoData,
-                vec![],
-                300,
-            ))
-            .with(Lookup::failed(
-                n("b.test"),
-                RecordType::Mx,
-                Failure::Timeout,
-            ));
-        let cache = Cached::new(table, 10, Duration::from_secs(3600));
+    async fn answers_are_cached_within_their_ttl_failures_only_briefly() {
+        let table = || {
+            Table::default()
+                .with(Lookup::new(
+                    n("a.test"),
+                    RecordType::Mx,
+                    Status::Secure,
+                    Outcome::NoData,
+                    vec![],
+                    300,
+                ))
+                .with(Lookup::failed(
+                    n("b.test"),
+                    RecordType::Mx,
+                    Failure::Timeout,
+                ))
+        };
+        let cache = Cached::new(table(), 10, Duration::from_secs(3600));
         for _ in 0..3 {
             assert_eq!(
                 cache.lookup(&n("a.test"), RecordType::Mx).await.status(),
@@ -182,7 +198,14 @@ mod tests {
                     .is_failure()
             );
         }
-        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 1 + 3);
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 2);
+
+        let cache =
+            Cached::new(table(), 10, Duration::from_secs(3600)).with_failure_ttl(Duration::ZERO);
+        for _ in 0..3 {
+            let _ = cache.lookup(&n("b.test"), RecordType::Mx).await;
+        }
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! the upstream's AD flag, so this back-end speaks DNS over hickory-net directly.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_net::NetError;
@@ -32,6 +33,7 @@ pub struct TrustAd {
     upstream: SocketAddr,
     udp: DnsExchange<TokioRuntimeProvider>,
     timeout: Duration,
+    sent: AtomicU64,
 }
 
 impl TrustAd {
@@ -45,6 +47,7 @@ impl TrustAd {
             upstream,
             udp,
             timeout,
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -70,12 +73,19 @@ impl TrustAd {
         Ok(request)
     }
 
+    /// Queries sent upstream so far.
+    pub fn queries_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     async fn exchange(&self, request: DnsRequest) -> Result<DnsResponse, NetError> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let response = self.udp.send(request.clone()).first_answer().await?;
         if !response.metadata.truncation {
             return Ok(response);
         }
         // RFC 7766: a truncated UDP answer is retried over TCP.
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let tcp = TcpClientStream::exchange(
             self.upstream,
             None,

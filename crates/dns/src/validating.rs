@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -43,9 +43,9 @@ type Pool = NameServerPool<TokioRuntimeProvider>;
 
 /// Validates DNSSEC itself, asking upstream resolvers for the data.
 pub struct Validating {
-    pool: Pool,
+    pool: Counting,
     anchors: Arc<TrustAnchors>,
-    validator: DnssecDnsHandle<Pool>,
+    validator: DnssecDnsHandle<Counting>,
     timeout: Duration,
     upstream_dnssec: OnceCell<bool>,
 }
@@ -102,7 +102,11 @@ impl Validating {
         });
         let tls = TlsConfig::new().map_err(|e| SetupError::SystemConfig(e.to_string()))?;
         let context = Arc::new(PoolContext::new(options, tls));
-        let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
+        let pool = Counting {
+            inner: NameServerPool::from_config(servers, context, TokioRuntimeProvider::default()),
+            sent: Arc::default(),
+            errors: Arc::default(),
+        };
         let anchors = Arc::new(anchors);
         Ok(Self {
             validator: DnssecDnsHandle::with_trust_anchor(pool.clone(), anchors.clone()),
@@ -170,6 +174,11 @@ impl Validating {
         self.validator =
             DnssecDnsHandle::with_trust_anchor(self.pool.clone(), self.anchors.clone());
         Ok(self)
+    }
+
+    /// Queries sent upstream so far, key and DS fetches included.
+    pub fn queries_sent(&self) -> u64 {
+        self.pool.sent.load(Ordering::Relaxed)
     }
 
     /// Whether the upstream returns RRSIGs at all: asked once, for the root DNSKEY RRset.
@@ -296,11 +305,8 @@ impl Resolver for Validating {
         }
         // Check a bogus verdict again with a fresh validator (no cached key proofs) whose
         // transport counts network errors: a key fetch that failed is not an attack.
-        let errors = Arc::new(AtomicUsize::new(0));
-        let counting = Counting {
-            inner: self.pool.clone(),
-            errors: errors.clone(),
-        };
+        let counting = self.pool.with_own_error_count();
+        let errors = counting.errors.clone();
         let fresh = DnssecDnsHandle::with_trust_anchor(counting, self.anchors.clone());
         let second = self.validate(&fresh, name, rtype).await;
         if errors.load(Ordering::Relaxed) > 0 {
@@ -323,11 +329,24 @@ impl Resolver for Validating {
     }
 }
 
-/// A transport that counts the network errors of the queries sent through it.
+/// The upstream pool, counting the queries sent through it (for benchmarks) and the
+/// network errors among their answers (to tell a failed key fetch from a bogus answer).
 #[derive(Clone)]
 struct Counting {
     inner: Pool,
+    sent: Arc<AtomicU64>,
     errors: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    /// The same transport and query count, with an error count of its own.
+    fn with_own_error_count(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            sent: self.sent.clone(),
+            errors: Arc::default(),
+        }
+    }
 }
 
 impl DnsHandle for Counting {
@@ -335,6 +354,7 @@ impl DnsHandle for Counting {
     type Runtime = TokioRuntimeProvider;
 
     fn send(&self, request: DnsRequest) -> Self::Response {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let errors = self.errors.clone();
         Box::pin(self.inner.send(request).inspect(move |r| {
             if let Err(e) = r
