@@ -294,6 +294,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn equal_preference_hosts_come_in_random_order() {
+        let table = Table::default().with(mx(
+            "example.test",
+            Status::Secure,
+            &[
+                (10, "a.example.test"),
+                (10, "b.example.test"),
+                (5, "first.example.test"),
+            ],
+        ));
+        let hop = NextHop::Domain {
+            domain: n("example.test"),
+            port: 25,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let (_, hosts) = deliver(discover(&table, &hop).await);
+            assert_eq!(hosts[0].name, n("first.example.test"));
+            seen.insert(hosts[1].name.clone());
+        }
+        assert_eq!(seen.len(), 2, "both orders of the tie occur");
+    }
+
+    #[tokio::test]
     async fn bogus_mx_defers_and_null_mx_bounces() {
         let table = Table::default()
             .with(mx("bogus.test", Status::Bogus, &[(10, "mx.bogus.test")]))

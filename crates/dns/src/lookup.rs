@@ -147,9 +147,13 @@ impl Lookup {
     ) -> Self {
         let status = cnames.iter().fold(status, |s, l| s.and(l.status));
         let status = match &outcome {
-            Outcome::Failed(Failure::Timeout | Failure::Network(_) | Failure::ServFail) => {
-                status.and(Status::Indeterminate)
-            }
+            Outcome::Failed(
+                Failure::Timeout
+                | Failure::Network(_)
+                | Failure::ServFail
+                | Failure::Refused
+                | Failure::NoDnssec,
+            ) => status.and(Status::Indeterminate),
             Outcome::Failed(_) => status.and(Status::Bogus),
             _ => status,
         };

@@ -323,7 +323,15 @@ impl Resolver for Validating {
             );
         }
         if second.status() == Status::Bogus && !self.upstream_passes_dnssec().await {
-            return with_failure(&second, Failure::NoDnssec);
+            // Not an attack on this zone: nothing can be validated through this upstream.
+            return Lookup::new(
+                name.clone(),
+                rtype,
+                Status::Indeterminate,
+                Outcome::Failed(Failure::NoDnssec),
+                Vec::new(),
+                0,
+            );
         }
         second
     }

@@ -306,26 +306,68 @@ async fn hosts_behind_insecure_cnames_get_no_dane() {
     }
 }
 
+/// The standard zones plus two of our own: an unexpanded-name fallback, and a submission
+/// domain with `_submission._tcp` SRV records (RFC 6186). Torn down by the lab's watchdog.
+fn custom_lab() -> &'static Lab {
+    static LAB: std::sync::OnceLock<Lab> = std::sync::OnceLock::new();
+    LAB.get_or_init(|| {
+        Lab::builder()
+            .standard_zones()
+            .zone(ZoneSpec::secure(
+                "fallback.test",
+                format!(
+                    "@ MX 10 mx\nmx CNAME mx1.notlsa.test.\n_25._tcp.mx TLSA {}\n",
+                    digest("fallback")
+                ),
+            ))
+            .zone(ZoneSpec::secure(
+                "submit.test",
+                format!(
+                    "_submission._tcp SRV 10 1 587 smtp\n_submission._tcp SRV 20 1 465 backup\n\
+                     smtp A 127.0.20.1\nbackup A 127.0.20.2\n_587._tcp.smtp TLSA {}\n",
+                    digest("submit")
+                ),
+            ))
+            .start()
+            .expect("lab with custom zones")
+    })
+}
+
 #[tokio::test]
 async fn unexpanded_name_fallback_when_the_secure_target_has_no_tlsa() {
     // RFC 7672 §2.2.3: mx.fallback.test is a secure CNAME to mx1.notlsa.test, which has no
     // TLSA; the TLSA record at the unexpanded name is used, with that name as base domain.
-    let record = digest("fallback");
-    let lab = Lab::builder()
-        .standard_zones()
-        .zone(ZoneSpec::secure(
-            "fallback.test",
-            format!("@ MX 10 mx\nmx CNAME mx1.notlsa.test.\n_25._tcp.mx TLSA {record}\n"),
-        ))
-        .start()
-        .expect("lab with the fallback zone");
-    let (d, _) = route_both(&lab, &domain("fallback.test")).await;
+    let (d, _) = route_both(custom_lab(), &domain("fallback.test")).await;
     let h = host(&d, 0);
     assert_eq!(
         (h.dane, h.tlsa_base.as_str()),
         ("usable", "mx.fallback.test")
     );
-    assert_eq!(h.usable, [record]);
+    assert_eq!(h.usable, [digest("fallback")]);
+}
+
+#[tokio::test]
+async fn submission_srv_targets_are_treated_like_mx_hosts_on_their_ports() {
+    let hop = NextHop::Submission {
+        domain: n("submit.test"),
+    };
+    let (d, route) = route_both(custom_lab(), &hop).await;
+    assert_eq!(host(&d, 0).name, "smtp.submit.test");
+    assert_eq!(host(&d, 0).dane, "usable");
+    assert_eq!(host(&d, 1).dane, "not-applicable");
+    let Route::Deliver { candidates, .. } = route else {
+        unreachable!()
+    };
+    assert_eq!((candidates[0].port, candidates[1].port), (587, 465));
+    assert_eq!(
+        candidates[0].tlsa_name,
+        Some(n("_587._tcp.smtp.submit.test"))
+    );
+    // A domain without the SRV records has no submission service.
+    let none = NextHop::Submission {
+        domain: n("secure.test"),
+    };
+    assert_eq!(route_both(custom_lab(), &none).await.0, Decision::Bounce);
 }
 
 #[tokio::test]
