@@ -132,3 +132,17 @@ fn status_check(check: &'static str, what: &str, status: Status, fix: &str) -> C
         fix: (level != Level::Ok).then(|| fix.to_owned()),
     }
 }
+
+/// The start-up check of the commands that deliver mail: does the root DNSKEY RRset validate?
+/// (No network name is needed beyond the root.) Without it DANE cannot be enforced.
+pub async fn root_validates(backend: &Backend) -> Result<(), String> {
+    let root = backend.lookup(&DnsName::root(), RecordType::Dnskey).await;
+    if root.status().is_secure() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the root DNSKEY RRset is {} through this resolver, so DNSSEC validation does not work here (run `danemta doctor`)",
+            root.status()
+        ))
+    }
+}

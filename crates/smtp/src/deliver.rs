@@ -1,0 +1,569 @@
+//! Delivering one message along a route: which hosts to try, how each connection must be
+//! secured (policy level × the host's DANE state), and what each attempt means for each
+//! recipient.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use dane::{ReferenceName, Tlsa};
+use dns::route::{Candidate, DaneState};
+use dns::{DnsName, Route};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+
+use crate::message::Message;
+use crate::outcome::{
+    Attempt, DaneReport, Delivery, Fate, LookupStatus, RecipientOutcome, Security,
+};
+use crate::policy::Level;
+use crate::reply::Reply;
+use crate::session::{Envelope, Session, SessionError, Timeouts, Transaction};
+use crate::tls::{Auth, Mode, PeerAuth};
+
+/// How to deliver: policy and client settings.
+#[derive(Clone)]
+pub struct Config {
+    /// Our name in EHLO.
+    pub helo_name: String,
+    /// The destination's TLS policy level.
+    pub level: Level,
+    /// Protocol timeouts.
+    pub timeouts: Timeouts,
+    /// The TLS crypto provider.
+    pub provider: Arc<CryptoProvider>,
+    /// For `fingerprint`: the accepted digests, as DANE-EE records (`3 0 1`, `3 1 1`, …).
+    pub fingerprints: Vec<Tlsa>,
+    /// For `verify` and `secure`: the PKIX trust anchors.
+    pub roots: Arc<RootCertStore>,
+    /// For `verify` and `secure`: the names the certificate must carry; when empty, the MX
+    /// host name (`verify`) or the next-hop domain (`secure`).
+    pub match_names: Vec<ReferenceName>,
+    /// AUTH PLAIN credentials (submission), sent only over TLS.
+    pub credentials: Option<(String, String)>,
+}
+
+/// The rules cited in outcomes (PRODUCT.md checklist numbers in brackets).
+mod rule {
+    pub const DANE_MANDATORY: &str = "RFC 7672 §2.2 [rule 5]: secure TLSA records make TLS and authentication mandatory; try the next MX, never plaintext";
+    pub const DANE_AUTH: &str =
+        "RFC 7672 §3.1 [rules 7, 8]: the peer must match a usable TLSA record";
+    pub const DANE_UNUSABLE_RECORDS: &str =
+        "RFC 7672 §2.2 [rule 6]: secure TLSA records, none usable: TLS mandatory, unauthenticated";
+    pub const HOST_UNUSABLE: &str =
+        "RFC 7672 §2.2 [rule 5]: a failed TLSA or address lookup makes the host unusable";
+    pub const OPPORTUNISTIC: &str =
+        "RFC 7672 §2.2 / RFC 7435: no secure TLSA records: opportunistic TLS";
+    pub const PLAINTEXT_RETRY: &str = "RFC 7435 §4: opportunistic TLS failed; retried in plaintext";
+    pub const DANE_ONLY: &str =
+        "policy dane-only: defer unless usable secure TLSA records authenticate the peer";
+    pub const POLICY: &str = "the destination's TLS policy level";
+    pub const SMTP: &str = "RFC 5321 §4.2: the server's reply decides";
+    pub const NEXT_MX: &str = "RFC 5321 §5.1: try the next host, defer when none is left";
+}
+
+/// How to treat one host.
+enum Plan {
+    Connect { mode: Mode, rule: &'static str },
+    Skip { reason: String, rule: &'static str },
+}
+
+fn dane_state(c: &Candidate) -> &'static str {
+    match c.dane {
+        DaneState::Usable { .. } => "usable",
+        DaneState::Unusable => "unusable",
+        DaneState::NotApplicable { .. } => "not-applicable",
+        DaneState::HostUnusable { .. } => "host-unusable",
+    }
+}
+
+/// Policy level × DANE state → what a connection to this host must do (PRODUCT.md policy
+/// levels; RFC 7672 §2.2 for `dane` and `dane-only`).
+fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Plan {
+    let dane = |records: &Vec<Tlsa>| {
+        Mode::Required(Auth::Dane {
+            records: records.clone(),
+            names: c.reference_names.clone(),
+            mx_secure,
+        })
+    };
+    let pkix = |default: &DnsName| {
+        let names = if cfg.match_names.is_empty() {
+            default.reference_name().into_iter().collect()
+        } else {
+            cfg.match_names.clone()
+        };
+        Mode::Required(Auth::Pkix {
+            roots: cfg.roots.clone(),
+            names,
+        })
+    };
+    let connect = |mode, rule| Plan::Connect { mode, rule };
+    match (cfg.level, &c.dane) {
+        (Level::None, _) => connect(Mode::Plaintext, rule::POLICY),
+        (Level::May, _) => connect(Mode::Opportunistic, rule::POLICY),
+        (Level::Encrypt, _) => connect(Mode::Required(Auth::None), rule::POLICY),
+        (Level::Fingerprint, _) => connect(
+            Mode::Required(Auth::Fingerprint(cfg.fingerprints.clone())),
+            rule::POLICY,
+        ),
+        (Level::Verify, _) => connect(pkix(&c.name), rule::POLICY),
+        (Level::Secure, _) => connect(pkix(next_hop), rule::POLICY),
+        (Level::Dane | Level::DaneOnly, DaneState::HostUnusable { reason }) => Plan::Skip {
+            reason: reason.clone(),
+            rule: rule::HOST_UNUSABLE,
+        },
+        (Level::Dane | Level::DaneOnly, DaneState::Usable { records }) => {
+            connect(dane(records), rule::DANE_MANDATORY)
+        }
+        (Level::DaneOnly, _) => Plan::Skip {
+            reason: format!(
+                "no usable secure TLSA records for {} ({})",
+                c.name,
+                dane_state(c)
+            ),
+            rule: rule::DANE_ONLY,
+        },
+        (Level::Dane, DaneState::Unusable) => {
+            connect(Mode::Required(Auth::None), rule::DANE_UNUSABLE_RECORDS)
+        }
+        (Level::Dane, DaneState::NotApplicable { .. }) => {
+            connect(Mode::Opportunistic, rule::OPPORTUNISTIC)
+        }
+    }
+}
+
+/// Delivers `message` along `route` (the result of route discovery for `next_hop`).
+/// `mx_looked_up` tells whether the route came from an MX/SRV lookup (so its status is
+/// reported) or from a configured host.
+pub async fn deliver(
+    route: &Route,
+    next_hop: &DnsName,
+    mx_looked_up: bool,
+    envelope: &Envelope,
+    message: &Message,
+    cfg: &Config,
+) -> Delivery {
+    let everyone = |fate: Fate, reply: &str| -> Vec<RecipientOutcome> {
+        envelope
+            .to
+            .iter()
+            .map(|address| RecipientOutcome {
+                address: address.clone(),
+                outcome: fate,
+                reply: reply.to_owned(),
+            })
+            .collect()
+    };
+    let (mx_dnssec, candidates) = match route {
+        Route::Defer { reason, .. } => {
+            return Delivery::new(everyone(Fate::Deferred, reason), Vec::new());
+        }
+        Route::Bounce { reason, .. } => {
+            return Delivery::new(everyone(Fate::Bounced, reason), Vec::new());
+        }
+        Route::Deliver {
+            mx_dnssec,
+            candidates,
+        } => (*mx_dnssec, candidates),
+    };
+    let mut attempts = Vec::new();
+    let mut last_reason = format!("no usable host for {next_hop}");
+    for c in candidates {
+        let lookups = LookupStatus {
+            mx: mx_looked_up.then_some(mx_dnssec),
+            a: c.a_dnssec,
+            aaaa: c.aaaa_dnssec,
+            tlsa: c.tlsa_dnssec,
+        };
+        let mode = match plan(cfg, c, mx_dnssec.is_secure(), next_hop) {
+            Plan::Skip { reason, rule } => {
+                let attempt = skipped(c, &lookups, reason, rule);
+                tracing::warn!("{}", attempt.log_line());
+                last_reason = attempt.reason.clone();
+                attempts.push(attempt);
+                continue;
+            }
+            Plan::Connect { mode, rule } => (mode, rule),
+        };
+        for address in c.addresses.iter().map(|a| a.address) {
+            let (mut attempt, mut result) = connect(
+                c, address, &mode.0, mode.1, &lookups, envelope, message, cfg,
+            )
+            .await;
+            // Opportunistic TLS whose handshake failed: once more in plaintext (RFC 7435 §4).
+            if matches!(mode.0, Mode::Opportunistic)
+                && matches!(&result, Err(e) if e.is_tls_handshake())
+            {
+                log(&attempt);
+                attempts.push(attempt);
+                (attempt, result) = connect(
+                    c,
+                    address,
+                    &Mode::Plaintext,
+                    rule::PLAINTEXT_RETRY,
+                    &lookups,
+                    envelope,
+                    message,
+                    cfg,
+                )
+                .await;
+            }
+            log(&attempt);
+            match result {
+                Ok(transaction) => {
+                    let recipients = fates(envelope, &transaction);
+                    attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
+                    attempts.push(attempt);
+                    return Delivery::new(recipients, attempts);
+                }
+                Err(SessionError::Refused {
+                    stage: "MAIL FROM",
+                    reply,
+                }) if reply.is_permanent() => {
+                    attempts.push(attempt);
+                    return Delivery::new(everyone(Fate::Bounced, &reply.to_string()), attempts);
+                }
+                Err(_) => {
+                    last_reason = format!("{}: {}", c.name, attempt.reason);
+                    attempts.push(attempt);
+                }
+            }
+        }
+    }
+    Delivery::new(
+        everyone(
+            Fate::Deferred,
+            &format!("{last_reason} ({})", rule::NEXT_MX),
+        ),
+        attempts,
+    )
+}
+
+fn log(attempt: &Attempt) {
+    if attempt.security == Security::None {
+        tracing::warn!("{}", attempt.log_line());
+    } else {
+        tracing::info!("{}", attempt.log_line());
+    }
+}
+
+fn dane_report(c: &Candidate) -> DaneReport {
+    DaneReport {
+        state: dane_state(c),
+        tlsa: c.tlsa.clone(),
+        matched: None,
+        depth: None,
+    }
+}
+
+fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: &'static str) -> Attempt {
+    Attempt {
+        host: c.name.clone(),
+        address: None,
+        port: c.port,
+        sni: c.tlsa_base.clone(),
+        security: Security::None,
+        delivered: false,
+        dane: dane_report(c),
+        tls: None,
+        dnssec: lookups.clone(),
+        reason,
+        rule,
+        replies: Vec::new(),
+    }
+}
+
+/// One connection to one address, and the transaction on it.
+#[allow(clippy::too_many_arguments)]
+async fn connect(
+    c: &Candidate,
+    address: IpAddr,
+    mode: &Mode,
+    rule_for_mode: &'static str,
+    lookups: &LookupStatus,
+    envelope: &Envelope,
+    message: &Message,
+    cfg: &Config,
+) -> (Attempt, Result<Transaction, SessionError>) {
+    let mut attempt = skipped(c, lookups, String::new(), rule_for_mode);
+    attempt.address = Some(address);
+    let sock = SocketAddr::new(address, c.port);
+    let opened = Session::open(
+        sock,
+        c.tlsa_base.as_str(),
+        &cfg.helo_name,
+        mode,
+        &cfg.provider,
+        &cfg.timeouts,
+    )
+    .await;
+    let mut session = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            attempt.rule = match (&e, mode) {
+                (SessionError::Dane(_), _) => rule::DANE_AUTH,
+                (
+                    SessionError::StartTlsNotOffered
+                    | SessionError::Tls(_)
+                    | SessionError::StartTlsInjection,
+                    Mode::Required(Auth::Dane { .. }),
+                ) => rule::DANE_MANDATORY,
+                (_, _) if rule_for_mode == rule::PLAINTEXT_RETRY => rule::PLAINTEXT_RETRY,
+                (SessionError::Tls(_), Mode::Opportunistic) => rule::OPPORTUNISTIC,
+                _ => rule::NEXT_MX,
+            };
+            attempt.reason = e.to_string();
+            return (attempt, Err(e));
+        }
+    };
+    attempt.tls = session.tls().cloned();
+    attempt.security = match (session.tls(), session.peer(), mode) {
+        (None, _, _) => Security::Plaintext,
+        (Some(_), Some(PeerAuth::Dane(v)), Mode::Required(auth)) => {
+            attempt.dane.matched = Some(v.record().clone());
+            attempt.dane.depth = Some(v.depth());
+            match auth {
+                Auth::Dane {
+                    mx_secure: false, ..
+                } => Security::Trusted,
+                _ => Security::Verified,
+            }
+        }
+        (Some(_), Some(PeerAuth::Pkix), _) => Security::Verified,
+        (Some(_), _, _) => Security::Untrusted,
+    };
+    if let Some((user, password)) = &cfg.credentials
+        && let Err(e) = session.auth_plain(user, password).await
+    {
+        attempt.reason = e.to_string();
+        attempt.replies = session.transcript.clone();
+        session.quit().await;
+        return (attempt, Err(e));
+    }
+    let result = session.transact(envelope, message).await;
+    attempt.replies = session.transcript.clone();
+    attempt.reason = match &result {
+        Ok(t) => match &t.data {
+            Some(reply) if reply.is_positive() => format!("message accepted: {reply}"),
+            Some(reply) => format!("message not accepted: {reply}"),
+            None => "no recipient accepted".to_owned(),
+        },
+        Err(e) => e.to_string(),
+    };
+    if let Ok(t) = &result {
+        let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
+        attempt.rule = match attempt.security {
+            _ if !accepted => rule::SMTP,
+            Security::Verified | Security::Trusted
+                if matches!(mode, Mode::Required(Auth::Dane { .. })) =>
+            {
+                rule::DANE_AUTH
+            }
+            _ => rule_for_mode,
+        };
+    }
+    session.quit().await;
+    (attempt, result)
+}
+
+/// Each recipient's fate from its RCPT reply and the final reply to the message.
+fn fates(envelope: &Envelope, t: &Transaction) -> Vec<RecipientOutcome> {
+    let classify = |reply: &Reply| {
+        if reply.is_positive() {
+            Fate::Delivered
+        } else if reply.is_permanent() {
+            Fate::Bounced
+        } else {
+            Fate::Deferred
+        }
+    };
+    envelope
+        .to
+        .iter()
+        .zip(&t.rcpt)
+        .map(|(address, rcpt)| {
+            let final_reply = match (&t.data, rcpt.is_positive()) {
+                (Some(data), true) => data,
+                _ => rcpt,
+            };
+            RecipientOutcome {
+                address: address.clone(),
+                outcome: classify(final_reply),
+                reply: final_reply.to_string(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dns::Status;
+    use dns::route::Address;
+
+    fn n(s: &str) -> DnsName {
+        s.parse().unwrap()
+    }
+
+    fn candidate(dane: DaneState) -> Candidate {
+        Candidate {
+            name: n("mx.example.test"),
+            preference: 10,
+            port: 25,
+            tlsa_base: n("mx.example.test"),
+            addresses: vec![Address {
+                address: "192.0.2.1".parse().unwrap(),
+                dnssec: Status::Secure,
+            }],
+            a_dnssec: Status::Secure,
+            aaaa_dnssec: Status::Secure,
+            tlsa_name: None,
+            tlsa_dnssec: Some(Status::Secure),
+            tlsa: vec![],
+            dane,
+            reference_names: vec!["mx.example.test".parse().unwrap()],
+        }
+    }
+
+    fn config(level: Level) -> Config {
+        Config {
+            helo_name: "client.test".into(),
+            level,
+            timeouts: Timeouts::default(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            fingerprints: vec![],
+            roots: Arc::new(RootCertStore::empty()),
+            match_names: vec![],
+            credentials: None,
+        }
+    }
+
+    const EE: &str = "3 1 1 0101010101010101010101010101010101010101010101010101010101010101";
+
+    fn mode_of(level: Level, dane: DaneState) -> String {
+        match plan(&config(level), &candidate(dane), true, &n("example.test")) {
+            Plan::Skip { .. } => "skip".into(),
+            Plan::Connect {
+                mode: Mode::Plaintext,
+                ..
+            } => "plaintext".into(),
+            Plan::Connect {
+                mode: Mode::Opportunistic,
+                ..
+            } => "opportunistic".into(),
+            Plan::Connect {
+                mode: Mode::Required(Auth::None),
+                ..
+            } => "required".into(),
+            Plan::Connect {
+                mode: Mode::Required(Auth::Dane { .. }),
+                ..
+            } => "dane".into(),
+            Plan::Connect {
+                mode: Mode::Required(Auth::Fingerprint(_)),
+                ..
+            } => "fingerprint".into(),
+            Plan::Connect {
+                mode: Mode::Required(Auth::Pkix { .. }),
+                ..
+            } => "pkix".into(),
+        }
+    }
+
+    #[test]
+    fn the_dane_level_follows_the_host_dane_state() {
+        let usable = || DaneState::Usable {
+            records: vec![EE.parse().unwrap()],
+        };
+        let na = || DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        let bad = || DaneState::HostUnusable {
+            reason: "bogus TLSA".into(),
+        };
+        assert_eq!(mode_of(Level::Dane, usable()), "dane");
+        assert_eq!(mode_of(Level::Dane, DaneState::Unusable), "required");
+        assert_eq!(mode_of(Level::Dane, na()), "opportunistic");
+        assert_eq!(mode_of(Level::Dane, bad()), "skip");
+        assert_eq!(mode_of(Level::DaneOnly, usable()), "dane");
+        assert_eq!(mode_of(Level::DaneOnly, DaneState::Unusable), "skip");
+        assert_eq!(mode_of(Level::DaneOnly, na()), "skip");
+        assert_eq!(mode_of(Level::DaneOnly, bad()), "skip");
+    }
+
+    #[test]
+    fn other_levels_ignore_dane() {
+        for dane in [
+            DaneState::Unusable,
+            DaneState::HostUnusable {
+                reason: String::new(),
+            },
+        ] {
+            assert_eq!(mode_of(Level::None, dane.clone()), "plaintext");
+            assert_eq!(mode_of(Level::May, dane.clone()), "opportunistic");
+            assert_eq!(mode_of(Level::Encrypt, dane.clone()), "required");
+            assert_eq!(mode_of(Level::Fingerprint, dane.clone()), "fingerprint");
+            assert_eq!(mode_of(Level::Verify, dane.clone()), "pkix");
+            assert_eq!(mode_of(Level::Secure, dane), "pkix");
+        }
+    }
+
+    #[test]
+    fn recipients_get_the_reply_that_decided_them() {
+        let envelope = Envelope {
+            from: "a@x.test".into(),
+            to: vec![
+                "ok@y.test".into(),
+                "later@y.test".into(),
+                "never@y.test".into(),
+            ],
+        };
+        let r = |code, text: &str| Reply::new(code, vec![text.into()]);
+        let t = Transaction {
+            rcpt: vec![
+                r(250, "2.1.5 Ok"),
+                r(451, "4.3.0 busy"),
+                r(550, "5.1.1 unknown"),
+            ],
+            data: Some(r(250, "2.0.0 queued")),
+        };
+        let f: Vec<(Fate, String)> = fates(&envelope, &t)
+            .into_iter()
+            .map(|r| (r.outcome, r.reply))
+            .collect();
+        assert_eq!(
+            f,
+            [
+                (Fate::Delivered, "250 2.0.0 queued".into()),
+                (Fate::Deferred, "451 4.3.0 busy".into()),
+                (Fate::Bounced, "550 5.1.1 unknown".into())
+            ]
+        );
+        let t = Transaction {
+            rcpt: vec![r(250, "ok"), r(250, "ok"), r(250, "ok")],
+            data: Some(r(452, "4.3.1 full")),
+        };
+        assert!(
+            fates(&envelope, &t)
+                .iter()
+                .all(|r| r.outcome == Fate::Deferred)
+        );
+    }
+
+    #[test]
+    fn summary_and_exit_codes() {
+        let r = |outcome| RecipientOutcome {
+            address: "x@y".into(),
+            outcome,
+            reply: String::new(),
+        };
+        let d = Delivery::new(vec![r(Fate::Delivered), r(Fate::Delivered)], vec![]);
+        assert_eq!((d.outcome, d.exit_code()), ("delivered", 0));
+        let d = Delivery::new(vec![r(Fate::Delivered), r(Fate::Deferred)], vec![]);
+        assert_eq!((d.outcome, d.exit_code()), ("partial", 75));
+        let d = Delivery::new(vec![r(Fate::Deferred), r(Fate::Bounced)], vec![]);
+        assert_eq!((d.outcome, d.exit_code()), ("partial", 69));
+        let d = Delivery::new(vec![r(Fate::Bounced)], vec![]);
+        assert_eq!((d.outcome, d.exit_code()), ("bounced", 69));
+    }
+}

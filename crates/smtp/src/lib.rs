@@ -1,0 +1,25 @@
+//! # danemta-smtp: SMTP delivery with opportunistic DANE TLS
+//!
+//! The SMTP client (RFC 5321, STARTTLS per RFC 3207) and the delivery logic above it: for each
+//! candidate host of a route (from `danemta-dns`), the TLS policy level and the host's DANE
+//! state decide how the connection must be secured ([`tls::Mode`]); DANE authentication
+//! happens inside the rustls handshake. Every attempt is recorded with the evidence and the
+//! rule that decided it ([`outcome`]), so logs and `--json` are views of the same value.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod deliver;
+pub mod ehlo;
+pub mod message;
+pub mod outcome;
+pub mod policy;
+pub mod reply;
+pub mod session;
+pub mod tls;
+
+pub use deliver::{Config, deliver};
+pub use message::{Message, MessageError};
+pub use outcome::{Attempt, Delivery, Fate, Security};
+pub use policy::Level;
+pub use session::{Envelope, Timeouts};

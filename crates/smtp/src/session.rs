@@ -1,0 +1,444 @@
+//! One SMTP connection: greeting, EHLO (HELO fallback), STARTTLS and EHLO again, one mail
+//! transaction, QUIT (RFC 5321 §3, §4.1; RFC 3207).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::ehlo::Capabilities;
+use crate::message::Message;
+use crate::reply::{Reply, ReplyError};
+use crate::tls::{Mode, PeerAuth, Prepared, prepare};
+
+/// RFC 5321 §4.5.3.2 timeouts, and the connect timeout.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Initial 220 greeting (§4.5.3.2.1: 5 minutes).
+    pub greeting: Duration,
+    /// EHLO, STARTTLS, MAIL, RCPT, QUIT replies (§4.5.3.2.2–3: 5 minutes).
+    pub command: Duration,
+    /// The 354 reply to DATA (§4.5.3.2.4: 2 minutes).
+    pub data_init: Duration,
+    /// Sending the message body (§4.5.3.2.5: 3 minutes per block; we bound the whole).
+    pub data_block: Duration,
+    /// The reply after the final dot (§4.5.3.2.6: 10 minutes).
+    pub data_end: Duration,
+    /// The TLS handshake.
+    pub tls: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: min(5),
+            command: min(5),
+            data_init: min(2),
+            data_block: min(3),
+            data_end: min(10),
+            tls: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What went wrong on a connection, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// TCP connect failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// No reply in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// A reply that breaks the protocol.
+    #[error("protocol error after {stage}: {error}")]
+    Protocol {
+        /// What we were waiting for.
+        stage: &'static str,
+        /// The reply problem.
+        error: ReplyError,
+    },
+    /// The server refused a step of the session (not a recipient).
+    #[error("{stage} refused: {reply}")]
+    Refused {
+        /// The step.
+        stage: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// TLS was required but the server does not offer STARTTLS.
+    #[error("STARTTLS is required but not offered")]
+    StartTlsNotOffered,
+    /// The server sent data right after agreeing to STARTTLS (a command-injection attempt,
+    /// CVE-2011-0411 style).
+    #[error("the server sent data after its STARTTLS reply, before the TLS handshake")]
+    StartTlsInjection,
+    /// The TLS handshake failed, or the peer was not authenticated.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The peer failed DANE (or fingerprint) authentication.
+    #[error("DANE authentication failed: {0}")]
+    Dane(dane::VerifyError),
+    /// Writing failed.
+    #[error("write error: {0}")]
+    Io(String),
+    /// The message is larger than the server's SIZE limit.
+    #[error("message of {size} bytes exceeds the server's limit of {limit}")]
+    TooBig {
+        /// Our size.
+        size: usize,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl SessionError {
+    /// Whether a plaintext retry is allowed after this error under opportunistic TLS: only a
+    /// failure of the TLS handshake itself (RFC 7435 §4; Postfix "may").
+    pub fn is_tls_handshake(&self) -> bool {
+        matches!(self, SessionError::Tls(_))
+    }
+}
+
+/// The TLS parameters of an established connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// The envelope of a transaction.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// Reverse path (empty for bounces).
+    pub from: String,
+    /// Forward paths.
+    pub to: Vec<String>,
+}
+
+/// What the server said to each recipient and to the message.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    /// The reply to each RCPT, in envelope order.
+    pub rcpt: Vec<Reply>,
+    /// The final reply to the message (after the dot), if DATA was reached.
+    pub data: Option<Reply>,
+}
+
+/// An established, greeted connection, possibly TLS-protected.
+pub struct Session {
+    io: BufReader<Box<dyn Io>>,
+    caps: Capabilities,
+    tls: Option<TlsInfo>,
+    peer: Option<PeerAuth>,
+    timeouts: Timeouts,
+    helo_name: String,
+    /// Every reply received, for the attempt's record.
+    pub transcript: Vec<String>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Session {
+    /// Connects, reads the greeting, says EHLO and secures the connection as `mode` demands.
+    /// `sni` is the TLSA base domain (RFC 7672 §8.1) or the host name.
+    pub async fn open(
+        addr: SocketAddr,
+        sni: &str,
+        helo_name: &str,
+        mode: &Mode,
+        provider: &Arc<CryptoProvider>,
+        timeouts: &Timeouts,
+    ) -> Result<Session, SessionError> {
+        let tcp = timeout(timeouts.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| SessionError::Timeout("the TCP connection"))?
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        let mut session = Session {
+            io: BufReader::new(Box::new(tcp)),
+            caps: Capabilities::default(),
+            tls: None,
+            peer: None,
+            timeouts: timeouts.clone(),
+            helo_name: helo_name.to_owned(),
+            transcript: Vec::new(),
+        };
+        let greeting = session.read("the greeting", timeouts.greeting).await?;
+        if greeting.code() != 220 {
+            return Err(SessionError::Refused {
+                stage: "the connection",
+                reply: greeting,
+            });
+        }
+        session.hello().await?;
+        let auth = match mode {
+            Mode::Plaintext => return Ok(session),
+            Mode::Opportunistic if !session.caps.starttls => return Ok(session),
+            Mode::Opportunistic => None,
+            Mode::Required(_) if !session.caps.starttls => {
+                return Err(SessionError::StartTlsNotOffered);
+            }
+            Mode::Required(auth) => Some(auth),
+        };
+        let prepared = prepare(auth.unwrap_or(&crate::tls::Auth::None), provider)
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        session.starttls(sni, &prepared).await?;
+        session.hello().await?;
+        Ok(session)
+    }
+
+    /// The extensions of the last EHLO.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// TLS version and cipher, when TLS is up.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// How the peer was authenticated, when TLS is up.
+    pub fn peer(&self) -> Option<&PeerAuth> {
+        self.peer.as_ref()
+    }
+
+    async fn read(&mut self, stage: &'static str, limit: Duration) -> Result<Reply, SessionError> {
+        let reply = timeout(limit, Reply::read(&mut self.io))
+            .await
+            .map_err(|_| SessionError::Timeout(stage))?
+            .map_err(|error| SessionError::Protocol { stage, error })?;
+        self.transcript.push(reply.to_string());
+        Ok(reply)
+    }
+
+    async fn send(&mut self, line: &[u8]) -> Result<(), SessionError> {
+        let io = self.io.get_mut();
+        timeout(self.timeouts.command, async {
+            io.write_all(line).await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| SessionError::Timeout("the server to accept our command"))?
+        .map_err(|e| SessionError::Io(e.to_string()))
+    }
+
+    async fn command(&mut self, line: String, stage: &'static str) -> Result<Reply, SessionError> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.read(stage, self.timeouts.command).await
+    }
+
+    /// EHLO, or HELO when the server does not know EHLO (RFC 5321 §4.1.4).
+    async fn hello(&mut self) -> Result<(), SessionError> {
+        let reply = self
+            .command(format!("EHLO {}", self.helo_name), "EHLO")
+            .await?;
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        if !reply.is_permanent() {
+            return Err(SessionError::Refused {
+                stage: "EHLO",
+                reply,
+            });
+        }
+        let reply = self
+            .command(format!("HELO {}", self.helo_name), "HELO")
+            .await?;
+        if !reply.is_positive() {
+            return Err(SessionError::Refused {
+                stage: "HELO",
+                reply,
+            });
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn starttls(&mut self, sni: &str, prepared: &Prepared) -> Result<(), SessionError> {
+        let reply = self.command("STARTTLS".into(), "STARTTLS").await?;
+        if reply.code() != 220 {
+            return Err(SessionError::Refused {
+                stage: "STARTTLS",
+                reply,
+            });
+        }
+        // Nothing may follow the 220 in plaintext; anything that did would be injected.
+        if !self.io.buffer().is_empty() {
+            return Err(SessionError::StartTlsInjection);
+        }
+        let server_name = ServerName::try_from(sni.to_owned())
+            .map_err(|_| SessionError::Tls(format!("{sni:?} is not a valid SNI name")))?;
+        let plain = std::mem::replace(
+            &mut self.io,
+            BufReader::new(Box::new(tokio::io::duplex(1).0)),
+        );
+        let connector = TlsConnector::from(prepared.config.clone());
+        let handshake = connector.connect(server_name, plain.into_inner());
+        let stream = match timeout(self.timeouts.tls, handshake).await {
+            Err(_) => return Err(SessionError::Timeout("the TLS handshake")),
+            Ok(Err(e)) => {
+                return Err(match prepared.dane_failure() {
+                    Some(failure) => SessionError::Dane(failure),
+                    None => SessionError::Tls(e.to_string()),
+                });
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        let (_, conn) = stream.get_ref();
+        self.tls = Some(TlsInfo {
+            version: conn
+                .protocol_version()
+                .map_or_else(|| "TLS".into(), |v| version_name(v).to_owned()),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map_or_else(String::new, |s| format!("{:?}", s.suite())),
+        });
+        self.peer = Some(prepared.peer_auth());
+        self.io = BufReader::new(Box::new(stream));
+        Ok(())
+    }
+
+    /// AUTH PLAIN (RFC 4954, RFC 4616), only over TLS: the password never crosses the
+    /// network in the clear.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), SessionError> {
+        if self.tls.is_none() {
+            return Err(SessionError::Tls("AUTH is only sent over TLS".into()));
+        }
+        if !self.caps.auth.iter().any(|m| m == "PLAIN") {
+            return Err(SessionError::Refused {
+                stage: "AUTH",
+                reply: Reply::new(
+                    504,
+                    vec!["5.5.4 the server does not offer AUTH PLAIN".into()],
+                ),
+            });
+        }
+        use base64::Engine;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await?;
+        // The command line holds the credentials: keep it out of the transcript.
+        let reply = self.read("AUTH", self.timeouts.command).await?;
+        if reply.code() != 235 {
+            return Err(SessionError::Refused {
+                stage: "AUTH",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// One transaction: MAIL, RCPT for each recipient (pipelined when offered, RFC 2920),
+    /// then DATA with the message when at least one recipient was accepted.
+    pub async fn transact(
+        &mut self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Transaction, SessionError> {
+        if let Some(limit) = self.caps.size.filter(|l| *l > 0)
+            && !self.caps.fits(message.len())
+        {
+            return Err(SessionError::TooBig {
+                size: message.len(),
+                limit,
+            });
+        }
+        let mut mail = format!("MAIL FROM:<{}>", envelope.from);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", message.len()));
+        }
+        if message.is_eight_bit() && self.caps.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        let needs_utf8 = !envelope.from.is_ascii() || envelope.to.iter().any(|t| !t.is_ascii());
+        if needs_utf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let rcpts: Vec<String> = envelope
+            .to
+            .iter()
+            .map(|t| format!("RCPT TO:<{t}>\r\n"))
+            .collect();
+        let mail_reply;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        if self.caps.pipelining {
+            let batch = format!("{mail}\r\n{}", rcpts.concat());
+            self.send(batch.as_bytes()).await?;
+            mail_reply = self.read("MAIL", self.timeouts.command).await?;
+            for _ in &rcpts {
+                rcpt_replies.push(self.read("RCPT", self.timeouts.command).await?);
+            }
+        } else {
+            mail_reply = self.command(mail, "MAIL").await?;
+            if mail_reply.is_positive() {
+                for rcpt in &rcpts {
+                    self.send(rcpt.as_bytes()).await?;
+                    rcpt_replies.push(self.read("RCPT", self.timeouts.command).await?);
+                }
+            }
+        }
+        if !mail_reply.is_positive() {
+            return Err(SessionError::Refused {
+                stage: "MAIL FROM",
+                reply: mail_reply,
+            });
+        }
+        if !rcpt_replies.iter().any(Reply::is_positive) {
+            let _ = self.command("RSET".into(), "RSET").await;
+            return Ok(Transaction {
+                rcpt: rcpt_replies,
+                data: None,
+            });
+        }
+        let go = self.command("DATA".into(), "DATA").await?;
+        if go.code() != 354 {
+            return Ok(Transaction {
+                rcpt: rcpt_replies,
+                data: Some(go),
+            });
+        }
+        let io = self.io.get_mut();
+        timeout(self.timeouts.data_block, async {
+            io.write_all(message.wire()).await?;
+            io.write_all(b".\r\n").await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| SessionError::Timeout("the server to accept the message"))?
+        .map_err(|e| SessionError::Io(e.to_string()))?;
+        let done = self.read("the end of DATA", self.timeouts.data_end).await?;
+        Ok(Transaction {
+            rcpt: rcpt_replies,
+            data: Some(done),
+        })
+    }
+
+    /// QUIT, politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        let _ = timeout(Duration::from_secs(5), self.command("QUIT".into(), "QUIT")).await;
+        let _ = self.io.get_mut().shutdown().await;
+    }
+}
+
+fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    }
+}

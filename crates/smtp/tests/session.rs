@@ -1,0 +1,191 @@
+//! The SMTP client against scripted servers on loopback: the protocol paths and the bad
+//! replies that real servers (or attackers) send. TLS paths are tested against Postfix in the
+//! lab (crates/danemta/tests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp::session::{Session, SessionError};
+use smtp::tls::{Auth, Mode};
+use smtp::{Envelope, Message, Timeouts};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A server that answers each client line from a script: (expected prefix, reply to send).
+/// Returns its address and, when the session ends, everything the client sent.
+async fn scripted(
+    greeting: &'static str,
+    script: Vec<(&'static str, &'static str)>,
+) -> (SocketAddr, oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut seen = String::new();
+        write.write_all(greeting.as_bytes()).await.unwrap();
+        let mut script = script.into_iter();
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                } else {
+                    continue;
+                }
+            }
+            let Some((expect, reply)) = script.next() else {
+                break;
+            };
+            assert!(
+                line.starts_with(expect),
+                "expected {expect:?}, got {line:?}"
+            );
+            if expect == "DATA" {
+                in_data = true;
+            }
+            write.write_all(reply.as_bytes()).await.unwrap();
+        }
+        let _ = tx.send(seen);
+    });
+    (addr, rx)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn quick() -> Timeouts {
+    let t = Duration::from_secs(2);
+    Timeouts {
+        connect: t,
+        greeting: t,
+        command: t,
+        data_init: t,
+        data_block: t,
+        data_end: t,
+        tls: t,
+    }
+}
+
+async fn open(addr: SocketAddr, mode: Mode) -> Result<Session, SessionError> {
+    Session::open(
+        addr,
+        "mx.example.test",
+        "client.test",
+        &mode,
+        &provider(),
+        &quick(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_plaintext_transaction_with_pipelining_and_dot_stuffing() {
+    let (addr, seen) = scripted(
+        "220 mx ESMTP\r\n",
+        vec![
+            (
+                "EHLO client.test",
+                "250-mx\r\n250-PIPELINING\r\n250 SIZE 1000\r\n",
+            ),
+            ("MAIL FROM:<a@x.test> SIZE=", "250 2.1.0 Ok\r\n"),
+            ("RCPT TO:<b@y.test>", "250 2.1.5 Ok\r\n"),
+            ("RCPT TO:<c@y.test>", "550 5.1.1 unknown\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 2.0.0 queued\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+    assert!(session.tls().is_none(), "no STARTTLS offered: plaintext");
+    let envelope = Envelope {
+        from: "a@x.test".into(),
+        to: vec!["b@y.test".into(), "c@y.test".into()],
+    };
+    let message = Message::new(b"Subject: t\n\n.dot line\nend").unwrap();
+    let t = session.transact(&envelope, &message).await.unwrap();
+    assert_eq!(t.rcpt[1].code(), 550);
+    assert_eq!(t.data.unwrap().code(), 250);
+    session.quit().await;
+    let seen = seen.await.unwrap();
+    assert!(
+        seen.contains(
+            "MAIL FROM:<a@x.test> SIZE=31\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n"
+        ),
+        "{seen}"
+    );
+    assert!(seen.contains("\r\n..dot line\r\nend\r\n.\r\n"), "{seen}");
+}
+
+#[tokio::test]
+async fn helo_fallback_and_required_tls_without_starttls() {
+    let (addr, _) = scripted(
+        "220 old server\r\n",
+        vec![
+            ("EHLO", "502 5.5.2 what?\r\n"),
+            ("HELO client.test", "250 hello\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let session = open(addr, Mode::Opportunistic).await.unwrap();
+    assert!(!session.capabilities().starttls);
+    session.quit().await;
+
+    let (addr, _) = scripted("220 mx\r\n", vec![("EHLO", "250-mx\r\n250 PIPELINING\r\n")]).await;
+    let err = open(addr, Mode::Required(Auth::None)).await.err().unwrap();
+    assert_eq!(err, SessionError::StartTlsNotOffered);
+}
+
+#[tokio::test]
+async fn data_injected_after_the_starttls_reply_is_refused() {
+    let (addr, _) = scripted(
+        "220 mx\r\n",
+        vec![
+            ("EHLO", "250-mx\r\n250 STARTTLS\r\n"),
+            ("STARTTLS", "220 go ahead\r\n250 injected\r\n"),
+        ],
+    )
+    .await;
+    let err = open(addr, Mode::Required(Auth::None)).await.err().unwrap();
+    assert_eq!(err, SessionError::StartTlsInjection);
+}
+
+#[tokio::test]
+async fn bad_greetings_and_replies_are_clear_errors() {
+    for (greeting, want) in [
+        ("554 no service here\r\n", "refused"),
+        ("hello there\r\n", "protocol error"),
+        ("220-a\r\n250 b\r\n", "different codes"),
+    ] {
+        let (addr, _) = scripted(greeting, vec![]).await;
+        let err = open(addr, Mode::Opportunistic).await.err().unwrap();
+        assert!(err.to_string().contains(want), "{greeting:?}: {err}");
+    }
+    // A server that never answers: the greeting timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let _conn = listener.accept().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let err = open(addr, Mode::Opportunistic).await.err().unwrap();
+    assert_eq!(err, SessionError::Timeout("the greeting"));
+    // Nobody listening.
+    let err = open("127.0.0.1:1".parse().unwrap(), Mode::Opportunistic)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, SessionError::Connect(_)));
+}
