@@ -8,6 +8,7 @@ mod check;
 mod dnsopts;
 mod doctor;
 mod error;
+mod send;
 mod tlsa;
 
 use std::process::ExitCode;
@@ -34,6 +35,12 @@ enum Command {
     ///
     /// Exit status: 0 all ok, 1 warnings, 2 failures, 64 usage error.
     Check(check::CheckArgs),
+    /// Deliver one message now, and show exactly what security each attempt got.
+    ///
+    /// Exit status (sysexits): 0 delivered to every recipient, 75 some deferred and none
+    /// bounced, 69 some bounced, 64 usage error, 65 bad message. Each attempt is logged on
+    /// standard error (DANEMTA_LOG=debug for more).
+    Send(send::SendArgs),
     /// Find out whether this machine can validate DNSSEC, and what to fix if not.
     ///
     /// Exit status: 0 DNSSEC validation works, 1 it does not.
@@ -56,8 +63,10 @@ fn main() -> ExitCode {
             });
         }
     };
+    init_logging();
     let result = match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Send(args) => send::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Tlsa(cmd) => tlsa::run(cmd).map_err(CliError::from),
     };
@@ -68,4 +77,18 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Logs go to standard error: one line per delivery attempt at `info`; `DANEMTA_LOG`
+/// (tracing's env-filter syntax) changes what is shown.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("DANEMTA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,smtp=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
