@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: OpenSSL's CLI cross-checks our digests; gcc builds ring;
 # nsd, unbound and ldnsutils (ldns-keygen/-signzone/-key2ds, drill) run the DNSSEC test lab
-# of crates/lab.
-apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils)
+# of crates/lab; postfix runs its SMTP receivers (private instances, never the system one).
+apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,6 +32,11 @@ if ((${#missing[@]})); then
     restore_policy() {
         if [ -n "$policy_backup" ]; then mv -f "$policy_backup" "$policy"; else rm -f "$policy"; fi
     }
+    # postfix asks debconf what kind of mail system this is: none (no main.cf is written, so
+    # even a started system Postfix would not listen on port 25).
+    if command -v debconf-set-selections >/dev/null; then
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    fi
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }; then
         restore_policy
         echo "error: could not install ${missing[*]} with apt-get (are you root, is a mirror reachable?)" >&2
@@ -39,9 +44,10 @@ if ((${#missing[@]})); then
     fi
     restore_policy
 fi
-# A system nsd/unbound (started before this script, or by systemd despite policy-rc.d) may
-# hold port 53; stop and disable them. The lab avoids 127.0.0.1 anyway, so this is a safety net.
-for svc in nsd unbound; do
+# A system nsd/unbound/postfix (started before this script, or by systemd despite policy-rc.d)
+# may hold port 53 or 25 on every address; stop and disable them. The lab avoids 127.0.0.1
+# anyway, so this is a safety net.
+for svc in nsd unbound postfix; do
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         systemctl disable --now "$svc" >/dev/null 2>&1 || true
     elif [ -x "/etc/init.d/$svc" ]; then

@@ -94,6 +94,54 @@ pub enum LabError {
         logs: String,
     },
 
+    /// A Postfix [`Receiver`](crate::Receiver) has an invalid spec, or did not start (its log
+    /// tail is attached).
+    #[error("SMTP receiver {addr}: {detail}\n{log}")]
+    Receiver {
+        /// The receiver's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        detail: String,
+        /// The tail of its Postfix log and output ("" when it never ran).
+        log: String,
+    },
+
+    /// An attack proxy ([`StripStartTls`](crate::StripStartTls), [`Mitm`](crate::Mitm)) could
+    /// not be started.
+    #[error("attack proxy on {listen}: {detail}")]
+    Proxy {
+        /// The address it was to listen on.
+        listen: SocketAddr,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// No free SMTP peer address could be claimed (see [`claim_peer_addr`](crate::claim_peer_addr)).
+    #[error("no free SMTP peer address (127.0.40.1-127.0.49.254, port {port}): {detail}")]
+    NoFreePeerAddr {
+        /// The port asked for.
+        port: u16,
+        /// Why the addresses were rejected.
+        detail: String,
+    },
+
+    /// Another lab receiver or proxy (of this or another test process) has this address.
+    #[error(
+        "SMTP peer address {addr} is taken by another lab receiver or proxy (in this or another \
+         test process); pick another, or let the lab claim one (an unspecified IP, 0.0.0.0)"
+    )]
+    PeerAddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+
+    /// A test certificate ([`pki`](crate::pki)) could not be made or used.
+    #[error("test certificate: {detail}")]
+    Certificate {
+        /// What went wrong.
+        detail: String,
+    },
+
     /// A DNS query of [`dns::query`](crate::dns::query) failed (timeout, malformed reply…).
     #[error("DNS query {what} to {server}: {detail}")]
     Query {

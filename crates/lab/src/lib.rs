@@ -19,10 +19,14 @@
 //!   readable by hickory (`TrustAnchors::from_file`) and Unbound; the DS form is in
 //!   [`Lab::trust_anchor_ds_file`].
 //!
-//! It also has a tiny DNS client ([`dns`]) to probe servers and check answers.
+//! It also has a tiny DNS client ([`dns`]) to probe servers and check answers, and the **SMTP
+//! peers** a DANE client meets (see [SMTP peers](#smtp-peers)): real Postfix receivers
+//! ([`smtp`]), attackers in the path ([`attack`]) and test certificates with their TLSA records
+//! ([`pki`]).
 //!
-//! Needs the Debian packages `nsd`, `unbound` and `ldnsutils`, and root (port 53: Unbound only
-//! iterates to port 53). Nothing is sent anywhere but 127.0.0.0/8.
+//! Needs the Debian packages `nsd`, `unbound` and `ldnsutils` (and `postfix` for receivers), and
+//! root (port 53: Unbound only iterates to port 53; port 25). Nothing is sent anywhere but
+//! 127.0.0.0/8.
 //!
 //! ```no_run
 //! use danemta_lab::dns::{self, rcode, rtype, QueryOptions};
@@ -58,6 +62,74 @@
 //! AAAA `::ffff:127.0.K.H` (IPv4-mapped, so even IPv6 connections stay on loopback); nothing
 //! listens there. Zones you add may point anywhere in 127.0.0.0/8, e.g. at your own test
 //! servers.
+//!
+//! SMTP peers live elsewhere in 127.0.0.0/8, on port 25 by default (a DANE client connects to
+//! port 25 of the MX address):
+//!
+//! | range | for |
+//! |---|---|
+//! | 127.53.N.0/24 | the DNS labs (above) |
+//! | 127.0.1.0/24 … 127.0.17.0/24 | hosts of the standard zones (nothing listens there) |
+//! | 127.0.30.0/24 … 127.0.39.0/24 | SMTP peers at addresses a test chooses itself, e.g. `127.0.30.1:25`; the test must keep them unique across tests that run at the same time (`cargo nextest` runs every test in a process of its own, in parallel) |
+//! | 127.0.40.0/24 … 127.0.49.0/24 | SMTP peers with claimed addresses: give an unspecified IP (`0.0.0.0:25`, [`ReceiverSpec::new`]) and the receiver or proxy claims the first free `127.0.K.H:port` ([`claim_peer_addr`]: a lock file per address and port in `/tmp/danemta-lab`, so concurrent tests and processes never collide) |
+//!
+//! ## SMTP peers
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use danemta_lab::pki::{self, TestCert};
+//! use danemta_lab::{Lab, Mitm, Receiver, ReceiverSpec, StripStartTls, ZoneSpec};
+//!
+//! // A Postfix receiver offering STARTTLS with a self-signed certificate, on a claimed address.
+//! let cert = TestCert::self_signed(&["mx.mine.test"])?;
+//! let rx = Receiver::start(ReceiverSpec::new("mx.mine.test", &["mine.test"]).with_tls(&cert))?;
+//! // A signed zone pointing at it, with the matching DANE-EE record.
+//! let lab = Lab::builder()
+//!     .zone(ZoneSpec::secure(
+//!         "mine.test",
+//!         format!("@ MX 10 mx\nmx A {}\n_25._tcp.mx TLSA {}\n", rx.addr().ip(), pki::tlsa_3_1_1(&cert)),
+//!     ))
+//!     .start()?;
+//! // … run the client under test against lab.validating_resolver() …
+//! let mail = rx.wait_delivered(1, Duration::from_secs(10)); // full message texts
+//! assert!(mail[0].contains("(using TLSv1.3 with cipher"));
+//! assert!(rx.log().contains("TLS connection established from"));
+//!
+//! // Attackers in front of it: STARTTLS stripped, or TLS terminated with another certificate.
+//! let any = SocketAddr::from(([0, 0, 0, 0], 25));
+//! let strip = StripStartTls::start(any, rx.addr())?;
+//! let attacker = TestCert::self_signed(&["mx.mine.test"])?;
+//! let mitm = Mitm::start(any, rx.addr(), &attacker.chain_pem, &attacker.key_pem)?;
+//! // … point MX records at strip.addr() / mitm.addr(), run the client …
+//! assert!(!strip.client_sent_mail(), "{}", strip.transcript());
+//! assert!(mitm.client_hellos() >= 1 && !mitm.client_sent_mail());
+//! # Ok::<(), danemta_lab::LabError>(())
+//! ```
+//!
+//! * [`Receiver`] (module [`smtp`]): a Postfix instance of its own (config, queue, data
+//!   directory, Maildir and log under `/tmp/danemta-lab/smtp-…`), its `master` a child of the
+//!   test process, its `smtpd` bound to exactly [`Receiver::addr`]. STARTTLS is offered only with
+//!   [`ReceiverTls::Cert`]. Recipients in [`ReceiverSpec::accept_domains`] are delivered to a
+//!   Maildir ([`Receiver::delivered`], [`Receiver::wait_delivered`]); others are refused with
+//!   `554 5.7.1 … Relay access denied`. [`Receiver::log`] is Postfix's log, complete up to the
+//!   call (TLS lines such as `Anonymous TLS connection established from …: TLSv1.3 with cipher
+//!   …`); delivered messages carry `Received: … (using TLSv1.3 with cipher …)` when TLS was
+//!   used. Startup takes 20-200 ms. Needs the Debian package `postfix` (its system instance
+//!   need not run; it is never touched).
+//! * [`StripStartTls`] and [`Mitm`] (module [`attack`]): in-process proxies (a small tokio
+//!   runtime each) that relay to an upstream address. The first hides STARTTLS (removed from
+//!   EHLO, the command answered `502 5.5.1 not implemented`); the second answers STARTTLS
+//!   itself, presents the attacker's certificate and relays the decrypted session to the
+//!   upstream **in plaintext**. Both keep a transcript of what clients sent and say whether any
+//!   `MAIL`/`RCPT`/`DATA`/`BDAT` came through ([`StripStartTls::client_sent_mail`]).
+//! * [`pki`]: [`pki::TestCert`] (self-signed, CA-signed with or without the CA in the chain,
+//!   expired) and [`pki::TestCa`], with [`pki::tlsa_3_1_1`] and [`pki::tlsa_2_x_1`].
+//!
+//! Dropping a receiver kills its processes (by process group; a watchdog does it when the test
+//! process dies without dropping it, as for the DNS lab) and removes its directory
+//! (`DANEMTA_LAB_KEEP=1` keeps it as `/tmp/danemta-lab/kept-smtp-…`). Dropping a proxy stops its
+//! runtime, closing the listener and every relayed connection.
 //!
 //! ## Standard scenarios ([`Lab::standard`], [`standard_zones`])
 //!
@@ -102,10 +174,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attack;
 mod config;
 pub mod dns;
 mod error;
+pub mod pki;
 mod process;
+pub mod smtp;
 mod standard;
 mod zone;
 
@@ -120,8 +195,10 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use attack::{Mitm, StripStartTls};
 pub use error::LabError;
 pub use process::{BLOCK_OCTET, LAB_ROOT, is_alive};
+pub use smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
 pub use standard::{fake_digest, standard_zones};
 pub use zone::{Signing, ZoneSpec};
 

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -430,7 +430,7 @@ pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> boo
 
 /// Kills every process whose command line names `dir` (the servers of a dead lab read their
 /// configuration from it; the forked children of NSD inherit the command line).
-fn kill_processes_using(dir: &Path) {
+pub(crate) fn kill_processes_using(dir: &Path) {
     let dir = dir.to_string_lossy().into_owned();
     let prefix = format!("{dir}/");
     let me = std::process::id();
@@ -461,6 +461,148 @@ fn kill_processes_using(dir: &Path) {
         wait_until(Duration::from_secs(1), || {
             pids.iter().all(|&p| !is_alive(p))
         });
+    }
+}
+
+/// The owner PID in the name of a `<prefix>-<pid>-…` instance directory.
+fn instance_owner(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Removes the `<prefix>-<pid>-…` directories of dead test processes (their watchdog was killed
+/// too, or the machine rebooted) and kills the servers that still use them.
+fn sweep_dead_instances(root: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = instance_owner(&name.to_string_lossy(), prefix) else {
+            continue;
+        };
+        if owner == me || is_alive(owner) {
+            continue;
+        }
+        let path = entry.path();
+        kill_processes_using(&path);
+        let _ = fs::remove_dir_all(&path);
+    }
+}
+
+/// Creates `LAB_ROOT/<prefix>-<pid>-<seq>-<nanos>` (mode 0755: unprivileged server processes
+/// must reach their files in it), after sweeping what dead test processes left there.
+pub(crate) fn instance_dir(prefix: &str) -> Result<PathBuf, LabError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let root = Path::new(LAB_ROOT);
+    fs::create_dir_all(root)
+        .map_err(|e| LabError::io(format!("creating {}", root.display()), e))?;
+    sweep_dead_instances(root, prefix);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("{prefix}-{}-{seq}-{nanos}", std::process::id()));
+    fs::create_dir(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+        .map_err(|e| LabError::io(format!("setting the mode of {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// Tries to take the lock file of an SMTP peer address, `LAB_ROOT/peer-IP-PORT.lock`;
+/// `Ok(None)` when another claim (of this or another process) holds it.
+fn try_lock_peer(root: &Path, addr: SocketAddr) -> Result<Option<File>, LabError> {
+    let path = root.join(format!("peer-{}-{}.lock", addr.ip(), addr.port()));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LabError::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(LabError::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+/// Takes the lock of an address a test chose itself, so that two lab peers never share it
+/// (Postfix listens with `SO_REUSEPORT`: two instances on one address would split the
+/// connections silently). `Ok(None)` when another lab peer holds it.
+pub(crate) fn lock_peer_addr(addr: SocketAddr) -> Result<Option<File>, LabError> {
+    let root = Path::new(LAB_ROOT);
+    fs::create_dir_all(root)
+        .map_err(|e| LabError::io(format!("creating {}", root.display()), e))?;
+    try_lock_peer(root, addr)
+}
+
+/// Third octets of the addresses [`claim_peer_addr`] hands out: 127.0.40.0/24 to 127.0.49.0/24.
+pub(crate) const PEER_AUTO_OCTETS: std::ops::RangeInclusive<u8> = 40..=49;
+
+/// Claims a free loopback address for an SMTP peer on `port`: the first `127.0.K.H`
+/// (K in [`PEER_AUTO_OCTETS`], H = 1…254) whose lock file `LAB_ROOT/peer-127.0.K.H-PORT.lock`
+/// no open claim holds (in any process) and where `port` can be bound. Keep the returned lock
+/// for as long as the address is used.
+pub(crate) fn claim_peer_addr(port: u16) -> Result<(SocketAddrV4, File), LabError> {
+    let root = Path::new(LAB_ROOT);
+    fs::create_dir_all(root)
+        .map_err(|e| LabError::io(format!("creating {}", root.display()), e))?;
+    let mut last = String::from("every address is claimed");
+    for k in PEER_AUTO_OCTETS {
+        for h in 1..=254u8 {
+            let addr = SocketAddrV4::new(Ipv4Addr::new(127, 0, k, h), port);
+            let Some(file) = try_lock_peer(root, SocketAddr::V4(addr))? else {
+                continue;
+            };
+            match TcpListener::bind(addr) {
+                Ok(listener) => {
+                    drop(listener);
+                    return Ok((addr, file));
+                }
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    return Err(LabError::NoFreePeerAddr {
+                        port,
+                        detail: format!(
+                            "binding {addr} is not allowed ({e}); run as root or grant \
+                             CAP_NET_BIND_SERVICE"
+                        ),
+                    });
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+    }
+    Err(LabError::NoFreePeerAddr {
+        port,
+        detail: format!(
+            "{last}; is a server (a system Postfix?) listening on 0.0.0.0:{port}? Stop it, e.g. \
+             `systemctl disable --now postfix`"
+        ),
+    })
+}
+
+/// Binds a TCP listener, retrying for a moment while the address is in use: a listener this
+/// process just closed (e.g. the probe of [`claim_peer_addr`]) may live on for a few hundred
+/// microseconds in a child being spawned by another thread, until that child's `exec`.
+pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse && tries < 10 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -500,6 +642,13 @@ mod tests {
             msg.contains("apt-get install nsd unbound ldnsutils"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn parses_instance_dir_names() {
+        assert_eq!(instance_owner("smtp-123-0-456", "smtp"), Some(123));
+        assert_eq!(instance_owner("smtpx-123-0-456", "smtp"), None);
+        assert_eq!(instance_owner("lab-7-123-456", "smtp"), None);
     }
 
     #[test]
