@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1, tlsa_3_1_1};
 use danemta_lab::smtp::{Receiver, ReceiverSpec};
-use danemta_lab::{Lab, Mitm, Signing, StripStartTls, ZoneSpec};
+use danemta_lab::{Lab, Mitm, Signing, StripStartTls, SubmissionServer, ZoneSpec};
 use serde_json::Value;
 
 /// Every test domain; each receiver accepts them all, so only routing decides who gets what.
@@ -34,6 +34,7 @@ const DOMAINS: &[&str] = &[
     "bogus-tlsa-nodane.test",
     "multi-fail.dane.test",
     "multi-best.dane.test",
+    "submit.dane.test",
 ];
 
 struct World {
@@ -48,6 +49,8 @@ struct World {
     mitm: Mitm,
     /// The DANE-TA CA as a PEM file, for the PKIX levels' --ca-file.
     ca_file: std::path::PathBuf,
+    /// The submission server of submit.dane.test (user alice, password secret).
+    submission: SubmissionServer,
 }
 
 fn ip(r: SocketAddr) -> IpAddr {
@@ -91,6 +94,10 @@ fn world() -> &'static World {
         let any = SocketAddr::from(([0, 0, 0, 0], 25));
         let strip = StripStartTls::start(any, ee.addr()).unwrap();
         let mitm = Mitm::start(any, ee.addr(), &attacker.chain_pem, &attacker.key_pem).unwrap();
+        let submit_cert = TestCert::self_signed(&["smtp.submit.dane.test"]).unwrap();
+        let submission =
+            SubmissionServer::start(SocketAddr::from(([0, 0, 0, 0], 0)), Some(&submit_cert), Some(("alice", "secret"))).unwrap();
+        let sub = submission.addr();
 
         let ee311 = tlsa_3_1_1(&ee_cert);
         let ta201 = tlsa_2_x_1(&ca, 0);
@@ -131,6 +138,17 @@ fn world() -> &'static World {
                     ip(ee.addr())
                 ),
             ),
+            // RFC 6186 submission: SRV to a DANE-protected host on its own port.
+            secure(
+                "submit.dane.test",
+                format!(
+                    "_submission._tcp SRV 0 1 {} smtp\nsmtp A {}\n_{}._tcp.smtp TLSA {}\n",
+                    sub.port(),
+                    sub.ip(),
+                    sub.port(),
+                    tlsa_3_1_1(&submit_cert)
+                ),
+            ),
             // Best MX has no TLSA, a worse one has: the best is still used (rule 3).
             secure(
                 "multi-best.dane.test",
@@ -144,7 +162,7 @@ fn world() -> &'static World {
         let lab = Lab::builder().zones(zones).start().expect("the DNSSEC lab");
         let ca_file = lab.dir().join("dane-ta-ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        World { lab, ee, ta, ta_nochain, expired, wrongname, plain, strip, mitm, ca_file }
+        World { lab, ee, ta, ta_nochain, expired, wrongname, plain, strip, mitm, ca_file, submission }
     })
 }
 
@@ -171,6 +189,10 @@ struct Sent {
 }
 
 fn send_to(rcpt: &str, extra: &[&str], resolver: &[String]) -> Sent {
+    send_env(rcpt, extra, resolver, &[])
+}
+
+fn send_env(rcpt: &str, extra: &[&str], resolver: &[String], env: &[(&str, &str)]) -> Sent {
     let message =
         format!("From: a@client.test\nTo: {rcpt}\nSubject: lab test for {rcpt}\n\nhello {rcpt}\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_danemta"))
@@ -188,6 +210,7 @@ fn send_to(rcpt: &str, extra: &[&str], resolver: &[String]) -> Sent {
         ])
         .args(extra)
         .args(resolver)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -601,4 +624,89 @@ fn bad_message_and_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn submission_through_srv_with_dane_and_auth_plain() {
+    let w = world();
+    let via = ["--submission", "submit.dane.test", "--auth-user", "alice"];
+    let s = send_env(
+        "far@elsewhere.example",
+        &via,
+        &trust_ad(w),
+        &[("DANEMTA_PASSWORD", "secret")],
+    );
+    assert_delivered(&s, "verified");
+    let a = attempt(&s, 0);
+    assert_eq!(
+        (a["host"].as_str(), a["port"].as_u64()),
+        (
+            Some("smtp.submit.dane.test"),
+            Some(u64::from(w.submission.addr().port()))
+        )
+    );
+    let seen = w.submission.seen();
+    assert!(seen.authenticated);
+    assert!(
+        seen.server_names
+            .contains(&Some("smtp.submit.dane.test".to_owned())),
+        "SNI: {:?}",
+        seen.server_names
+    );
+    assert!(
+        seen.messages
+            .iter()
+            .any(|m| m.contains("hello far@elsewhere.example"))
+    );
+    // The password never appears in what we report.
+    assert!(!s.stderr.contains("secret") && !s.json.to_string().contains("secret"));
+
+    // A wrong password: not delivered, deferred (the operator must fix it, the mail waits).
+    let s = send_env(
+        "far2@elsewhere.example",
+        &via,
+        &trust_ad(w),
+        &[("DANEMTA_PASSWORD", "wrong")],
+    );
+    assert_eq!(s.json["outcome"], "deferred", "{:#}", s.json);
+    assert!(
+        !w.submission
+            .seen()
+            .messages
+            .iter()
+            .any(|m| m.contains("far2@"))
+    );
+
+    // No password in the environment: a usage error, nothing sent.
+    let message = w.lab.dir().join("submission-message.eml");
+    std::fs::write(&message, "Subject: x\n\nhello nopass\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args([
+            "send",
+            "--from",
+            "a@client.test",
+            "--to",
+            "x@y.example",
+            "--message",
+        ])
+        .arg(&message)
+        .args(via)
+        .args(trust_ad(w))
+        .env_remove("DANEMTA_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DANEMTA_PASSWORD"));
+    assert!(
+        !w.submission
+            .seen()
+            .messages
+            .iter()
+            .any(|m| m.contains("hello nopass"))
+    );
 }

@@ -182,6 +182,7 @@ pub mod pki;
 mod process;
 pub mod smtp;
 mod standard;
+pub mod submission;
 mod zone;
 
 use std::collections::BTreeMap;
@@ -200,6 +201,7 @@ pub use error::LabError;
 pub use process::{BLOCK_OCTET, LAB_ROOT, is_alive};
 pub use smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
 pub use standard::{fake_digest, standard_zones};
+pub use submission::SubmissionServer;
 pub use zone::{Signing, ZoneSpec};
 
 use dns::{QueryOptions, rcode, rtype};

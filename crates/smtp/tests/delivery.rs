@@ -4,144 +4,39 @@
 //! real DNSSEC are in crates/danemta/tests.)
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dane::Tlsa;
-use dane::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use dane::pki_types::CertificateDer;
+use danemta_lab::SubmissionServer;
+use danemta_lab::pki::TestCert;
 use dns::route::{Address, Candidate, DaneState};
 use dns::{DnsName, Route, Status};
-use rcgen::{CertificateParams, KeyPair};
-use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use smtp::{Config, Envelope, Fate, Level, Message, Security, Timeouts};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
-/// What a test server saw.
-#[derive(Default, Debug)]
-struct Seen {
-    sni: Option<String>,
-    commands: Vec<String>,
-    messages: usize,
-}
-
-#[derive(Debug)]
-struct Recorder {
-    key: Arc<CertifiedKey>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl ResolvesServerCert for Recorder {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.seen.lock().unwrap().sni = hello.server_name().map(str::to_owned);
-        Some(self.key.clone())
-    }
-}
 
 struct Server {
+    inner: SubmissionServer,
     addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
     leaf: CertificateDer<'static>,
 }
 
 /// A self-signed certificate for `name`.
-fn cert(name: &str) -> (CertificateDer<'static>, KeyPair) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    (cert.der().clone(), key)
+fn cert(name: &str) -> TestCert {
+    TestCert::self_signed(&[name]).unwrap()
 }
 
-/// An SMTP server on a fresh loopback port; `starttls` says whether it offers STARTTLS.
+/// An SMTP server on a fresh loopback port (the lab's in-process one, which records the SNI
+/// name); `starttls` says whether it offers STARTTLS.
 async fn server(starttls: bool) -> Server {
-    let (leaf, key) = cert("mx.example.test");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let signer = provider
-        .key_provider
-        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            key.serialize_der(),
-        )))
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let resolver = Recorder {
-        key: Arc::new(CertifiedKey::new(vec![leaf.clone()], signer)),
-        seen: seen.clone(),
-    };
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, record) = (acceptor.clone(), record.clone());
-            tokio::spawn(async move {
-                let mut io = BufReader::new(tcp);
-                io.get_mut().write_all(b"220 test ESMTP\r\n").await.unwrap();
-                if serve(&mut io, starttls, &record).await {
-                    let Ok(tls) = acceptor.accept(io.into_inner()).await else {
-                        return;
-                    };
-                    serve(&mut BufReader::new(tls), false, &record).await;
-                }
-            });
-        }
-    });
-    Server { addr, seen, leaf }
-}
-
-/// Serves commands until QUIT or STARTTLS (returns true for STARTTLS).
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
-    offer_tls: bool,
-    seen: &Mutex<Seen>,
-) -> bool {
-    loop {
-        let mut line = String::new();
-        if io.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return false;
-        }
-        let command = line.trim_end().to_owned();
-        seen.lock().unwrap().commands.push(command.clone());
-        let upper = command.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            if offer_tls {
-                b"250-test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-            } else {
-                b"250-test\r\n250 PIPELINING\r\n"
-            }
-        } else if upper == "STARTTLS" {
-            io.get_mut()
-                .write_all(b"220 2.0.0 go ahead\r\n")
-                .await
-                .unwrap();
-            return true;
-        } else if upper == "DATA" {
-            io.get_mut().write_all(b"354 go\r\n").await.unwrap();
-            loop {
-                let mut body = String::new();
-                if io.read_line(&mut body).await.unwrap_or(0) == 0 || body == ".\r\n" {
-                    break;
-                }
-            }
-            seen.lock().unwrap().messages += 1;
-            b"250 2.0.0 queued\r\n"
-        } else if upper == "QUIT" {
-            let _ = io.get_mut().write_all(b"221 bye\r\n").await;
-            return false;
-        } else {
-            b"250 2.0.0 ok\r\n"
-        };
-        io.get_mut().write_all(reply).await.unwrap();
+    let c = cert("mx.example.test");
+    let inner =
+        SubmissionServer::start("127.0.0.1:0".parse().unwrap(), starttls.then_some(&c), None)
+            .unwrap();
+    Server {
+        addr: inner.addr(),
+        inner,
+        leaf: CertificateDer::from(c.leaf_der.clone()),
     }
 }
 
@@ -248,8 +143,8 @@ async fn dane_ee_delivery_is_verified_and_sends_the_base_domain_as_sni() {
     );
     // Rule 10: SNI is the TLSA base domain, not the MX name.
     assert_eq!(
-        s.seen.lock().unwrap().sni.as_deref(),
-        Some("mx.provider.test")
+        s.inner.seen().server_names,
+        [Some("mx.provider.test".to_owned())]
     );
 }
 
@@ -274,7 +169,7 @@ async fn insecure_mx_with_secure_tlsa_is_trusted_not_verified() {
 async fn a_wrong_certificate_moves_to_the_next_mx_and_never_sends_mail() {
     let wrong = server(true).await;
     let good = server(true).await;
-    let (other, _) = cert("attacker.test");
+    let other = CertificateDer::from(cert("attacker.test").leaf_der);
     let records_wrong = DaneState::Usable {
         records: vec![tlsa_for(&other)],
     };
@@ -306,13 +201,13 @@ async fn a_wrong_certificate_moves_to_the_next_mx_and_never_sends_mail() {
     );
     assert!(d.attempts[0].rule.contains("RFC 7672 §3.1"));
     assert_eq!(d.attempts[1].security, Security::Verified);
-    let seen = wrong.seen.lock().unwrap();
+    let seen = wrong.inner.seen();
     assert!(
         !seen.commands.iter().any(|c| c.starts_with("MAIL")),
         "{:?}",
         seen.commands
     );
-    assert_eq!(seen.messages, 0);
+    assert!(seen.messages.is_empty());
 }
 
 #[tokio::test]
@@ -334,7 +229,7 @@ async fn dane_without_starttls_defers_and_opportunistic_sends_plaintext() {
         "{}",
         d.recipients[0].reply
     );
-    assert_eq!(s.seen.lock().unwrap().messages, 0);
+    assert!(s.inner.seen().messages.is_empty());
 
     let na = DaneState::NotApplicable {
         reason: "no TLSA".into(),
@@ -363,10 +258,7 @@ async fn dane_only_skips_hosts_without_usable_records() {
     let d = send(&route, Level::DaneOnly).await;
     assert_eq!(d.outcome, "deferred");
     assert_eq!(d.attempts[0].security, Security::None);
-    assert!(
-        s.seen.lock().unwrap().commands.is_empty(),
-        "no connection at all"
-    );
+    assert!(s.inner.seen().commands.is_empty(), "no connection at all");
 }
 
 #[tokio::test]
@@ -391,8 +283,7 @@ async fn fingerprint_level_matches_configured_digests() {
         (d.outcome, d.attempts[0].security),
         ("delivered", Security::Verified)
     );
-    let (other, _) = cert("x.test");
-    cfg.fingerprints = vec![tlsa_for(&other)];
+    cfg.fingerprints = vec![tlsa_for(&CertificateDer::from(cert("x.test").leaf_der))];
     let d = smtp::deliver(&route, &n("example.test"), true, &envelope, &message, &cfg).await;
     assert_eq!(d.outcome, "deferred");
     assert!(d.recipients.iter().all(|r| r.outcome == Fate::Deferred));
