@@ -218,19 +218,9 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
                 .map_err(|e| usage(format!("--match: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut timeouts = Timeouts::default();
-    if let Some(secs) = args.smtp_timeout {
-        let t = Duration::from_secs(secs.max(1));
-        timeouts = Timeouts {
-            connect: t,
-            greeting: t,
-            command: t,
-            data_init: t,
-            data_block: t,
-            data_end: t,
-            tls: t,
-        };
-    }
+    let timeouts = args.smtp_timeout.map_or_else(Timeouts::default, |secs| {
+        Timeouts::uniform(Duration::from_secs(secs.max(1)))
+    });
     let config = Config {
         helo_name: args.helo.clone(),
         level: args.policy,

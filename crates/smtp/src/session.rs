@@ -36,6 +36,21 @@ pub struct Timeouts {
     pub tls: Duration,
 }
 
+impl Timeouts {
+    /// The same limit for every step (tests, or an operator who wants to fail fast).
+    pub fn uniform(limit: Duration) -> Self {
+        Self {
+            connect: limit,
+            greeting: limit,
+            command: limit,
+            data_init: limit,
+            data_block: limit,
+            data_end: limit,
+            tls: limit,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         let min = |m: u64| Duration::from_secs(60 * m);

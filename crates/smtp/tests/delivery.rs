@@ -73,19 +73,10 @@ fn candidate(name: &str, base: &str, server: &Server, dane: DaneState) -> Candid
 }
 
 fn config(level: Level) -> Config {
-    let t = Duration::from_secs(5);
     Config {
         helo_name: "client.test".into(),
         level,
-        timeouts: Timeouts {
-            connect: t,
-            greeting: t,
-            command: t,
-            data_init: t,
-            data_block: t,
-            data_end: t,
-            tls: t,
-        },
+        timeouts: Timeouts::uniform(Duration::from_secs(5)),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         fingerprints: vec![],
         roots: Arc::new(rustls::RootCertStore::empty()),

@@ -65,16 +65,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn quick() -> Timeouts {
-    let t = Duration::from_secs(2);
-    Timeouts {
-        connect: t,
-        greeting: t,
-        command: t,
-        data_init: t,
-        data_block: t,
-        data_end: t,
-        tls: t,
-    }
+    Timeouts::uniform(Duration::from_secs(2))
 }
 
 async fn open(addr: SocketAddr, mode: Mode) -> Result<Session, SessionError> {
