@@ -31,10 +31,14 @@ impl RecordType {
     }
 }
 
-/// Our name for a hickory name.
-pub(crate) fn dns_name(name: &Name) -> DnsName {
-    let text = name.to_ascii();
-    text.parse().unwrap_or_else(|_| DnsName::root())
+/// Our name for a hickory name; `None` for names outside host-name syntax (hickory escapes
+/// odd bytes as `\DDD`), which must never be mistaken for anything else — least of all for
+/// the root, which as an MX exchange would mean "no mail here" (RFC 7505).
+pub(crate) fn dns_name(name: &Name) -> Option<DnsName> {
+    if name.is_root() {
+        return Some(DnsName::root());
+    }
+    name.to_ascii().parse().ok()
 }
 
 /// The hickory name for ours (fully qualified).
@@ -47,19 +51,25 @@ pub(crate) fn hickory_name(name: &DnsName) -> Result<Name, Failure> {
     Name::from_ascii(&text).map_err(|e| Failure::Malformed(format!("name {name}: {e}")))
 }
 
+/// One record in our terms. An MX or SRV whose target is not a usable host name becomes
+/// [`Record::Other`] and is ignored (a route with none left defers).
 fn convert(data: &RData) -> Record {
     match data {
         RData::A(a) => Record::Address(IpAddr::V4(a.0)),
         RData::AAAA(a) => Record::Address(IpAddr::V6(a.0)),
-        RData::MX(mx) => Record::Mx(Mx {
-            preference: mx.preference,
-            exchange: dns_name(&mx.exchange),
+        RData::MX(mx) => dns_name(&mx.exchange).map_or(Record::Other, |exchange| {
+            Record::Mx(Mx {
+                preference: mx.preference,
+                exchange,
+            })
         }),
-        RData::SRV(srv) => Record::Srv(Srv {
-            priority: srv.priority,
-            weight: srv.weight,
-            port: srv.port,
-            target: dns_name(&srv.target),
+        RData::SRV(srv) => dns_name(&srv.target).map_or(Record::Other, |target| {
+            Record::Srv(Srv {
+                priority: srv.priority,
+                weight: srv.weight,
+                port: srv.port,
+                target,
+            })
         }),
         RData::TLSA(t) => {
             let parsed = Tlsa::new(
@@ -117,9 +127,19 @@ pub(crate) fn build(
             );
         }
         ttl = ttl.min(record.ttl);
+        let (Some(from), Some(to)) = (dns_name(&current), dns_name(&target.0)) else {
+            return Lookup::failed(
+                qname.clone(),
+                qtype,
+                Failure::Malformed(format!(
+                    "CNAME {} -> {} is not a host name",
+                    current, target.0
+                )),
+            );
+        };
         links.push(CnameLink {
-            from: dns_name(&current),
-            to: dns_name(&target.0),
+            from,
+            to,
             status: status_of(record),
         });
         current = target.0.clone();
@@ -249,6 +269,27 @@ mod tests {
             Status::Secure,
         );
         assert_eq!(l.answer().1, &Outcome::NoData);
+    }
+
+    #[test]
+    fn an_mx_exchange_that_is_no_host_name_is_never_a_null_mx() {
+        let odd = Name::from_labels(vec![b"bad name".to_vec(), b"test".to_vec()]).unwrap();
+        let answers = vec![rec("x.test.", RData::MX(MX::new(10, odd)))];
+        let qname = "x.test".parse().unwrap();
+        let l = build(
+            &qname,
+            RecordType::Mx,
+            ResponseCode::NoError,
+            &answers,
+            |_| Status::Secure,
+            Status::Secure,
+        );
+        assert_eq!(l.records().1, &[Record::Other]);
+        let step = crate::route::mx_step(&qname, 25, &l, &mut |_| {});
+        assert!(
+            matches!(step, crate::route::HostsStep::Defer(_)),
+            "{step:?}"
+        );
     }
 
     #[test]

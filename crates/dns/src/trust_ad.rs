@@ -132,7 +132,9 @@ impl Resolver for TrustAd {
                 .iter()
                 .filter(|r| r.record_type() == HType::CNAME)
             {
-                let alias = dns_name(&record.name);
+                let Some(alias) = dns_name(&record.name) else {
+                    continue;
+                };
                 let own = match Self::request(&alias, RecordType::Cname) {
                     Ok(request) => match self.exchange(request).await {
                         Ok(r) => ad_status(&r),
