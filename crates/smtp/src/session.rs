@@ -381,7 +381,17 @@ impl Session {
             mail.push_str(" BODY=8BITMIME");
         }
         let needs_utf8 = !envelope.from.is_ascii() || envelope.to.iter().any(|t| !t.is_ascii());
-        if needs_utf8 && self.caps.smtputf8 {
+        if needs_utf8 && !self.caps.smtputf8 {
+            // RFC 6531 §3.2: internationalised addresses go only to SMTPUTF8 servers.
+            return Err(SessionError::Refused {
+                stage: "MAIL FROM",
+                reply: Reply::new(
+                    553,
+                    vec!["5.6.7 the server does not support SMTPUTF8, which these addresses need (RFC 6531 §3.2)".into()],
+                ),
+            });
+        }
+        if needs_utf8 {
             mail.push_str(" SMTPUTF8");
         }
         let rcpts: Vec<String> = envelope

@@ -180,3 +180,53 @@ async fn bad_greetings_and_replies_are_clear_errors() {
         .unwrap();
     assert!(matches!(err, SessionError::Connect(_)));
 }
+
+#[tokio::test]
+async fn internationalised_addresses_need_smtputf8() {
+    let (addr, _) = scripted(
+        "220 mx\r\n",
+        vec![
+            ("EHLO", "250-mx\r\n250 PIPELINING\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+    let envelope = Envelope {
+        from: "a@x.test".into(),
+        to: vec!["jösé@y.test".into()],
+    };
+    let message = Message::new(b"Subject: t\n\nhi\n").unwrap();
+    let err = session.transact(&envelope, &message).await.err().unwrap();
+    assert!(
+        matches!(&err, SessionError::Refused { reply, .. } if reply.code() == 553),
+        "{err}"
+    );
+    session.quit().await;
+
+    let (addr, seen) = scripted(
+        "220 mx\r\n",
+        vec![
+            ("EHLO", "250-mx\r\n250 SMTPUTF8\r\n"),
+            ("MAIL FROM:<a@x.test> SMTPUTF8", "250 ok\r\n"),
+            ("RCPT TO:<jösé@y.test>", "250 ok\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 queued\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+    assert_eq!(
+        session
+            .transact(&envelope, &message)
+            .await
+            .unwrap()
+            .data
+            .unwrap()
+            .code(),
+        250
+    );
+    session.quit().await;
+    assert!(seen.await.unwrap().contains("SMTPUTF8"));
+}
