@@ -1,18 +1,20 @@
-//! `danemta check DOMAIN… --no-connect`: the DNS view of a destination's DANE health — the
-//! route layer's result, with findings and a verdict per domain.
-//!
-//! Probing the hosts over STARTTLS (without `--no-connect`) is not implemented yet.
+//! `danemta check`: the DANE health of destinations, for domain owners and monitoring.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use check::report::{DomainReport, HostReport, Level};
+use check::{ProbeCache, ProbeConfig, check_domain};
 use clap::Args;
-use dane::Usage;
-use dns::route::{Candidate, DaneState};
-use dns::{Backend, DnsName, NextHop, Route, Status};
-use futures_util::future::join_all;
-use serde::Serialize;
-use serde_json::{Value, json};
+use dns::DnsName;
+use futures_util::StreamExt;
+use futures_util::stream;
+use serde_json::json;
+use smtp::Timeouts;
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
@@ -28,270 +30,26 @@ pub struct CheckArgs {
     /// SMTP port whose TLSA records to check (25 for MX delivery).
     #[arg(long, default_value_t = 25, value_name = "N")]
     port: u16,
-    /// One JSON object per domain (JSON Lines with --from-file).
+    /// One JSON object per domain (JSON Lines, then a summary object, with --from-file).
     #[arg(long)]
     json: bool,
     /// Only look at DNS: MX, addresses, TLSA records and their DNSSEC status; no connections.
     #[arg(long)]
     no_connect: bool,
+    /// Judge certificate expiry as of N days from now (will it still work then?).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    days: u64,
     /// Domains checked at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
     concurrency: usize,
+    /// Seconds to wait for each SMTP reply or TLS handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    smtp_timeout: u64,
+    /// Our name in EHLO.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    helo: String,
     #[command(flatten)]
     dns: DnsArgs,
-}
-
-/// Severity of a finding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Level {
-    Info,
-    Warn,
-    Fail,
-}
-
-/// Something worth telling the domain owner, with the rule behind it.
-#[derive(Debug, Serialize)]
-struct Finding {
-    level: Level,
-    code: &'static str,
-    message: String,
-    rfc: &'static str,
-}
-
-/// The verdict of a domain: the worst finding (PRODUCT.md: ok | warn | fail).
-fn verdict(findings: &[&Finding]) -> &'static str {
-    match findings.iter().map(|f| f.level).max() {
-        Some(Level::Fail) => "fail",
-        Some(Level::Warn) => "warn",
-        _ => "ok",
-    }
-}
-
-/// Findings about one host, from the route layer's view of it.
-fn host_findings(c: &Candidate, mx_secure: bool) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut add = |level, code, message: String, rfc| {
-        out.push(Finding {
-            level,
-            code,
-            message,
-            rfc,
-        })
-    };
-    match &c.dane {
-        DaneState::HostUnusable { reason } => add(
-            Level::Fail,
-            "host-unusable",
-            format!(
-                "{}: {reason}; senders using DANE will not deliver to it",
-                c.name
-            ),
-            "RFC 7672 §2.2",
-        ),
-        DaneState::Unusable => add(
-            Level::Warn,
-            "no-usable-tlsa",
-            format!(
-                "{} has TLSA records but none usable for SMTP: TLS is required but unauthenticated",
-                c.name
-            ),
-            "RFC 7672 §3.1.3",
-        ),
-        DaneState::NotApplicable { reason } => {
-            add(Level::Info, "no-dane", reason.clone(), "RFC 7672 §2.2")
-        }
-        DaneState::Usable { .. } if !mx_secure => add(
-            Level::Warn,
-            "insecure-mx",
-            format!(
-                "{} has secure TLSA records, but the MX lookup is not secure: senders can only reach 'trusted', not 'verified'",
-                c.name
-            ),
-            "RFC 7672 §2.2.1",
-        ),
-        DaneState::Usable { .. } => {}
-    }
-    if c.tlsa
-        .iter()
-        .any(|t| matches!(t.usage(), Usage::PkixTa | Usage::PkixEe))
-    {
-        add(
-            Level::Warn,
-            "pkix-usage",
-            format!(
-                "{} publishes PKIX-TA(0)/PKIX-EE(1) records, which SMTP clients ignore",
-                c.tlsa_name.as_ref().map_or(&c.name, |n| n)
-            ),
-            "RFC 7672 §3.1.3",
-        );
-    }
-    for (family, st) in [("A", c.a_dnssec), ("AAAA", c.aaaa_dnssec)] {
-        if st.is_failure() {
-            add(
-                Level::Warn,
-                "address-lookup-failed",
-                format!(
-                    "the {family} lookup of {} is {st}: senders skip those addresses",
-                    c.name
-                ),
-                "RFC 7672 §2.2.2",
-            );
-        }
-    }
-    if c.tlsa_base != c.name {
-        add(
-            Level::Warn,
-            "mx-cname",
-            format!("MX exchange {} is a CNAME (to {})", c.name, c.tlsa_base),
-            "RFC 2181 §10.3",
-        );
-    }
-    out
-}
-
-fn status(s: Status) -> Value {
-    json!(s)
-}
-
-fn host_json(c: &Candidate, findings: &[Finding]) -> Value {
-    let dane = match &c.dane {
-        DaneState::Usable { .. } => "usable",
-        DaneState::Unusable => "unusable",
-        DaneState::NotApplicable { .. } => "not-applicable",
-        DaneState::HostUnusable { .. } => "host-unusable",
-    };
-    json!({
-        "name": c.name,
-        "preference": c.preference,
-        "port": c.port,
-        "tlsa_base": c.tlsa_base,
-        "tlsa_name": c.tlsa_name,
-        "dane": dane,
-        "dane_detail": c.dane,
-        "tlsa_dnssec": c.tlsa_dnssec,
-        "tlsa": c.tlsa,
-        "a_dnssec": status(c.a_dnssec),
-        "aaaa_dnssec": status(c.aaaa_dnssec),
-        "addresses": c.addresses.iter().map(|a| json!({"address": a.address, "dnssec": a.dnssec})).collect::<Vec<_>>(),
-        "reference_names": c.reference_names,
-        "findings": findings,
-    })
-}
-
-/// The report of one domain: its JSON object and its verdict.
-fn report(domain: &DnsName, route: &Route) -> (Value, &'static str) {
-    match route {
-        Route::Deliver {
-            mx_dnssec,
-            candidates,
-        } => {
-            let per_host: Vec<Vec<Finding>> = candidates
-                .iter()
-                .map(|c| host_findings(c, mx_dnssec.is_secure()))
-                .collect();
-            let mut all: Vec<&Finding> = per_host.iter().flatten().collect();
-            let unusable = candidates
-                .iter()
-                .filter(|c| matches!(c.dane, DaneState::HostUnusable { .. }))
-                .count();
-            // Every host unusable: nothing can be delivered, whatever the findings say.
-            let none_left = Finding {
-                level: Level::Fail,
-                code: "no-usable-host",
-                message: "no MX host can be used: mail to this domain is deferred".into(),
-                rfc: "RFC 7672 §2.2",
-            };
-            if unusable == candidates.len() {
-                all.push(&none_left);
-            }
-            let verdict = verdict(&all);
-            let hosts: Vec<Value> = candidates
-                .iter()
-                .zip(&per_host)
-                .map(|(c, f)| host_json(c, f))
-                .collect();
-            (
-                json!({"domain": domain, "verdict": verdict, "route": "deliver", "mx_dnssec": mx_dnssec, "hosts": hosts}),
-                verdict,
-            )
-        }
-        Route::Defer { reason, mx_dnssec } => (
-            json!({"domain": domain, "verdict": "fail", "route": "defer", "mx_dnssec": mx_dnssec, "reason": reason, "hosts": []}),
-            "fail",
-        ),
-        Route::Bounce { reason, mx_dnssec } => {
-            // A null MX is a domain's deliberate "no mail here"; a missing domain is an error.
-            let verdict = if reason.contains("null MX") {
-                "ok"
-            } else {
-                "fail"
-            };
-            (
-                json!({"domain": domain, "verdict": verdict, "route": "bounce", "mx_dnssec": mx_dnssec, "reason": reason, "hosts": []}),
-                verdict,
-            )
-        }
-    }
-}
-
-fn print_human(domain: &DnsName, route: &Route, verdict: &str) {
-    match route {
-        Route::Deliver {
-            mx_dnssec,
-            candidates,
-        } => {
-            println!("{domain}: {verdict} — deliver, MX lookup {mx_dnssec}");
-            for c in candidates {
-                println!(
-                    "  {:>5} {}  (TLSA base {})",
-                    c.preference, c.name, c.tlsa_base
-                );
-                let addrs: Vec<String> = c
-                    .addresses
-                    .iter()
-                    .map(|a| format!("{} ({})", a.address, a.dnssec))
-                    .collect();
-                println!(
-                    "        addresses: {} [A {}, AAAA {}]",
-                    if addrs.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        addrs.join(", ")
-                    },
-                    c.a_dnssec,
-                    c.aaaa_dnssec
-                );
-                if let (Some(name), Some(st)) = (&c.tlsa_name, c.tlsa_dnssec) {
-                    let none = if c.tlsa.is_empty() { " none" } else { "" };
-                    println!("        TLSA {name} ({st}):{none}");
-                    for t in &c.tlsa {
-                        println!("          {t}");
-                    }
-                }
-                let dane = match &c.dane {
-                    DaneState::Usable { records } => format!(
-                        "usable — TLS required, authenticated by {} record(s)",
-                        records.len()
-                    ),
-                    DaneState::Unusable => {
-                        "records present, none usable — TLS required, unauthenticated".into()
-                    }
-                    DaneState::NotApplicable { reason } => format!("not applicable — {reason}"),
-                    DaneState::HostUnusable { reason } => format!("HOST UNUSABLE — {reason}"),
-                };
-                println!("        DANE: {dane}");
-                for f in host_findings(c, mx_dnssec.is_secure()) {
-                    // The DANE line above already says why a host is unusable.
-                    if f.level > Level::Info && f.code != "host-unusable" {
-                        println!("        {:?}: {} ({})", f.level, f.message, f.rfc);
-                    }
-                }
-            }
-        }
-        Route::Defer { reason, .. } => println!("{domain}: {verdict} — defer: {reason}"),
-        Route::Bounce { reason, .. } => println!("{domain}: {verdict} — bounce: {reason}"),
-    }
 }
 
 fn read_domains(path: &PathBuf) -> Result<Vec<DnsName>, CliError> {
@@ -310,14 +68,125 @@ fn read_domains(path: &PathBuf) -> Result<Vec<DnsName>, CliError> {
         .collect()
 }
 
+/// Terminal colours, only when standard output is a terminal.
+struct Paint(bool);
+
+impl Paint {
+    fn verdict(&self, v: &str) -> String {
+        let code = match v {
+            "ok" => "32",
+            "warn" => "33",
+            _ => "31",
+        };
+        self.wrap(code, v)
+    }
+
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn print_host(h: &HostReport, paint: &Paint) {
+    println!(
+        "  {:>5} {}  (TLSA base {}) {}",
+        h.preference,
+        h.name,
+        h.tlsa_base,
+        paint.verdict(h.verdict)
+    );
+    for a in &h.addresses {
+        let tls = match &a.tls {
+            None => String::new(),
+            Some(p) if !p.starttls => {
+                format!(" — no STARTTLS ({})", p.error.as_deref().unwrap_or(""))
+            }
+            Some(p) => {
+                let version = p.tls.as_ref().map_or("TLS", |t| t.version.as_str());
+                let cipher = p.tls.as_ref().map_or("", |t| t.cipher.as_str());
+                let leaf = p.chain.first().map_or(String::new(), |c| {
+                    format!("; certificate {} until {}", c.names.join(","), c.not_after)
+                });
+                let verdict = match (&p.matched, p.depth, &p.failure, &p.error) {
+                    (Some(m), Some(d), _, _) => format!("; matches {m} at depth {d}"),
+                    (_, _, Some(f), _) => format!("; NO MATCH: {f}"),
+                    (_, _, _, Some(e)) => format!("; {e}"),
+                    _ => String::new(),
+                };
+                format!(" — {version} {cipher}{leaf}{verdict}")
+            }
+        };
+        println!("        {} ({}){tls}", a.address, a.dnssec);
+    }
+    if let (Some(name), Some(st)) = (&h.tlsa_name, h.tlsa_dnssec) {
+        let none = if h.tlsa.is_empty() { " none" } else { "" };
+        println!("        TLSA {name} ({st}):{none}");
+        for t in &h.tlsa {
+            println!("          {t}");
+        }
+    }
+    let dane = match &h.dane_detail {
+        dns::DaneState::Usable { records } => format!(
+            "usable — TLS required, authenticated by {} record(s)",
+            records.len()
+        ),
+        dns::DaneState::Unusable => {
+            "records present, none usable — TLS required, unauthenticated".into()
+        }
+        dns::DaneState::NotApplicable { reason } => format!("not applicable — {reason}"),
+        dns::DaneState::HostUnusable { reason } => format!("HOST UNUSABLE — {reason}"),
+    };
+    println!("        DANE: {dane}");
+    for f in h
+        .findings
+        .iter()
+        .filter(|f| f.level > Level::Info && f.code != "host-unusable")
+    {
+        let level = if f.level == Level::Fail {
+            paint.wrap("31", "fail")
+        } else {
+            paint.wrap("33", "warn")
+        };
+        println!("        {level} {}: {} ({})", f.code, f.message, f.rfc);
+    }
+}
+
+fn print_human(r: &DomainReport, paint: &Paint) {
+    let mx = r
+        .mx_dnssec
+        .map_or(String::new(), |s| format!(", MX lookup {s}"));
+    println!(
+        "{}: {} — {}{mx}",
+        r.domain,
+        paint.verdict(r.verdict),
+        r.route
+    );
+    if let Some(reason) = &r.reason {
+        println!("  {reason}");
+    }
+    for h in &r.hosts {
+        print_host(h, paint);
+    }
+    for f in r.findings.iter().filter(|f| f.level > Level::Info) {
+        println!(
+            "  {} {}: {} ({})",
+            paint.verdict(if f.level == Level::Fail {
+                "fail"
+            } else {
+                "warn"
+            }),
+            f.code,
+            f.message,
+            f.rfc
+        );
+    }
+}
+
 /// Exit status: 0 all ok, 1 warnings, 2 failures, 64 usage.
 pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
-    if !args.no_connect {
-        return Err(CliError::Usage(
-            "probing hosts over STARTTLS is not implemented yet; add --no-connect for the DNS view"
-                .into(),
-        ));
-    }
     let domains = match &args.from_file {
         Some(path) => read_domains(path)?,
         None => args.domains.clone(),
@@ -325,31 +194,47 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
     if args.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
     }
+    let probe = ProbeConfig {
+        provider: Arc::new(rustls::crypto::ring::default_provider()),
+        timeouts: Timeouts::uniform(Duration::from_secs(args.smtp_timeout.max(1))),
+        helo_name: args.helo.clone(),
+        ahead: Duration::from_secs(args.days.saturating_mul(86400)),
+    };
+    let cache = ProbeCache::default();
+    let paint = Paint(std::io::stdout().is_terminal() && !args.json);
     let rt = runtime().map_err(CliError::Runtime)?;
     rt.block_on(async {
-        let backend: Backend = args.dns.backend().await?;
+        let backend = args.dns.backend().await?;
+        let probing = (!args.no_connect).then_some((&probe, &cache));
+        let mut summary = BTreeMap::<&str, usize>::new();
         let mut worst = 0u8;
-        let mut summary = std::collections::BTreeMap::<&str, usize>::new();
-        for chunk in domains.chunks(args.concurrency) {
-            let routes = discover_all(&backend, chunk, args.port).await;
-            for (domain, route) in chunk.iter().zip(routes) {
-                let (value, verdict) = report(domain, &route);
-                *summary.entry(verdict).or_default() += 1;
-                worst = worst.max(match verdict {
-                    "fail" => 2,
-                    "warn" => 1,
-                    _ => 0,
-                });
-                if args.json {
-                    println!("{value}");
-                } else {
-                    print_human(domain, &route, verdict);
-                }
+        // Reports come out in input order; memory stays bounded by the concurrency.
+        let mut reports = stream::iter(domains.iter())
+            .map(|d| check_domain(&backend, d, args.port, probing))
+            .buffered(args.concurrency);
+        while let Some(report) = reports.next().await {
+            *summary.entry(report.verdict).or_default() += 1;
+            if report.hosts.iter().any(|h| h.dane == "usable") {
+                *summary.entry("dane").or_default() += 1;
+            }
+            worst = worst.max(match report.verdict {
+                "fail" => 2,
+                "warn" => 1,
+                _ => 0,
+            });
+            if args.json {
+                println!("{}", json!(report));
+            } else {
+                print_human(&report, &paint);
             }
         }
         if args.from_file.is_some() {
-            let line = json!({"summary": {"domains": domains.len(), "ok": summary.get("ok").copied().unwrap_or(0),
-                "warn": summary.get("warn").copied().unwrap_or(0), "fail": summary.get("fail").copied().unwrap_or(0)}});
+            let count = |k| summary.get(k).copied().unwrap_or(0);
+            let line = json!({"summary": {
+                "domains": domains.len(), "dane": count("dane"),
+                "ok": count("ok"), "warn": count("warn"), "fail": count("fail"),
+                "probes": cache.len(),
+            }});
             if args.json {
                 println!("{line}");
             } else {
@@ -358,16 +243,4 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
         }
         Ok(ExitCode::from(worst))
     })
-}
-
-/// Discovers the routes of `domains` concurrently.
-async fn discover_all(backend: &Backend, domains: &[DnsName], port: u16) -> Vec<Route> {
-    let hops: Vec<NextHop> = domains
-        .iter()
-        .map(|d| NextHop::Domain {
-            domain: d.clone(),
-            port,
-        })
-        .collect();
-    join_all(hops.iter().map(|hop| dns::discover(backend, hop))).await
 }

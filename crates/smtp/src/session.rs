@@ -158,6 +158,7 @@ pub struct Session {
     caps: Capabilities,
     tls: Option<TlsInfo>,
     peer: Option<PeerAuth>,
+    peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     timeouts: Timeouts,
     helo_name: String,
     /// Every reply received, for the attempt's record.
@@ -187,6 +188,7 @@ impl Session {
             caps: Capabilities::default(),
             tls: None,
             peer: None,
+            peer_chain: Vec::new(),
             timeouts: timeouts.clone(),
             helo_name: helo_name.to_owned(),
             transcript: Vec::new(),
@@ -223,6 +225,11 @@ impl Session {
     /// TLS version and cipher, when TLS is up.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
+    }
+
+    /// The certificate chain the server presented, leaf first (empty without TLS).
+    pub fn peer_chain(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        &self.peer_chain
     }
 
     /// How the peer was authenticated, when TLS is up.
@@ -323,6 +330,10 @@ impl Session {
                 .map_or_else(String::new, |s| format!("{:?}", s.suite())),
         });
         self.peer = Some(prepared.peer_auth());
+        self.peer_chain = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         self.io = BufReader::new(Box::new(stream));
         Ok(())
     }

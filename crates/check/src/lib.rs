@@ -1,0 +1,15 @@
+//! # danemta-check: DANE health reports
+//!
+//! What a domain owner runs before and after every change: the route (RFC 7672 §2.2), a
+//! STARTTLS probe of every MX address, which TLSA records match what each presents, and
+//! findings with the RFC behind each, summed up as `ok`, `warn` or `fail`. Probes are shared
+//! between domains with the same MX host, so bulk scans cost one probe per host address.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod probe;
+pub mod report;
+
+pub use probe::ProbeConfig;
+pub use report::{DomainReport, Finding, Level, ProbeCache, check_domain};

@@ -1,0 +1,222 @@
+//! A STARTTLS probe of one address: what the server presents, and which TLSA records match
+//! it (RFC 7671 §5, RFC 7672 §3), at a chosen time (`--days N` looks ahead).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dane::cert::CertInfo;
+use dane::pki_types::{CertificateDer, UnixTime};
+use dane::{Authenticator, ReferenceName, Tlsa, VerifyError};
+use rustls::crypto::CryptoProvider;
+use serde::Serialize;
+use smtp::Timeouts;
+use smtp::session::{Session, SessionError, TlsInfo};
+use smtp::tls::{Auth, Mode};
+
+/// One certificate of the presented chain, as a report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertSummary {
+    /// Subject (RFC 4514).
+    pub subject: String,
+    /// DNS names (SAN, or CN without SAN).
+    pub names: Vec<String>,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// Whether it is a CA certificate.
+    pub ca: bool,
+}
+
+/// How one TLSA record fared against the presented chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordMatch {
+    /// The record.
+    pub record: Tlsa,
+    /// The depth it authenticated the chain at, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Why it did not, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The typed reason.
+    #[serde(skip)]
+    pub failure: Option<VerifyError>,
+}
+
+/// What a server presented on one address: the part of a probe that does not depend on the
+/// TLSA records, so it can be shared by every domain whose MX is that host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presented {
+    /// Whether the server offered STARTTLS.
+    pub starttls: bool,
+    /// TLS version and cipher, when the handshake succeeded.
+    pub tls: Option<TlsInfo>,
+    /// The presented chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Why the probe could not complete (connection, greeting, handshake).
+    pub error: Option<String>,
+}
+
+/// The result of probing one address for one host: the presented chain judged against the
+/// host's TLSA records (PRODUCT.md `addresses[].tls`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressProbe {
+    /// Whether the server offered STARTTLS.
+    pub starttls: bool,
+    /// TLS version and cipher.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    /// The record that authenticates the chain as a sender would decide (RFC 7672 §3), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<Tlsa>,
+    /// Its depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Why no record authenticates the chain, when records exist and none does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The presented chain, leaf first.
+    pub chain: Vec<CertSummary>,
+    /// Each usable TLSA record on its own against the chain.
+    pub records: Vec<RecordMatch>,
+    /// Why the probe could not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The leaf's notAfter, seconds since the epoch.
+    #[serde(skip)]
+    pub leaf_not_after: Option<u64>,
+}
+
+/// What to probe with.
+#[derive(Clone)]
+pub struct ProbeConfig {
+    /// TLS provider.
+    pub provider: Arc<CryptoProvider>,
+    /// SMTP timeouts.
+    pub timeouts: Timeouts,
+    /// Our EHLO name.
+    pub helo_name: String,
+    /// Evaluate certificate validity this much later than now (`--days`).
+    pub ahead: Duration,
+}
+
+impl ProbeConfig {
+    /// The verification time: now plus [`ProbeConfig::ahead`].
+    pub fn when(&self) -> UnixTime {
+        let now = UnixTime::now().as_secs();
+        UnixTime::since_unix_epoch(Duration::from_secs(now + self.ahead.as_secs()))
+    }
+}
+
+fn summary(der: &CertificateDer<'_>) -> CertSummary {
+    match CertInfo::parse(der) {
+        Ok(c) => CertSummary {
+            subject: c.subject().to_owned(),
+            names: dane::name::presented_names(&c).to_vec(),
+            not_after: rfc3339(c.not_after()),
+            ca: c.is_ca(),
+        },
+        Err(e) => CertSummary {
+            subject: format!("(unparsable: {e})"),
+            names: Vec::new(),
+            not_after: String::new(),
+            ca: false,
+        },
+    }
+}
+
+/// Seconds since the epoch as RFC 3339.
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// Connects to `address`:`port` and does STARTTLS without authenticating (the chain is judged
+/// afterwards, record by record), sending `sni`.
+pub async fn connect(address: IpAddr, port: u16, sni: &str, cfg: &ProbeConfig) -> Presented {
+    let addr = SocketAddr::new(address, port);
+    let mode = Mode::Required(Auth::None);
+    match Session::open(
+        addr,
+        sni,
+        &cfg.helo_name,
+        &mode,
+        &cfg.provider,
+        &cfg.timeouts,
+    )
+    .await
+    {
+        Ok(session) => {
+            let presented = Presented {
+                starttls: true,
+                tls: session.tls().cloned(),
+                chain: session.peer_chain().to_vec(),
+                error: None,
+            };
+            session.quit().await;
+            presented
+        }
+        Err(e) => Presented {
+            starttls: matches!(e, SessionError::Tls(_) | SessionError::StartTlsInjection),
+            tls: None,
+            chain: Vec::new(),
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Judges what was presented against the host's usable `records` and reference `names` at
+/// time `when`: as a sender would (the whole RRset), and record by record.
+pub fn evaluate(
+    presented: &Presented,
+    records: &[Tlsa],
+    names: &[ReferenceName],
+    when: UnixTime,
+) -> AddressProbe {
+    let mut out = AddressProbe {
+        starttls: presented.starttls,
+        tls: presented.tls.clone(),
+        matched: None,
+        depth: None,
+        failure: None,
+        chain: presented.chain.iter().map(summary).collect(),
+        records: Vec::new(),
+        error: presented.error.clone(),
+        leaf_not_after: presented
+            .chain
+            .first()
+            .and_then(|c| CertInfo::parse(c).ok())
+            .map(|c| c.not_after()),
+    };
+    if presented.chain.is_empty() || records.is_empty() {
+        return out;
+    }
+    match Authenticator::smtp(records, names.to_vec()).verify(&presented.chain, when) {
+        Ok(v) => {
+            out.matched = Some(v.record().clone());
+            out.depth = Some(v.depth());
+        }
+        Err(e) => out.failure = Some(e.to_string()),
+    }
+    for record in records {
+        let verdict = Authenticator::smtp(std::slice::from_ref(record), names.to_vec())
+            .verify(&presented.chain, when);
+        let (depth, failure) = match verdict {
+            Ok(v) => (Some(v.depth()), None),
+            Err(e) => (None, Some(e)),
+        };
+        out.records.push(RecordMatch {
+            record: record.clone(),
+            depth,
+            error: failure.as_ref().map(ToString::to_string),
+            failure,
+        });
+    }
+    out
+}

@@ -1,0 +1,528 @@
+//! A domain's DANE health report: the route, each host and address, findings with the RFC
+//! behind each, and verdicts (PRODUCT.md `check --json`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dane::{Matching, Selector, Tlsa, Usage};
+use dns::route::{Candidate, DaneState};
+use dns::{DnsName, NextHop, Resolver, Route, Status};
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use crate::probe::{AddressProbe, Presented, ProbeConfig, connect, evaluate, rfc3339};
+
+/// Severity of a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Level {
+    /// Worth knowing.
+    Info,
+    /// Works, but is fragile or weaker than it should be.
+    Warn,
+    /// Senders using DANE cannot deliver (or an attacker could interfere).
+    Fail,
+}
+
+/// Something to tell the domain owner, with the rule behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Severity.
+    pub level: Level,
+    /// Stable code, e.g. `single-key`.
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// The rule.
+    pub rfc: &'static str,
+}
+
+/// One address of a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressReport {
+    /// The address.
+    pub address: IpAddr,
+    /// DNSSEC status of its lookup.
+    pub dnssec: Status,
+    /// The STARTTLS probe (absent with `--no-connect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AddressProbe>,
+}
+
+/// One MX host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostReport {
+    /// The MX exchange.
+    pub name: DnsName,
+    /// Its preference.
+    pub preference: u16,
+    /// Its port.
+    pub port: u16,
+    /// The TLSA base domain (and SNI name).
+    pub tlsa_base: DnsName,
+    /// The TLSA owner looked up.
+    pub tlsa_name: Option<DnsName>,
+    /// `usable`, `unusable`, `not-applicable`, `host-unusable`.
+    pub dane: &'static str,
+    /// The route layer's DANE state, with its reason.
+    pub dane_detail: DaneState,
+    /// Status of the TLSA lookup.
+    pub tlsa_dnssec: Option<Status>,
+    /// The TLSA records found.
+    pub tlsa: Vec<Tlsa>,
+    /// Status of the A lookup.
+    pub a_dnssec: Status,
+    /// Status of the AAAA lookup.
+    pub aaaa_dnssec: Status,
+    /// Addresses, each with its probe.
+    pub addresses: Vec<AddressReport>,
+    /// Names a DANE-TA certificate may carry.
+    pub reference_names: Vec<dane::ReferenceName>,
+    /// Findings about this host.
+    pub findings: Vec<Finding>,
+    /// `ok`, `warn` or `fail`.
+    pub verdict: &'static str,
+}
+
+/// One domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DomainReport {
+    /// The domain.
+    pub domain: DnsName,
+    /// `ok`, `warn` or `fail`.
+    pub verdict: &'static str,
+    /// `deliver`, `defer` or `bounce`.
+    pub route: &'static str,
+    /// Status of the MX lookup.
+    pub mx_dnssec: Option<Status>,
+    /// Why the route defers or bounces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Domain-wide findings.
+    pub findings: Vec<Finding>,
+    /// The MX hosts, in preference order.
+    pub hosts: Vec<HostReport>,
+}
+
+fn verdict<'a>(findings: impl IntoIterator<Item = &'a Finding>) -> &'static str {
+    match findings.into_iter().map(|f| f.level).max() {
+        Some(Level::Fail) => "fail",
+        Some(Level::Warn) => "warn",
+        _ => "ok",
+    }
+}
+
+fn dane_name(d: &DaneState) -> &'static str {
+    match d {
+        DaneState::Usable { .. } => "usable",
+        DaneState::Unusable => "unusable",
+        DaneState::NotApplicable { .. } => "not-applicable",
+        DaneState::HostUnusable { .. } => "host-unusable",
+    }
+}
+
+/// Most records a large sender is known to consider at one name.
+const MANY_TLSA: usize = 12;
+/// A DANE-TA leaf closer than this to its expiry is reported.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
+
+/// Findings from the DNS view of a host (no connection needed).
+fn dns_findings(c: &Candidate, mx_secure: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |level, code, message: String, rfc| {
+        out.push(Finding {
+            level,
+            code,
+            message,
+            rfc,
+        })
+    };
+    match &c.dane {
+        DaneState::HostUnusable { reason } => add(
+            Level::Fail,
+            "host-unusable",
+            format!(
+                "{}: {reason}; senders using DANE will not deliver to it",
+                c.name
+            ),
+            "RFC 7672 §2.2",
+        ),
+        DaneState::Unusable => add(
+            Level::Warn,
+            "no-usable-tlsa",
+            format!(
+                "{} has TLSA records but none usable for SMTP: TLS is required but unauthenticated",
+                c.name
+            ),
+            "RFC 7672 §3.1.3",
+        ),
+        DaneState::NotApplicable { reason } => {
+            add(Level::Info, "no-dane", reason.clone(), "RFC 7672 §2.2")
+        }
+        DaneState::Usable { .. } if !mx_secure => add(
+            Level::Warn,
+            "insecure-mx",
+            format!(
+                "{} has secure TLSA records, but the MX lookup is not secure: senders reach only 'trusted', not 'verified'",
+                c.name
+            ),
+            "RFC 7672 §2.2.1",
+        ),
+        DaneState::Usable { .. } => {}
+    }
+    for (family, st) in [("A", c.a_dnssec), ("AAAA", c.aaaa_dnssec)] {
+        if st.is_failure() {
+            add(
+                Level::Warn,
+                "address-lookup-failed",
+                format!(
+                    "the {family} lookup of {} is {st}: senders skip those addresses",
+                    c.name
+                ),
+                "RFC 7672 §2.2.2",
+            );
+        }
+    }
+    if c.tlsa_base != c.name {
+        add(
+            Level::Warn,
+            "mx-cname",
+            format!("MX exchange {} is a CNAME (to {})", c.name, c.tlsa_base),
+            "RFC 2181 §10.3",
+        );
+    }
+    let tlsa_name = c.tlsa_name.as_ref().unwrap_or(&c.name);
+    if c.tlsa
+        .iter()
+        .any(|t| matches!(t.usage(), Usage::PkixTa | Usage::PkixEe))
+    {
+        add(
+            Level::Warn,
+            "pkix-usage",
+            format!(
+                "{tlsa_name} publishes PKIX-TA(0)/PKIX-EE(1) records, which SMTP clients ignore"
+            ),
+            "RFC 7672 §3.1.3",
+        );
+    }
+    if c.tlsa.len() > MANY_TLSA {
+        add(
+            Level::Warn,
+            "too-many-tlsa",
+            format!(
+                "{tlsa_name} has {} TLSA records; some large senders consider only the first {MANY_TLSA}",
+                c.tlsa.len()
+            ),
+            "RFC 7671 §8",
+        );
+    }
+    if let DaneState::Usable { records } = &c.dane {
+        if records
+            .iter()
+            .any(|t| t.usage() == Usage::DaneEe && t.selector() == Selector::FullCert)
+        {
+            add(
+                Level::Warn,
+                "ee-full-certificate",
+                format!(
+                    "{tlsa_name} has DANE-EE records of the whole certificate (3 0 x): they break at every renewal, 3 1 x (the key) survives renewals that keep it"
+                ),
+                "RFC 7671 §8.1",
+            );
+        }
+        let distinct: std::collections::HashSet<(Usage, &[u8])> =
+            records.iter().map(|t| (t.usage(), t.data())).collect();
+        if distinct.len() == 1 {
+            add(
+                Level::Warn,
+                "single-key",
+                format!(
+                    "{tlsa_name} has a single TLSA record: publish the next key (or CA) too before rolling over, or mail will defer during the change"
+                ),
+                "RFC 7671 §8.1",
+            );
+        }
+        if !records.iter().any(|t| t.matching() == Matching::Sha256) {
+            add(
+                Level::Warn,
+                "no-sha256",
+                format!(
+                    "{tlsa_name} has no SHA2-256 (x x 1) record, the digest every client supports"
+                ),
+                "RFC 7671 §10.1.2",
+            );
+        }
+    }
+    out
+}
+
+/// Findings from the probes of a host's addresses.
+fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |level, code, message: String, rfc| {
+        out.push(Finding {
+            level,
+            code,
+            message,
+            rfc,
+        })
+    };
+    let tls_required = matches!(c.dane, DaneState::Usable { .. } | DaneState::Unusable);
+    for p in probes.iter().filter(|p| !p.starttls) {
+        if tls_required {
+            add(
+                Level::Fail,
+                "starttls-missing",
+                format!(
+                    "{} publishes TLSA records but did not offer STARTTLS: {}",
+                    c.name,
+                    p.error.as_deref().unwrap_or("")
+                ),
+                "RFC 7672 §2.2",
+            );
+        }
+    }
+    let DaneState::Usable { records } = &c.dane else {
+        return out;
+    };
+    let connected: Vec<&&AddressProbe> = probes.iter().filter(|p| !p.chain.is_empty()).collect();
+    let matched = connected.iter().filter(|p| p.matched.is_some()).count();
+    if !connected.is_empty() && matched == 0 {
+        let why = connected
+            .first()
+            .and_then(|p| p.failure.clone())
+            .unwrap_or_default();
+        add(
+            Level::Fail,
+            "no-tlsa-match",
+            format!(
+                "no TLSA record of {} matches the presented chain: {why}",
+                c.name
+            ),
+            "RFC 7672 §3",
+        );
+    } else if matched > 0 && matched < connected.len() {
+        add(
+            Level::Warn,
+            "addresses-disagree",
+            format!(
+                "{matched} of {} addresses of {} present a chain that matches the TLSA records",
+                connected.len(),
+                c.name
+            ),
+            "RFC 7672 §2.2",
+        );
+    }
+    // 2 x 1/2 names a CA the server must send (RFC 7671 §5.2.2).
+    for record in records
+        .iter()
+        .filter(|r| r.usage() == Usage::DaneTa && r.matching() != Matching::Full)
+    {
+        let absent = connected.iter().any(|p| {
+            p.records
+                .iter()
+                .find(|m| &m.record == record)
+                .is_some_and(|m| matches!(m.failure, Some(dane::VerifyError::NoMatch { .. })))
+        });
+        if absent {
+            add(
+                Level::Warn,
+                "ta-not-in-chain",
+                format!(
+                    "the CA named by {record} is not in the chain {} presents; servers must send it",
+                    c.name
+                ),
+                "RFC 7671 §5.2.2",
+            );
+        }
+    }
+    let limit = cfg.when().as_secs() + EXPIRY_WARNING.as_secs();
+    for p in connected.iter().filter(|p| {
+        p.matched
+            .as_ref()
+            .is_some_and(|m| m.usage() == Usage::DaneTa)
+    }) {
+        if let Some(not_after) = p.leaf_not_after.filter(|t| *t < limit) {
+            add(
+                Level::Warn,
+                "ta-leaf-expiring",
+                format!(
+                    "the certificate of {} expires at {} (DANE-TA checks expiry)",
+                    c.name,
+                    rfc3339(not_after)
+                ),
+                "RFC 7671 §5.2",
+            );
+        }
+    }
+    out
+}
+
+/// Probes shared by every domain of a scan: hosting is concentrated, so one probe per
+/// address, port and SNI name serves all the domains that share an MX host.
+#[derive(Default)]
+pub struct ProbeCache {
+    entries: Mutex<HashMap<ProbeKey, Arc<OnceCell<Presented>>>>,
+}
+
+/// Address, port and SNI name: what makes two probes the same.
+type ProbeKey = (IpAddr, u16, String);
+
+impl ProbeCache {
+    async fn get(&self, address: IpAddr, port: u16, sni: &str, cfg: &ProbeConfig) -> Presented {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .entry((address, port, sni.to_owned()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_init(|| connect(address, port, sni, cfg))
+            .await
+            .clone()
+    }
+
+    /// How many distinct probes were made.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none was made.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks one domain: its route, and — unless `probe` is `None` (`--no-connect`) — a STARTTLS
+/// probe of every address of every host.
+pub async fn check_domain<R: Resolver>(
+    resolver: &R,
+    domain: &DnsName,
+    port: u16,
+    probe: Option<(&ProbeConfig, &ProbeCache)>,
+) -> DomainReport {
+    let hop = NextHop::Domain {
+        domain: domain.clone(),
+        port,
+    };
+    let route = dns::discover(resolver, &hop).await;
+    let (mx_dnssec, candidates) = match route {
+        Route::Deliver {
+            mx_dnssec,
+            candidates,
+        } => (mx_dnssec, candidates),
+        Route::Defer { reason, mx_dnssec } => {
+            let finding = Finding {
+                level: Level::Fail,
+                code: "mx-lookup-failed",
+                message: format!("{reason}: mail to {domain} is deferred"),
+                rfc: "RFC 7672 §2.2.1",
+            };
+            return DomainReport {
+                domain: domain.clone(),
+                verdict: "fail",
+                route: "defer",
+                mx_dnssec,
+                reason: Some(reason),
+                findings: vec![finding],
+                hosts: vec![],
+            };
+        }
+        Route::Bounce { reason, mx_dnssec } => {
+            // A null MX is a deliberate "no mail here"; a missing domain is an error.
+            let null = reason.contains("null MX");
+            let finding = Finding {
+                level: if null { Level::Info } else { Level::Fail },
+                code: if null { "null-mx" } else { "no-such-domain" },
+                message: reason.clone(),
+                rfc: if null { "RFC 7505" } else { "RFC 5321 §5.1" },
+            };
+            return DomainReport {
+                domain: domain.clone(),
+                verdict: verdict([&finding]),
+                route: "bounce",
+                mx_dnssec,
+                reason: Some(reason),
+                findings: vec![finding],
+                hosts: vec![],
+            };
+        }
+    };
+    let mut hosts = Vec::with_capacity(candidates.len());
+    for c in &candidates {
+        let records = match &c.dane {
+            DaneState::Usable { records } => records.clone(),
+            _ => Vec::new(),
+        };
+        let mut addresses = Vec::with_capacity(c.addresses.len());
+        for a in &c.addresses {
+            let tls = match probe {
+                Some((cfg, cache)) => {
+                    let presented = cache
+                        .get(a.address, c.port, c.tlsa_base.as_str(), cfg)
+                        .await;
+                    Some(evaluate(
+                        &presented,
+                        &records,
+                        &c.reference_names,
+                        cfg.when(),
+                    ))
+                }
+                None => None,
+            };
+            addresses.push(AddressReport {
+                address: a.address,
+                dnssec: a.dnssec,
+                tls,
+            });
+        }
+        let mut findings = dns_findings(c, mx_dnssec.is_secure());
+        if let Some((cfg, _)) = probe {
+            let probes: Vec<&AddressProbe> =
+                addresses.iter().filter_map(|a| a.tls.as_ref()).collect();
+            findings.extend(probe_findings(c, &probes, cfg));
+        }
+        hosts.push(HostReport {
+            name: c.name.clone(),
+            preference: c.preference,
+            port: c.port,
+            tlsa_base: c.tlsa_base.clone(),
+            tlsa_name: c.tlsa_name.clone(),
+            dane: dane_name(&c.dane),
+            dane_detail: c.dane.clone(),
+            tlsa_dnssec: c.tlsa_dnssec,
+            tlsa: c.tlsa.clone(),
+            a_dnssec: c.a_dnssec,
+            aaaa_dnssec: c.aaaa_dnssec,
+            addresses,
+            reference_names: c.reference_names.clone(),
+            verdict: verdict(&findings),
+            findings,
+        });
+    }
+    let mut findings = Vec::new();
+    if hosts.iter().all(|h| h.dane == "host-unusable") {
+        findings.push(Finding {
+            level: Level::Fail,
+            code: "no-usable-host",
+            message: format!("no MX host of {domain} can be used: mail to it is deferred"),
+            rfc: "RFC 7672 §2.2",
+        });
+    }
+    let verdict = verdict(
+        findings
+            .iter()
+            .chain(hosts.iter().flat_map(|h| &h.findings)),
+    );
+    DomainReport {
+        domain: domain.clone(),
+        verdict,
+        route: "deliver",
+        mx_dnssec: Some(mx_dnssec),
+        reason: None,
+        findings,
+        hosts,
+    }
+}

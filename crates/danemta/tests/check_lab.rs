@@ -1,0 +1,297 @@
+//! `danemta check` with STARTTLS probes against Postfix receivers in the DNSSEC lab: each
+//! finding is shown present where the setup is wrong and absent where it is right.
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use dane::cert::CertInfo;
+use dane::matching::record_for;
+use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1};
+use danemta_lab::smtp::{Receiver, ReceiverSpec};
+use danemta_lab::{Lab, ZoneSpec};
+use serde_json::Value;
+
+struct World {
+    lab: Lab,
+    _receivers: Vec<Receiver>,
+}
+
+/// A TLSA record `u s m` for the leaf of `cert`.
+fn tlsa(u: u8, s: u8, m: u8, cert: &TestCert) -> String {
+    let info = CertInfo::parse(&cert.leaf_der).unwrap();
+    record_for(u.into(), s.into(), m.into(), &info)
+        .unwrap()
+        .to_string()
+}
+
+fn zone(ips: &[IpAddr], records: &[String]) -> String {
+    let mut z = String::from("@ MX 10 mx\n");
+    for ip in ips {
+        z.push_str(&format!("mx A {ip}\n"));
+    }
+    for r in records {
+        z.push_str(&format!("_25._tcp.mx TLSA {r}\n"));
+    }
+    z
+}
+
+const SHARED: usize = 20;
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let key_a = TestCert::self_signed(&["mx.good.check.test"]).unwrap();
+        let key_b = TestCert::self_signed(&["next-key.example"]).unwrap();
+        let other = TestCert::self_signed(&["other.example"]).unwrap();
+        let ca = TestCa::new("Check CA").unwrap();
+        let ta_leaf =
+            TestCert::ca_signed(&["mx.ta.check.test", "mx.ta-nochain.check.test"], &ca, true)
+                .unwrap();
+        let ta_nochain = TestCert::ca_signed(&["mx.ta-nochain.check.test"], &ca, false).unwrap();
+        let start = |name: &str, cert: Option<&TestCert>| {
+            let spec = ReceiverSpec::new(name, &["check.test"]);
+            Receiver::start(match cert {
+                Some(c) => spec.with_tls(c),
+                None => spec,
+            })
+            .unwrap()
+        };
+        let good = start("mx.good.check.test", Some(&key_a));
+        let wrong = start("mx.wrong.check.test", Some(&other));
+        let plain = start("mx.plain.check.test", None);
+        let ta = start("mx.ta.check.test", Some(&ta_leaf));
+        let nochain = start("mx.ta-nochain.check.test", Some(&ta_nochain));
+        let ip = |r: &Receiver| r.addr().ip();
+
+        let a311 = tlsa(3, 1, 1, &key_a);
+        let b311 = tlsa(3, 1, 1, &key_b);
+        let mut zones = vec![
+            ZoneSpec::secure(
+                "good.check.test",
+                zone(&[ip(&good)], &[a311.clone(), b311.clone()]),
+            ),
+            ZoneSpec::secure(
+                "single.check.test",
+                zone(&[ip(&good)], std::slice::from_ref(&a311)),
+            ),
+            ZoneSpec::secure(
+                "wrong.check.test",
+                zone(&[ip(&wrong)], &[a311.clone(), b311.clone()]),
+            ),
+            ZoneSpec::secure(
+                "plain.check.test",
+                zone(&[ip(&plain)], &[a311.clone(), b311.clone()]),
+            ),
+            ZoneSpec::secure(
+                "mixed.check.test",
+                zone(&[ip(&good), ip(&wrong)], &[a311.clone(), b311.clone()]),
+            ),
+            ZoneSpec::secure(
+                "full.check.test",
+                zone(&[ip(&good)], &[tlsa(3, 0, 1, &key_a), b311.clone()]),
+            ),
+            ZoneSpec::secure(
+                "pkix.check.test",
+                zone(
+                    &[ip(&good)],
+                    &[tlsa(1, 1, 1, &key_a), a311.clone(), b311.clone()],
+                ),
+            ),
+            ZoneSpec::secure(
+                "sha512.check.test",
+                zone(
+                    &[ip(&good)],
+                    &[tlsa(3, 1, 2, &key_a), tlsa(3, 1, 2, &key_b)],
+                ),
+            ),
+            ZoneSpec::secure(
+                "many.check.test",
+                zone(
+                    &[ip(&good)],
+                    &(0..13)
+                        .map(|i| {
+                            tlsa(
+                                3,
+                                1,
+                                1,
+                                &TestCert::self_signed(&[&format!("k{i}.example")]).unwrap(),
+                            )
+                        })
+                        .chain([a311.clone()])
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            ZoneSpec::secure(
+                "ta.check.test",
+                zone(&[ip(&ta)], &[tlsa_2_x_1(&ca, 1), tlsa_2_x_1(&ca, 0)]),
+            ),
+            ZoneSpec::secure(
+                "ta-nochain.check.test",
+                zone(&[ip(&nochain)], &[tlsa_2_x_1(&ca, 1), tlsa_2_x_1(&ca, 0)]),
+            ),
+        ];
+        // Hosting is concentrated: many domains, one MX host.
+        for i in 0..SHARED {
+            zones.push(ZoneSpec::secure(
+                format!("shared{i}.check.test"),
+                "@ MX 10 mx.good.check.test.\n",
+            ));
+        }
+        let lab = Lab::builder().zones(zones).start().expect("lab");
+        World {
+            lab,
+            _receivers: vec![good, wrong, plain, ta, nochain],
+        }
+    })
+}
+
+fn check(args: &[&str]) -> (i32, Vec<Value>) {
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["check", "--json", "--smtp-timeout", "10"])
+        .args(args)
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            w.lab.validating_resolver()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{e}: {l}\n{}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+fn codes(report: &Value) -> Vec<String> {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["findings"].as_array().unwrap().iter())
+        .chain(report["findings"].as_array().unwrap().iter())
+        .filter(|f| f["level"] != "info")
+        .map(|f| f["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn one(domain: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec![domain];
+    args.extend_from_slice(extra);
+    let (code, mut lines) = check(&args);
+    (code, lines.remove(0))
+}
+
+#[test]
+fn a_correct_setup_is_ok_with_the_match_and_tls_details() {
+    let (code, r) = one("good.check.test", &[]);
+    assert_eq!((code, r["verdict"].as_str()), (0, Some("ok")), "{r:#}");
+    assert!(codes(&r).is_empty(), "{:?}", codes(&r));
+    let tls = &r["hosts"][0]["addresses"][0]["tls"];
+    assert_eq!(tls["starttls"], true);
+    assert!(tls["version"].as_str().unwrap().starts_with("TLSv1."));
+    assert!(tls["matched"].as_str().unwrap().starts_with("3 1 1 "));
+    assert_eq!(tls["depth"], 0);
+    assert_eq!(tls["chain"][0]["names"][0], "mx.good.check.test");
+    // One record of the two matches, the other (the next key) does not yet.
+    let records = tls["records"].as_array().unwrap();
+    assert_eq!(
+        records.iter().filter(|m| m.get("depth").is_some()).count(),
+        1
+    );
+}
+
+#[test]
+fn each_finding_appears_where_the_setup_is_wrong() {
+    for (domain, finding, exit) in [
+        ("single.check.test", "single-key", 1),
+        ("wrong.check.test", "no-tlsa-match", 2),
+        ("plain.check.test", "starttls-missing", 2),
+        ("mixed.check.test", "addresses-disagree", 1),
+        ("full.check.test", "ee-full-certificate", 1),
+        ("pkix.check.test", "pkix-usage", 1),
+        ("sha512.check.test", "no-sha256", 1),
+        ("many.check.test", "too-many-tlsa", 1),
+        ("ta-nochain.check.test", "ta-not-in-chain", 2),
+        ("shared0.check.test", "mx-cname", 0),
+    ] {
+        let (code, r) = one(domain, &[]);
+        let found = codes(&r);
+        if finding == "mx-cname" {
+            // An MX pointing into another zone is not a CNAME: no finding.
+            assert!(!found.contains(&finding.to_owned()), "{domain}: {found:?}");
+            continue;
+        }
+        assert!(
+            found.contains(&finding.to_owned()),
+            "{domain}: expected {finding} in {found:?}\n{r:#}"
+        );
+        assert_eq!(code, exit, "{domain}: {found:?}");
+    }
+}
+
+#[test]
+fn dane_ta_expiry_is_judged_days_ahead() {
+    let (code, r) = one("ta.check.test", &[]);
+    assert_eq!(code, 0, "{:?}", codes(&r));
+    assert_eq!(r["hosts"][0]["addresses"][0]["tls"]["depth"], 1);
+    // The leaf is valid for a year: in 350 days it expires within 30 days.
+    let (code, r) = one("ta.check.test", &["--days", "350"]);
+    assert_eq!((code, codes(&r)), (1, vec!["ta-leaf-expiring".to_owned()]));
+    // In 400 days it has expired: DANE-TA fails.
+    let (code, r) = one("ta.check.test", &["--days", "400"]);
+    assert_eq!(code, 2);
+    assert!(codes(&r).contains(&"no-tlsa-match".to_owned()));
+    assert!(
+        r["hosts"][0]["addresses"][0]["tls"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+}
+
+#[test]
+fn a_bulk_scan_probes_each_shared_host_once() {
+    let file = world().lab.dir().join("domains.txt");
+    let mut list: String = (0..SHARED)
+        .map(|i| format!("shared{i}.check.test\n"))
+        .collect();
+    list.push_str("# and two of their own\ngood.check.test\nwrong.check.test\n");
+    std::fs::write(&file, list).unwrap();
+    let (code, lines) = check(&["--from-file", file.to_str().unwrap(), "--concurrency", "8"]);
+    assert_eq!(code, 2, "wrong.check.test fails");
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["domains"], SHARED + 2);
+    assert_eq!(summary["fail"], 1);
+    assert_eq!(
+        summary["dane"],
+        SHARED + 2,
+        "every domain's MX host has usable TLSA records"
+    );
+    // 22 domains, 2 distinct MX hosts: 2 probes, not 22.
+    assert_eq!(summary["probes"], 2, "{summary}");
+    assert_eq!(lines.len(), SHARED + 3);
+    assert_eq!(
+        lines[0]["domain"], "shared0.check.test",
+        "reports keep the input order"
+    );
+}
+
+#[test]
+fn a_port_without_a_server_is_reported_not_a_panic() {
+    // No TLSA at _2525._tcp: DANE does not apply; the probe cannot connect and says so.
+    let (code, r) = one("good.check.test", &["--port", "2525"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert!(
+        r["hosts"][0]["addresses"][0]["tls"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{r:#}"
+    );
+}
