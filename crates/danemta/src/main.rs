@@ -8,14 +8,13 @@ mod check;
 mod dnsopts;
 mod doctor;
 mod error;
+mod rollover;
 mod send;
 mod tlsa;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::error::CliError;
 
 /// danemta: SMTP delivery secured by opportunistic DANE TLS (RFC 7672).
 ///
@@ -68,7 +67,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Send(args) => send::run(args),
         Command::Doctor(args) => doctor::run(args),
-        Command::Tlsa(cmd) => tlsa::run(cmd).map_err(CliError::from),
+        Command::Tlsa(cmd) => tlsa::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -27,6 +27,11 @@ pub enum TlsaCommand {
     ///
     /// Exit status: 0 verified, 1 not verified, 2 bad input.
     Verify(VerifyArgs),
+    /// Roll a DANE-EE key over safely: print the RRset to publish (current + next), check it
+    /// at every authoritative name server, and say when switching keys is safe.
+    ///
+    /// Exit status: 0; with --gate, 0 only when safe and 75 until then.
+    Rollover(crate::rollover::RolloverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,10 +133,11 @@ impl InputError {
     }
 }
 
-pub fn run(cmd: TlsaCommand) -> Result<ExitCode, InputError> {
+pub fn run(cmd: TlsaCommand) -> Result<ExitCode, crate::error::CliError> {
     match cmd {
-        TlsaCommand::Generate(args) => generate(&args),
-        TlsaCommand::Verify(args) => verify(&args),
+        TlsaCommand::Generate(args) => Ok(generate(&args)?),
+        TlsaCommand::Verify(args) => Ok(verify(&args)?),
+        TlsaCommand::Rollover(args) => crate::rollover::run(args),
     }
 }
 

@@ -27,6 +27,7 @@ impl RecordType {
             RecordType::Tlsa => HType::TLSA,
             RecordType::Dnskey => HType::DNSKEY,
             RecordType::Cname => HType::CNAME,
+            RecordType::Ns => HType::NS,
         }
     }
 }
@@ -63,6 +64,7 @@ fn convert(data: &RData) -> Record {
                 exchange,
             })
         }),
+        RData::NS(ns) => dns_name(&ns.0).map_or(Record::Other, Record::Ns),
         RData::SRV(srv) => dns_name(&srv.target).map_or(Record::Other, |target| {
             Record::Srv(Srv {
                 priority: srv.priority,

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod answer;
+pub mod authoritative;
 pub mod backend;
 pub mod discover;
 pub mod doctor;
@@ -19,6 +20,7 @@ pub mod route;
 pub mod status;
 pub mod trust_ad;
 pub mod validating;
+mod wire;
 
 pub use backend::{Backend, ResolverSpec};
 pub use discover::discover;

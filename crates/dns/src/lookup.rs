@@ -27,6 +27,8 @@ pub enum RecordType {
     Dnskey,
     /// CNAME itself, to learn one alias's own status.
     Cname,
+    /// Name servers of a zone.
+    Ns,
 }
 
 /// A mail exchanger.
@@ -61,6 +63,8 @@ pub enum Record {
     Mx(Mx),
     /// SRV.
     Srv(Srv),
+    /// NS: a name server of the zone.
+    Ns(DnsName),
     /// A TLSA record that parsed.
     Tlsa(Tlsa),
     /// A TLSA record whose RDATA is malformed (RFC 7671 §4: unusable, never fatal).

@@ -13,16 +13,14 @@ use std::time::Duration;
 
 use hickory_net::NetError;
 use hickory_net::runtime::TokioRuntimeProvider;
-use hickory_net::tcp::TcpClientStream;
-use hickory_net::udp::UdpClientStream;
-use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
+use hickory_net::xfer::DnsExchange;
+use hickory_proto::op::{DnsRequest, DnsResponse};
 
 use std::collections::HashMap;
 
 use hickory_proto::rr::RecordType as HType;
 
-use crate::answer::{build, dns_name, hickory_name};
+use crate::answer::{build, dns_name};
 use crate::lookup::{Failure, Lookup, RecordType};
 use crate::name::DnsName;
 use crate::resolver::Resolver;
@@ -40,9 +38,7 @@ impl TrustAd {
     /// A back-end asking `upstream`, each query bounded by `timeout`. Must be called inside a
     /// tokio runtime (it spawns the UDP exchange's background task).
     pub fn new(upstream: SocketAddr, timeout: Duration) -> Self {
-        let udp = UdpClientStream::builder(upstream, TokioRuntimeProvider::default())
-            .with_timeout(Some(timeout))
-            .exchange();
+        let udp = crate::wire::udp(upstream, timeout);
         Self {
             upstream,
             udp,
@@ -63,11 +59,7 @@ impl TrustAd {
     }
 
     fn request(name: &DnsName, rtype: RecordType) -> Result<DnsRequest, Failure> {
-        let query = Query::query(hickory_name(name)?, rtype.to_hickory());
-        let mut options = DnsRequestOptions::default();
-        options.use_edns = true;
-        options.recursion_desired = true;
-        let mut request = DnsRequest::from_query(query, options);
+        let mut request = crate::wire::request(name, rtype, true)?;
         // RFC 6840 §5.7: setting AD in the query asks for AD in the answer, without DO.
         request.metadata.authentic_data = true;
         Ok(request)
@@ -80,21 +72,7 @@ impl TrustAd {
 
     async fn exchange(&self, request: DnsRequest) -> Result<DnsResponse, NetError> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let response = self.udp.send(request.clone()).first_answer().await?;
-        if !response.metadata.truncation {
-            return Ok(response);
-        }
-        // RFC 7766: a truncated UDP answer is retried over TCP.
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        let tcp = TcpClientStream::exchange(
-            self.upstream,
-            None,
-            self.timeout,
-            None,
-            TokioRuntimeProvider::default(),
-        )
-        .await?;
-        tcp.send(request).first_answer().await
+        crate::wire::exchange(&self.udp, self.upstream, request, self.timeout).await
     }
 }
 
