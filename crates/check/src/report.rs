@@ -10,7 +10,7 @@ use dane::{Matching, Selector, Tlsa, Usage};
 use dns::route::{Candidate, DaneState};
 use dns::{DnsName, NextHop, Resolver, Route, Status};
 use serde::Serialize;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::probe::{AddressProbe, Presented, ProbeConfig, connect, evaluate, rfc3339};
 
@@ -360,12 +360,75 @@ fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) ->
     out
 }
 
+/// Whether the authoritative servers publish the same TLSA RRset at `owner`: when they do
+/// not, some senders see one RRset and some the other (a half-finished change).
+fn ns_findings(
+    owner: &DnsName,
+    answers: &Result<Vec<dns::authoritative::ServerAnswer>, String>,
+) -> Vec<Finding> {
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            return vec![Finding {
+                level: Level::Info,
+                code: "ns-unchecked",
+                message: format!("the authoritative servers of {owner} could not be compared: {e}"),
+                rfc: "RFC 7671 §8.1",
+            }];
+        }
+    };
+    let rrset = |a: &dns::authoritative::ServerAnswer| {
+        let mut v: Vec<String> = a.records.iter().map(|r| format!("{r:?}")).collect();
+        v.sort();
+        v
+    };
+    let answered: Vec<_> = answers.iter().filter(|a| a.error.is_none()).collect();
+    let first = answered.first().map(|a| rrset(a));
+    let mut out = Vec::new();
+    if answered.iter().any(|a| Some(rrset(a)) != first) {
+        let servers: Vec<String> = answered
+            .iter()
+            .map(|a| format!("{} [{}]: {} records", a.server, a.address, a.records.len()))
+            .collect();
+        out.push(Finding {
+            level: Level::Warn,
+            code: "ns-disagree",
+            message: format!(
+                "the authoritative servers disagree on the TLSA RRset at {owner}: {}",
+                servers.join("; ")
+            ),
+            rfc: "RFC 7671 §8.1",
+        });
+    }
+    for a in answers.iter().filter(|a| a.error.is_some()) {
+        out.push(Finding {
+            level: Level::Warn,
+            code: "ns-unreachable",
+            message: format!(
+                "name server {} [{}] of {owner} did not answer: {}",
+                a.server,
+                a.address,
+                a.error.as_deref().unwrap_or("")
+            ),
+            rfc: "RFC 7671 §8.1",
+        });
+    }
+    out
+}
+
 /// Probes shared by every domain of a scan: hosting is concentrated, so one probe per
 /// address, port and SNI name serves all the domains that share an MX host.
 #[derive(Default)]
 pub struct ProbeCache {
     entries: Mutex<HashMap<ProbeKey, Arc<OnceCell<Presented>>>>,
+    per_address: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    /// Comparisons of the authoritative servers, per TLSA owner name.
+    servers: Mutex<HashMap<DnsName, Arc<OnceCell<Vec<Finding>>>>>,
 }
+
+/// Connections at once to one address: a scan must not look like an attack on a provider
+/// that hosts thousands of the domains.
+const PER_ADDRESS: usize = 2;
 
 /// Address, port and SNI name: what makes two probes the same.
 type ProbeKey = (IpAddr, u16, String);
@@ -379,9 +442,39 @@ impl ProbeCache {
                 .or_default()
                 .clone()
         };
-        cell.get_or_init(|| connect(address, port, sni, cfg))
-            .await
-            .clone()
+        let limit = {
+            let mut limits = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+            limits
+                .entry(address)
+                .or_insert_with(|| Arc::new(Semaphore::new(PER_ADDRESS)))
+                .clone()
+        };
+        cell.get_or_init(|| async {
+            let _permit = limit.acquire().await;
+            connect(address, port, sni, cfg).await
+        })
+        .await
+        .clone()
+    }
+
+    /// The findings about `owner`'s authoritative servers, asked once per scan.
+    async fn servers<R: Resolver>(
+        &self,
+        resolver: &R,
+        owner: &DnsName,
+        timeout: Duration,
+    ) -> Vec<Finding> {
+        let cell = {
+            let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+            servers.entry(owner.clone()).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            let answers =
+                dns::authoritative::ask_all(resolver, owner, dns::RecordType::Tlsa, timeout).await;
+            ns_findings(owner, &answers)
+        })
+        .await
+        .clone()
     }
 
     /// How many distinct probes were made.
@@ -479,6 +572,11 @@ pub async fn check_domain<R: Resolver>(
             });
         }
         let mut findings = dns_findings(c, mx_dnssec.is_secure());
+        if let (Some(owner), Some((cfg, cache))) = (&c.tlsa_name, probe)
+            && !c.tlsa.is_empty()
+        {
+            findings.extend(cache.servers(resolver, owner, cfg.timeouts.command).await);
+        }
         if let Some((cfg, _)) = probe {
             let probes: Vec<&AddressProbe> =
                 addresses.iter().filter_map(|a| a.tls.as_ref()).collect();
@@ -524,5 +622,51 @@ pub async fn check_domain<R: Resolver>(
         reason: None,
         findings,
         hosts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dns::authoritative::ServerAnswer;
+
+    fn answer(server: &str, records: &[&str]) -> ServerAnswer {
+        ServerAnswer {
+            server: server.parse().unwrap(),
+            address: "192.0.2.53".parse().unwrap(),
+            records: records
+                .iter()
+                .map(|r| dns::Record::Tlsa(r.parse().unwrap()))
+                .collect(),
+            ttl: Some(300),
+            error: None,
+        }
+    }
+
+    const A: &str = "3 1 1 0101010101010101010101010101010101010101010101010101010101010101";
+    const B: &str = "3 1 1 0202020202020202020202020202020202020202020202020202020202020202";
+
+    #[test]
+    fn servers_that_disagree_are_reported() {
+        let owner: DnsName = "_25._tcp.mx.example.test".parse().unwrap();
+        let same = Ok(vec![
+            answer("ns1.test", &[A, B]),
+            answer("ns2.test", &[B, A]),
+        ]);
+        assert!(ns_findings(&owner, &same).is_empty());
+        let differ = Ok(vec![answer("ns1.test", &[A, B]), answer("ns2.test", &[A])]);
+        let f = ns_findings(&owner, &differ);
+        assert_eq!(
+            f.iter().map(|f| f.code).collect::<Vec<_>>(),
+            ["ns-disagree"]
+        );
+        assert!(f[0].message.contains("ns2.test"));
+        let mut down = answer("ns3.test", &[]);
+        down.error = Some("timed out".into());
+        let f = ns_findings(&owner, &Ok(vec![answer("ns1.test", &[A]), down]));
+        assert_eq!(
+            f.iter().map(|f| f.code).collect::<Vec<_>>(),
+            ["ns-unreachable"]
+        );
     }
 }

@@ -212,7 +212,21 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
         let mut reports = stream::iter(domains.iter())
             .map(|d| check_domain(&backend, d, args.port, probing))
             .buffered(args.concurrency);
+        // A progress bar for bulk scans, on standard error, only on a terminal.
+        let progress = (args.from_file.is_some() && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(domains.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} domains, {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
         while let Some(report) = reports.next().await {
+            if let Some(bar) = &progress {
+                bar.inc(1);
+            }
             *summary.entry(report.verdict).or_default() += 1;
             if report.hosts.iter().any(|h| h.dane == "usable") {
                 *summary.entry("dane").or_default() += 1;
@@ -227,6 +241,9 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
             } else {
                 print_human(&report, &paint);
             }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
         }
         if args.from_file.is_some() {
             let count = |k| summary.get(k).copied().unwrap_or(0);

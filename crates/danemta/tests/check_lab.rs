@@ -37,6 +37,7 @@ fn zone(ips: &[IpAddr], records: &[String]) -> String {
 }
 
 const SHARED: usize = 20;
+const BULK: usize = 2000;
 
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
@@ -138,6 +139,16 @@ fn world() -> &'static World {
                 "@ MX 10 mx.good.check.test.\n",
             ));
         }
+        // A bulk list: names in one zone, three of four to the good host, one to the wrong.
+        let bulk: String = (0..BULK)
+            .map(|i| {
+                format!(
+                    "d{i} MX 10 mx.{}.check.test.\n",
+                    if i % 4 == 3 { "wrong" } else { "good" }
+                )
+            })
+            .collect();
+        zones.push(ZoneSpec::secure("bulk.check.test", bulk));
         let lab = Lab::builder().zones(zones).start().expect("lab");
         World {
             lab,
@@ -293,5 +304,26 @@ fn a_port_without_a_server_is_reported_not_a_panic() {
             .unwrap()
             .contains("connect"),
         "{r:#}"
+    );
+}
+
+#[test]
+fn a_bulk_scan_of_two_thousand_domains() {
+    let file = world().lab.dir().join("bulk.txt");
+    let list: String = (0..BULK)
+        .map(|i| format!("d{i}.bulk.check.test\n"))
+        .collect();
+    std::fs::write(&file, list).unwrap();
+    let (code, lines) = check(&["--from-file", file.to_str().unwrap(), "--concurrency", "64"]);
+    assert_eq!(code, 2);
+    assert_eq!(lines.len(), BULK + 1);
+    let summary = &lines[BULK]["summary"];
+    assert_eq!(summary["domains"], BULK);
+    assert_eq!(summary["dane"], BULK);
+    assert_eq!(summary["fail"], BULK / 4, "{summary}");
+    assert_eq!(summary["ok"], BULK - BULK / 4, "{summary}");
+    assert_eq!(
+        summary["probes"], 2,
+        "one probe per MX host, not per domain"
     );
 }
