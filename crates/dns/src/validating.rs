@@ -310,16 +310,17 @@ impl Resolver for Validating {
         let fresh = DnssecDnsHandle::with_trust_anchor(counting, self.anchors.clone());
         let second = self.validate(&fresh, name, rtype).await;
         if errors.load(Ordering::Relaxed) > 0 {
-            return with_failure(
-                &Lookup::new(
-                    name.clone(),
-                    rtype,
-                    Status::Indeterminate,
-                    Outcome::NoData,
-                    second.cnames().to_vec(),
-                    0,
-                ),
-                Failure::Network("a DNSKEY or DS lookup failed during validation".into()),
+            // Indeterminate, not bogus: the CNAME links' own statuses are left out so that
+            // a bogus link cannot turn this back into "bogus".
+            return Lookup::new(
+                name.clone(),
+                rtype,
+                Status::Indeterminate,
+                Outcome::Failed(Failure::Network(
+                    "a DNSKEY or DS lookup failed during validation".into(),
+                )),
+                Vec::new(),
+                0,
             );
         }
         if second.status() == Status::Bogus && !self.upstream_passes_dnssec().await {

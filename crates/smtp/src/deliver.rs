@@ -175,7 +175,7 @@ pub async fn deliver(
             aaaa: c.aaaa_dnssec,
             tlsa: c.tlsa_dnssec,
         };
-        let mode = match plan(cfg, c, mx_dnssec.is_secure(), next_hop) {
+        let (mode, rule) = match plan(cfg, c, mx_dnssec.is_secure(), next_hop) {
             Plan::Skip { reason, rule } => {
                 let attempt = skipped(c, &lookups, reason, rule);
                 tracing::warn!("{}", attempt.log_line());
@@ -186,12 +186,10 @@ pub async fn deliver(
             Plan::Connect { mode, rule } => (mode, rule),
         };
         for address in c.addresses.iter().map(|a| a.address) {
-            let (mut attempt, mut result) = connect(
-                c, address, &mode.0, mode.1, &lookups, envelope, message, cfg,
-            )
-            .await;
+            let (mut attempt, mut result) =
+                connect(c, address, &mode, rule, &lookups, envelope, message, cfg).await;
             // Opportunistic TLS whose handshake failed: once more in plaintext (RFC 7435 §4).
-            if matches!(mode.0, Mode::Opportunistic)
+            if matches!(mode, Mode::Opportunistic)
                 && matches!(&result, Err(e) if e.is_tls_handshake())
             {
                 log(&attempt);
