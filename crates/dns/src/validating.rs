@@ -41,6 +41,11 @@ use crate::status::Status;
 
 type Pool = NameServerPool<TokioRuntimeProvider>;
 
+/// A validated lookup may need several sequential key and DS fetches (root DNSKEY, TLD DS and
+/// DNSKEY, zone DS and DNSKEY, …), each with its own timeout and a retry: the whole lookup is
+/// bounded by this many per-query timeouts.
+const VALIDATION_ROUNDS: u32 = 12;
+
 /// Validates DNSSEC itself, asking upstream resolvers for the data.
 pub struct Validating {
     pool: Counting,
@@ -211,7 +216,7 @@ impl Validating {
             Err(f) => return Lookup::failed(name.clone(), rtype, f),
         };
         let result = tokio::time::timeout(
-            self.timeout * 4,
+            self.timeout * VALIDATION_ROUNDS,
             validator.lookup(query, options()).first_answer(),
         )
         .await

@@ -22,6 +22,9 @@ enum Fault {
     ServFail,
     /// Forwards to a real resolver and removes every RRSIG from the answer.
     StripSignatures(SocketAddr),
+    /// Forwards to a real resolver, but never answers DS queries (a key fetch that times out
+    /// in the middle of validation).
+    DropKeyQueries(SocketAddr),
 }
 
 /// Serves `fault` on a fresh loopback port until the test ends.
@@ -45,6 +48,26 @@ async fn faulty(fault: Fault) -> SocketAddr {
                     m.metadata.message_type = hickory_proto::op::MessageType::Response;
                     m.metadata.response_code = ResponseCode::ServFail;
                     m.to_vec().unwrap()
+                }
+                Fault::DropKeyQueries(upstream) => {
+                    let Ok(m) = Message::from_vec(&query) else {
+                        continue;
+                    };
+                    if m.queries
+                        .iter()
+                        .any(|q| matches!(q.query_type(), HType::DS))
+                    {
+                        continue;
+                    }
+                    let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    relay.send_to(&query, upstream).await.unwrap();
+                    let mut answer = vec![0u8; 65535];
+                    let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(2), relay.recv(&mut answer)).await
+                    else {
+                        continue;
+                    };
+                    answer[..n].to_vec()
                 }
                 Fault::StripSignatures(upstream) => {
                     let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -141,5 +164,27 @@ async fn an_upstream_that_strips_signatures_is_named_as_the_cause() {
         upstream_check
             .detail
             .contains("does not return DNSSEC signatures")
+    );
+}
+
+#[tokio::test]
+async fn a_key_fetch_that_times_out_is_indeterminate_not_bogus() {
+    // hickory reports a failed DNSKEY/DS fetch as bogus (hickory-dns#3932); the validating
+    // back-end must re-check and call it indeterminate: a network hiccup is not an attack.
+    let lab = danemta_lab::shared().unwrap_or_else(|e| panic!("lab: {e}"));
+    let upstream = faulty(Fault::DropKeyQueries(lab.plain_resolver())).await;
+    let backend = Backend::open(
+        &ResolverSpec::Validating(Some(upstream)),
+        Some(lab.trust_anchor_file()),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let l = backend.lookup(&n("secure.test"), RecordType::Mx).await;
+    assert_eq!(l.status(), Status::Indeterminate, "{l:?}");
+    // Reached through the re-check (hickory itself says bogus here).
+    assert!(
+        matches!(l.answer().1, Outcome::Failed(Failure::Network(_))),
+        "{l:?}"
     );
 }
