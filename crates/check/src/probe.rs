@@ -8,7 +8,8 @@ use std::time::Duration;
 use dane::cert::CertInfo;
 use dane::pki_types::{CertificateDer, UnixTime};
 use dane::{Authenticator, ReferenceName, Tlsa, VerifyError};
-use rustls::crypto::CryptoProvider;
+use rustls::SignatureScheme;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use serde::Serialize;
 use smtp::Timeouts;
 use smtp::session::{Session, SessionError, TlsInfo};
@@ -43,6 +44,67 @@ pub struct RecordMatch {
     pub failure: Option<VerifyError>,
 }
 
+/// The kind of key a certificate holds: servers may have one of each, and choose by the
+/// signature algorithms the client offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFamily {
+    /// ECDSA (or EdDSA).
+    Ecdsa,
+    /// RSA.
+    Rsa,
+}
+
+impl KeyFamily {
+    /// The family of a DER SubjectPublicKeyInfo, by its algorithm OID.
+    pub fn of(spki: &[u8]) -> Option<KeyFamily> {
+        const RSA: &[u8] = &[
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+        ];
+        const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+        let has = |oid: &[u8]| spki.windows(oid.len()).take(24).any(|w| w == oid);
+        if has(RSA) {
+            Some(KeyFamily::Rsa)
+        } else if has(EC) || has(ED25519) {
+            Some(KeyFamily::Ecdsa)
+        } else {
+            None
+        }
+    }
+
+    fn other(self) -> KeyFamily {
+        match self {
+            KeyFamily::Ecdsa => KeyFamily::Rsa,
+            KeyFamily::Rsa => KeyFamily::Ecdsa,
+        }
+    }
+
+    fn allows(self, scheme: SignatureScheme) -> bool {
+        let rsa = format!("{scheme:?}").starts_with("RSA");
+        rsa == (self == KeyFamily::Rsa)
+    }
+}
+
+/// `base` restricted to the signature schemes of one key family, so a server with two
+/// certificates must present that family's.
+fn restricted(base: &CryptoProvider, family: KeyFamily) -> Arc<CryptoProvider> {
+    let mapping: Vec<_> = base
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .filter(|(scheme, _)| family.allows(*scheme))
+        .copied()
+        .collect();
+    let mut provider = base.clone();
+    provider.signature_verification_algorithms = WebPkiSupportedAlgorithms {
+        all: base.signature_verification_algorithms.all,
+        // A handful of entries, once per probe configuration; rustls wants them 'static.
+        mapping: Box::leak(mapping.into_boxed_slice()),
+    };
+    Arc::new(provider)
+}
+
 /// What a server presented on one address: the part of a probe that does not depend on the
 /// TLSA records, so it can be shared by every domain whose MX is that host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +117,9 @@ pub struct Presented {
     pub chain: Vec<CertificateDer<'static>>,
     /// Why the probe could not complete (connection, greeting, handshake).
     pub error: Option<String>,
+    /// A different chain the server presents to a client that offers only the other key
+    /// family's signature algorithms (a server with RSA and ECDSA certificates).
+    pub other: Option<Box<Presented>>,
 }
 
 /// The result of probing one address for one host: the presented chain judged against the
@@ -85,13 +150,20 @@ pub struct AddressProbe {
     /// The leaf's notAfter, seconds since the epoch.
     #[serde(skip)]
     pub leaf_not_after: Option<u64>,
+    /// The leaf's key family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyFamily>,
+    /// The probe of the server's other certificate, when it has one of the other key family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_certificate: Option<Box<AddressProbe>>,
 }
 
 /// What to probe with.
 #[derive(Clone)]
 pub struct ProbeConfig {
-    /// TLS provider.
-    pub provider: Arc<CryptoProvider>,
+    provider: Arc<CryptoProvider>,
+    /// The provider restricted to ECDSA and to RSA signature schemes.
+    by_family: [Arc<CryptoProvider>; 2],
     /// SMTP timeouts.
     pub timeouts: Timeouts,
     /// Our EHLO name.
@@ -101,6 +173,33 @@ pub struct ProbeConfig {
 }
 
 impl ProbeConfig {
+    /// Probes with `provider`, `timeouts` and `helo_name`, judging expiry `ahead` of now.
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        timeouts: Timeouts,
+        helo_name: String,
+        ahead: Duration,
+    ) -> Self {
+        let by_family = [
+            restricted(&provider, KeyFamily::Ecdsa),
+            restricted(&provider, KeyFamily::Rsa),
+        ];
+        Self {
+            provider,
+            by_family,
+            timeouts,
+            helo_name,
+            ahead,
+        }
+    }
+
+    fn only(&self, family: KeyFamily) -> &Arc<CryptoProvider> {
+        match family {
+            KeyFamily::Ecdsa => &self.by_family[0],
+            KeyFamily::Rsa => &self.by_family[1],
+        }
+    }
+
     /// The verification time: now plus [`ProbeConfig::ahead`].
     pub fn when(&self) -> UnixTime {
         let now = UnixTime::now().as_secs();
@@ -138,26 +237,41 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// Connects to `address`:`port` and does STARTTLS without authenticating (the chain is judged
-/// afterwards, record by record), sending `sni`.
+/// afterwards, record by record), sending `sni`; then again offering only the other key
+/// family's signature algorithms, to find a second certificate.
 pub async fn connect(address: IpAddr, port: u16, sni: &str, cfg: &ProbeConfig) -> Presented {
+    let mut first = connect_with(address, port, sni, cfg, &cfg.provider).await;
+    let family = first
+        .chain
+        .first()
+        .and_then(|c| CertInfo::parse(c).ok())
+        .and_then(|c| KeyFamily::of(c.spki()));
+    if let Some(family) = family {
+        let other = connect_with(address, port, sni, cfg, cfg.only(family.other())).await;
+        if !other.chain.is_empty() && other.chain.first() != first.chain.first() {
+            first.other = Some(Box::new(other));
+        }
+    }
+    first
+}
+
+async fn connect_with(
+    address: IpAddr,
+    port: u16,
+    sni: &str,
+    cfg: &ProbeConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Presented {
     let addr = SocketAddr::new(address, port);
     let mode = Mode::Required(Auth::None);
-    match Session::open(
-        addr,
-        sni,
-        &cfg.helo_name,
-        &mode,
-        &cfg.provider,
-        &cfg.timeouts,
-    )
-    .await
-    {
+    match Session::open(addr, sni, &cfg.helo_name, &mode, provider, &cfg.timeouts).await {
         Ok(session) => {
             let presented = Presented {
                 starttls: true,
                 tls: session.tls().cloned(),
                 chain: session.peer_chain().to_vec(),
                 error: None,
+                other: None,
             };
             session.quit().await;
             presented
@@ -167,6 +281,7 @@ pub async fn connect(address: IpAddr, port: u16, sni: &str, cfg: &ProbeConfig) -
             tls: None,
             chain: Vec::new(),
             error: Some(e.to_string()),
+            other: None,
         },
     }
 }
@@ -179,6 +294,10 @@ pub fn evaluate(
     names: &[ReferenceName],
     when: UnixTime,
 ) -> AddressProbe {
+    let leaf = presented
+        .chain
+        .first()
+        .and_then(|c| CertInfo::parse(c).ok());
     let mut out = AddressProbe {
         starttls: presented.starttls,
         tls: presented.tls.clone(),
@@ -188,11 +307,12 @@ pub fn evaluate(
         chain: presented.chain.iter().map(summary).collect(),
         records: Vec::new(),
         error: presented.error.clone(),
-        leaf_not_after: presented
-            .chain
-            .first()
-            .and_then(|c| CertInfo::parse(c).ok())
-            .map(|c| c.not_after()),
+        leaf_not_after: leaf.as_ref().map(CertInfo::not_after),
+        key: leaf.as_ref().and_then(|c| KeyFamily::of(c.spki())),
+        other_certificate: presented
+            .other
+            .as_ref()
+            .map(|o| Box::new(evaluate(o, records, names, when))),
     };
     if presented.chain.is_empty() || records.is_empty() {
         return out;

@@ -287,6 +287,29 @@ fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) ->
     let DaneState::Usable { records } = &c.dane else {
         return out;
     };
+    // A second certificate of the other key family must match too: clients that prefer it
+    // see only that one.
+    for p in probes {
+        let other = p
+            .other_certificate
+            .as_deref()
+            .filter(|o| o.matched.is_none() && !o.chain.is_empty());
+        if let Some(other) = other {
+            let family = other.key.map_or("other".to_owned(), |k| {
+                format!("{k:?}").to_ascii_uppercase()
+            });
+            add(
+                Level::Fail,
+                "no-tlsa-match",
+                format!(
+                    "{} also presents an {family} certificate, which no TLSA record matches: {}",
+                    c.name,
+                    other.failure.as_deref().unwrap_or("")
+                ),
+                "RFC 7672 §3",
+            );
+        }
+    }
     let connected: Vec<&&AddressProbe> = probes.iter().filter(|p| !p.chain.is_empty()).collect();
     let matched = connected.iter().filter(|p| p.matched.is_some()).count();
     if !connected.is_empty() && matched == 0 {

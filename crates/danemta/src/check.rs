@@ -194,12 +194,12 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
     if args.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
     }
-    let probe = ProbeConfig {
-        provider: Arc::new(rustls::crypto::ring::default_provider()),
-        timeouts: Timeouts::uniform(Duration::from_secs(args.smtp_timeout.max(1))),
-        helo_name: args.helo.clone(),
-        ahead: Duration::from_secs(args.days.saturating_mul(86400)),
-    };
+    let probe = ProbeConfig::new(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        Timeouts::uniform(Duration::from_secs(args.smtp_timeout.max(1))),
+        args.helo.clone(),
+        Duration::from_secs(args.days.saturating_mul(86400)),
+    );
     let cache = ProbeCache::default();
     let paint = Paint(std::io::stdout().is_terminal() && !args.json);
     let rt = runtime().map_err(CliError::Runtime)?;

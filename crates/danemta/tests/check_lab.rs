@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use dane::cert::CertInfo;
 use dane::matching::record_for;
 use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1};
-use danemta_lab::smtp::{Receiver, ReceiverSpec};
+use danemta_lab::smtp::{Receiver, ReceiverSpec, ReceiverTls};
 use danemta_lab::{Lab, ZoneSpec};
 use serde_json::Value;
 
@@ -63,6 +63,14 @@ fn world() -> &'static World {
         let plain = start("mx.plain.check.test", None);
         let ta = start("mx.ta.check.test", Some(&ta_leaf));
         let nochain = start("mx.ta-nochain.check.test", Some(&ta_nochain));
+        let dual_ec = TestCert::self_signed(&["mx.dual.check.test"]).unwrap();
+        let dual_rsa = TestCert::self_signed_rsa(&["mx.dual.check.test"]).unwrap();
+        let dual = Receiver::start(
+            ReceiverSpec::new("mx.dual.check.test", &["check.test"]).with_tls(
+                ReceiverTls::Several(vec![dual_ec.clone(), dual_rsa.clone()]),
+            ),
+        )
+        .unwrap();
         let ip = |r: &Receiver| r.addr().ip();
 
         let a311 = tlsa(3, 1, 1, &key_a);
@@ -124,6 +132,17 @@ fn world() -> &'static World {
                 ),
             ),
             ZoneSpec::secure(
+                "dual-ok.check.test",
+                zone(
+                    &[ip(&dual)],
+                    &[tlsa(3, 1, 1, &dual_ec), tlsa(3, 1, 1, &dual_rsa)],
+                ),
+            ),
+            ZoneSpec::secure(
+                "dual-half.check.test",
+                zone(&[ip(&dual)], &[tlsa(3, 1, 1, &dual_ec), b311.clone()]),
+            ),
+            ZoneSpec::secure(
                 "ta.check.test",
                 zone(&[ip(&ta)], &[tlsa_2_x_1(&ca, 1), tlsa_2_x_1(&ca, 0)]),
             ),
@@ -152,7 +171,7 @@ fn world() -> &'static World {
         let lab = Lab::builder().zones(zones).start().expect("lab");
         World {
             lab,
-            _receivers: vec![good, wrong, plain, ta, nochain],
+            _receivers: vec![good, wrong, plain, ta, nochain, dual],
         }
     })
 }
@@ -326,4 +345,21 @@ fn a_bulk_scan_of_two_thousand_domains() {
         summary["probes"], 2,
         "one probe per MX host, not per domain"
     );
+}
+
+#[test]
+fn servers_with_ecdsa_and_rsa_certificates_are_probed_for_each() {
+    let (code, r) = one("dual-ok.check.test", &[]);
+    assert_eq!(code, 0, "{:?}", codes(&r));
+    let tls = &r["hosts"][0]["addresses"][0]["tls"];
+    let other = &tls["other_certificate"];
+    assert_ne!(tls["key"], other["key"], "{tls:#}");
+    assert!(other["matched"].is_string(), "{other:#}");
+    // Only the ECDSA key published: RSA-preferring clients would fail.
+    let (code, r) = one("dual-half.check.test", &[]);
+    assert_eq!(code, 2);
+    let found = codes(&r);
+    assert!(found.contains(&"no-tlsa-match".to_owned()), "{found:?}");
+    let message = r["hosts"][0]["findings"].to_string();
+    assert!(message.contains("RSA certificate"), "{message}");
 }

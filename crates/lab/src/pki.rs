@@ -150,7 +150,41 @@ fn make_leaf(
     })
 }
 
+/// An RSA-2048 key pair: ring cannot generate RSA keys, so OpenSSL's command line does.
+fn rsa_key() -> Result<KeyPair, LabError> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .map_err(|e| cert_error("running openssl genpkey (Debian package openssl)", e))?;
+    let pem = String::from_utf8_lossy(&out.stdout);
+    KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+        .map_err(|e| cert_error("loading the RSA key", e))
+}
+
 impl TestCert {
+    /// A self-signed RSA-2048 leaf for `names` (for servers with both an ECDSA and an RSA
+    /// certificate), valid from 30 days ago to a year ahead.
+    pub fn self_signed_rsa(names: &[&str]) -> Result<TestCert, LabError> {
+        let params = leaf_params(names, CURRENT)?;
+        let key = rsa_key()?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| cert_error("signing the RSA leaf", e))?;
+        Ok(TestCert {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            leaf_der: cert.der().to_vec(),
+            ca_der: None,
+            spki_der: key.subject_public_key_info(),
+        })
+    }
+
     /// A self-signed leaf for `names` (DNS names or IP addresses; the first is also the subject
     /// CN), valid from 30 days ago to a year ahead. Good for DANE-EE(3).
     pub fn self_signed(names: &[&str]) -> Result<TestCert, LabError> {

@@ -55,6 +55,9 @@ pub enum ReceiverTls {
         /// The leaf's private key, PEM (PKCS#8, SEC1 or PKCS#1).
         key_pem: String,
     },
+    /// STARTTLS offered with several certificates (e.g. ECDSA and RSA): OpenSSL picks the one
+    /// matching the client's signature algorithms.
+    Several(Vec<TestCert>),
 }
 
 impl From<&TestCert> for ReceiverTls {
@@ -515,18 +518,27 @@ impl Receiver {
         mkdir(&dir.join("data"), 0o700, Some(accounts.postfix))?;
         mkdir(&dir.join("mail"), 0o700, Some(accounts.mailbox))?;
 
-        let tls_file = match &spec.tls {
-            ReceiverTls::None => None,
+        let pairs: Vec<(&str, &str)> = match &spec.tls {
+            ReceiverTls::None => Vec::new(),
             ReceiverTls::Cert { chain_pem, key_pem } => {
-                let path = conf.join("tls.pem");
-                let mut text = key_pem.trim_end().to_string();
-                text.push('\n');
-                text.push_str(chain_pem.trim_end());
-                text.push('\n');
-                write_file(&path, &text, 0o600)?;
-                Some(path)
+                vec![(chain_pem.as_str(), key_pem.as_str())]
             }
+            ReceiverTls::Several(certs) => certs
+                .iter()
+                .map(|c| (c.chain_pem.as_str(), c.key_pem.as_str()))
+                .collect(),
         };
+        let mut tls_files = Vec::new();
+        for (i, (chain_pem, key_pem)) in pairs.iter().enumerate() {
+            let path = conf.join(format!("tls{i}.pem"));
+            let mut text = key_pem.trim_end().to_string();
+            text.push('\n');
+            text.push_str(chain_pem.trim_end());
+            text.push('\n');
+            write_file(&path, &text, 0o600)?;
+            tls_files.push(path.display().to_string());
+        }
+        let tls_file = (!tls_files.is_empty()).then(|| PathBuf::from(tls_files.join(", ")));
         let main_cf = main_cf(dir, spec, self.addr, accounts.mailbox, tls_file.as_deref());
         write_file(&conf.join("main.cf"), &main_cf, 0o644)?;
         write_file(&conf.join("master.cf"), &master_cf(self.addr), 0o644)?;
