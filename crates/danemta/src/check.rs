@@ -52,20 +52,53 @@ pub struct CheckArgs {
     dns: DnsArgs,
 }
 
-fn read_domains(path: &PathBuf) -> Result<Vec<DnsName>, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    text.lines()
+/// One line of a domain list: a domain, or the text that is not one.
+enum Entry {
+    Domain(DnsName),
+    Bad {
+        line: usize,
+        text: String,
+        error: String,
+    },
+}
+
+/// The domains of `path`, one per line (blank lines and # comments skipped), read as they are
+/// needed, so that memory does not grow with the list.
+fn domain_file(path: &PathBuf) -> Result<(usize, impl Iterator<Item = Entry>), CliError> {
+    use std::io::BufRead;
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|source| CliError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+    };
+    let wanted = |l: &str| {
+        let l = l.split('#').next().unwrap_or_default().trim();
+        (!l.is_empty()).then(|| l.to_owned())
+    };
+    let count = open()?
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| wanted(l).is_some())
+        .count();
+    let entries = open()?
+        .lines()
+        .map_while(Result::ok)
         .enumerate()
-        .map(|(i, l)| (i, l.split('#').next().unwrap_or_default().trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            l.parse()
-                .map_err(|e| CliError::Usage(format!("{}:{}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+        .filter_map(move |(i, l)| {
+            let text = wanted(&l)?;
+            Some(match text.parse() {
+                Ok(d) => Entry::Domain(d),
+                Err(e) => Entry::Bad {
+                    line: i + 1,
+                    text,
+                    error: format!("{e}"),
+                },
+            })
+        });
+    Ok((count, entries))
 }
 
 /// Terminal colours, only when standard output is a terminal.
@@ -187,9 +220,15 @@ fn print_human(r: &DomainReport, paint: &Paint) {
 
 /// Exit status: 0 all ok, 1 warnings, 2 failures, 64 usage.
 pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
-    let domains = match &args.from_file {
-        Some(path) => read_domains(path)?,
-        None => args.domains.clone(),
+    let (total, entries): (usize, Box<dyn Iterator<Item = Entry>>) = match &args.from_file {
+        Some(path) => {
+            let (count, entries) = domain_file(path)?;
+            (count, Box::new(entries))
+        }
+        None => (
+            args.domains.len(),
+            Box::new(args.domains.clone().into_iter().map(Entry::Domain)),
+        ),
     };
     if args.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
@@ -208,13 +247,22 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
         let probing = (!args.no_connect).then_some((&probe, &cache));
         let mut summary = BTreeMap::<&str, usize>::new();
         let mut worst = 0u8;
+        let mut findings = BTreeMap::<&str, usize>::new();
+        let mut checked = 0usize;
         // Reports come out in input order; memory stays bounded by the concurrency.
-        let mut reports = stream::iter(domains.iter())
-            .map(|d| check_domain(&backend, d, args.port, probing))
+        let mut reports = stream::iter(entries)
+            .map(|entry| async {
+                match entry {
+                    Entry::Domain(d) => Ok(check_domain(&backend, &d, args.port, probing).await),
+                    Entry::Bad { line, text, error } => Err(
+                        json!({"domain": text, "verdict": "fail", "line": line, "error": error}),
+                    ),
+                }
+            })
             .buffered(args.concurrency);
         // A progress bar for bulk scans, on standard error, only on a terminal.
         let progress = (args.from_file.is_some() && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(domains.len() as u64);
+            let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{bar:40} {pos}/{len} domains, {per_sec}, ETA {eta}",
@@ -223,13 +271,42 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
             );
             bar
         });
-        while let Some(report) = reports.next().await {
+        while let Some(result) = reports.next().await {
+            checked += 1;
             if let Some(bar) = &progress {
                 bar.inc(1);
             }
+            let report = match result {
+                Ok(report) => report,
+                Err(bad) => {
+                    *summary.entry("fail").or_default() += 1;
+                    *findings.entry("not-a-domain").or_default() += 1;
+                    worst = 2;
+                    if args.json {
+                        println!("{bad}");
+                    } else {
+                        println!(
+                            "{}: {} — {}",
+                            bad["domain"],
+                            paint.verdict("fail"),
+                            bad["error"]
+                        );
+                    }
+                    continue;
+                }
+            };
             *summary.entry(report.verdict).or_default() += 1;
             if report.hosts.iter().any(|h| h.dane == "usable") {
                 *summary.entry("dane").or_default() += 1;
+            }
+            for f in report
+                .findings
+                .iter()
+                .chain(report.hosts.iter().flat_map(|h| &h.findings))
+            {
+                if f.level > Level::Info {
+                    *findings.entry(f.code).or_default() += 1;
+                }
             }
             worst = worst.max(match report.verdict {
                 "fail" => 2,
@@ -248,9 +325,9 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
         if args.from_file.is_some() {
             let count = |k| summary.get(k).copied().unwrap_or(0);
             let line = json!({"summary": {
-                "domains": domains.len(), "dane": count("dane"),
+                "domains": checked, "dane": count("dane"),
                 "ok": count("ok"), "warn": count("warn"), "fail": count("fail"),
-                "probes": cache.len(),
+                "probes": cache.len(), "findings": findings,
             }});
             if args.json {
                 println!("{line}");

@@ -291,13 +291,23 @@ fn a_bulk_scan_probes_each_shared_host_once() {
     let mut list: String = (0..SHARED)
         .map(|i| format!("shared{i}.check.test\n"))
         .collect();
-    list.push_str("# and two of their own\ngood.check.test\nwrong.check.test\n");
+    list.push_str("# and two of their own\ngood.check.test\nwrong.check.test\nnot a domain\n");
     std::fs::write(&file, list).unwrap();
     let (code, lines) = check(&["--from-file", file.to_str().unwrap(), "--concurrency", "8"]);
     assert_eq!(code, 2, "wrong.check.test fails");
     let summary = &lines.last().unwrap()["summary"];
-    assert_eq!(summary["domains"], SHARED + 2);
-    assert_eq!(summary["fail"], 1);
+    assert_eq!(summary["domains"], SHARED + 3);
+    assert_eq!(
+        summary["fail"], 2,
+        "wrong.check.test and the line that is not a domain"
+    );
+    assert_eq!(summary["findings"]["not-a-domain"], 1);
+    assert!(
+        lines[SHARED + 2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a domain")
+    );
     assert_eq!(
         summary["dane"],
         SHARED + 2,
@@ -305,7 +315,7 @@ fn a_bulk_scan_probes_each_shared_host_once() {
     );
     // 22 domains, 2 distinct MX hosts: 2 probes, not 22.
     assert_eq!(summary["probes"], 2, "{summary}");
-    assert_eq!(lines.len(), SHARED + 3);
+    assert_eq!(lines.len(), SHARED + 4);
     assert_eq!(
         lines[0]["domain"], "shared0.check.test",
         "reports keep the input order"
@@ -345,6 +355,8 @@ fn a_bulk_scan_of_two_thousand_domains() {
         summary["probes"], 2,
         "one probe per MX host, not per domain"
     );
+    // And why they fail.
+    assert_eq!(summary["findings"]["no-tlsa-match"], BULK / 4, "{summary}");
 }
 
 #[test]
