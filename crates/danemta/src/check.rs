@@ -153,6 +153,19 @@ fn print_host(h: &HostReport, paint: &Paint) {
             }
         };
         println!("        {} ({}){tls}", a.address, a.dnssec);
+        if let Some(other) = a.tls.as_ref().and_then(|p| p.other_certificate.as_deref()) {
+            let key = other.key.map_or("other".to_owned(), |k| {
+                format!("{k:?}").to_ascii_uppercase()
+            });
+            let names = other.chain.first().map_or(String::new(), |c| {
+                format!("{} until {}", c.names.join(","), c.not_after)
+            });
+            let verdict = match (&other.matched, other.depth) {
+                (Some(m), Some(d)) => format!("matches {m} at depth {d}"),
+                _ => "NO MATCH".to_owned(),
+            };
+            println!("          and a {key} certificate {names}; {verdict}");
+        }
     }
     if let (Some(name), Some(st)) = (&h.tlsa_name, h.tlsa_dnssec) {
         let none = if h.tlsa.is_empty() { " none" } else { "" };
