@@ -123,80 +123,161 @@ impl Paint {
     }
 }
 
-fn print_host(h: &HostReport, paint: &Paint) {
-    println!(
-        "  {:>5} {}  (TLSA base {}) {}",
-        h.preference,
-        h.name,
-        h.tlsa_base,
-        paint.verdict(h.verdict)
-    );
-    for a in &h.addresses {
-        let tls = match &a.tls {
-            None => String::new(),
-            Some(p) if !p.starttls => {
-                format!(" — no STARTTLS ({})", p.error.as_deref().unwrap_or(""))
-            }
-            Some(p) => {
-                let version = p.tls.as_ref().map_or("TLS", |t| t.version.as_str());
-                let cipher = p.tls.as_ref().map_or("", |t| t.cipher.as_str());
-                let leaf = p.chain.first().map_or(String::new(), |c| {
-                    format!("; certificate {} until {}", c.names.join(","), c.not_after)
-                });
-                let verdict = match (&p.matched, p.depth, &p.failure, &p.error) {
-                    (Some(m), Some(d), _, _) => format!("; matches {m} at depth {d}"),
-                    (_, _, Some(f), _) => format!("; NO MATCH: {f}"),
-                    (_, _, _, Some(e)) => format!("; {e}"),
-                    _ => String::new(),
-                };
-                format!(" — {version} {cipher}{leaf}{verdict}")
-            }
-        };
-        println!("        {} ({}){tls}", a.address, a.dnssec);
-        if let Some(other) = a.tls.as_ref().and_then(|p| p.other_certificate.as_deref()) {
-            let key = other.key.map_or("other".to_owned(), |k| {
-                format!("{k:?}").to_ascii_uppercase()
-            });
-            let names = other.chain.first().map_or(String::new(), |c| {
-                format!("{} until {}", c.names.join(","), c.not_after)
-            });
-            let verdict = match (&other.matched, other.depth) {
-                (Some(m), Some(d)) => format!("matches {m} at depth {d}"),
-                _ => "NO MATCH".to_owned(),
-            };
-            println!("          and a {key} certificate {names}; {verdict}");
-        }
-    }
-    if let (Some(name), Some(st)) = (&h.tlsa_name, h.tlsa_dnssec) {
-        let none = if h.tlsa.is_empty() { " none" } else { "" };
-        println!("        TLSA {name} ({st}):{none}");
-        for t in &h.tlsa {
-            println!("          {t}");
-        }
-    }
-    let dane = match &h.dane_detail {
-        dns::DaneState::Usable { records } => format!(
-            "usable — TLS required, authenticated by {} record(s)",
-            records.len()
-        ),
-        dns::DaneState::Unusable => {
-            "records present, none usable — TLS required, unauthenticated".into()
-        }
-        dns::DaneState::NotApplicable { reason } => format!("not applicable — {reason}"),
-        dns::DaneState::HostUnusable { reason } => format!("HOST UNUSABLE — {reason}"),
-    };
-    println!("        DANE: {dane}");
-    for f in h
-        .findings
-        .iter()
-        .filter(|f| f.level > Level::Info && f.code != "host-unusable")
-    {
-        let level = if f.level == Level::Fail {
-            paint.wrap("31", "fail")
+/// One row of the address table.
+fn address_row(h: &HostReport, a: &check::report::AddressReport) -> [String; 7] {
+    let short = |t: &dane::Tlsa| {
+        let text = t.to_string();
+        if text.len() > 22 {
+            format!("{}…", &text[..21])
         } else {
-            paint.wrap("33", "warn")
+            text
+        }
+    };
+    let (tls, cert, matched) = match &a.tls {
+        None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        Some(p) if !p.starttls => ("no STARTTLS".to_owned(), "-".to_owned(), "-".to_owned()),
+        Some(p) if p.chain.is_empty() => ("failed".to_owned(), "-".to_owned(), "-".to_owned()),
+        Some(p) => {
+            let tls = p
+                .tls
+                .as_ref()
+                .map_or("TLS".to_owned(), |t| t.version.clone());
+            let cert = p.chain.first().map_or(String::new(), |c| {
+                let until = c.not_after.split('T').next().unwrap_or_default();
+                format!(
+                    "{} (to {until})",
+                    c.names.first().map_or("?", String::as_str)
+                )
+            });
+            let matched = match (&p.matched, p.depth) {
+                (Some(m), Some(d)) => format!("{} @{d}", short(m)),
+                _ if h.dane == "usable" => "NO MATCH".to_owned(),
+                _ => "-".to_owned(),
+            };
+            (tls, cert, matched)
+        }
+    };
+    [
+        h.preference.to_string(),
+        h.name.to_string(),
+        a.address.to_string(),
+        a.dnssec.to_string(),
+        tls,
+        cert,
+        matched,
+    ]
+}
+
+/// The hosts and addresses of a domain as a table, then each host's TLSA records, DANE
+/// state and findings.
+fn print_hosts(hosts: &[HostReport], paint: &Paint) {
+    const HEAD: [&str; 7] = [
+        "PREF",
+        "HOST",
+        "ADDRESS",
+        "DNSSEC",
+        "TLS",
+        "CERTIFICATE",
+        "TLSA MATCH",
+    ];
+    let rows: Vec<([String; 7], &str)> = hosts
+        .iter()
+        .flat_map(|h| {
+            let mut rows: Vec<([String; 7], &str)> = h
+                .addresses
+                .iter()
+                .map(|a| (address_row(h, a), h.verdict))
+                .collect();
+            if rows.is_empty() {
+                rows.push((
+                    [
+                        h.preference.to_string(),
+                        h.name.to_string(),
+                        "(none)".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ],
+                    h.verdict,
+                ));
+            }
+            rows
+        })
+        .collect();
+    let mut widths = HEAD.map(|h| h.chars().count());
+    for (row, _) in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("  {}  VERDICT", line(&HEAD.map(str::to_owned)));
+    for (row, verdict) in &rows {
+        println!("  {}  {}", line(row), paint.verdict(verdict));
+    }
+    for h in hosts {
+        let dane = match &h.dane_detail {
+            dns::DaneState::Usable { records } => format!(
+                "usable — TLS required, authenticated by {} record(s)",
+                records.len()
+            ),
+            dns::DaneState::Unusable => {
+                "records present, none usable — TLS required, unauthenticated".into()
+            }
+            dns::DaneState::NotApplicable { reason } => format!("not applicable — {reason}"),
+            dns::DaneState::HostUnusable { reason } => format!("HOST UNUSABLE — {reason}"),
         };
-        println!("        {level} {}: {} ({})", f.code, f.message, f.rfc);
+        println!("  {} (TLSA base {}): DANE {dane}", h.name, h.tlsa_base);
+        if let (Some(name), Some(st)) = (&h.tlsa_name, h.tlsa_dnssec) {
+            let none = if h.tlsa.is_empty() { " none" } else { "" };
+            println!("    TLSA {name} ({st}):{none}");
+            for t in &h.tlsa {
+                println!("      {t}");
+            }
+        }
+        for a in &h.addresses {
+            let Some(p) = &a.tls else { continue };
+            if let Some(e) = p
+                .error
+                .as_ref()
+                .filter(|_| p.starttls || h.dane != "usable")
+            {
+                println!("    {}: {e}", a.address);
+            }
+            if let Some(other) = p.other_certificate.as_deref() {
+                let key = other.key.map_or("other".to_owned(), |k| {
+                    format!("{k:?}").to_ascii_uppercase()
+                });
+                let verdict = match (&other.matched, other.depth) {
+                    (Some(m), Some(d)) => format!("matches {m} at depth {d}"),
+                    _ => "matches no TLSA record".to_owned(),
+                };
+                println!(
+                    "    {}: also an {key} certificate, which {verdict}",
+                    a.address
+                );
+            }
+        }
+        for f in h
+            .findings
+            .iter()
+            .filter(|f| f.level > Level::Info && f.code != "host-unusable")
+        {
+            let level = if f.level == Level::Fail {
+                paint.wrap("31", "fail")
+            } else {
+                paint.wrap("33", "warn")
+            };
+            println!("    {level} {}: {} ({})", f.code, f.message, f.rfc);
+        }
     }
 }
 
@@ -213,22 +294,24 @@ fn print_human(r: &DomainReport, paint: &Paint) {
     if let Some(reason) = &r.reason {
         println!("  {reason}");
     }
-    for h in &r.hosts {
-        print_host(h, paint);
+    if !r.hosts.is_empty() {
+        print_hosts(&r.hosts, paint);
     }
     for f in r.findings.iter().filter(|f| f.level > Level::Info) {
+        let level = if f.level == Level::Fail {
+            "fail"
+        } else {
+            "warn"
+        };
         println!(
             "  {} {}: {} ({})",
-            paint.verdict(if f.level == Level::Fail {
-                "fail"
-            } else {
-                "warn"
-            }),
+            paint.verdict(level),
             f.code,
             f.message,
             f.rfc
         );
     }
+    println!();
 }
 
 /// Exit status: 0 all ok, 1 warnings, 2 failures, 64 usage.
