@@ -383,9 +383,10 @@ fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) ->
     out
 }
 
-/// Whether the authoritative servers publish the same TLSA RRset at `owner`: when they do
-/// not, some senders see one RRset and some the other (a half-finished change).
-fn ns_findings(
+/// Findings from what the authoritative servers answered at `owner`: servers that publish
+/// different RRsets (some senders see one, some the other: a half-finished change), and
+/// servers that did not answer.
+pub fn ns_findings(
     owner: &DnsName,
     answers: &Result<Vec<dns::authoritative::ServerAnswer>, String>,
 ) -> Vec<Finding> {
