@@ -23,38 +23,49 @@ pub struct NameError {
     pub why: &'static str,
 }
 
+/// The RFC 1035 §2.3.4 limits on a domain name in text, common to every name type: the name
+/// lower-cased and without its trailing dot, or why it is not a name. `byte_ok` says which
+/// bytes a label may hold; `byte_rule` says so in words.
+pub fn normalise_name(
+    text: &str,
+    byte_ok: impl Fn(u8) -> bool,
+    byte_rule: &'static str,
+) -> Result<String, &'static str> {
+    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 253 {
+        return Err("it is longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("it has an empty label");
+        }
+        if label.len() > 63 {
+            return Err("a label is longer than 63 characters");
+        }
+        if !label.bytes().all(&byte_ok) {
+            return Err(byte_rule);
+        }
+    }
+    Ok(name)
+}
+
 impl FromStr for ReferenceName {
     type Err = NameError;
 
     fn from_str(text: &str) -> Result<Self, NameError> {
-        let err = |why| NameError {
+        normalise_name(
+            text,
+            |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            "only letters, digits, '-' and '_' are allowed (use the A-label of IDNs)",
+        )
+        .map(Self)
+        .map_err(|why| NameError {
             text: text.to_owned(),
             why,
-        };
-        let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
-        if name.is_empty() {
-            return Err(err("it is empty"));
-        }
-        if name.len() > 253 {
-            return Err(err("it is longer than 253 characters"));
-        }
-        for label in name.split('.') {
-            if label.is_empty() {
-                return Err(err("it has an empty label"));
-            }
-            if label.len() > 63 {
-                return Err(err("a label is longer than 63 characters"));
-            }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(err(
-                    "only letters, digits, '-' and '_' are allowed (use the A-label of IDNs)",
-                ));
-            }
-        }
-        Ok(Self(name))
+        })
     }
 }
 

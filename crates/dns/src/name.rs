@@ -24,32 +24,19 @@ impl FromStr for DnsName {
     type Err = DnsNameError;
 
     fn from_str(text: &str) -> Result<Self, DnsNameError> {
-        let err = |why| DnsNameError {
-            text: text.to_owned(),
-            why,
-        };
         if text == "." {
             return Ok(Self::root());
         }
-        let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
-        if name.is_empty() {
-            return Err(err("it is empty"));
-        }
-        if name.len() > 253 {
-            return Err(err("it is longer than 253 characters"));
-        }
-        for label in name.split('.') {
-            if label.is_empty() {
-                return Err(err("it has an empty label"));
-            }
-            if label.len() > 63 {
-                return Err(err("a label is longer than 63 characters"));
-            }
-            if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
-                return Err(err("a label has a space, control or non-ASCII character"));
-            }
-        }
-        Ok(Self(name))
+        dane::name::normalise_name(
+            text,
+            |b| b.is_ascii_graphic() && b != b'\\',
+            "a label has a space, control or non-ASCII character",
+        )
+        .map(Self)
+        .map_err(|why| DnsNameError {
+            text: text.to_owned(),
+            why,
+        })
     }
 }
 
