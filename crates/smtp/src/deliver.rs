@@ -221,6 +221,13 @@ pub async fn deliver(
                     attempts.push(attempt);
                     return Delivery::new(everyone(Fate::Bounced, &reply.to_string()), attempts);
                 }
+                // Larger than the server accepts: no other host of this domain will differ
+                // (RFC 1870 §6.1, 552).
+                Err(SessionError::TooBig { .. }) => {
+                    let reason = format!("552 5.3.4 {}", attempt.reason);
+                    attempts.push(attempt);
+                    return Delivery::new(everyone(Fate::Bounced, &reason), attempts);
+                }
                 Err(_) => {
                     last_reason = format!("{}: {}", c.name, attempt.reason);
                     attempts.push(attempt);

@@ -279,3 +279,40 @@ async fn fingerprint_level_matches_configured_digests() {
     assert_eq!(d.outcome, "deferred");
     assert!(d.recipients.iter().all(|r| r.outcome == Fate::Deferred));
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_bounces_instead_of_trying_the_next_mx() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut io = BufReader::new(tcp);
+        io.get_mut().write_all(b"220 small\r\n").await.unwrap();
+        let mut line = String::new();
+        while io.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let reply: &[u8] = if line.starts_with("EHLO") {
+                b"250-small\r\n250 SIZE 10\r\n"
+            } else {
+                b"221 bye\r\n"
+            };
+            io.get_mut().write_all(reply).await.unwrap();
+            line.clear();
+        }
+    });
+    let server = Server {
+        inner: SubmissionServer::start("127.0.0.1:0".parse().unwrap(), None, None).unwrap(),
+        addr,
+        leaf: CertificateDer::from(Vec::new()),
+    };
+    let na = DaneState::NotApplicable {
+        reason: String::new(),
+    };
+    let route = Route::Deliver {
+        mx_dnssec: Status::Secure,
+        candidates: vec![candidate("mx.example.test", "mx.example.test", &server, na)],
+    };
+    let d = send(&route, Level::Dane).await;
+    assert_eq!((d.outcome, d.exit_code()), ("bounced", 69), "{d:#?}");
+    assert!(d.recipients[0].reply.starts_with("552 5.3.4"));
+}

@@ -230,3 +230,28 @@ async fn internationalised_addresses_need_smtputf8() {
     session.quit().await;
     assert!(seen.await.unwrap().contains("SMTPUTF8"));
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_not_sent() {
+    let (addr, seen) = scripted(
+        "220 mx\r\n",
+        vec![
+            ("EHLO", "250-mx\r\n250 SIZE 10\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+    let envelope = Envelope {
+        from: "a@x.test".into(),
+        to: vec!["b@y.test".into()],
+    };
+    let message = Message::new(b"Subject: too long for ten bytes\n\nbody\n").unwrap();
+    let err = session.transact(&envelope, &message).await.err().unwrap();
+    assert!(
+        matches!(err, SessionError::TooBig { limit: 10, .. }),
+        "{err}"
+    );
+    session.quit().await;
+    assert!(!seen.await.unwrap().contains("MAIL FROM"));
+}
