@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_net::NetError;
-use hickory_net::runtime::TokioRuntimeProvider;
-use hickory_net::xfer::DnsExchange;
 use hickory_proto::op::{DnsRequest, DnsResponse};
 
 use std::collections::HashMap;
@@ -29,7 +27,8 @@ use crate::status::Status;
 /// Trusts the AD bit of the resolver at one address.
 pub struct TrustAd {
     upstream: SocketAddr,
-    udp: DnsExchange<TokioRuntimeProvider>,
+    /// UDP, and one TCP connection kept for truncated answers (RFC 7766 §5).
+    wire: crate::wire::Upstream,
     timeout: Duration,
     sent: AtomicU64,
 }
@@ -38,10 +37,9 @@ impl TrustAd {
     /// A back-end asking `upstream`, each query bounded by `timeout`. Must be called inside a
     /// tokio runtime (it spawns the UDP exchange's background task).
     pub fn new(upstream: SocketAddr, timeout: Duration) -> Self {
-        let udp = crate::wire::udp(upstream, timeout);
         Self {
             upstream,
-            udp,
+            wire: crate::wire::Upstream::new(upstream, timeout),
             timeout,
             sent: AtomicU64::new(0),
         }
@@ -72,7 +70,7 @@ impl TrustAd {
 
     async fn exchange(&self, request: DnsRequest) -> Result<DnsResponse, NetError> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        crate::wire::exchange(&self.udp, self.upstream, request, self.timeout).await
+        self.wire.exchange(request).await
     }
 }
 
