@@ -27,8 +27,9 @@ use crate::status::Status;
 /// Trusts the AD bit of the resolver at one address.
 pub struct TrustAd {
     upstream: SocketAddr,
-    /// UDP, and one TCP connection kept for truncated answers (RFC 7766 §5).
-    wire: crate::wire::Upstream,
+    /// UDP, and one TCP connection kept for truncated answers (RFC 7766 §5); boxed, since
+    /// it is large and [`crate::Backend`] holds this back-end by value.
+    wire: Box<crate::wire::Upstream>,
     timeout: Duration,
     sent: AtomicU64,
 }
@@ -39,7 +40,7 @@ impl TrustAd {
     pub fn new(upstream: SocketAddr, timeout: Duration) -> Self {
         Self {
             upstream,
-            wire: crate::wire::Upstream::new(upstream, timeout),
+            wire: Box::new(crate::wire::Upstream::new(upstream, timeout)),
             timeout,
             sent: AtomicU64::new(0),
         }
