@@ -1,24 +1,53 @@
 //! The route-discovery driver: performs the lookups that the pure steps of
-//! [`crate::route`] ask for, concurrently where the RFC allows.
+//! [`crate::route`] ask for, concurrently where the RFC allows, within [`Limits`].
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
+use futures_util::stream;
 use rand::seq::SliceRandom;
+use serde::Serialize;
 
 use crate::lookup::RecordType;
 use crate::name::DnsName;
 use crate::resolver::Resolver;
 use crate::route::{
-    HostLookups, HostRef, HostsStep, NextHop, Route, address_chain, host_state, mx_step, srv_step,
-    tlsa_base, try_unexpanded, wants_tlsa,
+    HostLookups, HostRef, HostsStep, Limits, NextHop, Route, TlsaAnswer, address_chain, host_state,
+    limit_hosts, mx_step, srv_step, tlsa_base, try_unexpanded, wants_tlsa,
 };
 use crate::status::Status;
 
-/// Discovers the route for `next_hop` (RFC 7672 §2.2): the hosts in order, each with its
-/// addresses, TLSA records and DANE state; or a route-wide defer or bounce.
-///
-/// The A and AAAA lookups of all hosts run concurrently; each host's TLSA lookup follows its
-/// address lookups, which decide whether DANE can apply and what the base domain is.
+/// Discovers the route for `next_hop` (RFC 7672 §2.2) within the default [`Limits`]: the
+/// hosts in order, each with its addresses, TLSA records and DANE state; or a route-wide defer
+/// or bounce. [`discover_with`] also tells how many hosts the limits dropped.
 pub async fn discover<R: Resolver>(resolver: &R, next_hop: &NextHop) -> Route {
+    discover_with(resolver, next_hop, &Limits::DEFAULT)
+        .await
+        .route
+}
+
+/// A route, and what the [`Limits`] left out of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Discovery {
+    /// The route.
+    pub route: Route,
+    /// MX (or SRV) hosts beyond [`Limits::max_hosts`], dropped without a lookup.
+    pub hosts_dropped: usize,
+}
+
+/// Discovers the route for `next_hop` (RFC 7672 §2.2) within `limits`.
+///
+/// Only the first [`Limits::max_hosts`] hosts in preference order are looked up, at most
+/// [`Limits::concurrent_hosts`] of them at once, and the route keeps their order. For each
+/// host, A and AAAA run together; its TLSA lookup follows them, since they decide whether
+/// DANE can apply and what the base domain is.
+pub async fn discover_with<R: Resolver>(
+    resolver: &R,
+    next_hop: &NextHop,
+    limits: &Limits,
+) -> Discovery {
+    let route = |route| Discovery {
+        route,
+        hosts_dropped: 0,
+    };
     let mut rng = rand::rng();
     let (step, looked_up) = match next_hop {
         NextHop::Domain { domain, port } => {
@@ -30,10 +59,10 @@ pub async fn discover<R: Resolver>(resolver: &R, next_hop: &NextHop) -> Route {
             let owner: DnsName = match format!("_submission._tcp.{domain}").parse() {
                 Ok(n) => n,
                 Err(e) => {
-                    return Route::Defer {
+                    return route(Route::Defer {
                         reason: e.to_string(),
                         mx_dnssec: None,
-                    };
+                    });
                 }
             };
             let srv = resolver.lookup(&owner, RecordType::Srv).await;
@@ -55,31 +84,46 @@ pub async fn discover<R: Resolver>(resolver: &R, next_hop: &NextHop) -> Route {
             (step, None)
         }
     };
-    let (hosts, mx_dnssec) = match step {
+    let (mut hosts, mx_dnssec) = match step {
         HostsStep::Hosts { hosts, status } => (hosts, status),
         HostsStep::Defer(reason) => {
-            return Route::Defer {
+            return route(Route::Defer {
                 reason,
                 mx_dnssec: looked_up,
-            };
+            });
         }
         HostsStep::Bounce(reason) => {
-            return Route::Bounce {
+            return route(Route::Bounce {
                 reason,
                 mx_dnssec: looked_up,
-            };
+            });
         }
     };
+    let hosts_dropped = limit_hosts(&mut hosts, limits.max_hosts);
     let domain = next_hop.domain();
-    let candidates = join_all(hosts.iter().map(|host| async move {
-        let lookups = host_lookups(resolver, host).await;
-        host_state(host, domain, mx_dnssec.is_secure(), &lookups)
-    }))
-    .await;
-    Route::Deliver {
-        mx_dnssec,
-        candidates,
+    // `buffered` keeps the hosts' order, whichever lookups finish first.
+    let candidates = stream::iter(&hosts)
+        .map(|host| async move {
+            let lookups = host_lookups(resolver, host).await;
+            host_state(host, domain, mx_dnssec.is_secure(), &lookups)
+        })
+        .buffered(limits.concurrent_hosts.max(1))
+        .collect()
+        .await;
+    Discovery {
+        route: Route::Deliver {
+            mx_dnssec,
+            candidates,
+        },
+        hosts_dropped,
     }
+}
+
+/// The TLSA lookup for `host` on `port`, unless its owner name cannot exist (RFC 1035
+/// §2.3.4): then no question is asked, since no back-end could put it on the wire.
+async fn tlsa_at<R: Resolver>(resolver: &R, host: &DnsName, port: u16) -> TlsaAnswer {
+    let owner = host.try_tlsa_owner(port)?;
+    Ok(resolver.lookup(&owner, RecordType::Tlsa).await)
 }
 
 /// The lookups for one host: A and AAAA together, then TLSA at the base domain when the
@@ -91,15 +135,9 @@ async fn host_lookups<R: Resolver>(resolver: &R, host: &HostRef) -> HostLookups 
     );
     let tlsa = if wants_tlsa(&a, &aaaa) {
         let base = tlsa_base(&host.name, address_chain(&a, &aaaa));
-        let at_base = resolver
-            .lookup(&base.tlsa_owner(host.port), RecordType::Tlsa)
-            .await;
+        let at_base = tlsa_at(resolver, &base, host.port).await;
         let unexpanded = match try_unexpanded(&host.name, &base, &at_base) {
-            Some(name) => Some(
-                resolver
-                    .lookup(&name.tlsa_owner(host.port), RecordType::Tlsa)
-                    .await,
-            ),
+            Some(name) => Some(tlsa_at(resolver, &name, host.port).await),
             None => None,
         };
         Some((at_base, unexpanded))
@@ -112,6 +150,7 @@ async fn host_lookups<R: Resolver>(resolver: &R, host: &HostRef) -> HostLookups 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::lookup::{CnameLink, Lookup, Mx, Outcome, Record};
@@ -315,6 +354,203 @@ mod tests {
             seen.insert(hosts[1].name.clone());
         }
         assert_eq!(seen.len(), 2, "both orders of the tie occur");
+    }
+
+    /// The back-ends cannot put a name over 255 octets on the wire (hickory refuses it):
+    /// such a question fails, as it would in production.
+    struct OnTheWire(Table);
+
+    impl Resolver for OnTheWire {
+        async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
+            if name.as_str().len() > 253 {
+                self.0
+                    .asked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = format!("name {name}: longer than 255 octets");
+                return Lookup::failed(name.clone(), rtype, crate::lookup::Failure::Malformed(why));
+            }
+            self.0.lookup(name, rtype).await
+        }
+    }
+
+    /// A 248-character host name: valid, but `_25._tcp.` makes its TLSA owner 257.
+    fn long_host() -> String {
+        format!(
+            "{}.{}.example.test",
+            vec!["x".repeat(63); 3].join("."),
+            "y".repeat(43)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_tlsa_owner_too_long_to_exist_means_no_dane_not_a_bogus_host() {
+        let host = long_host();
+        assert_eq!(host.len(), 248);
+        let table = OnTheWire(
+            Table::default()
+                .with(mx("example.test", Status::Secure, &[(10, &host)]))
+                .with(a(&host, Status::Secure, "192.0.2.5", vec![]))
+                .with(nodata(&host, RecordType::Aaaa, Status::Secure)),
+        );
+        let hop = NextHop::Domain {
+            domain: n("example.test"),
+            port: 25,
+        };
+        let (_, hosts) = deliver(discover(&table, &hop).await);
+        match &hosts[0].dane {
+            DaneState::NotApplicable { reason } => {
+                assert!(reason.contains("255 octets"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            (hosts[0].tlsa_name.as_ref(), hosts[0].tlsa_dnssec),
+            (None, None)
+        );
+        assert_eq!(hosts[0].addresses.len(), 1);
+        // MX, A and AAAA: no TLSA question that could only fail.
+        assert_eq!(table.0.asked.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn an_expanded_base_too_long_for_tlsa_falls_back_to_the_unexpanded_name() {
+        // RFC 7672 §2.2.3: nothing can exist at the expanded name, so the unexpanded is tried.
+        let target = long_host();
+        let link = CnameLink {
+            from: n("mail.example.test"),
+            to: n(&target),
+            status: Status::Secure,
+        };
+        let table = OnTheWire(
+            Table::default()
+                .with(mx(
+                    "example.test",
+                    Status::Secure,
+                    &[(10, "mail.example.test")],
+                ))
+                .with(a(
+                    "mail.example.test",
+                    Status::Secure,
+                    "192.0.2.9",
+                    vec![link.clone()],
+                ))
+                .with(Lookup::new(
+                    n("mail.example.test"),
+                    RecordType::Aaaa,
+                    Status::Secure,
+                    Outcome::NoData,
+                    vec![link],
+                    300,
+                ))
+                .with(tlsa("_25._tcp.mail.example.test", Status::Secure)),
+        );
+        let hop = NextHop::Domain {
+            domain: n("example.test"),
+            port: 25,
+        };
+        let (_, hosts) = deliver(discover(&table, &hop).await);
+        assert!(
+            matches!(hosts[0].dane, DaneState::Usable { .. }),
+            "{:?}",
+            hosts[0].dane
+        );
+        assert_eq!(hosts[0].tlsa_base, n("mail.example.test"));
+        assert_eq!(hosts[0].tlsa_name, Some(n("_25._tcp.mail.example.test")));
+    }
+
+    /// A table whose answers take a moment, as on the network, counting the questions in
+    /// flight at once.
+    #[derive(Default)]
+    struct Slow {
+        table: Table,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    impl Resolver for Slow {
+        async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            let answer = self.table.lookup(name, rtype).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn a_thousand_mx_hosts_cost_ten_hosts_lookups_four_at_a_time() {
+        // Listed from the least preferred: h0 (preference 0) comes last in the answer.
+        let list: Vec<(u16, String)> = (0..1000u16)
+            .rev()
+            .map(|i| (i, format!("h{i}.example.test")))
+            .collect();
+        let refs: Vec<(u16, &str)> = list.iter().map(|(p, h)| (*p, h.as_str())).collect();
+        let mut table = Table::default().with(mx("example.test", Status::Secure, &refs));
+        for (i, (_, host)) in list.iter().enumerate() {
+            let ip = format!("10.0.{}.{}", i / 256, i % 256);
+            table = table.with(a(host, Status::Secure, &ip, vec![]));
+        }
+        let slow = Slow {
+            table,
+            ..Slow::default()
+        };
+        let hop = NextHop::Domain {
+            domain: n("example.test"),
+            port: 25,
+        };
+        let found = discover_with(&slow, &hop, &Limits::DEFAULT).await;
+        assert_eq!(found.hosts_dropped, 990);
+        let (_, hosts) = deliver(found.route);
+        let names: Vec<String> = hosts.iter().map(|h| h.name.to_string()).collect();
+        let first_ten: Vec<String> = (0..10).map(|i| format!("h{i}.example.test")).collect();
+        assert_eq!(names, first_ten, "the most preferred, in preference order");
+        assert!(hosts.iter().all(|h| h.addresses.len() == 1));
+        // MX, then A, AAAA and TLSA for each of the ten.
+        assert_eq!(slow.table.asked.load(Ordering::SeqCst), 1 + 10 * 3);
+        // A and AAAA of four hosts at most; and more than one host at a time.
+        let most = slow.most_in_flight.load(Ordering::SeqCst);
+        assert!((3..=8).contains(&most), "{most} questions at once");
+
+        // The plain entry point keeps the same bounds.
+        let (_, hosts) = deliver(discover(&slow, &hop).await);
+        assert_eq!(hosts.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn srv_targets_are_bounded_too() {
+        let srvs = (0..50u16)
+            .map(|i| {
+                Record::Srv(crate::lookup::Srv {
+                    priority: i,
+                    weight: 0,
+                    port: 587,
+                    target: n(&format!("s{i}.example.test")),
+                })
+            })
+            .collect();
+        let table = Table::default().with(records(
+            "_submission._tcp.example.test",
+            RecordType::Srv,
+            Status::Secure,
+            srvs,
+            vec![],
+        ));
+        let hop = NextHop::Submission {
+            domain: n("example.test"),
+        };
+        let limits = Limits {
+            max_hosts: 3,
+            concurrent_hosts: 2,
+        };
+        let found = discover_with(&table, &hop, &limits).await;
+        assert_eq!(found.hosts_dropped, 47);
+        let (_, hosts) = deliver(found.route);
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["s0.example.test", "s1.example.test", "s2.example.test"]
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! | step | function | rule |
 //! | --- | --- | --- |
 //! | MX / SRV / fixed next hop → hosts | [`mx_step`], [`srv_step`] | 2, 3 |
+//! | at most [`Limits::max_hosts`] hosts | [`limit_hosts`] | RFC 5321 §5.1 |
 //! | TLSA base domain | [`tlsa_base`], [`try_unexpanded`] | 4 |
 //! | per-host DANE state | [`host_state`] | 1, 5, 6 |
 //! | SNI and reference names | [`Candidate`] fields | 8, 10 |
@@ -16,7 +17,7 @@ use dane::{Profile, ReferenceName, Tlsa};
 use serde::Serialize;
 
 use crate::lookup::{Lookup, Outcome, Record};
-use crate::name::DnsName;
+use crate::name::{DnsName, DnsNameError};
 use crate::status::Status;
 
 /// Where a message goes next.
@@ -81,6 +82,52 @@ pub enum HostsStep {
     Defer(String),
     /// Give up: the destination does not accept mail.
     Bounce(String),
+}
+
+/// Bounds on the work of one route discovery, so that a hostile domain publishing thousands
+/// of MX (or SRV) records can neither tie a delivery up nor flood the resolver.
+///
+/// RFC 5321 §5.1 lets a client bound the hosts and addresses it tries. Postfix bounds a
+/// delivery by addresses (`smtp_mx_address_limit` = 5) and sessions (`smtp_mx_session_limit`
+/// = 2) and Exim by hosts (`hosts_max_try` = 5, `hosts_max_try_hardlimit` = 50); those bound
+/// the connections, which the SMTP layer does. These bound the DNS work before them: how many
+/// hosts are resolved at all, and how many at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most MX (or SRV) hosts considered, in preference order after the shuffle of equal
+    /// preferences; the rest are dropped (and counted, [`limit_hosts`]). 10 by default: twice
+    /// Exim's `hosts_max_try`, and more than Postfix's 5 addresses can use, so no real
+    /// destination loses a host it needs, while a hostile one costs at most 10 hosts' lookups.
+    pub max_hosts: usize,
+    /// Most hosts whose lookups (A and AAAA together, then TLSA) are in flight at once in one
+    /// route discovery: at most twice this many questions at once. 4 by default: the first
+    /// hosts, the ones a delivery tries first, are resolved without waiting for the others,
+    /// and the resolver never sees a burst from one destination.
+    pub concurrent_hosts: usize,
+}
+
+impl Limits {
+    /// The defaults: 10 hosts, 4 at a time.
+    pub const DEFAULT: Limits = Limits {
+        max_hosts: 10,
+        concurrent_hosts: 4,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Keeps the first `max` of `hosts` (at least one), which [`mx_step`] and [`srv_step`] put in
+/// the order to try them (RFC 5321 §5.1 allows a client to limit the hosts it tries); returns
+/// how many were dropped.
+pub fn limit_hosts(hosts: &mut Vec<HostRef>, max: usize) -> usize {
+    let keep = max.max(1);
+    let dropped = hosts.len().saturating_sub(keep);
+    hosts.truncate(keep);
+    dropped
 }
 
 /// Reorders one run of records of equal preference (randomly, in production).
@@ -224,11 +271,22 @@ pub fn tlsa_base(host: &DnsName, addresses: &Lookup) -> DnsName {
     }
 }
 
+/// The TLSA lookup at one owner name; or, when the owner name `_PORT._tcp.BASE` would be
+/// longer than DNS allows ([`DnsName::try_tlsa_owner`]), why none was made: no record can
+/// exist there, a sure "no TLSA records", never a failure.
+pub type TlsaAnswer = Result<Lookup, DnsNameError>;
+
 /// RFC 7672 §2.2.3: when the TLSA lookup at the CNAME-expanded base finds nothing (a denial
-/// that is not a failure), the client tries the unexpanded name. `Some(name)` to try.
-pub fn try_unexpanded(host: &DnsName, base: &DnsName, tlsa: &Lookup) -> Option<DnsName> {
-    let (status, outcome) = tlsa.answer();
-    let nothing = matches!(outcome, Outcome::NoData | Outcome::NxDomain) && !status.is_failure();
+/// that is not a failure, or an owner name too long to exist), the client tries the
+/// unexpanded name. `Some(name)` to try.
+pub fn try_unexpanded(host: &DnsName, base: &DnsName, tlsa: &TlsaAnswer) -> Option<DnsName> {
+    let nothing = match tlsa {
+        Ok(tlsa) => {
+            let (status, outcome) = tlsa.answer();
+            matches!(outcome, Outcome::NoData | Outcome::NxDomain) && !status.is_failure()
+        }
+        Err(_) => true,
+    };
     (nothing && base != host).then(|| host.clone())
 }
 
@@ -304,7 +362,7 @@ pub struct HostLookups {
     pub aaaa: Lookup,
     /// The TLSA lookup at the base domain, and the one at the unexpanded name if
     /// [`try_unexpanded`] asked for it. `None` when no secure address made it worth asking.
-    pub tlsa: Option<(Lookup, Option<Lookup>)>,
+    pub tlsa: Option<(TlsaAnswer, Option<TlsaAnswer>)>,
 }
 
 /// Whether the address lookups make a TLSA lookup worthwhile: RFC 7672 §2.2.2 applies DANE
@@ -404,7 +462,18 @@ pub fn host_state(
         };
         return candidate;
     };
-    let tlsa = unexpanded.as_ref().unwrap_or(at_base);
+    let tlsa = match unexpanded.as_ref().unwrap_or(at_base) {
+        Ok(tlsa) => tlsa,
+        Err(_) => {
+            candidate.dane = DaneState::NotApplicable {
+                reason: format!(
+                    "the TLSA owner name of {} for port {} would be longer than 255 octets: no TLSA records can exist, DANE does not apply (RFC 1035 §2.3.4, RFC 6698 §3)",
+                    candidate.tlsa_base, host.port
+                ),
+            };
+            return candidate;
+        }
+    };
     let (status, outcome) = tlsa.answer();
     candidate.tlsa_name = Some(tlsa.name().clone());
     candidate.tlsa_dnssec = Some(status);
@@ -712,7 +781,10 @@ mod tests {
             Status::Secure,
             Outcome::NoData,
         );
-        assert_eq!(try_unexpanded(&host, &base, &nodata), Some(host.clone()));
+        assert_eq!(
+            try_unexpanded(&host, &base, &Ok(nodata.clone())),
+            Some(host.clone())
+        );
         let insecure_nx = lookup(
             "_25._tcp.b.test",
             RecordType::Tlsa,
@@ -720,7 +792,7 @@ mod tests {
             Outcome::NxDomain,
         );
         assert_eq!(
-            try_unexpanded(&host, &base, &insecure_nx),
+            try_unexpanded(&host, &base, &Ok(insecure_nx)),
             Some(host.clone())
         );
         let bogus = lookup(
@@ -729,8 +801,8 @@ mod tests {
             Status::Bogus,
             Outcome::NoData,
         );
-        assert_eq!(try_unexpanded(&host, &base, &bogus), None);
-        assert_eq!(try_unexpanded(&host, &host, &nodata), None);
+        assert_eq!(try_unexpanded(&host, &base, &Ok(bogus)), None);
+        assert_eq!(try_unexpanded(&host, &host, &Ok(nodata)), None);
     }
 
     fn tlsa_lookup(status: Status, records: Vec<&str>) -> Lookup {
@@ -767,7 +839,7 @@ mod tests {
         let lookups = HostLookups {
             a: addr("mx.example.test", Status::Secure, v4(), vec![]),
             aaaa: addr("mx.example.test", Status::Secure, v6(), vec![]),
-            tlsa: tlsa.map(|t| (t, None)),
+            tlsa: tlsa.map(|t| (Ok(t), None)),
         };
         host_state(&host_ref(), &n("example.test"), route_secure, &lookups)
     }
@@ -852,7 +924,7 @@ mod tests {
                 RecordType::Aaaa,
                 Failure::Bogus("bad NSEC".into()),
             ),
-            tlsa: Some((tlsa_lookup(Status::Secure, vec![EE]), None)),
+            tlsa: Some((Ok(tlsa_lookup(Status::Secure, vec![EE])), None)),
         };
         assert!(wants_tlsa(&lookups.a, &lookups.aaaa));
         let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
@@ -913,6 +985,79 @@ mod tests {
         assert!(matches!(c.dane, DaneState::HostUnusable { .. }));
     }
 
+    /// A 248-character host name: valid, but `_25._tcp.` makes its TLSA owner 257.
+    fn long_name() -> DnsName {
+        n(&format!(
+            "{}.{}.example.test",
+            vec!["x".repeat(63); 3].join("."),
+            "y".repeat(43)
+        ))
+    }
+
+    #[test]
+    fn a_tlsa_owner_too_long_to_exist_is_no_tlsa() {
+        let host = HostRef {
+            name: long_name(),
+            preference: 10,
+            port: 25,
+        };
+        let Err(owner) = host.name.try_tlsa_owner(25) else {
+            panic!("the owner name must be too long")
+        };
+        let lookups = HostLookups {
+            a: addr(host.name.as_str(), Status::Secure, v4(), vec![]),
+            aaaa: lookup(
+                host.name.as_str(),
+                RecordType::Aaaa,
+                Status::Secure,
+                Outcome::NoData,
+            ),
+            tlsa: Some((Err(owner.clone()), None)),
+        };
+        let c = host_state(&host, &n("example.test"), true, &lookups);
+        assert!(
+            matches!(&c.dane, DaneState::NotApplicable { reason } if reason.contains("255 octets")),
+            "{:?}",
+            c.dane
+        );
+        assert_eq!(
+            (c.tlsa_name, c.tlsa_dnssec, c.addresses.len()),
+            (None, None, 1)
+        );
+        // At a CNAME-expanded base, it is nothing there: the unexpanded name is tried.
+        let short = n("mx.example.test");
+        let at_long = Err(owner);
+        assert_eq!(
+            try_unexpanded(&short, &long_name(), &at_long),
+            Some(short.clone())
+        );
+        assert_eq!(try_unexpanded(&long_name(), &long_name(), &at_long), None);
+    }
+
+    #[test]
+    fn hosts_beyond_the_limit_are_dropped_and_counted() {
+        let l = mx(
+            Status::Secure,
+            &[
+                (30, "c.test"),
+                (10, "a.test"),
+                (20, "b.test"),
+                (40, "d.test"),
+            ],
+        );
+        let HostsStep::Hosts { mut hosts, .. } = mx_step(&n("example.test"), 25, &l, &mut keep)
+        else {
+            panic!()
+        };
+        assert_eq!(limit_hosts(&mut hosts, 2), 2);
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a.test", "b.test"], "the most preferred are kept");
+        assert_eq!(limit_hosts(&mut hosts, 10), 0);
+        assert_eq!(limit_hosts(&mut hosts, 0), 1, "at least one host is kept");
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(Limits::default(), Limits::DEFAULT);
+    }
+
     #[test]
     fn the_unexpanded_lookup_is_used_when_made() {
         let lookups = HostLookups {
@@ -929,13 +1074,13 @@ mod tests {
                 Outcome::NoData,
             ),
             tlsa: Some((
-                lookup(
+                Ok(lookup(
                     "_25._tcp.b.test",
                     RecordType::Tlsa,
                     Status::Secure,
                     Outcome::NoData,
-                ),
-                Some(tlsa_lookup(Status::Secure, vec![EE])),
+                )),
+                Some(Ok(tlsa_lookup(Status::Secure, vec![EE]))),
             )),
         };
         let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
