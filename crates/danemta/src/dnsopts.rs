@@ -20,6 +20,12 @@ pub struct DnsArgs {
     /// root anchors, e.g. for a private test root.
     #[arg(long, value_name = "FILE")]
     pub trust_anchor: Option<PathBuf>,
+    /// A signed domain whose DNSSEC is known to be broken, to treat as unsigned (a negative
+    /// trust anchor, RFC 7646): DANE is not used at or below it. Repeat for several. Only for
+    /// the validating resolver; with trust-ad, configure the resolver (Unbound:
+    /// domain-insecure).
+    #[arg(long, value_name = "DOMAIN")]
+    pub negative_trust_anchor: Vec<dns::DnsName>,
     /// Seconds to wait for each DNS answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub dns_timeout: u64,
@@ -35,12 +41,14 @@ impl DnsArgs {
                 self.resolver
             );
         }
-        Backend::open(
+        let mut backend = Backend::open(
             &self.resolver,
             self.trust_anchor.as_deref(),
             Duration::from_secs(self.dns_timeout.max(1)),
         )
-        .await
+        .await?;
+        backend.set_negative_trust_anchors(&self.negative_trust_anchor);
+        Ok(backend)
     }
 }
 

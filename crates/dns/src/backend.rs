@@ -108,6 +108,15 @@ impl Backend {
 }
 
 impl Backend {
+    /// Negative trust anchors (RFC 7646) for the validating back-end: names at or below them
+    /// are treated as insecure. The trust-ad back-end leaves them to its resolver (Unbound's
+    /// `domain-insecure`), so they are ignored there.
+    pub fn set_negative_trust_anchors(&mut self, names: &[DnsName]) {
+        if let Backend::Validating(v) = self {
+            v.inner_mut().set_negative_trust_anchors(names);
+        }
+    }
+
     /// DNS queries sent upstream so far (cache hits send none).
     pub fn queries_sent(&self) -> u64 {
         match self {

@@ -12,6 +12,7 @@ mod answer;
 pub mod authoritative;
 pub mod backend;
 pub mod discover;
+mod dnssec;
 pub mod doctor;
 pub mod lookup;
 pub mod name;

@@ -50,6 +50,11 @@ impl<R: Resolver> Cached<R> {
         &self.inner
     }
 
+    /// The back-end behind the cache, to change its settings before use.
+    pub fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     fn get(&self, key: &(DnsName, RecordType)) -> Option<Lookup> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries

@@ -1,9 +1,10 @@
-//! The `validating` back-end: DNSSEC validation in process (hickory's validator), from
-//! built-in or configured trust anchors, asking an upstream resolver that passes DNSSEC
-//! records through.
+//! The `validating` back-end: DNSSEC validation in process, from built-in or configured trust
+//! anchors, asking an upstream resolver that passes DNSSEC records through.
 //!
-//! Where hickory's validator gets it wrong, this layer compensates, and never towards a
-//! downgrade:
+//! hickory's validator checks the signatures; the verdicts (secure, insecure, bogus) are
+//! danemta's own, by the rules of [`crate::dnssec`]: an attacker between danemta and the
+//! upstream must not be able to make a signed name look insecure. Where hickory's validator
+//! gets other things wrong, this layer compensates, and never towards a downgrade:
 //! * A DNSKEY or DS fetch that fails on the network comes back from hickory as *bogus*
 //!   (hickory-dns#3932, #3964). A bogus verdict is therefore checked again with a fresh
 //!   validator whose transport records network errors; if any occurred, the answer is
@@ -12,12 +13,14 @@
 //!   [`Failure::NoDnssec`] once a probe of the root DNSKEY shows the upstream returns no
 //!   signatures at all.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use hickory_net::dnssec::DnssecDnsHandle;
@@ -27,13 +30,15 @@ use hickory_net::{DnsError, NetError};
 use hickory_proto::dnssec::rdata::{DNSSECRData, DS};
 use hickory_proto::dnssec::{Algorithm, DigestType, Verifier};
 use hickory_proto::dnssec::{Proof, TrustAnchors};
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record as HRecord, RecordType as HType};
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::sync::OnceCell;
 
 use crate::answer::{build, hickory_name};
+use crate::dnssec::denial::{self, Denial};
+use crate::dnssec::insecure::{self, DsStep, Insecurity};
 use crate::lookup::{Failure, Lookup, Outcome, RecordType};
 use crate::name::DnsName;
 use crate::resolver::Resolver;
@@ -46,6 +51,10 @@ type Pool = NameServerPool<TokioRuntimeProvider>;
 /// bounded by this many per-query timeouts.
 const VALIDATION_ROUNDS: u32 = 12;
 
+/// CNAME links followed across re-queries of their targets (as [`crate::answer`] within one
+/// answer).
+const MAX_CNAME_HOPS: usize = 16;
+
 /// Validates DNSSEC itself, asking upstream resolvers for the data.
 pub struct Validating {
     pool: Counting,
@@ -53,6 +62,8 @@ pub struct Validating {
     validator: DnssecDnsHandle<Counting>,
     timeout: Duration,
     upstream_dnssec: OnceCell<bool>,
+    negative_anchors: Vec<Name>,
+    ds_cache: DsCache,
 }
 
 /// The validating back-end cannot be set up.
@@ -72,15 +83,6 @@ pub enum SetupError {
         /// What is wrong.
         reason: String,
     },
-}
-
-fn status_of(proof: Proof) -> Status {
-    match proof {
-        Proof::Secure => Status::Secure,
-        Proof::Insecure => Status::Insecure,
-        Proof::Bogus => Status::Bogus,
-        Proof::Indeterminate => Status::Indeterminate,
-    }
 }
 
 impl Validating {
@@ -119,6 +121,8 @@ impl Validating {
             anchors,
             timeout,
             upstream_dnssec: OnceCell::new(),
+            negative_anchors: Vec::new(),
+            ds_cache: DsCache::default(),
         })
     }
 
@@ -205,24 +209,386 @@ impl Validating {
             .await
     }
 
+    /// Sets the negative trust anchors (RFC 7646): names at or below them are treated as
+    /// insecure — for a signed zone whose operator broke its DNSSEC, chosen by the operator,
+    /// never by an answer. Replaces any set before.
+    pub fn set_negative_trust_anchors(&mut self, names: &[DnsName]) {
+        self.negative_anchors = names.iter().filter_map(|n| hickory_name(n).ok()).collect();
+    }
+
+    /// One validated lookup of `name`/`rtype`, through `validator`, bounded in time.
     async fn validate<H: DnsHandle>(
         &self,
         validator: &DnssecDnsHandle<H>,
         name: &DnsName,
         rtype: RecordType,
     ) -> Lookup {
-        let query = match hickory_name(name) {
-            Ok(n) => Query::query(n, rtype.to_hickory()),
-            Err(f) => return Lookup::failed(name.clone(), rtype, f),
-        };
+        tokio::time::timeout(
+            self.timeout * VALIDATION_ROUNDS * 2,
+            self.resolve(validator, name.clone(), rtype, 0),
+        )
+        .await
+        .unwrap_or_else(|_| Lookup::failed(name.clone(), rtype, Failure::Timeout))
+    }
+
+    /// One query through hickory's validator: the response with hickory's verdict on each
+    /// RRset's signatures, whatever it concluded about the response as a whole.
+    async fn exchange<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        qname: &Name,
+        htype: HType,
+    ) -> Result<DnsResponse, (Status, Failure)> {
+        let query = Query::query(qname.clone(), htype);
         let result = tokio::time::timeout(
             self.timeout * VALIDATION_ROUNDS,
             validator.lookup(query, options()).first_answer(),
         )
         .await
         .unwrap_or(Err(NetError::Timeout));
-        classify(name, rtype, result)
+        match result {
+            Ok(response) => Ok(response),
+            // hickory's verdict on the denial is not ours to take: we prove it again.
+            Err(NetError::Dns(DnsError::Nsec { response, .. })) => Ok(*response),
+            Err(NetError::Dns(DnsError::DnssecBogus)) => Err((
+                Status::Bogus,
+                Failure::Bogus(format!("{qname} {htype} did not validate")),
+            )),
+            Err(NetError::Timeout) => Err((Status::Indeterminate, Failure::Timeout)),
+            Err(e) => Err((Status::Indeterminate, Failure::Network(e.to_string()))),
+        }
     }
+
+    /// Resolves `name`/`rtype` and decides its status by our rules ([`crate::dnssec`]).
+    ///
+    /// The CNAME links and the final RRset are each judged on their own; when the chain ends
+    /// without data, the target is asked again by itself, so that its denial is proved for
+    /// the target's own zone and not read from the chained answer. `hops` counts the CNAME
+    /// links followed so far.
+    fn resolve<'a, H: DnsHandle>(
+        &'a self,
+        validator: &'a DnssecDnsHandle<H>,
+        name: DnsName,
+        rtype: RecordType,
+        hops: usize,
+    ) -> Pin<Box<dyn Future<Output = Lookup> + Send + 'a>> {
+        Box::pin(async move {
+            let qname = match hickory_name(&name) {
+                Ok(n) => n,
+                Err(f) => return Lookup::failed(name, rtype, f),
+            };
+            let htype = rtype.to_hickory();
+            let response = match self.exchange(validator, &qname, htype).await {
+                Ok(r) => r,
+                Err((status, failure)) => {
+                    return Lookup::new(name, rtype, status, Outcome::Failed(failure), vec![], 0);
+                }
+            };
+            let (owners, target) = cname_chain(&qname, htype, &response.answers);
+            let mut verdicts: HashMap<(Name, HType), Verdict> = HashMap::new();
+            for owner in owners {
+                let verdict = self
+                    .rrset_verdict(validator, &response, &owner, HType::CNAME)
+                    .await;
+                verdicts.insert((owner, HType::CNAME), verdict);
+            }
+            let has_data = response
+                .answers
+                .iter()
+                .any(|r| r.name == target && r.record_type() == htype);
+            let rcode = response.metadata.response_code;
+            let denial = if has_data {
+                let verdict = self
+                    .rrset_verdict(validator, &response, &target, htype)
+                    .await;
+                verdicts.insert((target.clone(), htype), verdict);
+                Verdict::Proved(Status::Bogus) // not used: there is data
+            } else if !verdicts.is_empty() {
+                Verdict::Proved(Status::Bogus) // not used: the target is asked on its own
+            } else if matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+                self.denial_verdict(validator, &response, &qname, htype)
+                    .await
+            } else {
+                Verdict::Proved(Status::Indeterminate) // SERVFAIL and the like: build says so
+            };
+            let status_of = |r: &HRecord| {
+                verdicts
+                    .get(&(r.name.clone(), r.record_type()))
+                    .map_or(Status::Bogus, Verdict::status)
+            };
+            let lookup = build(
+                &name,
+                rtype,
+                rcode,
+                &response.answers,
+                status_of,
+                denial.status(),
+            );
+            let why = verdicts
+                .values()
+                .chain([&denial])
+                .find_map(Verdict::reason)
+                .map(str::to_owned);
+            if has_data || verdicts.is_empty() || matches!(lookup.answer().1, Outcome::Failed(_)) {
+                return with_reason(lookup, why);
+            }
+            // The chain ends without data: ask the target itself (RFC 4035 §5: each answer
+            // is validated in its own zone).
+            let hops = hops + lookup.cnames().len();
+            let next = lookup.final_name().clone();
+            if hops >= MAX_CNAME_HOPS {
+                return Lookup::failed(
+                    name,
+                    rtype,
+                    Failure::Malformed(format!("more than {MAX_CNAME_HOPS} CNAME links")),
+                );
+            }
+            let tail = self.resolve(validator, next, rtype, hops).await;
+            let mut links = lookup.cnames().to_vec();
+            links.extend_from_slice(tail.cnames());
+            let tail_failure_status = tail.status();
+            let combined = Lookup::new(
+                name,
+                rtype,
+                tail_failure_status,
+                tail.answer().1.clone(),
+                links,
+                lookup.ttl().min(tail.ttl()),
+            );
+            with_reason(combined, why)
+        })
+    }
+
+    /// Our verdict on the RRset `owner`/`htype` of the answer section: secure when hickory
+    /// validated it (and a wildcard expansion is proved, RFC 4035 §5.3.4); insecure only when
+    /// [`Self::insecurity`] proves it; else bogus or indeterminate.
+    async fn rrset_verdict<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        response: &DnsResponse,
+        owner: &Name,
+        htype: HType,
+    ) -> Verdict {
+        let weakest = response
+            .answers
+            .iter()
+            .filter(|r| r.name == *owner && r.record_type() == htype)
+            .map(|r| r.proof)
+            .min()
+            .unwrap_or(Proof::Bogus);
+        match weakest {
+            Proof::Secure => match denial::validating_rrsig(&response.answers, owner, htype) {
+                Some(sig) if sig.input().num_labels < owner.num_labels() => {
+                    match denial::prove_wildcard_expansion(
+                        owner,
+                        sig.input().num_labels,
+                        &response.authorities,
+                    ) {
+                        Ok(()) => Verdict::Proved(Status::Secure),
+                        Err(why) => Verdict::Failed(Status::Bogus, why),
+                    }
+                }
+                Some(_) => Verdict::Proved(Status::Secure),
+                None => Verdict::Failed(
+                    Status::Bogus,
+                    format!("{owner} {htype}: no validated RRSIG"),
+                ),
+            },
+            Proof::Insecure => {
+                self.insecurity(validator, owner, &format!("{owner} {htype} is unsigned"))
+                    .await
+            }
+            Proof::Bogus => Verdict::Failed(
+                Status::Bogus,
+                format!("the signature of {owner} {htype} did not validate"),
+            ),
+            Proof::Indeterminate => Verdict::Failed(
+                Status::Indeterminate,
+                format!("{owner} {htype} could not be validated"),
+            ),
+        }
+    }
+
+    /// Our verdict on a NODATA or NXDOMAIN for `qname`/`htype`: secure with a validated
+    /// NSEC/NSEC3 proof from the zone that owns the name, insecure when the name is proved to
+    /// lie below an insecure delegation, else bogus.
+    async fn denial_verdict<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        response: &DnsResponse,
+        qname: &Name,
+        htype: HType,
+    ) -> Verdict {
+        let nx = response.metadata.response_code == ResponseCode::NXDomain;
+        match denial::prove(qname, htype, nx, &response.authorities) {
+            Ok(_) => Verdict::Proved(Status::Secure),
+            Err(why) => self.insecurity(validator, qname, &why).await,
+        }
+    }
+
+    /// Insecure if the DS walk proves `name` lies at or below an insecure delegation; else
+    /// bogus (the walk proved the zones signed: `claim` was false) or what the walk could not
+    /// decide.
+    async fn insecurity<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        name: &Name,
+        claim: &str,
+    ) -> Verdict {
+        let verdict = insecure::prove(name, &self.negative_anchors, |cut| async move {
+            self.ds_step(validator, cut).await
+        })
+        .await;
+        match verdict {
+            Insecurity::Below(_) => Verdict::Proved(Status::Insecure),
+            Insecurity::Signed(why) => Verdict::Failed(
+                Status::Bogus,
+                format!("{claim}, but it is not under an insecure delegation: {why}"),
+            ),
+            Insecurity::Unknown(status, why) => Verdict::Failed(
+                status,
+                format!("{claim}, and no proof that it is insecure: {why}"),
+            ),
+        }
+    }
+
+    /// The DS RRset at `name`, judged for the walk of [`insecure::prove`]; kept within its TTL.
+    async fn ds_step<H: DnsHandle>(&self, validator: &DnssecDnsHandle<H>, name: Name) -> DsStep {
+        if let Some(step) = self.ds_cache.get(&name) {
+            return step;
+        }
+        let response = match self.exchange(validator, &name, HType::DS).await {
+            Ok(r) => r,
+            Err((status, failure)) => {
+                return DsStep::Failed(status, format!("DS lookup for {name}: {failure}"));
+            }
+        };
+        let owner = &name;
+        let at_name = |t: HType| {
+            response
+                .answers
+                .iter()
+                .filter(move |r| r.name == *owner && r.record_type() == t)
+        };
+        let ds: Vec<&HRecord> = at_name(HType::DS).collect();
+        let step = if !ds.is_empty() {
+            if ds.iter().any(|r| r.proof != Proof::Secure) {
+                DsStep::Failed(
+                    Status::Bogus,
+                    format!("the DS RRset of {name} did not validate"),
+                )
+            } else if ds.iter().any(|r| supported(&r.data)) {
+                DsStep::Signed
+            } else {
+                DsStep::Insecure
+            }
+        } else if at_name(HType::CNAME).any(|r| r.proof == Proof::Secure) {
+            // An alias is never a zone cut (RFC 1034 §3.6.2: no other data beside a CNAME).
+            DsStep::NoCut
+        } else {
+            match response.metadata.response_code {
+                code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
+                    let nx = code == ResponseCode::NXDomain;
+                    match denial::prove(&name, HType::DS, nx, &response.authorities) {
+                        Ok(Denial::InsecureDelegation) => DsStep::Insecure,
+                        Ok(Denial::NoData) => DsStep::NoCut,
+                        Ok(Denial::NxDomain) => DsStep::NoName,
+                        Err(why) => DsStep::Failed(Status::Bogus, format!("DS of {name}: {why}")),
+                    }
+                }
+                code => DsStep::Failed(
+                    Status::Indeterminate,
+                    format!("DS lookup for {name}: response code {code}"),
+                ),
+            }
+        };
+        if !matches!(step, DsStep::Failed(..)) {
+            let ttl = response
+                .answers
+                .iter()
+                .chain(&response.authorities)
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(60);
+            self.ds_cache.put(name, step.clone(), ttl);
+        }
+        step
+    }
+}
+
+/// DS records whose algorithm and digest we can validate (RFC 4035 §5.2: a DS RRset with none
+/// such makes the zone below insecure).
+fn supported(data: &RData) -> bool {
+    match data {
+        RData::DNSSEC(DNSSECRData::DS(ds)) => {
+            ds.algorithm().is_supported() && ds.digest_type().is_supported()
+        }
+        _ => false,
+    }
+}
+
+/// The verdict on one part of an answer.
+#[derive(Clone, Debug)]
+enum Verdict {
+    /// Proved secure or insecure.
+    Proved(Status),
+    /// Bogus or indeterminate, and why.
+    Failed(Status, String),
+}
+
+impl Verdict {
+    fn status(&self) -> Status {
+        match self {
+            Verdict::Proved(s) | Verdict::Failed(s, _) => *s,
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Failed(_, why) => Some(why),
+            Verdict::Proved(_) => None,
+        }
+    }
+}
+
+/// The owners of the CNAME links in `answers` from `qname`, and the name they lead to (at
+/// most [`MAX_CNAME_HOPS`] links; [`build`] reports longer chains and loops).
+fn cname_chain(qname: &Name, htype: HType, answers: &[HRecord]) -> (Vec<Name>, Name) {
+    let mut owners = Vec::new();
+    let mut current = qname.clone();
+    if htype == HType::CNAME {
+        return (owners, current);
+    }
+    while owners.len() < MAX_CNAME_HOPS {
+        let Some(RData::CNAME(target)) = answers
+            .iter()
+            .find(|r| r.name == current && r.record_type() == HType::CNAME)
+            .map(|r| &r.data)
+        else {
+            break;
+        };
+        owners.push(current);
+        current = target.0.clone();
+    }
+    (owners, current)
+}
+
+/// A lookup whose status is a failure but whose outcome is not yet one carries `why`.
+fn with_reason(lookup: Lookup, why: Option<String>) -> Lookup {
+    let (status, outcome) = lookup.answer();
+    if status != Status::Bogus || matches!(outcome, Outcome::Failed(_)) {
+        return lookup;
+    }
+    let why =
+        why.unwrap_or_else(|| format!("{} {:?} did not validate", lookup.name(), lookup.rtype()));
+    Lookup::new(
+        lookup.name().clone(),
+        lookup.rtype(),
+        status,
+        Outcome::Failed(Failure::Bogus(why)),
+        lookup.cnames().to_vec(),
+        0,
+    )
 }
 
 fn options() -> DnsRequestOptions {
@@ -232,74 +598,34 @@ fn options() -> DnsRequestOptions {
     options
 }
 
-/// The status of a denial in a response that hickory accepted: secure when a validated
-/// NSEC/NSEC3 record proves it, else insecure (hickory proved an insecure delegation).
-fn denial_status(response: &DnsResponse) -> Status {
-    let proven = response.authorities.iter().any(|r| {
-        r.proof == Proof::Secure
-            && matches!(r.record_type(), HType::NSEC | HType::NSEC3 | HType::SOA)
-    });
-    if proven {
-        Status::Secure
-    } else {
-        Status::Insecure
-    }
-}
+/// Verdicts of the DS walk, kept within their TTLs (at most an hour) in bounded memory.
+#[derive(Default)]
+struct DsCache(Mutex<HashMap<Name, (Instant, DsStep)>>);
 
-/// Maps hickory's verdict on one response to a [`Lookup`].
-fn classify(name: &DnsName, rtype: RecordType, result: Result<DnsResponse, NetError>) -> Lookup {
-    let lookup = match result {
-        Ok(response) => {
-            let denial = denial_status(&response);
-            build(
-                name,
-                rtype,
-                response.metadata.response_code,
-                &response.answers,
-                |r: &HRecord| status_of(r.proof),
-                denial,
-            )
+impl DsCache {
+    const ENTRIES: usize = 10_000;
+    const MAX_TTL: u32 = 3600;
+
+    fn get(&self, name: &Name) -> Option<DsStep> {
+        let entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(name)
+            .filter(|(expires, _)| *expires > Instant::now())
+            .map(|(_, step)| step.clone())
+    }
+
+    fn put(&self, name: Name, step: DsStep, ttl: u32) {
+        let now = Instant::now();
+        let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::ENTRIES {
+            entries.retain(|_, (expires, _)| *expires > now);
+            if entries.len() >= Self::ENTRIES {
+                entries.clear();
+            }
         }
-        Err(NetError::Dns(DnsError::Nsec {
-            response, proof, ..
-        })) => build(
-            name,
-            rtype,
-            response.metadata.response_code,
-            &response.answers,
-            |r: &HRecord| status_of(r.proof),
-            status_of(proof),
-        ),
-        Err(NetError::Dns(DnsError::DnssecBogus)) => Lookup::failed(
-            name.clone(),
-            rtype,
-            Failure::Bogus("answer did not validate".into()),
-        ),
-        Err(NetError::Timeout) => Lookup::failed(name.clone(), rtype, Failure::Timeout),
-        Err(e) => Lookup::failed(name.clone(), rtype, Failure::Network(e.to_string())),
-    };
-    if lookup.status() == Status::Bogus && !matches!(lookup.answer().1, Outcome::Failed(_)) {
-        let what = match lookup.answer().1 {
-            Outcome::Records(_) => "records",
-            _ => "denial of existence",
-        };
-        return with_failure(
-            &lookup,
-            Failure::Bogus(format!("{what} for {name} did not validate")),
-        );
+        let ttl = Duration::from_secs(ttl.min(Self::MAX_TTL).into());
+        entries.insert(name, (now + ttl, step));
     }
-    lookup
-}
-
-fn with_failure(lookup: &Lookup, failure: Failure) -> Lookup {
-    Lookup::new(
-        lookup.name().clone(),
-        lookup.rtype(),
-        lookup.status(),
-        Outcome::Failed(failure),
-        lookup.cnames().to_vec(),
-        0,
-    )
 }
 
 impl Resolver for Validating {
