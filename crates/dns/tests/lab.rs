@@ -488,3 +488,29 @@ async fn doctor_passes_on_the_lab_and_fails_without_its_anchor() {
     assert!(!dns::doctor::can_validate(&checks), "{checks:#?}");
     assert!(checks.iter().any(|c| c.detail.contains("insecure")));
 }
+
+#[tokio::test]
+async fn a_host_whose_tlsa_owner_cannot_exist_has_no_dane() {
+    // A 248-character MX host: valid, but `_25._tcp.` takes its TLSA owner name over 255
+    // octets. No TLSA record can exist there: not applicable, not a failed (bogus) lookup.
+    let relative = format!("{}.{}", vec!["x".repeat(63); 3].join("."), "y".repeat(40));
+    let host = format!("{relative}.long-owner.test");
+    assert_eq!(host.len(), 248);
+    let lab = Lab::builder()
+        .zone(ZoneSpec::secure(
+            "long-owner.test",
+            format!("@ MX 10 {relative}\n{relative} A 192.0.2.27\n"),
+        ))
+        .start()
+        .expect("the DNSSEC lab did not start");
+    let (d, route) = route_both(&lab, &domain("long-owner.test")).await;
+    let Decision::Deliver { mx_secure, hosts } = &d else {
+        panic!("{route:?}")
+    };
+    assert!(mx_secure);
+    assert_eq!(
+        (hosts[0].name.as_str(), hosts[0].dane, hosts[0].addresses),
+        (host.as_str(), "not-applicable", 1),
+        "{route:#?}"
+    );
+}
