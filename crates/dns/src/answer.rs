@@ -93,8 +93,8 @@ fn convert(data: &RData) -> Record {
 ///
 /// The CNAME chain is followed from `qname`; each link gets `status_of` its record, the final
 /// records the weakest `status_of` among them. When the final name has no records of the
-/// type, the response is a denial whose status is `denial_status` (the validator's verdict on
-/// the NSEC/NSEC3 proof, or the AD bit).
+/// type, the response is a denial whose status is `denial_status` (the validating back-end's
+/// verdict on the NSEC/NSEC3 proof, see [`crate::dnssec`], or the AD bit).
 pub(crate) fn build(
     qname: &DnsName,
     qtype: RecordType,

@@ -573,19 +573,25 @@ fn cname_chain(qname: &Name, htype: HType, answers: &[HRecord]) -> (Vec<Name>, N
     (owners, current)
 }
 
-/// A lookup whose status is a failure but whose outcome is not yet one carries `why`.
+/// A lookup whose status is a failure (bogus or indeterminate) but whose outcome still holds
+/// records or a denial gets a failed outcome saying `why`: nothing from it may be used.
 fn with_reason(lookup: Lookup, why: Option<String>) -> Lookup {
     let (status, outcome) = lookup.answer();
-    if status != Status::Bogus || matches!(outcome, Outcome::Failed(_)) {
+    if !status.is_failure() || matches!(outcome, Outcome::Failed(_)) {
         return lookup;
     }
     let why =
         why.unwrap_or_else(|| format!("{} {:?} did not validate", lookup.name(), lookup.rtype()));
+    let failure = if status == Status::Bogus {
+        Failure::Bogus(why)
+    } else {
+        Failure::Network(why)
+    };
     Lookup::new(
         lookup.name().clone(),
         lookup.rtype(),
         status,
-        Outcome::Failed(Failure::Bogus(why)),
+        Outcome::Failed(failure),
         lookup.cnames().to_vec(),
         0,
     )
