@@ -45,7 +45,7 @@ pub struct CheckArgs {
     /// Seconds to wait for each SMTP reply or TLS handshake.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     smtp_timeout: u64,
-    /// Our name in EHLO.
+    /// Our name in EHLO: a domain name or an address literal such as [192.0.2.1].
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     helo: String,
     #[command(flatten)]
@@ -329,10 +329,12 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
     if args.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
     }
+    let helo =
+        smtp::HeloName::new(&args.helo).map_err(|e| CliError::Usage(format!("--helo: {e}")))?;
     let probe = ProbeConfig::new(
         Arc::new(rustls::crypto::ring::default_provider()),
         Timeouts::uniform(Duration::from_secs(args.smtp_timeout.max(1))),
-        args.helo.clone(),
+        helo.to_string(),
         Duration::from_secs(args.days.saturating_mul(86400)),
     );
     let cache = ProbeCache::default();

@@ -12,7 +12,7 @@ use dane::pki_types::pem::PemObject;
 use dane::{ReferenceName, Tlsa};
 use dns::{DnsName, NextHop};
 use serde_json::json;
-use smtp::{Config, Delivery, Envelope, Fate, Level, Message, Timeouts};
+use smtp::{Config, Delivery, Envelope, Fate, HeloName, Level, Limits, Message, Timeouts};
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
@@ -22,7 +22,7 @@ const EX_DATAERR: u8 = 65;
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Envelope sender (MAIL FROM); empty for a null sender.
+    /// Envelope sender (MAIL FROM); empty (or `<>`) for a null sender.
     #[arg(long, value_name = "ADDR")]
     from: String,
     /// Recipient (repeat for each); recipients of different domains are routed separately.
@@ -52,7 +52,7 @@ pub struct SendArgs {
     /// Deliver to this host instead of looking up MX records: HOST or HOST:PORT (a relay).
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "submission")]
     relay: Option<String>,
-    /// Our name in EHLO.
+    /// Our name in EHLO: a domain name or an address literal such as [192.0.2.1].
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     helo: String,
     /// For --policy fingerprint: a SHA-256 or SHA-512 digest (hex) of the server's
@@ -165,9 +165,10 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EX_DATAERR));
         }
     };
-    if !args.from.is_empty() && !args.from.contains('@') {
-        return Err(usage(format!("--from {:?}: not an address", args.from)));
-    }
+    // Everything that goes into a command line is checked before anything is sent (the
+    // library checks again; its errors quote the values in Debug form).
+    Envelope::new(&args.from, &args.to).map_err(|e| usage(e.to_string()))?;
+    let helo_name = HeloName::new(&args.helo).map_err(|e| usage(format!("--helo: {e}")))?;
     // Recipients grouped by next hop, in the order given.
     let mut hops: Vec<(NextHop, Vec<String>)> = Vec::new();
     for to in &args.to {
@@ -222,7 +223,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         Timeouts::uniform(Duration::from_secs(secs.max(1)))
     });
     let config = Config {
-        helo_name: args.helo.clone(),
+        helo_name,
         level: args.policy,
         timeouts,
         provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -230,6 +231,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         roots: Arc::new(smtp::tls::roots(&extra_roots)),
         match_names,
         credentials,
+        limits: Limits::default(),
     };
 
     let rt = runtime().map_err(CliError::Runtime)?;
@@ -252,10 +254,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         let mut out = Vec::new();
         for (hop, to) in &hops {
             let route = dns::discover(&backend, hop).await;
-            let envelope = Envelope {
-                from: args.from.clone(),
-                to: to.clone(),
-            };
+            let envelope = Envelope::new(&args.from, to).map_err(|e| usage(e.to_string()))?;
             let looked_up = !matches!(hop, NextHop::Host { .. });
             out.push(
                 smtp::deliver(

@@ -51,6 +51,14 @@ struct World {
     ca_file: std::path::PathBuf,
     /// The submission server of submit.dane.test (user alice, password secret).
     submission: SubmissionServer,
+    /// Submission servers that must never see credentials (user alice, password secret):
+    /// behind a secure SRV without TLSA, behind an insecure SRV (with a forged TLSA), and an
+    /// attacker's DANE-protected host that an insecure SRV points at.
+    sub_no_tlsa: SubmissionServer,
+    sub_insecure: SubmissionServer,
+    sub_attacker: SubmissionServer,
+    /// A plaintext server (MX of inject.dane.test) that records every command line.
+    recorder: SubmissionServer,
 }
 
 fn ip(r: SocketAddr) -> IpAddr {
@@ -98,6 +106,29 @@ fn world() -> &'static World {
         let submission =
             SubmissionServer::start(SocketAddr::from(([0, 0, 0, 0], 0)), Some(&submit_cert), Some(("alice", "secret"))).unwrap();
         let sub = submission.addr();
+        let credentialed = |cert: &TestCert| {
+            SubmissionServer::start(SocketAddr::from(([0, 0, 0, 0], 0)), Some(cert), Some(("alice", "secret"))).unwrap()
+        };
+        let no_tlsa_cert = TestCert::self_signed(&["smtp.submit-notlsa.dane.test"]).unwrap();
+        let sub_no_tlsa = credentialed(&no_tlsa_cert);
+        let insecure_cert = TestCert::self_signed(&["smtp.submit-insecure.test"]).unwrap();
+        let sub_insecure = credentialed(&insecure_cert);
+        let attacker_sub_cert = TestCert::self_signed(&["smtp.attacker.dane.test"]).unwrap();
+        let sub_attacker = credentialed(&attacker_sub_cert);
+        let recorder = SubmissionServer::start(SocketAddr::from(([0, 0, 0, 0], 25)), None, None).unwrap();
+        // `_submission._tcp SRV` to `target` on the server's port, with its A record when the
+        // target is relative, and a TLSA record for it when given.
+        let srv = |server: &SubmissionServer, target: &str, tlsa: Option<String>| {
+            let a = server.addr();
+            let mut z = format!("_submission._tcp SRV 0 1 {} {target}\n", a.port());
+            if !target.ends_with('.') {
+                z.push_str(&format!("{target} A {}\n", a.ip()));
+            }
+            if let Some(t) = tlsa {
+                z.push_str(&format!("_{}._tcp.{target} TLSA {t}\n", a.port()));
+            }
+            z
+        };
 
         let ee311 = tlsa_3_1_1(&ee_cert);
         let ta201 = tlsa_2_x_1(&ca, 0);
@@ -149,6 +180,32 @@ fn world() -> &'static World {
                     tlsa_3_1_1(&submit_cert)
                 ),
             ),
+            // Submission where credentials must not go: a secure SRV without TLSA …
+            secure("submit-notlsa.dane.test", srv(&sub_no_tlsa, "smtp", None)),
+            // … an insecure SRV, with a (forged, hence ignored) TLSA record …
+            ZoneSpec::new(
+                "submit-insecure.test",
+                srv(&sub_insecure, "smtp", Some(tlsa_3_1_1(&insecure_cert))),
+                Signing::Unsigned,
+            ),
+            // … and an insecure SRV naming an attacker's host, whose own zone is signed and
+            // has a valid TLSA record: DANE succeeds, but for the attacker's name only.
+            ZoneSpec::new(
+                "submit-attacker.test",
+                srv(&sub_attacker, "smtp.attacker.dane.test.", None),
+                Signing::Unsigned,
+            ),
+            secure(
+                "attacker.dane.test",
+                format!(
+                    "smtp A {}\n_{}._tcp.smtp TLSA {}\n",
+                    sub_attacker.addr().ip(),
+                    sub_attacker.addr().port(),
+                    tlsa_3_1_1(&attacker_sub_cert)
+                ),
+            ),
+            // A plaintext server recording every command line it gets.
+            secure("inject.dane.test", zone(ip(recorder.addr()), None)),
             // Best MX has no TLSA, a worse one has: the best is still used (rule 3).
             secure(
                 "multi-best.dane.test",
@@ -162,7 +219,23 @@ fn world() -> &'static World {
         let lab = Lab::builder().zones(zones).start().expect("the DNSSEC lab");
         let ca_file = lab.dir().join("dane-ta-ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        World { lab, ee, ta, ta_nochain, expired, wrongname, plain, strip, mitm, ca_file, submission }
+        World {
+            lab,
+            ee,
+            ta,
+            ta_nochain,
+            expired,
+            wrongname,
+            plain,
+            strip,
+            mitm,
+            ca_file,
+            submission,
+            sub_no_tlsa,
+            sub_insecure,
+            sub_attacker,
+            recorder,
+        }
     })
 }
 
@@ -708,5 +781,182 @@ fn submission_through_srv_with_dane_and_auth_plain() {
             .messages
             .iter()
             .any(|m| m.contains("hello nopass"))
+    );
+}
+
+/// Whether `server` ever received an AUTH command (the lab server records every command line,
+/// AUTH lines with their credentials masked).
+fn saw_auth(server: &SubmissionServer) -> bool {
+    server
+        .seen()
+        .commands
+        .iter()
+        .any(|c| c.to_ascii_uppercase().starts_with("AUTH"))
+}
+
+/// The attack: make the client hand its submission password to a server that is not proven to
+/// be the submission domain's. Each variant must defer, and the server must never get AUTH.
+fn credentials_are_withheld_from(domain: &str, server: &SubmissionServer, rcpt: &str) -> Sent {
+    let w = world();
+    let s = send_env(
+        rcpt,
+        &["--submission", domain, "--auth-user", "alice"],
+        &trust_ad(w),
+        &[("DANEMTA_PASSWORD", "secret")],
+    );
+    assert_deferred(&s);
+    assert!(
+        !saw_auth(server),
+        "AUTH reached {domain}'s server: {:?}",
+        server.seen().commands
+    );
+    let seen = server.seen();
+    assert!(!seen.authenticated);
+    assert!(
+        !seen.messages.iter().any(|m| m.contains(rcpt)),
+        "{:?}",
+        seen.messages
+    );
+    let reply = s.json["recipients"][0]["reply"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reply.contains("credentials"), "a clear reason: {reply}");
+    assert!(!s.stderr.contains("secret") && !s.json.to_string().contains("secret"));
+    s
+}
+
+#[test]
+fn credentials_are_not_sent_behind_a_secure_srv_without_tlsa() {
+    let w = world();
+    let s = credentials_are_withheld_from(
+        "submit-notlsa.dane.test",
+        &w.sub_no_tlsa,
+        "n1@elsewhere.example",
+    );
+    assert_eq!(attempt(&s, 0)["dane"]["state"], "not-applicable");
+}
+
+#[test]
+fn credentials_are_not_sent_behind_an_insecure_srv() {
+    let w = world();
+    let s = credentials_are_withheld_from(
+        "submit-insecure.test",
+        &w.sub_insecure,
+        "n2@elsewhere.example",
+    );
+    assert_eq!(attempt(&s, 0)["dnssec"]["mx"], "insecure");
+}
+
+#[test]
+fn credentials_are_not_sent_to_an_attackers_dane_host_named_by_an_insecure_srv() {
+    let w = world();
+    let s = credentials_are_withheld_from(
+        "submit-attacker.test",
+        &w.sub_attacker,
+        "n3@elsewhere.example",
+    );
+    let a = attempt(&s, 0);
+    assert_eq!(a["host"], "smtp.attacker.dane.test");
+    assert_eq!(
+        a["dane"]["state"], "usable",
+        "DANE itself would succeed: {a:#}"
+    );
+    assert_eq!(a["dnssec"]["mx"], "insecure");
+}
+
+/// Runs `danemta send` with the given envelope options (no --json: a usage error prints none).
+fn send_raw(args: &[&str]) -> Output {
+    let w = world();
+    let message = w.lab.dir().join("inject-message.eml");
+    std::fs::write(&message, "Subject: x\n\nhello inject\n").unwrap();
+    Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .arg("send")
+        .args(args)
+        .arg("--message")
+        .arg(&message)
+        .args(["--smtp-timeout", "10"])
+        .args(trust_ad(w))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn command_injection_through_the_envelope_or_helo_is_refused() {
+    let w = world();
+    for attack in [
+        // An extra RCPT smuggled in through MAIL FROM …
+        vec![
+            "--from",
+            "a@x.test>\r\nRCPT TO:<victim@elsewhere.example",
+            "--to",
+            "i@inject.dane.test",
+        ],
+        // … through a bare LF, which some servers also take as a line end …
+        vec!["--from", "a@x.test>\nRSET", "--to", "i@inject.dane.test"],
+        // … through the recipient …
+        vec![
+            "--from",
+            "a@x.test",
+            "--to",
+            "i@inject.dane.test>\r\nRCPT TO:<v@x.test",
+        ],
+        // … an ESMTP parameter injected after the path …
+        vec!["--from", "a@x.test> SMTPUTF8", "--to", "i@inject.dane.test"],
+        // … and a whole command through the HELO name.
+        vec![
+            "--from",
+            "a@x.test",
+            "--to",
+            "i@inject.dane.test",
+            "--helo",
+            "client.test\r\nMAIL FROM:<forged@x.test>",
+        ],
+        vec![
+            "--from",
+            "a@x.test",
+            "--to",
+            "i@inject.dane.test",
+            "--helo",
+            "not a name",
+        ],
+    ] {
+        let out = send_raw(&attack);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{attack:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            w.recorder.seen().commands.is_empty(),
+            "{attack:?} reached the server: {:?}",
+            w.recorder.seen().commands
+        );
+    }
+    // Contrast: the null sender is a valid reverse path, and reaches the server as `<>`.
+    let out = send_raw(&[
+        "--from",
+        "",
+        "--to",
+        "ok@inject.dane.test",
+        "--helo",
+        "client.test",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commands = w.recorder.seen().commands;
+    assert!(
+        commands.contains(&"MAIL FROM:<>".to_owned()),
+        "{commands:?}"
+    );
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.contains("victim") || c.contains("forged") || c == "RSET")
     );
 }

@@ -11,20 +11,52 @@ use dns::{DnsName, Route};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
+use crate::envelope::HeloName;
 use crate::message::Message;
 use crate::outcome::{
     Attempt, DaneReport, Delivery, Fate, LookupStatus, RecipientOutcome, Security,
 };
 use crate::policy::Level;
 use crate::reply::Reply;
-use crate::session::{Envelope, Session, SessionError, Timeouts, Transaction};
+use crate::session::{AuthUnavailable, Envelope, Session, SessionError, Timeouts, Transaction};
 use crate::tls::{Auth, Mode, PeerAuth};
+
+/// Most addresses connected to per delivery, over all hosts of the route (Postfix
+/// `smtp_mx_address_limit`, whose default this is). RFC 5321 §5.1 allows such a limit and asks
+/// for at least two.
+pub const MAX_ADDRESSES: usize = 5;
+
+/// Most SMTP sessions per delivery: connections that got through EHLO (and the TLS handshake,
+/// when there was one) without delivering (Postfix `smtp_mx_session_limit`, whose default
+/// this is).
+pub const MAX_SESSIONS: usize = 2;
+
+/// How much one delivery may try before it defers: a hostile domain with thousands of MX
+/// hosts or addresses must not tie a delivery up (or make it a port scanner). Hosts skipped
+/// before connecting cost nothing and do not count; a plaintext retry after a failed
+/// opportunistic handshake is the same address and counts once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Addresses connected to, at most ([`MAX_ADDRESSES`] by default; 0 tries none).
+    pub addresses: usize,
+    /// Sessions that got through EHLO and TLS, at most ([`MAX_SESSIONS`] by default).
+    pub sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            addresses: MAX_ADDRESSES,
+            sessions: MAX_SESSIONS,
+        }
+    }
+}
 
 /// How to deliver: policy and client settings.
 #[derive(Clone)]
 pub struct Config {
     /// Our name in EHLO.
-    pub helo_name: String,
+    pub helo_name: HeloName,
     /// The destination's TLS policy level.
     pub level: Level,
     /// Protocol timeouts.
@@ -38,8 +70,13 @@ pub struct Config {
     /// For `verify` and `secure`: the names the certificate must carry; when empty, the MX
     /// host name (`verify`) or the next-hop domain (`secure`).
     pub match_names: Vec<ReferenceName>,
-    /// AUTH PLAIN credentials (submission), sent only over TLS.
+    /// AUTH PLAIN credentials (submission), sent only over TLS to a `verified` peer: DANE
+    /// under a secure SRV/MX lookup, PKIX against the next-hop domain (or configured names, or
+    /// the host name from a secure lookup), or a configured fingerprint. A host that cannot be
+    /// verified that way is not even connected to.
     pub credentials: Option<(String, String)>,
+    /// How many addresses and sessions one delivery may use.
+    pub limits: Limits,
 }
 
 /// The rules cited in outcomes (PRODUCT.md checklist numbers in brackets).
@@ -59,6 +96,9 @@ mod rule {
     pub const POLICY: &str = "the destination's TLS policy level";
     pub const SMTP: &str = "RFC 5321 §4.2: the server's reply decides";
     pub const NEXT_MX: &str = "RFC 5321 §5.1: try the next host, defer when none is left";
+    pub const CREDENTIALS: &str =
+        "RFC 6186 §6, RFC 7673 §3: credentials go only to a server authenticated as the next hop's";
+    pub const LIMITS: &str = "RFC 5321 §5.1: a configurable limit on the addresses tried (Postfix smtp_mx_address_limit, smtp_mx_session_limit)";
 }
 
 /// How to treat one host.
@@ -132,6 +172,44 @@ fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Pla
     }
 }
 
+/// Whether a peer authenticated as `mode` demands is proven to be the next hop's server, so
+/// that credentials may go to it (RFC 6186 §6: without DNSSEC the SRV target is not to be
+/// trusted; RFC 7673 §3: DANE for SRV needs a secure SRV lookup). `Err` says why not.
+fn credentials_may_go(
+    cfg: &Config,
+    c: &Candidate,
+    mode: &Mode,
+    mx_secure: bool,
+) -> Result<(), String> {
+    match mode {
+        Mode::Plaintext => Err(format!("policy {} sends in plaintext", cfg.level)),
+        Mode::Opportunistic | Mode::Required(Auth::None) => Err(format!(
+            "{} would not be authenticated: no usable secure TLSA records ({}) and policy {}",
+            c.name,
+            dane_state(c),
+            cfg.level
+        )),
+        Mode::Required(Auth::Dane {
+            mx_secure: false, ..
+        }) => Err(format!(
+            "{} would be DANE-authenticated, but it was named by an insecure SRV/MX lookup: \
+             it would be `trusted`, not `verified`",
+            c.name
+        )),
+        Mode::Required(Auth::Dane { .. } | Auth::Fingerprint(_)) => Ok(()),
+        Mode::Required(Auth::Pkix { .. })
+            if mx_secure || cfg.level == Level::Secure || !cfg.match_names.is_empty() =>
+        {
+            Ok(())
+        }
+        Mode::Required(Auth::Pkix { .. }) => Err(format!(
+            "policy {} would check the certificate against {}, a name from an insecure SRV/MX \
+             lookup (use policy secure, or --match the domain)",
+            cfg.level, c.name
+        )),
+    }
+}
+
 /// Delivers `message` along `route` (the result of route discovery for `next_hop`).
 /// `mx_looked_up` tells whether the route came from an MX/SRV lookup (so its status is
 /// reported) or from a configured host.
@@ -145,7 +223,7 @@ pub async fn deliver(
 ) -> Delivery {
     let everyone = |fate: Fate, reply: &str| -> Vec<RecipientOutcome> {
         envelope
-            .to
+            .recipients()
             .iter()
             .map(|address| RecipientOutcome {
                 address: address.clone(),
@@ -168,7 +246,9 @@ pub async fn deliver(
     };
     let mut attempts = Vec::new();
     let mut last_reason = format!("no usable host for {next_hop}");
-    for c in candidates {
+    // Addresses connected to, and sessions that got through EHLO and TLS (see Limits).
+    let (mut tried, mut sessions) = (0usize, 0usize);
+    'hosts: for (index, c) in candidates.iter().enumerate() {
         let lookups = LookupStatus {
             mx: mx_looked_up.then_some(mx_dnssec),
             a: c.a_dnssec,
@@ -185,7 +265,47 @@ pub async fn deliver(
             }
             Plan::Connect { mode, rule } => (mode, rule),
         };
-        for address in c.addresses.iter().map(|a| a.address) {
+        if cfg.credentials.is_some()
+            && let Err(why) = credentials_may_go(cfg, c, &mode, mx_dnssec.is_secure())
+        {
+            let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
+            let attempt = skipped(c, &lookups, error.to_string(), rule::CREDENTIALS);
+            tracing::warn!("{}", attempt.log_line());
+            last_reason = format!("{}: {}", c.name, attempt.reason);
+            attempts.push(attempt);
+            continue;
+        }
+        for (at, address) in c.addresses.iter().map(|a| a.address).enumerate() {
+            let limit = if tried >= cfg.limits.addresses {
+                Some(format!("{} addresses", cfg.limits.addresses))
+            } else if sessions >= cfg.limits.sessions {
+                Some(format!("{} sessions", cfg.limits.sessions))
+            } else {
+                None
+            };
+            if let Some(limit) = limit {
+                let untried = c.addresses.len() - at
+                    + candidates[index + 1..]
+                        .iter()
+                        .map(|c| c.addresses.len())
+                        .sum::<usize>();
+                let mut attempt = skipped(
+                    c,
+                    &lookups,
+                    format!(
+                        "not tried: the limit of {limit} per delivery was reached \
+                         ({untried} address(es) of {} host(s) left untried)",
+                        candidates.len() - index
+                    ),
+                    rule::LIMITS,
+                );
+                attempt.address = Some(address);
+                tracing::warn!("{}", attempt.log_line());
+                last_reason = format!("{}: {}", c.name, attempt.reason);
+                attempts.push(attempt);
+                break 'hosts;
+            }
+            tried += 1;
             let (mut attempt, mut result) =
                 connect(c, address, &mode, rule, &lookups, envelope, message, cfg).await;
             // Opportunistic TLS whose handshake failed: once more in plaintext (RFC 7435 §4).
@@ -207,6 +327,10 @@ pub async fn deliver(
                 .await;
             }
             log(&attempt);
+            // A session is a connection that got through EHLO and TLS (Postfix 2.3+).
+            if attempt.security != Security::None {
+                sessions += 1;
+            }
             match result {
                 Ok(transaction) => {
                     let recipients = fates(envelope, &transaction);
@@ -296,7 +420,7 @@ async fn connect(
     let opened = Session::open(
         sock,
         c.tlsa_base.as_str(),
-        &cfg.helo_name,
+        cfg.helo_name.as_str(),
         mode,
         &cfg.provider,
         &cfg.timeouts,
@@ -337,13 +461,24 @@ async fn connect(
         (Some(_), Some(PeerAuth::Pkix), _) => Security::Verified,
         (Some(_), _, _) => Security::Untrusted,
     };
-    if let Some((user, password)) = &cfg.credentials
-        && let Err(e) = session.auth_plain(user, password).await
-    {
-        attempt.reason = e.to_string();
-        attempt.replies = session.transcript.clone();
-        session.quit().await;
-        return (attempt, Err(e));
+    if let Some((user, password)) = &cfg.credentials {
+        // Planned for a verified peer (credentials_may_go); make sure it is one.
+        let auth = if attempt.security == Security::Verified {
+            session.auth_plain(user, password).await
+        } else {
+            Err(SessionError::AuthUnavailable(AuthUnavailable::NotVerified(
+                format!("the peer is {:?}, not verified", attempt.security).to_lowercase(),
+            )))
+        };
+        if let Err(e) = auth {
+            attempt.reason = e.to_string();
+            if matches!(e, SessionError::AuthUnavailable(_)) {
+                attempt.rule = rule::CREDENTIALS;
+            }
+            attempt.replies = session.transcript.clone();
+            session.quit().await;
+            return (attempt, Err(e));
+        }
     }
     let result = session.transact(envelope, message).await;
     attempt.replies = session.transcript.clone();
@@ -383,7 +518,7 @@ fn fates(envelope: &Envelope, t: &Transaction) -> Vec<RecipientOutcome> {
         }
     };
     envelope
-        .to
+        .recipients()
         .iter()
         .zip(&t.rcpt)
         .map(|(address, rcpt)| {
@@ -432,7 +567,7 @@ mod tests {
 
     fn config(level: Level) -> Config {
         Config {
-            helo_name: "client.test".into(),
+            helo_name: "client.test".parse().unwrap(),
             level,
             timeouts: Timeouts::default(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -440,6 +575,7 @@ mod tests {
             roots: Arc::new(RootCertStore::empty()),
             match_names: vec![],
             credentials: None,
+            limits: Limits::default(),
         }
     }
 
@@ -515,14 +651,8 @@ mod tests {
 
     #[test]
     fn recipients_get_the_reply_that_decided_them() {
-        let envelope = Envelope {
-            from: "a@x.test".into(),
-            to: vec![
-                "ok@y.test".into(),
-                "later@y.test".into(),
-                "never@y.test".into(),
-            ],
-        };
+        let envelope =
+            Envelope::new("a@x.test", ["ok@y.test", "later@y.test", "never@y.test"]).unwrap();
         let r = |code, text: &str| Reply::new(code, vec![text.into()]);
         let t = Transaction {
             rcpt: vec![

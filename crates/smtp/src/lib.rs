@@ -11,6 +11,7 @@
 
 pub mod deliver;
 pub mod ehlo;
+pub mod envelope;
 pub mod message;
 pub mod outcome;
 pub mod policy;
@@ -18,8 +19,9 @@ pub mod reply;
 pub mod session;
 pub mod tls;
 
-pub use deliver::{Config, deliver};
+pub use deliver::{Config, Limits, deliver};
+pub use envelope::{Envelope, EnvelopeError, HeloName};
 pub use message::{Message, MessageError};
 pub use outcome::{Attempt, Delivery, Fate, Security};
 pub use policy::Level;
-pub use session::{Envelope, Timeouts};
+pub use session::Timeouts;

@@ -13,6 +13,8 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use crate::ehlo::Capabilities;
+pub use crate::envelope::Envelope;
+use crate::envelope::{EnvelopeError, HeloName};
 use crate::message::Message;
 use crate::reply::{Reply, ReplyError};
 use crate::tls::{Mode, PeerAuth, Prepared, prepare};
@@ -107,6 +109,13 @@ pub enum SessionError {
     /// Writing failed.
     #[error("write error: {0}")]
     Io(String),
+    /// Our HELO name cannot go into a command (checked before connecting: nothing is sent).
+    #[error("refused before connecting: {0}")]
+    InvalidInput(EnvelopeError),
+    /// AUTH was not sent on this connection; see [`AuthUnavailable`]. This is no TLS
+    /// handshake failure: a plaintext retry could not help and is never made.
+    #[error("credentials not sent: {0}")]
+    AuthUnavailable(AuthUnavailable),
     /// The message is larger than the server's SIZE limit.
     #[error("message of {size} bytes exceeds the server's limit of {limit}")]
     TooBig {
@@ -119,10 +128,31 @@ pub enum SessionError {
 
 impl SessionError {
     /// Whether a plaintext retry is allowed after this error under opportunistic TLS: only a
-    /// failure of the TLS handshake itself (RFC 7435 §4; Postfix "may").
+    /// failure of the TLS handshake itself (RFC 7435 §4; Postfix "may"). A missing capability
+    /// (no STARTTLS, no AUTH mechanism) is not one.
     pub fn is_tls_handshake(&self) -> bool {
         matches!(self, SessionError::Tls(_))
     }
+}
+
+/// Why credentials were not sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthUnavailable {
+    /// The connection is not encrypted: a password never crosses the network in the clear
+    /// (RFC 4954 §4; RFC 4616 §6).
+    #[error(
+        "the connection is not protected by TLS (the server offers no STARTTLS, or the policy sends plaintext), and AUTH PLAIN is only sent over TLS (RFC 4954 §4, RFC 4616 §6)"
+    )]
+    NoTls,
+    /// The server does not announce the mechanism in its EHLO reply (RFC 4954 §3).
+    #[error("the server does not offer AUTH {0} (RFC 4954 §3)")]
+    NotOffered(&'static str),
+    /// The server is not authenticated as the next hop's: only a server proven to be the
+    /// submission domain's gets the password (RFC 6186 §6, RFC 7673 §3).
+    #[error(
+        "{0}; credentials go only to a verified server: DANE under a secure SRV (or MX) lookup, or PKIX against the domain (RFC 6186 §6, RFC 7673 §3)"
+    )]
+    NotVerified(String),
 }
 
 /// The TLS parameters of an established connection.
@@ -132,15 +162,6 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
-}
-
-/// The envelope of a transaction.
-#[derive(Clone, Debug)]
-pub struct Envelope {
-    /// Reverse path (empty for bounces).
-    pub from: String,
-    /// Forward paths.
-    pub to: Vec<String>,
 }
 
 /// What the server said to each recipient and to the message.
@@ -160,7 +181,7 @@ pub struct Session {
     peer: Option<PeerAuth>,
     peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     timeouts: Timeouts,
-    helo_name: String,
+    helo_name: HeloName,
     /// Every reply received, for the attempt's record.
     pub transcript: Vec<String>,
 }
@@ -170,7 +191,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Session {
     /// Connects, reads the greeting, says EHLO and secures the connection as `mode` demands.
-    /// `sni` is the TLSA base domain (RFC 7672 §8.1) or the host name.
+    /// `sni` is the TLSA base domain (RFC 7672 §8.1) or the host name. `helo_name` is checked
+    /// first (a domain or an address literal, see [`HeloName`]); a bad one is refused before
+    /// connecting.
     pub async fn open(
         addr: SocketAddr,
         sni: &str,
@@ -179,6 +202,7 @@ impl Session {
         provider: &Arc<CryptoProvider>,
         timeouts: &Timeouts,
     ) -> Result<Session, SessionError> {
+        let helo_name = HeloName::new(helo_name).map_err(SessionError::InvalidInput)?;
         let tcp = timeout(timeouts.connect, TcpStream::connect(addr))
             .await
             .map_err(|_| SessionError::Timeout("the TCP connection"))?
@@ -190,7 +214,7 @@ impl Session {
             peer: None,
             peer_chain: Vec::new(),
             timeouts: timeouts.clone(),
-            helo_name: helo_name.to_owned(),
+            helo_name,
             transcript: Vec::new(),
         };
         let greeting = session.read("the greeting", timeouts.greeting).await?;
@@ -339,19 +363,16 @@ impl Session {
     }
 
     /// AUTH PLAIN (RFC 4954, RFC 4616), only over TLS: the password never crosses the
-    /// network in the clear.
+    /// network in the clear. Whether this peer deserves the password is the caller's decision
+    /// (delivery sends it only to a verified peer).
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), SessionError> {
         if self.tls.is_none() {
-            return Err(SessionError::Tls("AUTH is only sent over TLS".into()));
+            return Err(SessionError::AuthUnavailable(AuthUnavailable::NoTls));
         }
         if !self.caps.auth.iter().any(|m| m == "PLAIN") {
-            return Err(SessionError::Refused {
-                stage: "AUTH",
-                reply: Reply::new(
-                    504,
-                    vec!["5.5.4 the server does not offer AUTH PLAIN".into()],
-                ),
-            });
+            return Err(SessionError::AuthUnavailable(AuthUnavailable::NotOffered(
+                "PLAIN",
+            )));
         }
         use base64::Engine;
         let token =
@@ -384,14 +405,17 @@ impl Session {
                 limit,
             });
         }
-        let mut mail = format!("MAIL FROM:<{}>", envelope.from);
+        // The envelope was checked when it was made: no CR, LF, `<`, `>` or space can reach
+        // these command lines (see crate::envelope).
+        let mut mail = format!("MAIL FROM:<{}>", envelope.sender());
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", message.len()));
         }
         if message.is_eight_bit() && self.caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
         }
-        let needs_utf8 = !envelope.from.is_ascii() || envelope.to.iter().any(|t| !t.is_ascii());
+        let needs_utf8 =
+            !envelope.sender().is_ascii() || envelope.recipients().iter().any(|t| !t.is_ascii());
         if needs_utf8 && !self.caps.smtputf8 {
             // RFC 6531 §3.2: internationalised addresses go only to SMTPUTF8 servers.
             return Err(SessionError::Refused {
@@ -406,7 +430,7 @@ impl Session {
             mail.push_str(" SMTPUTF8");
         }
         let rcpts: Vec<String> = envelope
-            .to
+            .recipients()
             .iter()
             .map(|t| format!("RCPT TO:<{t}>\r\n"))
             .collect();

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dane::Tlsa;
@@ -74,7 +75,7 @@ fn candidate(name: &str, base: &str, server: &Server, dane: DaneState) -> Candid
 
 fn config(level: Level) -> Config {
     Config {
-        helo_name: "client.test".into(),
+        helo_name: "client.test".parse().unwrap(),
         level,
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -82,14 +83,16 @@ fn config(level: Level) -> Config {
         roots: Arc::new(rustls::RootCertStore::empty()),
         match_names: vec![],
         credentials: None,
+        limits: smtp::Limits::default(),
     }
 }
 
+fn envelope(from: &str, to: &str) -> Envelope {
+    Envelope::new(from, [to]).unwrap()
+}
+
 async fn send(route: &Route, level: Level) -> smtp::Delivery {
-    let envelope = Envelope {
-        from: "a@client.test".into(),
-        to: vec!["b@example.test".into()],
-    };
+    let envelope = envelope("a@client.test", "b@example.test");
     let message = Message::new(b"Subject: t\n\nhello\n").unwrap();
     smtp::deliver(
         route,
@@ -262,10 +265,7 @@ async fn fingerprint_level_matches_configured_digests() {
         mx_dnssec: Status::Insecure,
         candidates: vec![candidate("mx.example.test", "mx.example.test", &s, na)],
     };
-    let envelope = Envelope {
-        from: "a@client.test".into(),
-        to: vec!["b@example.test".into()],
-    };
+    let envelope = envelope("a@client.test", "b@example.test");
     let message = Message::new(b"Subject: t\n\nhello\n").unwrap();
     let mut cfg = config(Level::Fingerprint);
     cfg.fingerprints = vec![tlsa_for(&s.leaf)];
@@ -315,4 +315,264 @@ async fn a_message_over_the_size_limit_bounces_instead_of_trying_the_next_mx() {
     let d = send(&route, Level::Dane).await;
     assert_eq!((d.outcome, d.exit_code()), ("bounced", 69), "{d:#?}");
     assert!(d.recipients[0].reply.starts_with("552 5.3.4"));
+}
+
+/// A submission server offering STARTTLS (self-signed certificate for `mx.example.test`) and
+/// AUTH PLAIN for alice/secret after it.
+async fn credentialed_server() -> Server {
+    let c = cert("mx.example.test");
+    let inner = SubmissionServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(&c),
+        Some(("alice", "secret")),
+    )
+    .unwrap();
+    Server {
+        addr: inner.addr(),
+        inner,
+        leaf: CertificateDer::from(c.leaf_der.clone()),
+    }
+}
+
+/// Delivers through `route` with alice's credentials at `level`.
+async fn submit(route: &Route, level: Level, tweak: impl FnOnce(&mut Config)) -> smtp::Delivery {
+    let envelope = envelope("a@client.test", "b@example.test");
+    let message = Message::new(b"Subject: t\n\nhello\n").unwrap();
+    let mut cfg = config(level);
+    cfg.credentials = Some(("alice".into(), "secret".into()));
+    tweak(&mut cfg);
+    smtp::deliver(route, &n("example.test"), true, &envelope, &message, &cfg).await
+}
+
+/// Whether the server ever got an AUTH command.
+fn saw_auth(s: &Server) -> bool {
+    s.inner
+        .seen()
+        .commands
+        .iter()
+        .any(|c| c.to_ascii_uppercase().starts_with("AUTH"))
+}
+
+fn one_host(s: &Server, dane: DaneState, mx_dnssec: Status) -> Route {
+    Route::Deliver {
+        mx_dnssec,
+        candidates: vec![candidate("mx.example.test", "mx.example.test", s, dane)],
+    }
+}
+
+#[tokio::test]
+async fn credentials_never_go_to_an_unauthenticated_server() {
+    let na = || DaneState::NotApplicable {
+        reason: "no TLSA".into(),
+    };
+    // Opportunistic TLS (no TLSA), TLS without authentication, and opportunistic `may`.
+    for (level, dane) in [
+        (Level::Dane, na()),
+        (Level::Encrypt, na()),
+        (Level::May, na()),
+        (Level::Dane, DaneState::Unusable),
+    ] {
+        let s = credentialed_server().await;
+        let d = submit(&one_host(&s, dane.clone(), Status::Secure), level, |_| {}).await;
+        assert_eq!(
+            (d.outcome, d.exit_code()),
+            ("deferred", 75),
+            "{level}: {d:#?}"
+        );
+        assert!(!saw_auth(&s), "{level}: {:?}", s.inner.seen().commands);
+        assert!(s.inner.seen().messages.is_empty());
+        assert!(
+            d.recipients[0].reply.contains("credentials not sent"),
+            "{}",
+            d.recipients[0].reply
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_never_go_to_a_dane_host_named_by_an_insecure_lookup() {
+    // DANE succeeds for the host, but an attacker may have chosen the host (insecure SRV):
+    // `trusted`, not `verified`.
+    let s = credentialed_server().await;
+    let usable = DaneState::Usable {
+        records: vec![tlsa_for(&s.leaf)],
+    };
+    let d = submit(&one_host(&s, usable, Status::Insecure), Level::Dane, |_| {}).await;
+    assert_eq!(d.outcome, "deferred", "{d:#?}");
+    assert!(!saw_auth(&s), "{:?}", s.inner.seen().commands);
+    assert!(
+        d.attempts[0].reason.contains("insecure"),
+        "{:#?}",
+        d.attempts
+    );
+}
+
+#[tokio::test]
+async fn credentials_never_go_to_a_pkix_name_from_an_insecure_lookup() {
+    // `verify` checks the certificate against the host name, which the insecure SRV chose.
+    let s = credentialed_server().await;
+    let na = DaneState::NotApplicable {
+        reason: String::new(),
+    };
+    let d = submit(&one_host(&s, na, Status::Insecure), Level::Verify, |_| {}).await;
+    assert_eq!(d.outcome, "deferred", "{d:#?}");
+    assert!(s.inner.seen().commands.is_empty(), "not even connected to");
+}
+
+#[tokio::test]
+async fn credentials_go_to_a_verified_dane_server() {
+    let s = credentialed_server().await;
+    let usable = DaneState::Usable {
+        records: vec![tlsa_for(&s.leaf)],
+    };
+    let d = submit(&one_host(&s, usable, Status::Secure), Level::Dane, |_| {}).await;
+    assert_eq!(
+        (d.outcome, d.attempts[0].security),
+        ("delivered", Security::Verified),
+        "{d:#?}"
+    );
+    assert!(saw_auth(&s) && s.inner.seen().authenticated);
+    // A pinned fingerprint is a verified peer too.
+    let s = credentialed_server().await;
+    let na = DaneState::NotApplicable {
+        reason: String::new(),
+    };
+    let leaf = s.leaf.clone();
+    let d = submit(
+        &one_host(&s, na, Status::Insecure),
+        Level::Fingerprint,
+        |cfg| {
+            cfg.fingerprints = vec![tlsa_for(&leaf)];
+        },
+    )
+    .await;
+    assert_eq!(d.outcome, "delivered", "{d:#?}");
+    assert!(s.inner.seen().authenticated);
+}
+
+#[tokio::test]
+async fn no_plaintext_retry_for_auth_on_a_server_without_starttls() {
+    // `may` retries in plaintext after a failed handshake; a server without STARTTLS (or
+    // without AUTH) is no failed handshake, and a plaintext session cannot carry the password.
+    let s = server(false).await;
+    let na = DaneState::NotApplicable {
+        reason: String::new(),
+    };
+    let d = submit(&one_host(&s, na, Status::Secure), Level::May, |_| {}).await;
+    assert_eq!(d.outcome, "deferred");
+    let ehlos = s
+        .inner
+        .seen()
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("EHLO"))
+        .count();
+    assert!(
+        ehlos <= 1,
+        "{ehlos} connections: {:?}",
+        s.inner.seen().commands
+    );
+    assert!(!saw_auth(&s));
+}
+
+/// A server that counts its connections, greets each with `greeting` and answers MAIL with
+/// `mail` (everything else with 250).
+async fn counting(greeting: &'static str, mail: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut io = BufReader::new(tcp);
+                if io.get_mut().write_all(greeting.as_bytes()).await.is_err()
+                    || !greeting.starts_with("220")
+                {
+                    return;
+                }
+                let mut line = String::new();
+                while io.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let reply = if line.starts_with("MAIL") {
+                        mail
+                    } else if line.starts_with("QUIT") {
+                        "221 bye\r\n"
+                    } else {
+                        "250 ok\r\n"
+                    };
+                    if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A route of `hosts` MX hosts, every one at `addr`, without DANE.
+fn many_hosts(hosts: usize, addr: SocketAddr) -> Route {
+    let candidates = (0..hosts)
+        .map(|i| Candidate {
+            name: n(&format!("mx{i}.example.test")),
+            preference: 10,
+            port: addr.port(),
+            tlsa_base: n(&format!("mx{i}.example.test")),
+            addresses: vec![Address {
+                address: addr.ip(),
+                dnssec: Status::Insecure,
+            }],
+            a_dnssec: Status::Insecure,
+            aaaa_dnssec: Status::Insecure,
+            tlsa_name: None,
+            tlsa_dnssec: Some(Status::Insecure),
+            tlsa: vec![],
+            dane: DaneState::NotApplicable {
+                reason: "insecure".into(),
+            },
+            reference_names: vec![],
+        })
+        .collect();
+    Route::Deliver {
+        mx_dnssec: Status::Insecure,
+        candidates,
+    }
+}
+
+#[tokio::test]
+async fn a_domain_with_many_hosts_costs_at_most_five_connections() {
+    // Every host refuses at the greeting (421): ten hosts, but only five addresses are tried.
+    let (addr, connections) = counting("421 4.3.2 busy\r\n", "").await;
+    let d = send(&many_hosts(10, addr), Level::Dane).await;
+    assert_eq!(d.outcome, "deferred");
+    assert_eq!(connections.load(Ordering::SeqCst), 5, "{d:#?}");
+    let last = d.attempts.last().unwrap();
+    assert_eq!(last.security, Security::None);
+    assert!(
+        last.reason.contains("limit of 5 addresses"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        d.recipients[0].reply.contains("limit of 5 addresses"),
+        "{}",
+        d.recipients[0].reply
+    );
+}
+
+#[tokio::test]
+async fn a_domain_with_many_hosts_costs_at_most_two_sessions() {
+    // Every host greets and then defers the transaction (451 on MAIL): two sessions, then stop.
+    let (addr, connections) = counting("220 ok\r\n", "451 4.3.0 try later\r\n").await;
+    let d = send(&many_hosts(10, addr), Level::Dane).await;
+    assert_eq!(d.outcome, "deferred");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "{d:#?}");
+    assert!(
+        d.recipients[0].reply.contains("limit of 2 sessions"),
+        "{}",
+        d.recipients[0].reply
+    );
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp::session::{Session, SessionError};
+use smtp::session::{AuthUnavailable, Session, SessionError};
 use smtp::tls::{Auth, Mode};
 use smtp::{Envelope, Message, Timeouts};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -100,10 +100,7 @@ async fn a_plaintext_transaction_with_pipelining_and_dot_stuffing() {
     .await;
     let mut session = open(addr, Mode::Opportunistic).await.unwrap();
     assert!(session.tls().is_none(), "no STARTTLS offered: plaintext");
-    let envelope = Envelope {
-        from: "a@x.test".into(),
-        to: vec!["b@y.test".into(), "c@y.test".into()],
-    };
+    let envelope = Envelope::new("a@x.test", ["b@y.test", "c@y.test"]).unwrap();
     let message = Message::new(b"Subject: t\n\n.dot line\nend").unwrap();
     let t = session.transact(&envelope, &message).await.unwrap();
     assert_eq!(t.rcpt[1].code(), 550);
@@ -192,10 +189,7 @@ async fn internationalised_addresses_need_smtputf8() {
     )
     .await;
     let mut session = open(addr, Mode::Opportunistic).await.unwrap();
-    let envelope = Envelope {
-        from: "a@x.test".into(),
-        to: vec!["jösé@y.test".into()],
-    };
+    let envelope = Envelope::new("a@x.test", ["jösé@y.test"]).unwrap();
     let message = Message::new(b"Subject: t\n\nhi\n").unwrap();
     let err = session.transact(&envelope, &message).await.err().unwrap();
     assert!(
@@ -242,10 +236,7 @@ async fn a_message_over_the_size_limit_is_not_sent() {
     )
     .await;
     let mut session = open(addr, Mode::Opportunistic).await.unwrap();
-    let envelope = Envelope {
-        from: "a@x.test".into(),
-        to: vec!["b@y.test".into()],
-    };
+    let envelope = Envelope::new("a@x.test", ["b@y.test"]).unwrap();
     let message = Message::new(b"Subject: too long for ten bytes\n\nbody\n").unwrap();
     let err = session.transact(&envelope, &message).await.err().unwrap();
     assert!(
@@ -254,4 +245,89 @@ async fn a_message_over_the_size_limit_is_not_sent() {
     );
     session.quit().await;
     assert!(!seen.await.unwrap().contains("MAIL FROM"));
+}
+
+/// A listener that records whether anyone connected, and what they sent.
+async fn watching() -> (SocketAddr, oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let accepted = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+        let mut seen = String::new();
+        if let Ok(Ok((stream, _))) = accepted {
+            seen.push_str("(connected)\n");
+            let (read, mut write) = stream.into_split();
+            let _ = write.write_all(b"220 mx\r\n").await;
+            let mut read = BufReader::new(read);
+            let mut line = String::new();
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(300), read.read_line(&mut line)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                seen.push_str(&line);
+                let _ = write.write_all(b"250 ok\r\n").await;
+                line.clear();
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_helo_name_carrying_a_command_is_refused_before_connecting() {
+    for bad in [
+        "client.test\r\nMAIL FROM:<forged@x.test>",
+        "client.test\nRSET",
+        "client.test MAIL",
+        "",
+    ] {
+        let (addr, seen) = watching().await;
+        let result = Session::open(
+            addr,
+            "mx.example.test",
+            bad,
+            &Mode::Opportunistic,
+            &provider(),
+            &quick(),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(SessionError::InvalidInput(_))),
+            "{bad:?}: {:?}",
+            result.err()
+        );
+        assert_eq!(
+            seen.await.unwrap(),
+            "",
+            "{bad:?}: nothing reaches the server"
+        );
+    }
+}
+
+#[tokio::test]
+async fn auth_without_starttls_is_a_missing_capability_not_a_failed_handshake() {
+    let (addr, seen) = scripted(
+        "220 mx\r\n",
+        vec![
+            ("EHLO", "250-mx\r\n250 AUTH PLAIN\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ],
+    )
+    .await;
+    let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+    let err = session.auth_plain("alice", "secret").await.unwrap_err();
+    assert!(
+        !err.is_tls_handshake(),
+        "{err}: would trigger the plaintext retry"
+    );
+    assert_eq!(err, SessionError::AuthUnavailable(AuthUnavailable::NoTls));
+    session.quit().await;
+    assert!(
+        !seen.await.unwrap().contains("AUTH"),
+        "no password in the clear"
+    );
 }
