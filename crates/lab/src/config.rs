@@ -1,6 +1,6 @@
 //! Configuration files of the NSD and Unbound instances.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 /// `nsd.conf` for one authoritative instance serving `zones` (`(name, zone file)`) on
@@ -130,6 +130,26 @@ server:
     c
 }
 
+/// `unbound.conf` for a validating resolver on `addr` port 53 that sends every query to
+/// `forward` (`forward-zone: "."`) instead of iterating: the reference validator behind a
+/// [`DnsTamper`](crate::DnsTamper). Otherwise as the lab's validating resolver.
+pub(crate) fn unbound_forwarder_conf(
+    dir: &Path,
+    name: &str,
+    addr: Ipv4Addr,
+    anchor: &Path,
+    tlds: &[String],
+    forward: SocketAddr,
+) -> String {
+    let mut c = unbound_conf(dir, name, addr, Some(anchor), tlds);
+    c.push_str(&format!(
+        "forward-zone:\n    name: \".\"\n    forward-addr: {}@{}\n    forward-first: no\n",
+        forward.ip(),
+        forward.port()
+    ));
+    c
+}
+
 /// Unbound's root hints: the lab root server only.
 pub(crate) fn root_hints(root: Ipv4Addr) -> String {
     format!(". 3600000 IN NS ns.\nns. 3600000 IN A {root}\n")
@@ -156,6 +176,18 @@ mod tests {
             assert!(c.contains("do-not-query-localhost: no"));
             assert!(c.contains("control-enable: no"));
         }
+        let f = unbound_forwarder_conf(
+            dir,
+            "f",
+            addr,
+            Path::new("/tmp/x/ta"),
+            &tlds,
+            "127.53.1.16:53".parse().unwrap(),
+        );
+        assert!(f.contains("module-config: \"validator iterator\""));
+        assert!(f.ends_with(
+            "forward-zone:\n    name: \".\"\n    forward-addr: 127.53.1.16@53\n    forward-first: no\n"
+        ));
         let n = nsd_conf(dir, "nsd-root", addr, &[(".".into(), "root.zone".into())]);
         assert!(n.contains("name: \".\"\n    zonefile: \"/tmp/x/root.zone\""));
     }

@@ -19,7 +19,9 @@
 //!   readable by hickory (`TrustAnchors::from_file`) and Unbound; the DS form is in
 //!   [`Lab::trust_anchor_ds_file`].
 //!
-//! It also has a tiny DNS client ([`dns`]) to probe servers and check answers, and the **SMTP
+//! It also has a tiny DNS client ([`dns`]) to probe servers and check answers, an **attacker on
+//! the DNS path** (see [DNS tampering](#dns-tampering)): a proxy that forges answers
+//! ([`tamper`]) and a fresh validating Unbound behind it as the reference, and the **SMTP
 //! peers** a DANE client meets (see [SMTP peers](#smtp-peers)): real Postfix receivers
 //! ([`smtp`]), attackers in the path ([`attack`]) and test certificates with their TLSA records
 //! ([`pki`]).
@@ -57,6 +59,7 @@
 //! | 127.53.N.3 | NSD `nsd-leaf` | every zone below a TLD (`ns.<zone>`) |
 //! | 127.53.N.4 | Unbound `unbound-validating` | [`Lab::validating_resolver`] |
 //! | 127.53.N.5 | Unbound `unbound-plain` | [`Lab::plain_resolver`] |
+//! | 127.53.N.16 … 127.53.N.254 | claimed by tests ([`Lab::claim_addr`]): [`DnsTamper`] proxies ([`Lab::dns_tamper`]), validating forwarders ([`Lab::validating_forwarder`]) | whatever they are given |
 //!
 //! Hosts in the standard zones have addresses `127.0.K.H` (K = the row below, H = host) and
 //! AAAA `::ffff:127.0.K.H` (IPv4-mapped, so even IPv6 connections stay on loopback); nothing
@@ -72,6 +75,36 @@
 //! | 127.0.1.0/24 … 127.0.17.0/24 | hosts of the standard zones (nothing listens there) |
 //! | 127.0.30.0/24 … 127.0.39.0/24 | SMTP peers at addresses a test chooses itself, e.g. `127.0.30.1:25`; the test must keep them unique across tests that run at the same time (`cargo nextest` runs every test in a process of its own, in parallel) |
 //! | 127.0.40.0/24 … 127.0.49.0/24 | SMTP peers with claimed addresses: give an unspecified IP (`0.0.0.0:25`, [`ReceiverSpec::new`]) and the receiver or proxy claims the first free `127.0.K.H:port` ([`claim_peer_addr`]: a lock file per address and port in `/tmp/danemta-lab`, so concurrent tests and processes never collide) |
+//!
+//! ## DNS tampering
+//!
+//! An on-path attacker between a DNS client and the lab's resolver, and the reference that
+//! proves each attack is a forgery (module [`tamper`]; the tests of danemta are in
+//! `crates/dns/tests/tampering.rs`):
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`DnsTamper`] ([`Lab::dns_tamper`], [`DnsTamper::start`]) | an in-process DNS proxy (UDP and TCP, its own tokio runtime) in front of [`Lab::plain_resolver`] that applies a [`Tampering`] to answers whose question matches a [`Target`] (name or subtree, types; CNAME chains followed); counts what it rewrote ([`DnsTamper::fired`]) and logs it |
+//! | [`Tampering`] | the attacks: forged NODATA/NXDOMAIN with a foreign unsigned SOA or a signed SOA without proof, data stripped behind a signed CNAME, RRSIGs stripped, truncated or corrupted, another owner's signed RRset (as is or renamed), unsigned data, NSEC/NSEC3 denials of another zone or name, expired signatures, wildcard answers without proof or replayed over a name with its own data, an unsigned CNAME into an insecure zone, the AD bit set; and `Identity` (re-encode only), the control |
+//! | [`Lab::validating_forwarder`] → [`UnboundHandle`] | a fresh validating Unbound (empty cache, the lab's trust anchor) forwarding every query to an address, e.g. the proxy: a real forgery makes it answer SERVFAIL |
+//! | [`LabBuilder::expired_signature_copies`], [`Lab::expired_zone_file`], [`ExpiredSignatures`] | every signed zone signed again with the same key and signatures that expired 30 days ago (a side file no server serves), and its RRSIGs per RRset, for [`Tampering::ExpiredSignatures`] |
+//! | [`tamper::wildcard_zones`] | `wild.test` (NSEC) and `wild3.test` (NSEC3): wildcard MX, A/AAAA and TLSA next to names with their own data (hosts `127.0.18.H`, `127.0.19.H`), for the wildcard attacks |
+//!
+//! ```no_run
+//! use danemta_lab::dns::{self, rcode, rtype, QueryOptions};
+//! use danemta_lab::{Lab, Rule, Target, Tampering};
+//! let lab = danemta_lab::shared().expect("DNSSEC lab");
+//! let tamper = lab.dns_tamper([Rule::new(
+//!     Target::exact("_25._tcp.mx1.secure.test", &[rtype::TLSA]),
+//!     Tampering::ForgedNoDataForeignSoa { soa_zone: "insecure.test".into() },
+//! )])?;
+//! let reference = lab.validating_forwarder(tamper.addr())?;
+//! let r = dns::query(reference.addr(), "_25._tcp.mx1.secure.test", rtype::TLSA, QueryOptions::recursive())?;
+//! assert_eq!(r.rcode, rcode::SERVFAIL);
+//! assert!(tamper.fired() > 0);
+//! // … the client under test asks tamper.addr() and must not accept the forgery.
+//! # Ok::<(), danemta_lab::LabError>(())
+//! ```
 //!
 //! ## SMTP peers
 //!
@@ -183,16 +216,18 @@ mod process;
 pub mod smtp;
 mod standard;
 pub mod submission;
+pub mod tamper;
 mod zone;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -202,6 +237,7 @@ pub use process::{BLOCK_OCTET, LAB_ROOT, is_alive};
 pub use smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
 pub use standard::{fake_digest, standard_zones};
 pub use submission::SubmissionServer;
+pub use tamper::{DnsTamper, ExpiredSignatures, Rule, Tampering, Target, UnboundHandle};
 pub use zone::{Signing, ZoneSpec};
 
 use dns::{QueryOptions, rcode, rtype};
@@ -211,6 +247,32 @@ use zone::{Key, Tier, Tools, Zone};
 const VALIDATING_HOST: u8 = 4;
 /// Host octet of the plain (iterator-only) Unbound in a lab block.
 const PLAIN_HOST: u8 = 5;
+/// Host octets [`Lab::claim_addr`] hands out (the first and the last).
+const CLAIMABLE_HOSTS: (u8, u8) = (16, 254);
+
+/// An address of a lab's block claimed by [`Lab::claim_addr`]; released when dropped.
+#[derive(Debug)]
+pub struct LabAddr {
+    ip: Ipv4Addr,
+    host: u8,
+    pool: Arc<Mutex<BTreeSet<u8>>>,
+}
+
+impl LabAddr {
+    /// The claimed address, `127.53.N.H`.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+}
+
+impl Drop for LabAddr {
+    fn drop(&mut self) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.host);
+    }
+}
 
 /// One standard lab per test process, started on first use.
 ///
@@ -251,6 +313,13 @@ pub struct Lab {
     trust_anchor_ds: PathBuf,
     keep: bool,
     startup: Duration,
+    /// The Unbound program the lab runs (a copy out of AppArmor's reach where needed).
+    unbound: PathBuf,
+    /// Whether every signed zone was also signed with expired signatures
+    /// ([`LabBuilder::expired_signature_copies`]).
+    expired_copies: bool,
+    /// Host octets of the block claimed by [`Lab::claim_addr`].
+    claimed: Arc<Mutex<BTreeSet<u8>>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -271,6 +340,7 @@ pub struct LabBuilder {
     zones: Vec<ZoneSpec>,
     keep_dir: bool,
     timeout: Duration,
+    expired_copies: bool,
 }
 
 impl Default for LabBuilder {
@@ -279,6 +349,7 @@ impl Default for LabBuilder {
             zones: Vec::new(),
             keep_dir: false,
             timeout: Duration::from_secs(8),
+            expired_copies: false,
         }
     }
 }
@@ -315,6 +386,16 @@ impl LabBuilder {
         self
     }
 
+    /// Also signs every signed zone a second time, with the same key, with signatures that
+    /// expired 30 days ago (`ldns-signzone -i <now-90d> -e <now-30d>`), into a side file that no
+    /// server serves ([`Lab::expired_zone_file`]). Its RRSIGs are what an attacker replaying
+    /// old signatures would send ([`Tampering::ExpiredSignatures`],
+    /// [`ExpiredSignatures::from_lab`]). Off by default (it doubles the signing work).
+    pub fn expired_signature_copies(mut self, on: bool) -> Self {
+        self.expired_copies = on;
+        self
+    }
+
     /// Signs the zones and starts the servers; returns once every server answers.
     pub fn start(self) -> Result<Lab, LabError> {
         let t0 = Instant::now();
@@ -334,6 +415,9 @@ impl LabBuilder {
             zones: zones.iter().map(|z| (z.fqdn.clone(), z.tier)).collect(),
             keep,
             startup: Duration::ZERO,
+            unbound: tools.unbound.clone(),
+            expired_copies: self.expired_copies,
+            claimed: Arc::default(),
         };
         // From here on, errors drop `lab`, which cleans up whatever was started.
         lab.watchdog = Some(process::spawn_watchdog(&lab.dir, keep)?);
@@ -420,6 +504,46 @@ impl Lab {
         self.log_tails(20)
     }
 
+    /// The side file of a signed lab zone signed with expired signatures (same key), e.g.
+    /// `"secure.test"`; `None` unless the lab was built with
+    /// [`LabBuilder::expired_signature_copies`] and the zone is signed.
+    pub fn expired_zone_file(&self, zone: &str) -> Option<PathBuf> {
+        let fqdn = zone::normalize_zone_name(zone).ok()?;
+        let stem = if fqdn == "." {
+            "root".to_string()
+        } else {
+            fqdn.trim_end_matches('.').to_string()
+        };
+        let path = self.dir.join(format!("{stem}.expired.zone"));
+        (self.expired_copies && path.is_file()).then_some(path)
+    }
+
+    /// Claims a free address of the lab's block for a server of a test (a [`DnsTamper`], a
+    /// [`Lab::validating_forwarder`]): `127.53.N.H`, H from 16 to 254, any port. The block is
+    /// the lab's own, so nothing else binds there; the address is free again when the
+    /// returned claim is dropped.
+    pub fn claim_addr(&self) -> Result<LabAddr, LabError> {
+        let mut claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let host = (CLAIMABLE_HOSTS.0..=CLAIMABLE_HOSTS.1)
+            .find(|h| !claimed.contains(h))
+            .ok_or_else(|| LabError::NoFreeBlock {
+                detail: format!(
+                    "all {} test addresses of lab block {} are claimed",
+                    CLAIMABLE_HOSTS.1 - CLAIMABLE_HOSTS.0 + 1,
+                    self.block
+                ),
+            })?;
+        claimed.insert(host);
+        Ok(LabAddr {
+            ip: self.ip(host),
+            host,
+            pool: self.claimed.clone(),
+        })
+    }
+
     fn addr(&self, host: u8) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(process::block_addr(self.block, host), 53))
     }
@@ -459,6 +583,7 @@ impl Lab {
         })?;
         let keys: BTreeMap<String, Key> = signed.iter().map(|z| z.fqdn.clone()).zip(keys).collect();
         let block_base = self.ip(0);
+        let expired_copies = self.expired_copies;
         let work: Vec<&Zone> = zones.iter().collect();
         par_map(&work, |z| {
             let text = zone::zone_text(z, zones, &keys, block_base);
@@ -466,7 +591,12 @@ impl Lab {
             fs::create_dir_all(&scratch)
                 .map_err(|e| LabError::io(format!("creating {}", scratch.display()), e))?;
             let out = dir.join(format!("{}.zone", z.file_stem()));
-            zone::write_zone(tools, z, &text, keys.get(&z.fqdn), &scratch, &out)
+            zone::write_zone(tools, z, &text, keys.get(&z.fqdn), &scratch, &out)?;
+            if let (true, Some(key)) = (expired_copies, keys.get(&z.fqdn)) {
+                let out = dir.join(format!("{}.expired.zone", z.file_stem()));
+                zone::write_expired_copy(tools, z, &text, key, &scratch, &out)?;
+            }
+            Ok(())
         })?;
 
         // Trust anchor and root hints.
@@ -507,6 +637,7 @@ impl Lab {
 
         // Unbound, validating and plain.
         let unbound = process::unconfined_copy(&tools.unbound, &dir)?;
+        self.unbound = unbound.clone();
         let tlds: Vec<String> = zones
             .iter()
             .filter(|z| z.tier == Tier::Tld)

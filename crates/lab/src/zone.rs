@@ -488,6 +488,44 @@ pub(crate) fn write_zone(
     fs::write(out, final_text).map_err(|e| LabError::io(format!("writing {}", out.display()), e))
 }
 
+/// Signs the zone text a second time with `key`, with every signature expired 30 days ago
+/// (inception 90 days ago), into `out`: the same records, keys and denial chain (NSEC or
+/// NSEC3 as the zone's [`Signing`]) as the served zone, but signatures that no validator may
+/// accept. No tampering of [`Signing`] is applied. No server loads this file.
+pub(crate) fn write_expired_copy(
+    tools: &Tools,
+    zone: &Zone,
+    text: &str,
+    key: &Key,
+    work: &Path,
+    out: &Path,
+) -> Result<(), LabError> {
+    const DAY: i64 = 86_400;
+    let unsigned = work.join(format!("{}.expired-unsigned", zone.file_stem()));
+    fs::write(&unsigned, text)
+        .map_err(|e| LabError::io(format!("writing {}", unsigned.display()), e))?;
+    let now = unix_now();
+    let mut cmd = Command::new(&tools.signzone);
+    cmd.arg("-i")
+        .arg((now - 90 * DAY).to_string())
+        .arg("-e")
+        .arg((now - 30 * DAY).to_string())
+        .arg("-f")
+        .arg(out)
+        .arg("-o")
+        .arg(&zone.fqdn);
+    if zone.signing == Signing::Nsec3 {
+        cmd.args(["-n", "-t", "0"]);
+    }
+    cmd.arg(&unsigned).arg(&key.base);
+    run(
+        cmd,
+        "ldns-signzone",
+        &format!("signing {} with expired signatures", zone.fqdn),
+    )
+    .map(drop)
+}
+
 /// The fields of an ldns-signzone output line: owner, ttl, class, type, rdata fields.
 fn fields(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
