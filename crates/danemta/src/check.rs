@@ -18,6 +18,7 @@ use smtp::Timeouts;
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
+use crate::escape::escape;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -144,9 +145,11 @@ fn address_row(h: &HostReport, a: &check::report::AddressReport) -> [String; 7] 
                 .map_or("TLS".to_owned(), |t| t.version.clone());
             let cert = p.chain.first().map_or(String::new(), |c| {
                 let until = c.not_after.split('T').next().unwrap_or_default();
+                // Certificate names are the peer's text.
                 format!(
-                    "{} (to {until})",
-                    c.names.first().map_or("?", String::as_str)
+                    "{} (to {})",
+                    escape(c.names.first().map_or("?", String::as_str)),
+                    escape(until)
                 )
             });
             let matched = match (&p.matched, p.depth) {
@@ -159,10 +162,10 @@ fn address_row(h: &HostReport, a: &check::report::AddressReport) -> [String; 7] 
     };
     [
         h.preference.to_string(),
-        h.name.to_string(),
+        escape(h.name.as_str()).into_owned(),
         a.address.to_string(),
         a.dnssec.to_string(),
-        tls,
+        escape(&tls).into_owned(),
         cert,
         matched,
     ]
@@ -192,7 +195,7 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
                 rows.push((
                     [
                         h.preference.to_string(),
-                        h.name.to_string(),
+                        escape(h.name.as_str()).into_owned(),
                         "(none)".into(),
                         "-".into(),
                         "-".into(),
@@ -235,10 +238,16 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
             dns::DaneState::NotApplicable { reason } => format!("not applicable — {reason}"),
             dns::DaneState::HostUnusable { reason } => format!("HOST UNUSABLE — {reason}"),
         };
-        println!("  {} (TLSA base {}): DANE {dane}", h.name, h.tlsa_base);
+        // Names and reasons can carry DNS data: escaped, like everything from the network.
+        println!(
+            "  {} (TLSA base {}): DANE {}",
+            escape(h.name.as_str()),
+            escape(h.tlsa_base.as_str()),
+            escape(&dane)
+        );
         if let (Some(name), Some(st)) = (&h.tlsa_name, h.tlsa_dnssec) {
             let none = if h.tlsa.is_empty() { " none" } else { "" };
-            println!("    TLSA {name} ({st}):{none}");
+            println!("    TLSA {} ({st}):{none}", escape(name.as_str()));
             for t in &h.tlsa {
                 println!("      {t}");
             }
@@ -250,7 +259,8 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
                 .as_ref()
                 .filter(|_| p.starttls || h.dane != "usable")
             {
-                println!("    {}: {e}", a.address);
+                // The error quotes the server's replies.
+                println!("    {}: {}", a.address, escape(e));
             }
             if let Some(other) = p.other_certificate.as_deref() {
                 let key = other.key.map_or("other".to_owned(), |k| {
@@ -276,7 +286,7 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
             } else {
                 paint.wrap("33", "warn")
             };
-            println!("    {level} {}: {} ({})", f.code, f.message, f.rfc);
+            println!("    {level} {}: {} ({})", f.code, escape(&f.message), f.rfc);
         }
     }
 }
@@ -287,12 +297,12 @@ fn print_human(r: &DomainReport, paint: &Paint) {
         .map_or(String::new(), |s| format!(", MX lookup {s}"));
     println!(
         "{}: {} — {}{mx}",
-        r.domain,
+        escape(r.domain.as_str()),
         paint.verdict(r.verdict),
         r.route
     );
     if let Some(reason) = &r.reason {
-        println!("  {reason}");
+        println!("  {}", escape(reason));
     }
     if !r.hosts.is_empty() {
         print_hosts(&r.hosts, paint);
@@ -307,7 +317,7 @@ fn print_human(r: &DomainReport, paint: &Paint) {
             "  {} {}: {} ({})",
             paint.verdict(level),
             f.code,
-            f.message,
+            escape(&f.message),
             f.rfc
         );
     }
@@ -383,11 +393,12 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
                     if args.json {
                         println!("{bad}");
                     } else {
+                        let text = |k: &str| bad[k].as_str().unwrap_or_default().to_owned();
                         println!(
-                            "{}: {} — {}",
-                            bad["domain"],
+                            "\"{}\": {} — \"{}\"",
+                            escape(&text("domain")),
                             paint.verdict("fail"),
-                            bad["error"]
+                            escape(&text("error"))
                         );
                     }
                     continue;

@@ -8,6 +8,7 @@ use dns::doctor::{Level, can_validate, probe};
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
+use crate::escape::escape;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -34,16 +35,17 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode, CliError> {
                 serde_json::json!({ "resolver": args.dns.resolver.to_string(), "can_validate": ok, "checks": checks })
             );
         } else {
-            println!("resolver: {}", args.dns.resolver);
+            println!("resolver: {}", escape(&args.dns.resolver.to_string()));
             for c in &checks {
                 let tag = match c.level {
                     Level::Ok => "ok  ",
                     Level::Warn => "WARN",
                     Level::Fail => "FAIL",
                 };
-                println!("{tag} {}: {}", c.check, c.detail);
+                // Details may quote DNS data or resolver errors.
+                println!("{tag} {}: {}", c.check, escape(&c.detail));
                 if let Some(fix) = &c.fix {
-                    println!("     fix: {fix}");
+                    println!("     fix: {}", escape(fix));
                 }
             }
             println!(

@@ -8,6 +8,7 @@ mod check;
 mod dnsopts;
 mod doctor;
 mod error;
+mod escape;
 mod rollover;
 mod send;
 mod tlsa;
@@ -72,21 +73,36 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("danemta: error: {e}");
+            // Error messages may quote peer or DNS data.
+            eprintln!("danemta: error: {}", escape::escape(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }
 }
 
 /// Logs go to standard error: one line per delivery attempt at `info`; `DANEMTA_LOG`
-/// (tracing's env-filter syntax) changes what is shown.
+/// (tracing's env-filter syntax) changes what is shown. Every field is escaped
+/// ([`escape::escape`]): attempt lines quote server replies, and CR or ESC in them must not
+/// rewrite the terminal.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::field::MakeExt;
     let filter =
         EnvFilter::try_from_env("DANEMTA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,smtp=info"));
+    let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => write!(writer, "{}", escape::escape(&text)),
+            name => write!(writer, "{name}={}", escape::escape(&text)),
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(fields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: piped logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();

@@ -16,6 +16,7 @@ use smtp::{Config, Delivery, Envelope, Fate, HeloName, Level, Limits, Message, T
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
+use crate::escape::escape;
 
 /// sysexits EX_DATAERR: the message cannot be sent as it is.
 const EX_DATAERR: u8 = 65;
@@ -166,7 +167,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         }
     };
     // Everything that goes into a command line is checked before anything is sent (the
-    // library checks again; its errors quote the values in Debug form).
+    // library checks again; its errors quote the values escaped).
     Envelope::new(&args.from, &args.to).map_err(|e| usage(e.to_string()))?;
     let helo_name = HeloName::new(&args.helo).map_err(|e| usage(format!("--helo: {e}")))?;
     // Recipients grouped by next hop, in the order given.
@@ -240,7 +241,10 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         // The start-up probe: without DNSSEC validation, DANE cannot be enforced.
         if let Err(why) = dns::doctor::root_validates(&backend).await {
             if args.policy == Level::DaneOnly {
-                eprintln!("danemta: refusing dane-only delivery: {why}");
+                eprintln!(
+                    "danemta: refusing dane-only delivery: {}",
+                    escape(&why.to_string())
+                );
                 return Ok::<_, CliError>(
                     hops.iter()
                         .map(|(_, to)| refused(to, &format!("dane-only refused: {why}")))
@@ -248,7 +252,10 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
                 );
             }
             if args.policy == Level::Dane {
-                eprintln!("danemta: WARNING: {why}; delivering without DANE protection");
+                eprintln!(
+                    "danemta: WARNING: {}; delivering without DANE protection",
+                    escape(&why.to_string())
+                );
             }
         }
         let mut out = Vec::new();
@@ -286,7 +293,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
                 Fate::Deferred => "deferred",
                 Fate::Bounced => "bounced",
             };
-            println!("{}: {what} ({})", r.address, r.reply);
+            // The reply is the server's text: it must not reach the terminal raw.
+            println!("{}: {what} ({})", escape(&r.address), escape(&r.reply));
         }
     }
     Ok(ExitCode::from(all.exit_code()))
