@@ -105,6 +105,63 @@ fn restricted(base: &CryptoProvider, family: KeyFamily) -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// How far a probe got before it failed; each has its own finding (see `report`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeFailure {
+    /// No SMTP greeting: the connection was refused, timed out, or was closed or reset before
+    /// the server greeted (RFC 5321 §3.1).
+    Unreachable,
+    /// The server greeted, but the dialogue failed before STARTTLS could be tried: a greeting
+    /// other than 220 (RFC 5321 §3.1), EHLO and HELO refused, a protocol error.
+    SmtpFailed,
+    /// The server does not offer STARTTLS in its EHLO reply (RFC 3207 §2).
+    StarttlsMissing,
+    /// The server offered STARTTLS, but TLS could not be established: the command refused
+    /// (RFC 3207 §4), the handshake failed or timed out, or plaintext was injected after it.
+    TlsHandshakeFailed,
+}
+
+impl ProbeFailure {
+    /// How far the session in error `e` got. The smtp crate names the step that failed
+    /// (`Timeout`, `Protocol`): the TCP connection and the greeting are before SMTP.
+    pub fn of(e: &SessionError) -> ProbeFailure {
+        const BEFORE_GREETING: [&str; 2] = ["the TCP connection", "the greeting"];
+        match e {
+            SessionError::Connect(_) => ProbeFailure::Unreachable,
+            SessionError::Timeout(stage) | SessionError::Protocol { stage, .. }
+                if BEFORE_GREETING.contains(stage) =>
+            {
+                ProbeFailure::Unreachable
+            }
+            SessionError::Timeout("the TLS handshake")
+            | SessionError::Refused {
+                stage: "STARTTLS", ..
+            }
+            | SessionError::Tls(_)
+            | SessionError::Dane(_)
+            | SessionError::StartTlsInjection => ProbeFailure::TlsHandshakeFailed,
+            SessionError::StartTlsNotOffered => ProbeFailure::StarttlsMissing,
+            _ => ProbeFailure::SmtpFailed,
+        }
+    }
+
+    /// The stable code, as in JSON and in the finding.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProbeFailure::Unreachable => "unreachable",
+            ProbeFailure::SmtpFailed => "smtp-failed",
+            ProbeFailure::StarttlsMissing => "starttls-missing",
+            ProbeFailure::TlsHandshakeFailed => "tls-handshake-failed",
+        }
+    }
+
+    /// Whether an SMTP server answered (the greeting and EHLO went through).
+    pub fn reached_smtp(self) -> bool {
+        !matches!(self, ProbeFailure::Unreachable | ProbeFailure::SmtpFailed)
+    }
+}
+
 /// What a server presented on one address: the part of a probe that does not depend on the
 /// TLSA records, so it can be shared by every domain whose MX is that host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +174,8 @@ pub struct Presented {
     pub chain: Vec<CertificateDer<'static>>,
     /// Why the probe could not complete (connection, greeting, handshake).
     pub error: Option<String>,
+    /// How far it got, when it could not complete.
+    pub error_kind: Option<ProbeFailure>,
     /// A different chain the server presents to a client that offers only the other key
     /// family's signature algorithms (a server with RSA and ECDSA certificates).
     pub other: Option<Box<Presented>>,
@@ -147,6 +206,10 @@ pub struct AddressProbe {
     /// Why the probe could not complete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How far it got, when it could not complete: `unreachable`, `smtp-failed`,
+    /// `starttls-missing` or `tls-handshake-failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ProbeFailure>,
     /// The leaf's notAfter, seconds since the epoch.
     #[serde(skip)]
     pub leaf_not_after: Option<u64>,
@@ -271,18 +334,23 @@ async fn connect_with(
                 tls: session.tls().cloned(),
                 chain: session.peer_chain().to_vec(),
                 error: None,
+                error_kind: None,
                 other: None,
             };
             session.quit().await;
             presented
         }
-        Err(e) => Presented {
-            starttls: matches!(e, SessionError::Tls(_) | SessionError::StartTlsInjection),
-            tls: None,
-            chain: Vec::new(),
-            error: Some(e.to_string()),
-            other: None,
-        },
+        Err(e) => {
+            let kind = ProbeFailure::of(&e);
+            Presented {
+                starttls: kind == ProbeFailure::TlsHandshakeFailed,
+                tls: None,
+                chain: Vec::new(),
+                error: Some(e.to_string()),
+                error_kind: Some(kind),
+                other: None,
+            }
+        }
     }
 }
 
@@ -307,6 +375,7 @@ pub fn evaluate(
         chain: presented.chain.iter().map(summary).collect(),
         records: Vec::new(),
         error: presented.error.clone(),
+        error_kind: presented.error_kind,
         leaf_not_after: leaf.as_ref().map(CertInfo::not_after),
         key: leaf.as_ref().and_then(|c| KeyFamily::of(c.spki())),
         other_certificate: presented
@@ -339,4 +408,53 @@ pub fn evaluate(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_session_error_says_how_far_the_probe_got() {
+        for (e, kind) in [
+            (
+                SessionError::Connect("refused".into()),
+                ProbeFailure::Unreachable,
+            ),
+            (
+                SessionError::Timeout("the TCP connection"),
+                ProbeFailure::Unreachable,
+            ),
+            (
+                SessionError::Timeout("the greeting"),
+                ProbeFailure::Unreachable,
+            ),
+            (SessionError::Timeout("EHLO"), ProbeFailure::SmtpFailed),
+            (SessionError::Io("reset".into()), ProbeFailure::SmtpFailed),
+            (
+                SessionError::StartTlsNotOffered,
+                ProbeFailure::StarttlsMissing,
+            ),
+            (
+                SessionError::Timeout("the TLS handshake"),
+                ProbeFailure::TlsHandshakeFailed,
+            ),
+            (
+                SessionError::Tls("bad record".into()),
+                ProbeFailure::TlsHandshakeFailed,
+            ),
+            (
+                SessionError::StartTlsInjection,
+                ProbeFailure::TlsHandshakeFailed,
+            ),
+        ] {
+            assert_eq!(ProbeFailure::of(&e), kind, "{e}");
+        }
+        assert_eq!(
+            serde_json::to_value(ProbeFailure::TlsHandshakeFailed).unwrap(),
+            "tls-handshake-failed"
+        );
+        assert!(ProbeFailure::StarttlsMissing.reached_smtp());
+        assert!(!ProbeFailure::SmtpFailed.reached_smtp());
+    }
 }

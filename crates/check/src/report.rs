@@ -12,7 +12,9 @@ use dns::{DnsName, NextHop, Resolver, Route, Status};
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::probe::{AddressProbe, Presented, ProbeConfig, connect, evaluate, rfc3339};
+use crate::probe::{
+    AddressProbe, Presented, ProbeConfig, ProbeFailure, connect, evaluate, rfc3339,
+};
 
 /// Severity of a finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -258,8 +260,38 @@ fn dns_findings(c: &Candidate, mx_secure: bool) -> Vec<Finding> {
     out
 }
 
-/// Findings from the probes of a host's addresses.
-fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) -> Vec<Finding> {
+/// A domain with more MX hosts than senders consider: the first `kept` (in preference order)
+/// were checked, `dropped` more were not.
+fn too_many_mx(domain: &DnsName, kept: usize, dropped: usize) -> Finding {
+    Finding {
+        level: Level::Warn,
+        code: "too-many-mx",
+        message: format!(
+            "{domain} publishes {} MX hosts: only the first {kept} by preference were checked, and senders try no more than a few (danemta {kept}, Exim 5 hosts, Postfix 5 addresses); the other {dropped} are reached by no sender that bounds its attempts",
+            kept + dropped
+        ),
+        rfc: "RFC 5321 §5.1",
+    }
+}
+
+/// Findings from the probes of a host's addresses, each with its address.
+///
+/// Why a probe failed decides the finding ([`ProbeFailure`]):
+///
+/// * `unreachable` (no greeting) and `smtp-failed` (no session up to STARTTLS): a `fail` when
+///   no address of the host got that far, since the host then takes no mail and senders
+///   move on to the next MX or defer (RFC 5321 §5.1); a `warn` when another address did,
+///   since senders lose time on this one but deliver. Whether or not the host has DANE.
+/// * `starttls-missing`: a `fail` for a host with TLSA records, which senders must reach over
+///   TLS (RFC 7672 §2.2); nothing for others, which opportunistic senders reach in plaintext.
+/// * `tls-handshake-failed`: a `fail` with TLSA records (senders defer, RFC 7672 §2.2); a
+///   `warn` without (senders fall back to plaintext, which an attacker can also force,
+///   RFC 7435 §4).
+fn probe_findings(
+    c: &Candidate,
+    probes: &[(IpAddr, &AddressProbe)],
+    cfg: &ProbeConfig,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |level, code, message: String, rfc| {
         out.push(Finding {
@@ -270,26 +302,86 @@ fn probe_findings(c: &Candidate, probes: &[&AddressProbe], cfg: &ProbeConfig) ->
         })
     };
     let tls_required = matches!(c.dane, DaneState::Usable { .. } | DaneState::Unusable);
-    for p in probes.iter().filter(|p| !p.starttls) {
-        if tls_required {
-            add(
+    let reached = probes
+        .iter()
+        .filter(|(_, p)| p.error_kind.is_none_or(ProbeFailure::reached_smtp))
+        .count();
+    for (address, p) in probes {
+        let Some(kind) = p.error_kind else { continue };
+        let error = p.error.as_deref().unwrap_or("");
+        let at = format!("{} [{address}]:{}", c.name, c.port);
+        match kind {
+            ProbeFailure::Unreachable | ProbeFailure::SmtpFailed => {
+                let (level, consequence) = if reached == 0 {
+                    (
+                        Level::Fail,
+                        format!(
+                            "no address of {} does, so senders cannot deliver to it (if no host of any domain is reachable, this machine's network may block port {})",
+                            c.name, c.port
+                        ),
+                    )
+                } else {
+                    (
+                        Level::Warn,
+                        format!(
+                            "senders lose time on it before trying another address of {}",
+                            c.name
+                        ),
+                    )
+                };
+                let what = if kind == ProbeFailure::Unreachable {
+                    "accepts no SMTP connection"
+                } else {
+                    "does not complete the SMTP greeting and EHLO"
+                };
+                let rfc = if kind == ProbeFailure::Unreachable {
+                    "RFC 5321 §5.1"
+                } else {
+                    "RFC 5321 §3.1"
+                };
+                add(
+                    level,
+                    kind.code(),
+                    format!("{at} {what} ({error}): {consequence}"),
+                    rfc,
+                );
+            }
+            ProbeFailure::StarttlsMissing if tls_required => add(
                 Level::Fail,
-                "starttls-missing",
+                kind.code(),
                 format!(
-                    "{} publishes TLSA records but did not offer STARTTLS: {}",
-                    c.name,
-                    p.error.as_deref().unwrap_or("")
+                    "{at}: {} publishes TLSA records but did not offer STARTTLS: {error}",
+                    c.name
                 ),
                 "RFC 7672 §2.2",
-            );
+            ),
+            ProbeFailure::StarttlsMissing => {}
+            ProbeFailure::TlsHandshakeFailed if tls_required => add(
+                Level::Fail,
+                kind.code(),
+                format!(
+                    "{at} offers STARTTLS but TLS fails ({error}): senders using DANE must use TLS with {} and defer",
+                    c.name
+                ),
+                "RFC 7672 §2.2",
+            ),
+            ProbeFailure::TlsHandshakeFailed => add(
+                Level::Warn,
+                kind.code(),
+                format!(
+                    "{at} offers STARTTLS but TLS fails ({error}): senders fall back to plaintext"
+                ),
+                "RFC 7435 §4",
+            ),
         }
     }
+    let probes: Vec<&AddressProbe> = probes.iter().map(|(_, p)| *p).collect();
     let DaneState::Usable { records } = &c.dane else {
         return out;
     };
     // A second certificate of the other key family must match too: clients that prefer it
     // see only that one.
-    for p in probes {
+    for p in &probes {
         let other = p
             .other_certificate
             .as_deref()
@@ -524,8 +616,10 @@ pub async fn check_domain<R: Resolver>(
         domain: domain.clone(),
         port,
     };
-    let route = dns::discover(resolver, &hop).await;
-    let (mx_dnssec, candidates) = match route {
+    let limits = dns::route::Limits::DEFAULT;
+    let discovery = dns::discover::discover_with(resolver, &hop, &limits).await;
+    let hosts_dropped = discovery.hosts_dropped;
+    let (mx_dnssec, candidates) = match discovery.route {
         Route::Deliver {
             mx_dnssec,
             candidates,
@@ -602,8 +696,10 @@ pub async fn check_domain<R: Resolver>(
             findings.extend(cache.servers(resolver, owner, cfg.timeouts.command).await);
         }
         if let Some((cfg, _)) = probe {
-            let probes: Vec<&AddressProbe> =
-                addresses.iter().filter_map(|a| a.tls.as_ref()).collect();
+            let probes: Vec<(IpAddr, &AddressProbe)> = addresses
+                .iter()
+                .filter_map(|a| Some((a.address, a.tls.as_ref()?)))
+                .collect();
             findings.extend(probe_findings(c, &probes, cfg));
         }
         hosts.push(HostReport {
@@ -625,6 +721,9 @@ pub async fn check_domain<R: Resolver>(
         });
     }
     let mut findings = Vec::new();
+    if hosts_dropped > 0 {
+        findings.push(too_many_mx(domain, hosts.len(), hosts_dropped));
+    }
     if hosts.iter().all(|h| h.dane == "host-unusable") {
         findings.push(Finding {
             level: Level::Fail,
@@ -669,6 +768,147 @@ mod tests {
 
     const A: &str = "3 1 1 0101010101010101010101010101010101010101010101010101010101010101";
     const B: &str = "3 1 1 0202020202020202020202020202020202020202020202020202020202020202";
+
+    fn candidate(dane: DaneState) -> Candidate {
+        Candidate {
+            name: "mx.example.test".parse().unwrap(),
+            preference: 10,
+            port: 25,
+            tlsa_base: "mx.example.test".parse().unwrap(),
+            addresses: vec![],
+            a_dnssec: Status::Secure,
+            aaaa_dnssec: Status::Secure,
+            tlsa_name: None,
+            tlsa_dnssec: None,
+            tlsa: vec![],
+            dane,
+            reference_names: vec![],
+        }
+    }
+
+    fn probe(kind: Option<ProbeFailure>) -> AddressProbe {
+        AddressProbe {
+            starttls: kind.is_none_or(|k| k == ProbeFailure::TlsHandshakeFailed),
+            tls: None,
+            matched: None,
+            depth: None,
+            failure: None,
+            chain: vec![],
+            records: vec![],
+            error: kind.map(|k| format!("{k:?}")),
+            error_kind: kind,
+            leaf_not_after: None,
+            key: None,
+            other_certificate: None,
+        }
+    }
+
+    fn config() -> ProbeConfig {
+        ProbeConfig::new(
+            Arc::new(rustls::crypto::ring::default_provider()),
+            smtp::Timeouts::uniform(Duration::from_secs(1)),
+            "probe.test".into(),
+            Duration::ZERO,
+        )
+    }
+
+    fn levels(dane: DaneState, kinds: &[Option<ProbeFailure>]) -> Vec<(&'static str, Level)> {
+        let probes: Vec<AddressProbe> = kinds.iter().map(|k| probe(*k)).collect();
+        let with_addresses: Vec<(IpAddr, &AddressProbe)> = probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (IpAddr::from([192, 0, 2, i as u8]), p))
+            .collect();
+        probe_findings(&candidate(dane), &with_addresses, &config())
+            .into_iter()
+            .map(|f| (f.code, f.level))
+            .collect()
+    }
+
+    #[test]
+    fn an_unreachable_address_fails_only_when_no_address_of_the_host_answers() {
+        let na = || DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        let down = Some(ProbeFailure::Unreachable);
+        let refused = Some(ProbeFailure::SmtpFailed);
+        assert_eq!(
+            levels(na(), &[down, refused]),
+            [("unreachable", Level::Fail), ("smtp-failed", Level::Fail)]
+        );
+        assert_eq!(levels(na(), &[down, None]), [("unreachable", Level::Warn)]);
+        // An address that answered SMTP but not STARTTLS was reached.
+        let no_tls = Some(ProbeFailure::StarttlsMissing);
+        assert_eq!(
+            levels(na(), &[no_tls, down]),
+            [("unreachable", Level::Warn)]
+        );
+        assert_eq!(
+            levels(DaneState::Unusable, &[no_tls, down]),
+            [
+                ("starttls-missing", Level::Fail),
+                ("unreachable", Level::Warn)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_handshake_fails_only_where_tls_is_required() {
+        let broken = Some(ProbeFailure::TlsHandshakeFailed);
+        assert_eq!(
+            levels(DaneState::Unusable, &[broken]),
+            [("tls-handshake-failed", Level::Fail)]
+        );
+        let na = DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        assert_eq!(
+            levels(na, &[broken]),
+            [("tls-handshake-failed", Level::Warn)]
+        );
+    }
+
+    /// MX `h0` … `h{n-1}.example.test` for `example.test`, none with addresses.
+    struct ManyMx(u16);
+
+    impl Resolver for ManyMx {
+        async fn lookup(&self, name: &DnsName, rtype: dns::RecordType) -> dns::Lookup {
+            let outcome = if rtype == dns::RecordType::Mx && name.as_str() == "example.test" {
+                dns::Outcome::Records(
+                    (0..self.0)
+                        .map(|i| {
+                            dns::Record::Mx(dns::Mx {
+                                preference: i,
+                                exchange: format!("h{i}.example.test").parse().unwrap(),
+                            })
+                        })
+                        .collect(),
+                )
+            } else {
+                dns::Outcome::NoData
+            };
+            dns::Lookup::new(name.clone(), rtype, Status::Secure, outcome, vec![], 60)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_domain_with_too_many_mx_hosts_is_reported_and_checked_within_bounds() {
+        let domain: DnsName = "example.test".parse().unwrap();
+        let r = check_domain(&ManyMx(1000), &domain, 25, None).await;
+        let limit = dns::route::Limits::DEFAULT.max_hosts;
+        assert_eq!(r.hosts.len(), limit);
+        assert_eq!(r.hosts[0].name.as_str(), "h0.example.test");
+        let f: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.code == "too-many-mx")
+            .collect();
+        assert_eq!(f.len(), 1, "{:?}", r.findings);
+        assert_eq!(f[0].level, Level::Warn);
+        assert!(f[0].message.contains("1000 MX hosts"), "{}", f[0].message);
+        let r = check_domain(&ManyMx(3), &domain, 25, None).await;
+        assert!(r.findings.iter().all(|f| f.code != "too-many-mx"));
+    }
 
     #[test]
     fn servers_that_disagree_are_reported() {
