@@ -278,10 +278,11 @@ fn too_many_mx(domain: &DnsName, kept: usize, dropped: usize) -> Finding {
 ///
 /// Why a probe failed decides the finding ([`ProbeFailure`]):
 ///
-/// * `unreachable` (no greeting) and `smtp-failed` (no session up to STARTTLS): a `fail` when
-///   no address of the host got that far, since the host then takes no mail and senders
-///   move on to the next MX or defer (RFC 5321 §5.1); a `warn` when another address did,
-///   since senders lose time on this one but deliver. Whether or not the host has DANE.
+/// * `unreachable` (no greeting) and `smtp-failed` (no session up to STARTTLS), for a host
+///   with TLSA records: a `fail` when no address of the host got that far, since senders
+///   using DANE then cannot deliver to it (RFC 5321 §5.1); a `warn` when another address did,
+///   since senders lose time on this one but deliver. For a host without DANE, `info`: this
+///   report judges DANE, and the probe only says why it could not look at TLS.
 /// * `starttls-missing`: a `fail` for a host with TLSA records, which senders must reach over
 ///   TLS (RFC 7672 §2.2); nothing for others, which opportunistic senders reach in plaintext.
 /// * `tls-handshake-failed`: a `fail` with TLSA records (senders defer, RFC 7672 §2.2); a
@@ -312,7 +313,12 @@ fn probe_findings(
         let at = format!("{} [{address}]:{}", c.name, c.port);
         match kind {
             ProbeFailure::Unreachable | ProbeFailure::SmtpFailed => {
-                let (level, consequence) = if reached == 0 {
+                let (level, consequence) = if !tls_required {
+                    (
+                        Level::Info,
+                        "its TLS could not be checked (DANE does not apply to it)".to_owned(),
+                    )
+                } else if reached == 0 {
                     (
                         Level::Fail,
                         format!(
@@ -826,29 +832,34 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_address_fails_only_when_no_address_of_the_host_answers() {
-        let na = || DaneState::NotApplicable {
-            reason: String::new(),
-        };
+    fn an_unreachable_dane_host_fails_only_when_no_address_of_it_answers() {
+        let dane = || DaneState::Unusable;
         let down = Some(ProbeFailure::Unreachable);
         let refused = Some(ProbeFailure::SmtpFailed);
         assert_eq!(
-            levels(na(), &[down, refused]),
+            levels(dane(), &[down, refused]),
             [("unreachable", Level::Fail), ("smtp-failed", Level::Fail)]
         );
-        assert_eq!(levels(na(), &[down, None]), [("unreachable", Level::Warn)]);
+        assert_eq!(
+            levels(dane(), &[down, None]),
+            [("unreachable", Level::Warn)]
+        );
         // An address that answered SMTP but not STARTTLS was reached.
         let no_tls = Some(ProbeFailure::StarttlsMissing);
         assert_eq!(
-            levels(na(), &[no_tls, down]),
-            [("unreachable", Level::Warn)]
-        );
-        assert_eq!(
-            levels(DaneState::Unusable, &[no_tls, down]),
+            levels(dane(), &[no_tls, down]),
             [
                 ("starttls-missing", Level::Fail),
                 ("unreachable", Level::Warn)
             ]
+        );
+        // Without DANE the report only says why TLS could not be looked at.
+        let na = DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        assert_eq!(
+            levels(na, &[down, refused, no_tls]),
+            [("unreachable", Level::Info), ("smtp-failed", Level::Info)]
         );
     }
 

@@ -8,13 +8,15 @@ use std::sync::OnceLock;
 use dane::cert::CertInfo;
 use dane::matching::record_for;
 use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1};
-use danemta_lab::smtp::{Receiver, ReceiverSpec, ReceiverTls};
+use danemta_lab::smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
 use danemta_lab::{Lab, ZoneSpec};
 use serde_json::Value;
 
 struct World {
     lab: Lab,
     _receivers: Vec<Receiver>,
+    /// An address on which nothing listens, claimed so no other lab peer takes it.
+    _down: PeerAddr,
 }
 
 /// A TLSA record `u s m` for the leaf of `cert`.
@@ -72,6 +74,7 @@ fn world() -> &'static World {
         )
         .unwrap();
         let ip = |r: &Receiver| r.addr().ip();
+        let down = claim_peer_addr(25).unwrap();
 
         let a311 = tlsa(3, 1, 1, &key_a);
         let b311 = tlsa(3, 1, 1, &key_b);
@@ -143,6 +146,10 @@ fn world() -> &'static World {
                 zone(&[ip(&dual)], &[tlsa(3, 1, 1, &dual_ec), b311.clone()]),
             ),
             ZoneSpec::secure(
+                "down.check.test",
+                zone(&[down.addr().ip()], &[a311.clone(), b311.clone()]),
+            ),
+            ZoneSpec::secure(
                 "ta.check.test",
                 zone(&[ip(&ta)], &[tlsa_2_x_1(&ca, 1), tlsa_2_x_1(&ca, 0)]),
             ),
@@ -172,6 +179,7 @@ fn world() -> &'static World {
         World {
             lab,
             _receivers: vec![good, wrong, plain, ta, nochain, dual],
+            _down: down,
         }
     })
 }
@@ -374,4 +382,35 @@ fn servers_with_ecdsa_and_rsa_certificates_are_probed_for_each() {
     assert!(found.contains(&"no-tlsa-match".to_owned()), "{found:?}");
     let message = r["hosts"][0]["findings"].to_string();
     assert!(message.contains("RSA certificate"), "{message}");
+}
+
+#[test]
+fn an_unreachable_host_is_reported_as_such_not_as_missing_starttls() {
+    let (code, r) = one("down.check.test", &[]);
+    assert_eq!(
+        (code, codes(&r)),
+        (2, vec!["unreachable".to_owned()]),
+        "{r:#}"
+    );
+    let tls = &r["hosts"][0]["addresses"][0]["tls"];
+    assert_eq!(tls["error_kind"], "unreachable", "{tls:#}");
+    // Human output: the finding with its code.
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["check", "--smtp-timeout", "10", "down.check.test"])
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            w.lab.validating_resolver()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fail unreachable: "), "{text}");
+    assert!(!text.contains("starttls-missing"), "{text}");
+    // A server without STARTTLS is still reported as one.
+    let (_, r) = one("plain.check.test", &[]);
+    assert_eq!(
+        r["hosts"][0]["addresses"][0]["tls"]["error_kind"],
+        "starttls-missing"
+    );
 }
