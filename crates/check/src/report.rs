@@ -902,6 +902,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_domain_can_be_checked_on_a_spawned_task() {
+        fn is_send<T: Send>(_: &T) {}
+        let domain: DnsName = "example.test".parse().unwrap();
+        let (cfg, cache) = (config(), ProbeCache::default());
+        is_send(&check_domain(&ManyMx(1), &domain, 25, Some((&cfg, &cache))));
+    }
+
     #[tokio::test]
     async fn a_domain_with_too_many_mx_hosts_is_reported_and_checked_within_bounds() {
         let domain: DnsName = "example.test".parse().unwrap();

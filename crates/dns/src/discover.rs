@@ -48,11 +48,12 @@ pub async fn discover_with<R: Resolver>(
         route,
         hosts_dropped: 0,
     };
-    let mut rng = rand::rng();
+    // A fresh rng handle per shuffle: a ThreadRng held across an await would make the future
+    // not Send, and the relay will run discoveries on spawned tasks.
     let (step, looked_up) = match next_hop {
         NextHop::Domain { domain, port } => {
             let mx = resolver.lookup(domain, RecordType::Mx).await;
-            let step = mx_step(domain, *port, &mx, &mut |run| run.shuffle(&mut rng));
+            let step = mx_step(domain, *port, &mx, &mut |run| run.shuffle(&mut rand::rng()));
             (step, Some(mx.status()))
         }
         NextHop::Submission { domain } => {
@@ -66,7 +67,7 @@ pub async fn discover_with<R: Resolver>(
                 }
             };
             let srv = resolver.lookup(&owner, RecordType::Srv).await;
-            let step = srv_step(domain, &srv, &mut |run| run.shuffle(&mut rng));
+            let step = srv_step(domain, &srv, &mut |run| run.shuffle(&mut rand::rng()));
             (step, Some(srv.status()))
         }
         // A configured next hop is the operator's choice, not an answer an attacker could
@@ -102,10 +103,11 @@ pub async fn discover_with<R: Resolver>(
     let hosts_dropped = limit_hosts(&mut hosts, limits.max_hosts);
     let domain = next_hop.domain();
     // `buffered` keeps the hosts' order, whichever lookups finish first.
-    let candidates = stream::iter(&hosts)
+    // Owned hosts: a stream of borrowed ones makes the future not Send (rust#64552).
+    let candidates = stream::iter(hosts)
         .map(|host| async move {
-            let lookups = host_lookups(resolver, host).await;
-            host_state(host, domain, mx_dnssec.is_secure(), &lookups)
+            let lookups = host_lookups(resolver, &host).await;
+            host_state(&host, domain, mx_dnssec.is_secure(), &lookups)
         })
         .buffered(limits.concurrent_hosts.max(1))
         .collect()
@@ -551,6 +553,18 @@ mod tests {
             names,
             ["s0.example.test", "s1.example.test", "s2.example.test"]
         );
+    }
+
+    #[test]
+    fn discovery_can_run_on_a_spawned_task() {
+        fn is_send<T: Send>(_: &T) {}
+        let table = Table::default();
+        let hop = NextHop::Domain {
+            domain: n("example.test"),
+            port: 25,
+        };
+        is_send(&discover_with(&table, &hop, &Limits::DEFAULT));
+        is_send(&discover(&table, &hop));
     }
 
     #[tokio::test]
