@@ -255,7 +255,18 @@ const CLAIMABLE_HOSTS: (u8, u8) = (16, 254);
 pub struct LabAddr {
     ip: Ipv4Addr,
     host: u8,
-    pool: Arc<Mutex<BTreeSet<u8>>>,
+    pool: Arc<Mutex<Claims>>,
+}
+
+/// The addresses of a block handed out by [`Lab::claim_addr`].
+#[derive(Debug, Default)]
+struct Claims {
+    /// Host octets in use.
+    used: BTreeSet<u8>,
+    /// The last host octet handed out: the next claim starts after it, so an address just
+    /// released is not reused at once (a socket closed a moment ago may still be open in a
+    /// child process another thread is spawning, until its `exec`).
+    last: u8,
 }
 
 impl LabAddr {
@@ -270,6 +281,7 @@ impl Drop for LabAddr {
         self.pool
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .used
             .remove(&self.host);
     }
 }
@@ -319,7 +331,7 @@ pub struct Lab {
     /// ([`LabBuilder::expired_signature_copies`]).
     expired_copies: bool,
     /// Host octets of the block claimed by [`Lab::claim_addr`].
-    claimed: Arc<Mutex<BTreeSet<u8>>>,
+    claimed: Arc<Mutex<Claims>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -527,8 +539,11 @@ impl Lab {
             .claimed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let host = (CLAIMABLE_HOSTS.0..=CLAIMABLE_HOSTS.1)
-            .find(|h| !claimed.contains(h))
+        let (first, last) = CLAIMABLE_HOSTS;
+        let start = claimed.last.clamp(first, last);
+        let host = (start + 1..=last)
+            .chain(first..=start)
+            .find(|h| !claimed.used.contains(h))
             .ok_or_else(|| LabError::NoFreeBlock {
                 detail: format!(
                     "all {} test addresses of lab block {} are claimed",
@@ -536,7 +551,8 @@ impl Lab {
                     self.block
                 ),
             })?;
-        claimed.insert(host);
+        claimed.used.insert(host);
+        claimed.last = host;
         Ok(LabAddr {
             ip: self.ip(host),
             host,

@@ -527,7 +527,18 @@ impl Drop for DnsTamper {
 /// Binds UDP and TCP on `addr`; with port 0, a port free for both.
 fn bind_both(addr: SocketAddr) -> std::io::Result<(StdUdpSocket, StdListener)> {
     if addr.port() != 0 {
-        let udp = StdUdpSocket::bind(addr)?;
+        // Retry a moment while the address is in use: a socket this process closed just now
+        // may live on in a child another thread is spawning, until its `exec`.
+        let mut tries = 0;
+        let udp = loop {
+            match StdUdpSocket::bind(addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 10 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                result => break result?,
+            }
+        };
         let tcp = process::bind_listener(addr)?;
         return Ok((udp, tcp));
     }
@@ -1490,13 +1501,25 @@ impl Lab {
     /// [`DnsTamper`]: the reference that shows a tampering is a forgery (it answers SERVFAIL).
     /// Returns once it answers; dropping the handle stops it. Startup takes some 10-50 ms.
     pub fn validating_forwarder(&self, upstream: SocketAddr) -> Result<UnboundHandle, LabError> {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
         if !upstream.ip().is_loopback() {
             return Err(LabError::Proxy {
                 listen: upstream,
                 detail: "a forwarder's upstream must be loopback".into(),
             });
         }
+        // Another try on another address if Unbound exits at once (e.g. its address was still
+        // held for a moment by a child process another thread was spawning).
+        let mut tries = 0;
+        loop {
+            match self.start_forwarder(upstream) {
+                Err(LabError::ServerExited { .. }) if tries < 2 => tries += 1,
+                result => return result,
+            }
+        }
+    }
+
+    fn start_forwarder(&self, upstream: SocketAddr) -> Result<UnboundHandle, LabError> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
         let claim = self.claim_addr()?;
         let addr = SocketAddr::new(IpAddr::V4(claim.ip()), 53);
         let name = format!(
