@@ -11,7 +11,7 @@
 use data_encoding::BASE32HEX_NOPAD;
 use hickory_proto::dnssec::Proof;
 use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC, NSEC3};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType, RecordTypeSet};
 
 /// NSEC3 records with more iterations than this are not used (RFC 9276 §3.2 lets a validator
 /// refuse them; hickory's hard limit is the same). Refusing makes the proof fail, which defers
@@ -173,6 +173,24 @@ fn above(a: &Name, b: &Name) -> bool {
     a.zone_of(b) && a.num_labels() < b.num_labels()
 }
 
+/// Whether the type bitmap of an NSEC/NSEC3 record at the queried name proves `qtype` absent
+/// (RFC 4035 §5.4, RFC 5155 §8.5, RFC 6840 §4.3): neither the type nor a CNAME is there, and
+/// the record comes from the zone that holds that type at this name. For DS that is the
+/// parent, so the child's apex record (SOA set) cannot deny it (RFC 6840 §4.4); for any other
+/// type it is the child, so the parent side of a delegation (NS set, SOA clear) cannot deny
+/// it (RFC 6840 §4.1). The root has no parent: its DS is never asked.
+fn absent(types: &RecordTypeSet, qtype: RecordType) -> bool {
+    let has = |t| types.contains(t);
+    if has(qtype) || has(RecordType::CNAME) {
+        return false;
+    }
+    if qtype == RecordType::DS {
+        !has(RecordType::SOA)
+    } else {
+        !has(RecordType::NS) || has(RecordType::SOA)
+    }
+}
+
 /// The wildcard at `encloser`: `*.encloser`.
 fn wildcard(encloser: &Name) -> Option<Name> {
     encloser.prepend_label("*").ok()
@@ -216,20 +234,8 @@ mod nsec {
         }
     }
 
-    /// Whether an NSEC at `owner` (exactly) shows the type absent, in a way that may be used
-    /// for `qtype`.
     fn lacks(n: &Signed<'_, NSEC>, qtype: RecordType) -> bool {
-        let types = n.data.type_set();
-        if types.contains(qtype) || types.contains(RecordType::CNAME) {
-            return false;
-        }
-        if qtype == RecordType::DS {
-            // The DS RRset lives in the parent: the child's apex NSEC cannot deny it.
-            !types.contains(RecordType::SOA) || n.owner.is_root()
-        } else {
-            // The parent side of a delegation cannot deny the child's data.
-            !(types.contains(RecordType::NS) && !types.contains(RecordType::SOA))
-        }
+        absent(n.data.type_set(), qtype)
     }
 
     /// NODATA: an NSEC at the name without the type; or the name is an empty non-terminal;
@@ -363,17 +369,8 @@ mod nsec3 {
         None
     }
 
-    /// Whether a matching record shows the type absent, in a way usable for `qtype`.
     fn lacks(n: &Signed<'_, NSEC3>, qtype: RecordType) -> bool {
-        let types = n.data.type_set();
-        if types.contains(qtype) || types.contains(RecordType::CNAME) {
-            return false;
-        }
-        if qtype == RecordType::DS {
-            !types.contains(RecordType::SOA)
-        } else {
-            !(types.contains(RecordType::NS) && !types.contains(RecordType::SOA))
-        }
+        absent(n.data.type_set(), qtype)
     }
 
     /// NODATA (RFC 5155 §8.5–§8.7): a matching NSEC3 without the type (for DS, with NS: an
