@@ -15,7 +15,11 @@
 //!
 //! A control test sends the same lookups through the proxy with a tampering that only
 //! re-encodes answers: everything must stay secure, so the failures above come from the
-//! attacks and not from the proxy. Every failing combination of a test is reported at once.
+//! attacks and not from the proxy. Every failing combination of a test is reported at once,
+//! tagged `[DOWNGRADE]` (danemta accepted a forgery), `[NOT A FORGERY]` (the reference
+//! accepted it: the test is wrong) or `[NOT FIRED]` (the attack did not happen).
+//! `TAMPERING_VERBOSE=1 cargo test -p danemta-dns --test tampering -- --nocapture` prints what
+//! the proxy did in every case.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
