@@ -63,7 +63,8 @@ pub struct Validating {
     timeout: Duration,
     upstream_dnssec: OnceCell<bool>,
     negative_anchors: Vec<Name>,
-    ds_cache: DsCache,
+    ds_cache: ZoneCache<DsStep>,
+    key_cache: ZoneCache<()>,
 }
 
 /// The validating back-end cannot be set up.
@@ -122,7 +123,8 @@ impl Validating {
             timeout,
             upstream_dnssec: OnceCell::new(),
             negative_anchors: Vec::new(),
-            ds_cache: DsCache::default(),
+            ds_cache: ZoneCache::default(),
+            key_cache: ZoneCache::default(),
         })
     }
 
@@ -377,23 +379,25 @@ impl Validating {
             .min()
             .unwrap_or(Proof::Bogus);
         match weakest {
-            Proof::Secure => match denial::validating_rrsig(&response.answers, owner, htype) {
-                Some(sig) if sig.input().num_labels < owner.num_labels() => {
-                    match denial::prove_wildcard_expansion(
-                        owner,
-                        sig.input().num_labels,
-                        &response.authorities,
-                    ) {
-                        Ok(()) => Verdict::Proved(Status::Secure),
-                        Err(why) => Verdict::Failed(Status::Bogus, why),
-                    }
+            Proof::Secure => {
+                let Some(sig) = denial::validating_rrsig(&response.answers, owner, htype) else {
+                    return Verdict::Failed(
+                        Status::Bogus,
+                        format!("{owner} {htype}: no validated RRSIG"),
+                    );
+                };
+                let labels = sig.input().num_labels;
+                if labels < owner.num_labels()
+                    && let Err(why) =
+                        denial::prove_wildcard_expansion(owner, labels, &response.authorities)
+                {
+                    return Verdict::Failed(Status::Bogus, why);
                 }
-                Some(_) => Verdict::Proved(Status::Secure),
-                None => Verdict::Failed(
-                    Status::Bogus,
-                    format!("{owner} {htype}: no validated RRSIG"),
-                ),
-            },
+                match self.keys_signed(validator, &sig.input().signer_name).await {
+                    Ok(()) => Verdict::Proved(Status::Secure),
+                    Err(failed) => failed,
+                }
+            }
             Proof::Insecure => {
                 self.insecurity(validator, owner, &format!("{owner} {htype} is unsigned"))
                     .await
@@ -421,7 +425,10 @@ impl Validating {
     ) -> Verdict {
         let nx = response.metadata.response_code == ResponseCode::NXDomain;
         match denial::prove(qname, htype, nx, &response.authorities) {
-            Ok(_) => Verdict::Proved(Status::Secure),
+            Ok((_, zone)) => match self.keys_signed(validator, &zone).await {
+                Ok(()) => Verdict::Proved(Status::Secure),
+                Err(failed) => failed,
+            },
             Err(why) => self.insecurity(validator, qname, &why).await,
         }
     }
@@ -440,7 +447,14 @@ impl Validating {
         })
         .await;
         match verdict {
-            Insecurity::Below(_) => Verdict::Proved(Status::Insecure),
+            Insecurity::Below(cut) if self.negative_anchors.contains(&cut) => {
+                Verdict::Proved(Status::Insecure)
+            }
+            // The proof of the missing DS came from the parent: its keys must be sound too.
+            Insecurity::Below(cut) => match self.keys_signed(validator, &cut.base_name()).await {
+                Ok(()) => Verdict::Proved(Status::Insecure),
+                Err(failed) => failed,
+            },
             Insecurity::Signed(why) => Verdict::Failed(
                 Status::Bogus,
                 format!("{claim}, but it is not under an insecure delegation: {why}"),
@@ -490,9 +504,9 @@ impl Validating {
                 code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
                     let nx = code == ResponseCode::NXDomain;
                     match denial::prove(&name, HType::DS, nx, &response.authorities) {
-                        Ok(Denial::InsecureDelegation) => DsStep::Insecure,
-                        Ok(Denial::NoData) => DsStep::NoCut,
-                        Ok(Denial::NxDomain) => DsStep::NoName,
+                        Ok((Denial::InsecureDelegation, _)) => DsStep::Insecure,
+                        Ok((Denial::NoData, _)) => DsStep::NoCut,
+                        Ok((Denial::NxDomain, _)) => DsStep::NoName,
                         Err(why) => DsStep::Failed(Status::Bogus, format!("DS of {name}: {why}")),
                     }
                 }
@@ -503,16 +517,77 @@ impl Validating {
             }
         };
         if !matches!(step, DsStep::Failed(..)) {
-            let ttl = response
-                .answers
-                .iter()
-                .chain(&response.authorities)
-                .map(|r| r.ttl)
-                .min()
-                .unwrap_or(60);
-            self.ds_cache.put(name, step.clone(), ttl);
+            self.ds_cache.put(name, step.clone(), min_ttl(&response));
         }
         step
+    }
+
+    /// RFC 4035 §5.2: the DNSKEY RRset of every zone on the chain of trust down to `name`
+    /// (the root, and each ancestor with a signed delegation) must be signed by a key that the
+    /// parent's DS records (or a trust anchor) authenticate. hickory also accepts a DNSKEY
+    /// RRset without a valid signature when each of its keys matches a DS record; that is not
+    /// enough for us (a validating Unbound refuses it too).
+    async fn keys_signed<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        name: &Name,
+    ) -> Result<(), Verdict> {
+        for labels in 0..=name.num_labels() as usize {
+            let apex = name.trim_to(labels);
+            if labels > 0 {
+                match self.ds_step(validator, apex.clone()).await {
+                    DsStep::Signed => {}
+                    DsStep::NoCut => continue,
+                    // Nothing signed below: no more keys to check.
+                    DsStep::Insecure | DsStep::NoName => return Ok(()),
+                    DsStep::Failed(status, why) => return Err(Verdict::Failed(status, why)),
+                }
+            }
+            self.zone_keys_signed(validator, &apex).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the DNSKEY RRset of the zone at `apex` validated through one of its RRSIGs
+    /// (and not only by matching DS records); kept within its TTL.
+    async fn zone_keys_signed<H: DnsHandle>(
+        &self,
+        validator: &DnssecDnsHandle<H>,
+        apex: &Name,
+    ) -> Result<(), Verdict> {
+        if self.key_cache.get(apex).is_some() {
+            return Ok(());
+        }
+        let response = self
+            .exchange(validator, apex, HType::DNSKEY)
+            .await
+            .map_err(|(status, failure)| {
+                Verdict::Failed(status, format!("DNSKEY lookup for {apex}: {failure}"))
+            })?;
+        let keys = response
+            .answers
+            .iter()
+            .filter(|r| r.name == *apex && r.record_type() == HType::DNSKEY);
+        let all_secure = keys.clone().all(|r| r.proof == Proof::Secure);
+        let verdict = if keys.count() > 0
+            && all_secure
+            && denial::validating_rrsig(&response.answers, apex, HType::DNSKEY).is_some()
+        {
+            Ok(())
+        } else {
+            Err(Verdict::Failed(
+                Status::Bogus,
+                format!(
+                    "the DNSKEY RRset of {apex} is not signed by a key its DS records or a trust \
+                     anchor authenticate (RFC 4035 §5.2)"
+                ),
+            ))
+        };
+        // Only a sound key set is kept: a failure (perhaps a tampered answer) is asked again.
+        if verdict.is_ok() {
+            self.key_cache.put(apex.clone(), (), min_ttl(&response));
+        }
+        verdict
     }
 }
 
@@ -604,23 +679,29 @@ fn options() -> DnsRequestOptions {
     options
 }
 
-/// Verdicts of the DS walk, kept within their TTLs (at most an hour) in bounded memory.
-#[derive(Default)]
-struct DsCache(Mutex<HashMap<Name, (Instant, DsStep)>>);
+/// Verdicts about zones (the DS walk, the keys), kept within their TTLs (at most an hour) in
+/// bounded memory.
+struct ZoneCache<V>(Mutex<HashMap<Name, (Instant, V)>>);
 
-impl DsCache {
+impl<V> Default for ZoneCache<V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<V: Clone> ZoneCache<V> {
     const ENTRIES: usize = 10_000;
     const MAX_TTL: u32 = 3600;
 
-    fn get(&self, name: &Name) -> Option<DsStep> {
+    fn get(&self, name: &Name) -> Option<V> {
         let entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(name)
             .filter(|(expires, _)| *expires > Instant::now())
-            .map(|(_, step)| step.clone())
+            .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, name: Name, step: DsStep, ttl: u32) {
+    fn put(&self, name: Name, value: V, ttl: u32) {
         let now = Instant::now();
         let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= Self::ENTRIES {
@@ -630,8 +711,19 @@ impl DsCache {
             }
         }
         let ttl = Duration::from_secs(ttl.min(Self::MAX_TTL).into());
-        entries.insert(name, (now + ttl, step));
+        entries.insert(name, (now + ttl, value));
     }
+}
+
+/// The shortest TTL of the records in a response (60 s when there are none).
+fn min_ttl(response: &DnsResponse) -> u32 {
+    response
+        .answers
+        .iter()
+        .chain(&response.authorities)
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(60)
 }
 
 impl Resolver for Validating {

@@ -52,6 +52,7 @@ pub(crate) fn validating_rrsig<'a>(
 }
 
 /// One validated NSEC or NSEC3 record and the zone whose key signed it.
+#[derive(Clone, Copy)]
 struct Signed<'a, T> {
     owner: &'a Name,
     zone: &'a Name,
@@ -103,29 +104,40 @@ fn signed_records<'a>(
 /// Proves a denial for `qname`/`qtype` from the `authority` section of a response whose
 /// response code was NXDOMAIN (`nx`) or NOERROR without records. The proof must show what the
 /// response code claims: a NODATA proof does not make an NXDOMAIN secure, nor the reverse.
+/// Returns what was proved and the zone whose records proved it (whose keys the caller must
+/// still hold sound). Each zone's records are tried on their own: a proof never mixes zones.
 pub(crate) fn prove(
     qname: &Name,
     qtype: RecordType,
     nx: bool,
     authority: &[Record],
-) -> Result<Denial, String> {
+) -> Result<(Denial, Name), String> {
     let (nsecs, nsec3s) = signed_records(authority, qname);
     if nsecs.is_empty() && nsec3s.is_empty() {
         return Err(format!(
             "no validated NSEC or NSEC3 record from a zone at or above {qname}"
         ));
     }
-    let found = if nx {
-        nsec::nxdomain(qname, &nsecs).or_else(|| nsec3::nxdomain(qname, qtype, &nsec3s))
-    } else {
-        nsec::nodata(qname, qtype, &nsecs).or_else(|| nsec3::nodata(qname, qtype, &nsec3s))
-    };
-    found.ok_or_else(|| {
-        format!(
-            "the NSEC/NSEC3 records do not prove {} for {qname} {qtype}",
-            if nx { "NXDOMAIN" } else { "NODATA" }
-        )
-    })
+    let mut zones: Vec<&Name> = nsecs.iter().map(|n| n.zone).collect();
+    zones.extend(nsec3s.iter().map(|n| n.zone));
+    zones.sort();
+    zones.dedup();
+    for zone in zones {
+        let nsecs: Vec<_> = nsecs.iter().filter(|n| n.zone == zone).cloned().collect();
+        let nsec3s: Vec<_> = nsec3s.iter().filter(|n| n.zone == zone).cloned().collect();
+        let found = if nx {
+            nsec::nxdomain(qname, &nsecs).or_else(|| nsec3::nxdomain(qname, qtype, &nsec3s))
+        } else {
+            nsec::nodata(qname, qtype, &nsecs).or_else(|| nsec3::nodata(qname, qtype, &nsec3s))
+        };
+        if let Some(denial) = found {
+            return Ok((denial, zone.clone()));
+        }
+    }
+    Err(format!(
+        "the NSEC/NSEC3 records do not prove {} for {qname} {qtype}",
+        if nx { "NXDOMAIN" } else { "NODATA" }
+    ))
 }
 
 /// RFC 4035 §5.3.4, RFC 5155 §8.8: a positive answer at `owner` synthesised from a wildcard

@@ -13,6 +13,16 @@ fn n(s: &str) -> Name {
     Name::from_str(s).unwrap()
 }
 
+/// What [`super::prove`] proved, without the zone.
+fn prove(
+    qname: &Name,
+    qtype: RecordType,
+    nx: bool,
+    authority: &[Record],
+) -> Result<Denial, String> {
+    super::prove(qname, qtype, nx, authority).map(|(denial, _)| denial)
+}
+
 /// `data` at `owner` as validated by hickory (proof Secure), with the RRSIG of `signer` that
 /// validated it (`labels` as in the RRSIG; the owner's label count unless a wildcard).
 fn signed(owner: &Name, data: RData, signer: &Name, labels: u8, proof: Proof) -> Vec<Record> {
@@ -111,6 +121,11 @@ const EXAMPLE: &[(&str, &[RecordType])] = &[
 #[test]
 fn nsec_nodata_at_the_name() {
     let chain = nsec_chain("example.test.", EXAMPLE);
+    assert_eq!(
+        super::prove(&n("mx.example.test."), TLSA, false, &chain),
+        Ok((Denial::NoData, n("example.test."))),
+        "the zone whose keys must be sound"
+    );
     assert_eq!(
         prove(&n("mx.example.test."), TLSA, false, &chain),
         Ok(Denial::NoData)
