@@ -113,7 +113,12 @@ enum Stage {
 pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
     let current = dane_ee_311(&spki_of_pem(&args.current)?);
     let next = dane_ee_311(&spki_of_pem(&args.next)?);
-    let owner = args.name.tlsa_owner(args.port);
+    let owner = args.name.tlsa_owner(args.port).map_err(|e| {
+        CliError::Usage(format!(
+            "--name {} with --port {}: no TLSA record can exist there: {e}",
+            args.name, args.port
+        ))
+    })?;
     if !args.json {
         println!("Publish this RRset now (current and next key, RFC 7671 §8.1):");
         println!("{owner}. IN TLSA {current}");

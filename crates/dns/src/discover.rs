@@ -124,7 +124,7 @@ pub async fn discover_with<R: Resolver>(
 /// The TLSA lookup for `host` on `port`, unless its owner name cannot exist (RFC 1035
 /// §2.3.4): then no question is asked, since no back-end could put it on the wire.
 async fn tlsa_at<R: Resolver>(resolver: &R, host: &DnsName, port: u16) -> TlsaAnswer {
-    let owner = host.try_tlsa_owner(port)?;
+    let owner = host.tlsa_owner(port)?;
     Ok(resolver.lookup(&owner, RecordType::Tlsa).await)
 }
 

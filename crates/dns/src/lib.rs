@@ -24,11 +24,11 @@ pub mod validating;
 mod wire;
 
 pub use backend::{Backend, ResolverSpec};
-pub use discover::discover;
+pub use discover::{Discovery, discover, discover_with};
 pub use lookup::{CnameLink, Failure, Lookup, Mx, Outcome, Record, RecordType, Srv};
 pub use name::{DnsName, DnsNameError};
 pub use resolver::{Cached, Resolver};
-pub use route::{Candidate, DaneState, NextHop, Route};
+pub use route::{Candidate, DaneState, Limits, NextHop, Route};
 pub use status::Status;
 pub use trust_ad::TrustAd;
 pub use validating::{SetupError, Validating};

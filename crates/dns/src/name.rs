@@ -56,20 +56,12 @@ impl DnsName {
         &self.0
     }
 
-    /// `_PORT._tcp.NAME`, the TLSA owner name of RFC 6698 §3.
-    ///
-    /// The result may be longer than DNS allows, for a host name close to the limit: use
-    /// [`DnsName::try_tlsa_owner`] for anything that is looked up.
-    pub fn tlsa_owner(&self, port: u16) -> DnsName {
-        Self(format!("_{port}._tcp.{}", self.0))
-    }
-
     /// `_PORT._tcp.NAME`, the TLSA owner name of RFC 6698 §3, if it is a domain name at all:
     /// a host name of up to 253 characters is valid, but the two labels in front can take its
     /// owner name over the 255 octets of RFC 1035 §2.3.4 (253 characters). No record can exist
     /// at such a name, so the host has no TLSA records: an error here is a sure denial, not a
     /// failure.
-    pub fn try_tlsa_owner(&self, port: u16) -> Result<DnsName, DnsNameError> {
+    pub fn tlsa_owner(&self, port: u16) -> Result<DnsName, DnsNameError> {
         format!("_{port}._tcp.{}", self.0).parse()
     }
 
@@ -101,7 +93,10 @@ mod tests {
         assert_eq!(n.as_str(), "mx.example.com");
         assert_eq!(n, "mx.example.com".parse().unwrap());
         assert!(".".parse::<DnsName>().unwrap().is_root());
-        assert_eq!(n.tlsa_owner(25).as_str(), "_25._tcp.mx.example.com");
+        assert_eq!(
+            n.tlsa_owner(25).unwrap().as_str(),
+            "_25._tcp.mx.example.com"
+        );
     }
 
     #[test]
@@ -114,14 +109,14 @@ mod tests {
         );
         let host: DnsName = long.parse().unwrap();
         assert_eq!(host.as_str().len(), 248);
-        let err = host.try_tlsa_owner(25).unwrap_err();
+        let err = host.tlsa_owner(25).unwrap_err();
         assert!(err.why.contains("253"), "{err}");
         assert!(err.text.starts_with("_25._tcp.x"), "{err}");
         // 244 characters: the owner is exactly 253 characters (255 octets on the wire).
         let edge: DnsName = long[4..].parse().unwrap();
-        assert_eq!(edge.try_tlsa_owner(25).unwrap().as_str().len(), 253);
+        assert_eq!(edge.tlsa_owner(25).unwrap().as_str().len(), 253);
         // Port 2525 takes two more.
-        assert!(edge.try_tlsa_owner(2525).is_err());
+        assert!(edge.tlsa_owner(2525).is_err());
     }
 
     #[test]

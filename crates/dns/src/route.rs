@@ -272,7 +272,7 @@ pub fn tlsa_base(host: &DnsName, addresses: &Lookup) -> DnsName {
 }
 
 /// The TLSA lookup at one owner name; or, when the owner name `_PORT._tcp.BASE` would be
-/// longer than DNS allows ([`DnsName::try_tlsa_owner`]), why none was made: no record can
+/// longer than DNS allows ([`DnsName::tlsa_owner`]), why none was made: no record can
 /// exist there, a sure "no TLSA records", never a failure.
 pub type TlsaAnswer = Result<Lookup, DnsNameError>;
 
@@ -1001,7 +1001,7 @@ mod tests {
             preference: 10,
             port: 25,
         };
-        let Err(owner) = host.name.try_tlsa_owner(25) else {
+        let Err(owner) = host.name.tlsa_owner(25) else {
             panic!("the owner name must be too long")
         };
         let lookups = HostLookups {
