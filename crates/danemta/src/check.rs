@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use check::probe::ProbeFailure;
 use check::report::{DomainReport, HostReport, Level};
 use check::{ProbeCache, ProbeConfig, check_domain};
 use clap::Args;
@@ -136,8 +137,17 @@ fn address_row(h: &HostReport, a: &check::report::AddressReport) -> [String; 7] 
     };
     let (tls, cert, matched) = match &a.tls {
         None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-        Some(p) if !p.starttls => ("no STARTTLS".to_owned(), "-".to_owned(), "-".to_owned()),
-        Some(p) if p.chain.is_empty() => ("failed".to_owned(), "-".to_owned(), "-".to_owned()),
+        Some(p) if p.chain.is_empty() => {
+            let what = match p.error_kind {
+                Some(ProbeFailure::Unreachable) => "unreachable",
+                Some(ProbeFailure::SmtpFailed) => "SMTP failed",
+                Some(ProbeFailure::TlsHandshakeFailed) => "TLS failed",
+                Some(ProbeFailure::StarttlsMissing) => "no STARTTLS",
+                None if !p.starttls => "no STARTTLS",
+                None => "failed",
+            };
+            (what.to_owned(), "-".to_owned(), "-".to_owned())
+        }
         Some(p) => {
             let tls = p
                 .tls

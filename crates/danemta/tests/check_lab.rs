@@ -407,6 +407,9 @@ fn an_unreachable_host_is_reported_as_such_not_as_missing_starttls() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("fail unreachable: "), "{text}");
     assert!(!text.contains("starttls-missing"), "{text}");
+    // The table's TLS column says the same, not "no STARTTLS".
+    assert!(text.contains(" unreachable "), "{text}");
+    assert!(!text.contains("no STARTTLS"), "{text}");
     // A server without STARTTLS is still reported as one.
     let (_, r) = one("plain.check.test", &[]);
     assert_eq!(
