@@ -299,39 +299,51 @@ impl Validating {
                 .iter()
                 .any(|r| r.name == target && r.record_type() == htype);
             let rcode = response.metadata.response_code;
+            // The denial is judged here only when no CNAME was followed; after one, the
+            // target is asked on its own below.
             let denial = if has_data {
                 let verdict = self
                     .rrset_verdict(validator, &response, &target, htype)
                     .await;
                 verdicts.insert((target.clone(), htype), verdict);
-                Verdict::Proved(Status::Bogus) // not used: there is data
-            } else if !verdicts.is_empty() {
-                Verdict::Proved(Status::Bogus) // not used: the target is asked on its own
-            } else if matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
-                self.denial_verdict(validator, &response, &qname, htype)
-                    .await
+                None
+            } else if verdicts.is_empty()
+                && matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain)
+            {
+                Some(
+                    self.denial_verdict(validator, &response, &qname, htype)
+                        .await,
+                )
             } else {
-                Verdict::Proved(Status::Indeterminate) // SERVFAIL and the like: build says so
+                None
             };
             let status_of = |r: &HRecord| {
                 verdicts
                     .get(&(r.name.clone(), r.record_type()))
                     .map_or(Status::Bogus, Verdict::status)
             };
+            // Without a verdict of ours the denial is not used (data, or SERVFAIL and the like
+            // which `build` reports itself), or is replaced by the target's own answer.
+            let denial_status = denial.as_ref().map_or(Status::Bogus, Verdict::status);
             let lookup = build(
                 &name,
                 rtype,
                 rcode,
                 &response.answers,
                 status_of,
-                denial.status(),
+                denial_status,
             );
             let why = verdicts
                 .values()
-                .chain([&denial])
+                .chain(&denial)
                 .find_map(Verdict::reason)
                 .map(str::to_owned);
-            if has_data || verdicts.is_empty() || matches!(lookup.answer().1, Outcome::Failed(_)) {
+            let broken_link = verdicts.values().any(|v| v.status().is_failure());
+            if has_data
+                || verdicts.is_empty()
+                || broken_link
+                || matches!(lookup.answer().1, Outcome::Failed(_))
+            {
                 return with_reason(lookup, why);
             }
             // The chain ends without data: ask the target itself (RFC 4035 §5: each answer
@@ -348,11 +360,10 @@ impl Validating {
             let tail = self.resolve(validator, next, rtype, hops).await;
             let mut links = lookup.cnames().to_vec();
             links.extend_from_slice(tail.cnames());
-            let tail_failure_status = tail.status();
             let combined = Lookup::new(
                 name,
                 rtype,
-                tail_failure_status,
+                tail.status(),
                 tail.answer().1.clone(),
                 links,
                 lookup.ttl().min(tail.ttl()),
