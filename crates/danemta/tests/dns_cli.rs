@@ -169,3 +169,24 @@ fn doctor_says_whether_dnssec_validation_works() {
             .any(|c| c["level"] == "fail" && c.get("fix").is_some())
     );
 }
+
+#[test]
+fn a_negative_trust_anchor_on_the_command_line_makes_a_broken_zone_insecure() {
+    let lab = lab();
+    let validating = &resolvers(lab)[0];
+    let out = danemta(
+        &["check", "--no-connect", "--json", "expired.test"],
+        validating,
+    );
+    assert_eq!(json_lines(&out)[0]["route"], "defer");
+    let mut with_anchor = validating.clone();
+    with_anchor.push("--negative-trust-anchor=expired.test".into());
+    let out = danemta(
+        &["check", "--no-connect", "--json", "expired.test"],
+        &with_anchor,
+    );
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["route"], "deliver", "{v:#}");
+    assert_eq!(v["mx_dnssec"], "insecure", "{v:#}");
+    assert_eq!(v["hosts"][0]["dane"], "not-applicable", "{v:#}");
+}

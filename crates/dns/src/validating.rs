@@ -280,6 +280,9 @@ impl Validating {
                 Err(f) => return Lookup::failed(name, rtype, f),
             };
             let htype = rtype.to_hickory();
+            if insecure::negative_anchor(&qname, &self.negative_anchors).is_some() {
+                return self.unvalidated(&name, &qname, rtype).await;
+            }
             let response = match self.exchange(validator, &qname, htype).await {
                 Ok(r) => r,
                 Err((status, failure)) => {
@@ -372,6 +375,41 @@ impl Validating {
         })
     }
 
+    /// A lookup below a negative trust anchor (RFC 7646 §2): not validated at all, and
+    /// insecure, whatever signatures the answer carries.
+    async fn unvalidated(&self, name: &DnsName, qname: &Name, rtype: RecordType) -> Lookup {
+        let request =
+            DnsRequest::from_query(Query::query(qname.clone(), rtype.to_hickory()), options());
+        let sent = tokio::time::timeout(self.timeout * 2, self.pool.send(request).first_answer());
+        match sent.await.unwrap_or(Err(NetError::Timeout)) {
+            Ok(response) => build(
+                name,
+                rtype,
+                response.metadata.response_code,
+                &response.answers,
+                |_| Status::Insecure,
+                Status::Insecure,
+            ),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                let rcode = if e.is_nx_domain() {
+                    ResponseCode::NXDomain
+                } else {
+                    ResponseCode::NoError
+                };
+                build(
+                    name,
+                    rtype,
+                    rcode,
+                    &[],
+                    |_| Status::Insecure,
+                    Status::Insecure,
+                )
+            }
+            Err(NetError::Timeout) => Lookup::failed(name.clone(), rtype, Failure::Timeout),
+            Err(e) => Lookup::failed(name.clone(), rtype, Failure::Network(e.to_string())),
+        }
+    }
+
     /// Our verdict on the RRset `owner`/`htype` of the answer section: secure when hickory
     /// validated it (and a wildcard expansion is proved, RFC 4035 §5.3.4); insecure only when
     /// [`Self::insecurity`] proves it; else bogus or indeterminate.
@@ -382,6 +420,9 @@ impl Validating {
         owner: &Name,
         htype: HType,
     ) -> Verdict {
+        if insecure::negative_anchor(owner, &self.negative_anchors).is_some() {
+            return Verdict::Proved(Status::Insecure);
+        }
         let weakest = response
             .answers
             .iter()
@@ -434,6 +475,9 @@ impl Validating {
         qname: &Name,
         htype: HType,
     ) -> Verdict {
+        if insecure::negative_anchor(qname, &self.negative_anchors).is_some() {
+            return Verdict::Proved(Status::Insecure);
+        }
         let nx = response.metadata.response_code == ResponseCode::NXDomain;
         match denial::prove(qname, htype, nx, &response.authorities) {
             Ok((_, zone)) => match self.keys_signed(validator, &zone).await {
@@ -453,14 +497,12 @@ impl Validating {
         name: &Name,
         claim: &str,
     ) -> Verdict {
-        let verdict = insecure::prove(name, &self.negative_anchors, |cut| async move {
-            self.ds_step(validator, cut).await
-        })
+        let verdict = insecure::prove(
+            name,
+            |cut| async move { self.ds_step(validator, cut).await },
+        )
         .await;
         match verdict {
-            Insecurity::Below(cut) if self.negative_anchors.contains(&cut) => {
-                Verdict::Proved(Status::Insecure)
-            }
             // The proof of the missing DS came from the parent: its keys must be sound too.
             Insecurity::Below(cut) => match self.keys_signed(validator, &cut.base_name()).await {
                 Ok(()) => Verdict::Proved(Status::Insecure),

@@ -514,3 +514,37 @@ async fn a_host_whose_tlsa_owner_cannot_exist_has_no_dane() {
         "{route:#?}"
     );
 }
+
+/// RFC 7646: an operator's negative trust anchor makes a broken signed zone (expired
+/// signatures) insecure, so its mail goes out without DANE instead of waiting; the zones
+/// beside it are still validated.
+#[tokio::test]
+async fn a_negative_trust_anchor_makes_a_broken_zone_insecure_and_nothing_else() {
+    let lab = lab();
+    let spec = ResolverSpec::Validating(Some(lab.plain_resolver()));
+    let open = || Backend::open(&spec, Some(lab.trust_anchor_file()), TIMEOUT);
+    let without = open().await.expect("validating back-end");
+    assert!(matches!(
+        dns::discover(&without, &domain("expired.test")).await,
+        Route::Defer { .. }
+    ));
+    let mut backend = open().await.expect("validating back-end");
+    backend.set_negative_trust_anchors(&[n("expired.test")]);
+    let mx = backend.lookup(&n("expired.test"), RecordType::Mx).await;
+    assert_eq!(mx.status(), Status::Insecure, "{mx:?}");
+    let route = dns::discover(&backend, &domain("expired.test")).await;
+    let d = decision(&route);
+    let Decision::Deliver { mx_secure, hosts } = &d else {
+        panic!("{route:#?}")
+    };
+    assert!(!mx_secure);
+    assert!(
+        hosts.iter().all(|h| h.dane == "not-applicable"),
+        "{route:#?}"
+    );
+    // The anchor covers its subtree only.
+    let secure = backend.lookup(&n("secure.test"), RecordType::Mx).await;
+    assert_eq!(secure.status(), Status::Secure);
+    let other = backend.lookup(&n("badds.test"), RecordType::Mx).await;
+    assert!(other.status().is_failure(), "{other:?}");
+}

@@ -43,17 +43,19 @@ pub(crate) enum Insecurity {
     Unknown(Status, String),
 }
 
+/// The negative trust anchor (RFC 7646 §2) that covers `name`, if any: the name is at or
+/// below it, and is treated as insecure whatever its signatures say.
+pub(crate) fn negative_anchor<'a>(name: &Name, anchors: &'a [Name]) -> Option<&'a Name> {
+    anchors.iter().find(|a| a.zone_of(name))
+}
+
 /// Walks from the top-level domain of `name` down to `name`, asking `ds` about each zone cut
-/// candidate, and stops at the first insecure delegation. Names at or below one of
-/// `negative_anchors` are insecure without asking (RFC 7646 §2).
-pub(crate) async fn prove<F, Fut>(name: &Name, negative_anchors: &[Name], mut ds: F) -> Insecurity
+/// candidate, and stops at the first insecure delegation.
+pub(crate) async fn prove<F, Fut>(name: &Name, mut ds: F) -> Insecurity
 where
     F: FnMut(Name) -> Fut,
     Fut: Future<Output = DsStep>,
 {
-    if let Some(anchor) = negative_anchors.iter().find(|a| a.zone_of(name)) {
-        return Insecurity::Below(anchor.clone());
-    }
     for labels in 1..=name.num_labels() as usize {
         let candidate = name.trim_to(labels);
         match ds(candidate.clone()).await {
@@ -85,11 +87,10 @@ mod tests {
     }
 
     /// Answers DS questions from a table (anything else: no cut), recording what was asked.
-    fn walk(name: &str, table: &[(&str, DsStep)], anchors: &[&str]) -> (Insecurity, Vec<String>) {
+    fn walk(name: &str, table: &[(&str, DsStep)]) -> (Insecurity, Vec<String>) {
         let table: HashMap<Name, DsStep> = table.iter().map(|(k, v)| (n(k), v.clone())).collect();
         let asked = Mutex::new(Vec::new());
-        let anchors: Vec<Name> = anchors.iter().map(|a| n(a)).collect();
-        let verdict = futures_util::FutureExt::now_or_never(prove(&n(name), &anchors, |c| {
+        let verdict = futures_util::FutureExt::now_or_never(prove(&n(name), |c| {
             asked.lock().unwrap().push(c.to_string());
             let step = table.get(&c).cloned().unwrap_or(DsStep::NoCut);
             async move { step }
@@ -106,7 +107,6 @@ mod tests {
                 ("test.", DsStep::Signed),
                 ("insecure.test.", DsStep::Insecure),
             ],
-            &[],
         );
         assert_eq!(verdict, Insecurity::Below(n("insecure.test.")));
         assert_eq!(asked, ["test.", "insecure.test."]);
@@ -117,7 +117,6 @@ mod tests {
         let (verdict, asked) = walk(
             "_25._tcp.mx.secure.test.",
             &[("test.", DsStep::Signed), ("secure.test.", DsStep::Signed)],
-            &[],
         );
         assert!(matches!(verdict, Insecurity::Signed(_)), "{verdict:?}");
         assert_eq!(asked.len(), 5);
@@ -135,27 +134,28 @@ mod tests {
                 ),
                 ("mx.secure.test.", DsStep::Insecure),
             ],
-            &[],
         );
         assert_eq!(verdict, Insecurity::Unknown(Status::Bogus, "forged".into()));
     }
 
     #[test]
     fn a_name_that_does_not_exist_is_not_insecure() {
-        let (verdict, _) = walk(
-            "a.b.secure.test.",
-            &[("b.secure.test.", DsStep::NoName)],
-            &[],
-        );
+        let (verdict, _) = walk("a.b.secure.test.", &[("b.secure.test.", DsStep::NoName)]);
         assert!(matches!(verdict, Insecurity::Signed(_)), "{verdict:?}");
     }
 
     #[test]
     fn negative_trust_anchors_cover_their_subtree_only() {
-        let (verdict, asked) = walk("mx.broken.test.", &[], &["broken.test."]);
-        assert_eq!(verdict, Insecurity::Below(n("broken.test.")));
-        assert!(asked.is_empty());
-        let (verdict, _) = walk("mx.unbroken.test.", &[], &["broken.test."]);
-        assert!(matches!(verdict, Insecurity::Signed(_)));
+        let anchors = [n("broken.test.")];
+        assert_eq!(
+            negative_anchor(&n("mx.broken.test."), &anchors),
+            Some(&n("broken.test."))
+        );
+        assert_eq!(
+            negative_anchor(&n("broken.test."), &anchors),
+            Some(&n("broken.test."))
+        );
+        assert_eq!(negative_anchor(&n("mx.unbroken.test."), &anchors), None);
+        assert_eq!(negative_anchor(&n("test."), &anchors), None);
     }
 }
