@@ -789,6 +789,7 @@ mod tests {
             tlsa: vec![],
             dane,
             reference_names: vec![],
+            dane_trust: dns::DaneTrust::Verified,
         }
     }
 

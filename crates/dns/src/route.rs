@@ -314,6 +314,42 @@ pub enum DaneState {
     },
 }
 
+impl DaneState {
+    /// The stable name of the state, as in JSON and reports (PRODUCT.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DaneState::Usable { .. } => "usable",
+            DaneState::Unusable => "unusable",
+            DaneState::NotApplicable { .. } => "not-applicable",
+            DaneState::HostUnusable { .. } => "host-unusable",
+        }
+    }
+}
+
+/// What a successful DANE authentication of a host proves (PRODUCT.md checklist rule 2,
+/// RFC 7672 §2.2.1), decided once, here, from the lookup that named the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaneTrust {
+    /// A secure MX/SRV lookup named the host (or the operator configured it): a peer that
+    /// DANE authenticates is the destination's server, `verified`.
+    Verified,
+    /// The MX/SRV lookup was insecure: secure TLSA records still authenticate the host, but
+    /// nothing proved that the host serves the domain, so the peer is only `trusted`.
+    Trusted,
+}
+
+impl DaneTrust {
+    /// `Verified` when the lookup that named the host was secure.
+    pub fn of(route_secure: bool) -> Self {
+        if route_secure {
+            DaneTrust::Verified
+        } else {
+            DaneTrust::Trusted
+        }
+    }
+}
+
 /// One address of a host, with the status of the lookup that produced it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Address {
@@ -351,6 +387,8 @@ pub struct Candidate {
     pub dane: DaneState,
     /// The names a DANE-TA certificate may carry (RFC 7672 §3.2.3, rule 8).
     pub reference_names: Vec<ReferenceName>,
+    /// What DANE authentication of this host proves: `verified` or only `trusted` (rule 2).
+    pub dane_trust: DaneTrust,
 }
 
 /// The lookups made for one host.
@@ -431,6 +469,7 @@ pub fn host_state(
             reason: String::new(),
         },
         reference_names: names,
+        dane_trust: DaneTrust::of(route_secure),
     };
 
     if candidate.addresses.is_empty() {

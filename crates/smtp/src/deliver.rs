@@ -562,6 +562,7 @@ mod tests {
             tlsa: vec![],
             dane,
             reference_names: vec!["mx.example.test".parse().unwrap()],
+            dane_trust: dns::DaneTrust::Verified,
         }
     }
 

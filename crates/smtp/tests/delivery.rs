@@ -70,6 +70,7 @@ fn candidate(name: &str, base: &str, server: &Server, dane: DaneState) -> Candid
         },
         dane,
         reference_names: vec![n(base).reference_name().unwrap()],
+        dane_trust: dns::DaneTrust::Verified,
     }
 }
 
@@ -534,6 +535,7 @@ fn many_hosts(hosts: usize, addr: SocketAddr) -> Route {
                 reason: "insecure".into(),
             },
             reference_names: vec![],
+            dane_trust: dns::DaneTrust::Verified,
         })
         .collect();
     Route::Deliver {
