@@ -647,14 +647,18 @@ pub async fn check_domain<R: Resolver>(
                 hosts: vec![],
             };
         }
-        Route::Bounce { reason, mx_dnssec } => {
+        Route::Bounce {
+            why,
+            reason,
+            mx_dnssec,
+        } => {
             // A null MX is a deliberate "no mail here"; a missing domain is an error.
-            let null = reason.contains("null MX");
+            let null = why == dns::NoMail::NullMx;
             let finding = Finding {
                 level: if null { Level::Info } else { Level::Fail },
                 code: if null { "null-mx" } else { "no-such-domain" },
                 message: reason.clone(),
-                rfc: if null { "RFC 7505" } else { "RFC 5321 §5.1" },
+                rfc: why.citation(),
             };
             return DomainReport {
                 domain: domain.clone(),

@@ -93,8 +93,9 @@ pub async fn discover_with<R: Resolver>(
                 mx_dnssec: looked_up,
             });
         }
-        HostsStep::Bounce(reason) => {
+        HostsStep::Bounce(why, reason) => {
             return route(Route::Bounce {
+                why,
                 reason,
                 mx_dnssec: looked_up,
             });

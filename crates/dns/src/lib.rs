@@ -28,7 +28,7 @@ pub use discover::{Discovery, discover, discover_with};
 pub use lookup::{CnameLink, Failure, Lookup, Mx, Outcome, Record, RecordType, Srv};
 pub use name::{DnsName, DnsNameError};
 pub use resolver::{Cached, Resolver};
-pub use route::{Candidate, DaneState, DaneTrust, Limits, NextHop, Route};
+pub use route::{Candidate, DaneState, DaneTrust, Limits, NextHop, NoMail, Route};
 pub use status::Status;
 pub use trust_ad::TrustAd;
 pub use validating::{SetupError, Validating};

@@ -81,7 +81,32 @@ pub enum HostsStep {
     /// Retry later.
     Defer(String),
     /// Give up: the destination does not accept mail.
-    Bounce(String),
+    Bounce(NoMail, String),
+}
+
+/// Why a destination accepts no mail (a route that bounces), for code to match on; the
+/// route's `reason` says it in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoMail {
+    /// The domain does not exist: NXDOMAIN for its MX lookup (RFC 5321 §5.1).
+    NoSuchDomain,
+    /// The domain publishes a null MX (RFC 7505 §3).
+    NullMx,
+    /// The domain publishes no submission service: no `_submission._tcp` SRV, or only `.`
+    /// (RFC 6186 §3).
+    NoSubmissionService,
+}
+
+impl NoMail {
+    /// The RFC that says so.
+    pub fn citation(self) -> &'static str {
+        match self {
+            NoMail::NoSuchDomain => "RFC 5321 §5.1",
+            NoMail::NullMx => "RFC 7505",
+            NoMail::NoSubmissionService => "RFC 6186 §3",
+        }
+    }
 }
 
 /// Bounds on the work of one route discovery, so that a hostile domain publishing thousands
@@ -177,9 +202,10 @@ pub fn mx_step(
         ));
     }
     match outcome {
-        Outcome::NxDomain => HostsStep::Bounce(format!(
-            "domain {domain} does not exist (NXDOMAIN, {status})"
-        )),
+        Outcome::NxDomain => HostsStep::Bounce(
+            NoMail::NoSuchDomain,
+            format!("domain {domain} does not exist (NXDOMAIN, {status})"),
+        ),
         Outcome::NoData => HostsStep::Hosts {
             hosts: vec![HostRef {
                 name: mx.final_name().clone(),
@@ -198,9 +224,10 @@ pub fn mx_step(
                 .collect();
             // RFC 7505 §3: a null MX is the only MX record of its domain.
             if mxs.iter().any(|(_, exchange)| exchange.is_root()) {
-                return HostsStep::Bounce(format!(
-                    "domain {domain} publishes a null MX: it accepts no mail (RFC 7505)"
-                ));
+                return HostsStep::Bounce(
+                    NoMail::NullMx,
+                    format!("domain {domain} publishes a null MX: it accepts no mail (RFC 7505)"),
+                );
             }
             if mxs.is_empty() {
                 return HostsStep::Defer(format!("MX answer for {domain} holds no MX record"));
@@ -243,9 +270,10 @@ pub fn srv_step(
         _ => Vec::new(),
     };
     if targets.is_empty() || targets.iter().all(|(_, (t, _))| t.is_root()) {
-        return HostsStep::Bounce(format!(
-            "{domain} publishes no submission service (_submission._tcp SRV, RFC 6186)"
-        ));
+        return HostsStep::Bounce(
+            NoMail::NoSubmissionService,
+            format!("{domain} publishes no submission service (_submission._tcp SRV, RFC 6186)"),
+        );
     }
     let hosts = order(targets, shuffle)
         .into_iter()
@@ -585,7 +613,9 @@ pub enum Route {
     },
     /// Return the message to its sender.
     Bounce {
-        /// Why.
+        /// Why, for code.
+        why: NoMail,
+        /// Why, in words.
         reason: String,
         /// DNSSEC status of the MX (or SRV) lookup, if one was made.
         mx_dnssec: Option<Status>,
@@ -679,12 +709,12 @@ mod tests {
         let null = mx(Status::Secure, &[(0, ".")]);
         assert!(matches!(
             mx_step(&n("example.test"), 25, &null, &mut keep),
-            HostsStep::Bounce(_)
+            HostsStep::Bounce(..)
         ));
         let nx = lookup("nx.test", RecordType::Mx, Status::Secure, Outcome::NxDomain);
         assert!(matches!(
             mx_step(&n("nx.test"), 25, &nx, &mut keep),
-            HostsStep::Bounce(_)
+            HostsStep::Bounce(..)
         ));
     }
 
@@ -742,7 +772,7 @@ mod tests {
         assert_eq!((hosts[0].name.as_str(), hosts[0].port), ("sub.test", 587));
         assert!(matches!(
             srv_step(&n("example.test"), &srv(&[(0, ".", 0)]), &mut |_| {}),
-            HostsStep::Bounce(_)
+            HostsStep::Bounce(..)
         ));
     }
 
