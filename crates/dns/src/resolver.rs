@@ -1,9 +1,10 @@
 //! The resolver interface, and the answer cache in front of any back-end.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::sync::Cache;
 
 use crate::lookup::{Lookup, RecordType};
 use crate::name::DnsName;
@@ -19,23 +20,57 @@ pub trait Resolver: Send + Sync {
 /// Answers kept within their TTLs, in bounded memory. Bogus and indeterminate answers are
 /// kept only briefly (a "BAD cache", RFC 4035 §4.7): long enough to spare the upstream a
 /// storm of retries, short enough that a deferred message's retry asks again.
+///
+/// The store is a concurrent TinyLFU cache (`moka`): at most `capacity` answers, each gone
+/// once its own TTL has passed, and no lookup waits while the cache evicts.
 pub struct Cached<R> {
     inner: R,
-    capacity: usize,
     max_ttl: Duration,
     failure_ttl: Duration,
-    entries: Mutex<HashMap<(DnsName, RecordType), (Instant, Lookup)>>,
+    entries: Cache<Key, Kept>,
+}
+
+/// What an answer is cached under.
+type Key = (DnsName, RecordType);
+
+/// A cached answer with how long it may be kept (RFC 2181 §8: no longer than its TTL).
+#[derive(Clone)]
+struct Kept {
+    lookup: Lookup,
+    ttl: Duration,
+}
+
+/// Each entry expires its own [`Kept::ttl`] after it was stored (or stored again).
+struct OwnTtl;
+
+impl Expiry<Key, Kept> for OwnTtl {
+    fn expire_after_create(&self, _: &Key, kept: &Kept, _: Instant) -> Option<Duration> {
+        Some(kept.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        kept: &Kept,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(kept.ttl)
+    }
 }
 
 impl<R: Resolver> Cached<R> {
-    /// A cache of at most `capacity` answers, each kept at most `max_ttl`.
+    /// A cache of at most `capacity` answers (at least one), each kept at most `max_ttl`.
     pub fn new(inner: R, capacity: usize, max_ttl: Duration) -> Self {
+        let capacity = u64::try_from(capacity.max(1)).unwrap_or(u64::MAX);
         Self {
             inner,
-            capacity: capacity.max(1),
             max_ttl,
             failure_ttl: Duration::from_secs(5),
-            entries: Mutex::new(HashMap::new()),
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(OwnTtl)
+                .build(),
         }
     }
 
@@ -55,45 +90,47 @@ impl<R: Resolver> Cached<R> {
         &mut self.inner
     }
 
-    fn get(&self, key: &(DnsName, RecordType)) -> Option<Lookup> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(key)
-            .filter(|(expires, _)| *expires > Instant::now())
-            .map(|(_, l)| l.clone())
+    /// The most answers held at once.
+    pub fn capacity(&self) -> usize {
+        self.entries
+            .policy()
+            .max_capacity()
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(usize::MAX)
     }
 
-    fn put(&self, key: (DnsName, RecordType), lookup: &Lookup) {
-        let ttl = if lookup.status().is_failure() {
+    /// How long `lookup` may be kept: its TTL up to `max_ttl`, or `failure_ttl` for a failure.
+    fn ttl(&self, lookup: &Lookup) -> Duration {
+        if lookup.status().is_failure() {
             self.failure_ttl
         } else {
             self.max_ttl.min(Duration::from_secs(lookup.ttl().into()))
-        };
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<Lookup> {
+        self.entries.get(key).map(|kept| kept.lookup)
+    }
+
+    fn put(&self, key: Key, lookup: &Lookup) {
+        let ttl = self.ttl(lookup);
         if ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let expires = now + ttl;
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (e, _)| *e > now);
-        }
-        if entries.len() >= self.capacity {
-            // Still full of live answers: drop the one closest to expiry.
-            if let Some(victim) = entries
-                .iter()
-                .min_by_key(|(_, (e, _))| *e)
-                .map(|(k, _)| k.clone())
-            {
-                entries.remove(&victim);
-            }
-        }
-        entries.insert(key, (expires, lookup.clone()));
+        self.entries.insert(
+            key,
+            Kept {
+                lookup: lookup.clone(),
+                ttl,
+            },
+        );
     }
 
-    /// How many answers are held.
+    /// How many answers are held, counting expired ones the cache has not yet swept (it sweeps
+    /// on a timer wheel of about a second; an expired answer is never returned).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.run_pending_tasks();
+        usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
     }
 
     /// Whether the cache is empty.
@@ -220,6 +257,73 @@ mod tests {
             let _ = cache.lookup(&n(&format!("h{i}.test")), RecordType::A).await;
         }
         assert!(cache.len() <= 4);
+    }
+
+    #[tokio::test]
+    async fn the_cache_reports_its_capacity_and_holds_at_least_one() {
+        assert_eq!(
+            Cached::new(Table::default(), 4, Duration::MAX).capacity(),
+            4
+        );
+        let one = Cached::new(Table::default(), 0, Duration::from_secs(60));
+        assert_eq!(one.capacity(), 1);
+        let _ = one.lookup(&n("a.test"), RecordType::A).await;
+        let _ = one.lookup(&n("a.test"), RecordType::A).await;
+        assert_eq!(one.inner().asked.load(Ordering::Relaxed), 1);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_expire_after_max_ttl_and_failures_after_failure_ttl() {
+        let table = || {
+            Table::default()
+                .with(Lookup::new(
+                    n("a.test"),
+                    RecordType::Mx,
+                    Status::Secure,
+                    Outcome::NoData,
+                    vec![],
+                    3600,
+                ))
+                .with(Lookup::failed(
+                    n("b.test"),
+                    RecordType::Mx,
+                    Failure::Timeout,
+                ))
+        };
+        let short = Duration::from_millis(200);
+        let cache = Cached::new(table(), 10, short).with_failure_ttl(short);
+        for name in ["a.test", "b.test"] {
+            let _ = cache.lookup(&n(name), RecordType::Mx).await;
+            let _ = cache.lookup(&n(name), RecordType::Mx).await;
+        }
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 2);
+        assert_eq!(cache.len(), 2);
+        tokio::time::sleep(short * 2).await;
+        for name in ["a.test", "b.test"] {
+            let _ = cache.lookup(&n(name), RecordType::Mx).await;
+        }
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_bogus_answer_is_not_kept_longer_than_failure_ttl_even_with_a_long_ttl() {
+        let table = Table::default().with(Lookup::new(
+            n("a.test"),
+            RecordType::A,
+            Status::Bogus,
+            Outcome::NoData,
+            vec![],
+            3600,
+        ));
+        let cache = Cached::new(table, 10, Duration::from_secs(3600))
+            .with_failure_ttl(Duration::from_millis(100));
+        let _ = cache.lookup(&n("a.test"), RecordType::A).await;
+        let _ = cache.lookup(&n("a.test"), RecordType::A).await;
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let _ = cache.lookup(&n("a.test"), RecordType::A).await;
+        assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
