@@ -4,7 +4,13 @@
 //! `ClientConfig`, so one verifier per connection can carry that connection's TLSA RRset and
 //! reference names. The certificate decision is then made *during* the handshake: a peer that
 //! fails DANE never completes it. The handshake signatures are still checked, against the
-//! leaf's public key, so the peer must prove it holds the key the TLSA record vouches for.
+//! leaf's public key, so the peer must prove it holds the key the TLSA record vouches for
+//! (RFC 7672 §3.1.1: DANE-EE authenticates the key, which only its holder can use).
+//!
+//! Like rustls, which only reports a server as authenticated once the handshake signature has
+//! verified, [`DaneServerVerifier`] keeps a matching certificate as *pending* and hands out
+//! its [`Verified`] proof only after the server signed the handshake with that certificate's
+//! key. A man in the middle who replays the genuine certificate without its key gets no proof.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,14 +25,35 @@ use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, Signatu
 use crate::cert::CertInfo;
 use crate::verify::{Authenticator, Verified, VerifyError};
 
+/// Where one connection's authentication stands.
+#[derive(Debug, Default)]
+enum State {
+    /// No certificate checked yet.
+    #[default]
+    Idle,
+    /// The certificate was rejected: the handshake is aborted.
+    Rejected(VerifyError),
+    /// The certificate is authenticated by DANE, but the server has not yet proved, by the
+    /// handshake signature, that it holds the leaf's private key.
+    Pending {
+        /// The proof to release once the key is proved.
+        verified: Verified,
+        /// The leaf certificate the proof is about, DER.
+        leaf: Vec<u8>,
+    },
+    /// The certificate is authenticated and the handshake signature verified with its key.
+    Proved(Verified),
+}
+
 /// A rustls server-certificate verifier for one connection, deciding by DANE.
 ///
-/// After the handshake, [`outcome`](Self::outcome) tells what was decided, for logs.
+/// After the handshake, [`verified`](Self::verified) gives the proof of authentication and
+/// [`outcome`](Self::outcome) tells what was decided, for logs.
 #[derive(Debug)]
 pub struct DaneServerVerifier {
     authenticator: Authenticator,
     algorithms: WebPkiSupportedAlgorithms,
-    outcome: Mutex<Option<Result<Verified, VerifyError>>>,
+    state: Mutex<State>,
 }
 
 impl DaneServerVerifier {
@@ -36,7 +63,7 @@ impl DaneServerVerifier {
         Arc::new(Self {
             authenticator: authenticator.with_algorithms(algorithms.all),
             algorithms,
-            outcome: Mutex::new(None),
+            state: Mutex::new(State::Idle),
         })
     }
 
@@ -53,62 +80,59 @@ impl DaneServerVerifier {
             .with_no_client_auth())
     }
 
-    /// The verdict of the last certificate check: `None` before the server's certificate
-    /// arrived.
+    /// The decision on the peer: `Some(Err(_))` when its certificate was rejected,
+    /// `Some(Ok(_))` when it was authenticated *and* proved it holds the key (the handshake
+    /// signature verified), `None` otherwise — before the certificate arrived, or when the
+    /// certificate matched but the handshake signature did not verify (or was not reached).
     pub fn outcome(&self) -> Option<Result<Verified, VerifyError>> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        match &*self.lock() {
+            State::Idle | State::Pending { .. } => None,
+            State::Rejected(e) => Some(Err(e.clone())),
+            State::Proved(v) => Some(Ok(v.clone())),
+        }
     }
 
-    /// The proof of authentication, if the peer was authenticated.
+    /// The proof of authentication: `Some` only when the peer's certificate was authenticated
+    /// by DANE and the peer then signed the handshake with that certificate's key.
     pub fn verified(&self) -> Option<Verified> {
-        self.outcome().and_then(Result::ok)
+        match &*self.lock() {
+            State::Proved(v) => Some(v.clone()),
+            _ => None,
+        }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the handshake signature by `cert`'s key verified: a pending proof about
+    /// that same certificate is released. Anything else leaves the state as it is.
+    fn key_proved(&self, cert: &CertificateDer<'_>) {
+        let mut state = self.lock();
+        if let State::Pending { verified, leaf } = &*state
+            && leaf.as_slice() == cert.as_ref()
+        {
+            *state = State::Proved(verified.clone());
+        }
+    }
+
+    /// The leaf's public key, for the handshake signature. Working from the key rather than
+    /// the certificate keeps DANE-EE servers with X.509 v1 certificates usable.
     fn leaf_spki(cert: &CertificateDer<'_>) -> Result<SubjectPublicKeyInfoDer<'static>, Error> {
         CertInfo::parse(cert)
             .map(|c| SubjectPublicKeyInfoDer::from(c.spki().to_vec()))
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))
     }
-}
 
-impl ServerCertVerifier for DaneServerVerifier {
-    /// Decides by DANE; the SNI name rustls passes is ignored, because the reference names
-    /// were fixed by the route (RFC 7672 §3.2.3), not by what we sent.
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let mut chain = Vec::with_capacity(1 + intermediates.len());
-        chain.push(end_entity.clone());
-        chain.extend(intermediates.iter().cloned());
-        let result = self.authenticator.verify(&chain, now);
-        let reply = match &result {
-            Ok(_) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(e.clone())),
-            ))),
-        };
-        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-        reply
-    }
-
-    /// TLS 1.2 signature, checked against the leaf's public key. Working from the key rather
-    /// than the certificate keeps DANE-EE servers with X.509 v1 certificates usable.
-    fn verify_tls12_signature(
+    /// The TLS 1.2 signature check of rustls' `verify_tls12_signature`, against a raw key
+    /// (rustls offers the raw-key form for TLS 1.3 only).
+    fn tls12_signature_with_raw_key(
         &self,
         message: &[u8],
-        cert: &CertificateDer<'_>,
+        spki: &SubjectPublicKeyInfoDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let spki = Self::leaf_spki(cert)?;
-        let key = webpki::RawPublicKeyEntity::try_from(&spki)
+        let key = webpki::RawPublicKeyEntity::try_from(spki)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let candidates = self
             .algorithms
@@ -128,8 +152,56 @@ impl ServerCertVerifier for DaneServerVerifier {
         }
         Err(Error::InvalidCertificate(CertificateError::BadSignature))
     }
+}
 
-    /// TLS 1.3 signature, checked against the leaf's public key.
+impl ServerCertVerifier for DaneServerVerifier {
+    /// Decides by DANE; the SNI name rustls passes is ignored, because the reference names
+    /// were fixed by the route (RFC 7672 §3.2.3), not by what we sent. A success is kept
+    /// pending until the handshake signature proves the peer holds the leaf's key.
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let (state, reply) = match self.authenticator.verify(&chain, now) {
+            Ok(verified) => (
+                State::Pending {
+                    verified,
+                    leaf: end_entity.to_vec(),
+                },
+                Ok(ServerCertVerified::assertion()),
+            ),
+            Err(e) => {
+                let reply = Err(Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(e.clone())),
+                )));
+                (State::Rejected(e), reply)
+            }
+        };
+        *self.lock() = state;
+        reply
+    }
+
+    /// TLS 1.2 signature (RFC 5246 §7.4.3), checked against the leaf's public key.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let spki = Self::leaf_spki(cert)?;
+        let valid = self.tls12_signature_with_raw_key(message, &spki, dss)?;
+        self.key_proved(cert);
+        Ok(valid)
+    }
+
+    /// TLS 1.3 CertificateVerify (RFC 8446 §4.4.3), checked against the leaf's public key.
     fn verify_tls13_signature(
         &self,
         message: &[u8],
@@ -137,7 +209,9 @@ impl ServerCertVerifier for DaneServerVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         let spki = Self::leaf_spki(cert)?;
-        verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)
+        let valid = verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)?;
+        self.key_proved(cert);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -248,6 +322,9 @@ mod tests {
                 handshake(&mut c, &mut s).unwrap();
                 let v = verifier.verified().expect("verified after the handshake");
                 assert_eq!((v.record(), v.depth()), (&record, depth));
+                let anchor = [AnchorSource::Leaf, AnchorSource::Chain][depth];
+                assert_eq!(v.anchor(), anchor);
+                assert_eq!(verifier.outcome(), Some(Ok(v)));
                 assert_eq!(c.protocol_version(), Some(version.version));
             }
         }
@@ -292,12 +369,41 @@ mod tests {
                 ),
                 "{err:?}"
             );
-            // The certificate itself matched; the handshake signature did not.
-            assert_eq!(
-                verifier.verified().map(|v| v.anchor()),
-                Some(AnchorSource::Leaf)
+            // The certificate itself matched, but the handshake signature did not: no proof
+            // of authentication may be handed out for this connection.
+            assert_eq!(verifier.verified(), None, "{version:?}");
+            assert!(
+                !matches!(verifier.outcome(), Some(Ok(_))),
+                "{:?}",
+                verifier.outcome()
             );
         }
+    }
+
+    #[test]
+    fn a_matching_certificate_alone_proves_nothing() {
+        // rustls offers no way to make a handshake signature outside a handshake, so the
+        // release of the proof is tested by the handshakes above and below; here, that the
+        // certificate check alone does not release it, and that a new check starts over.
+        let root = ca("Root", None);
+        let (leaf, _) = Leaf::default().issue(&root);
+        let (other, _) = Leaf::default().issue(&root);
+        let auth = Authenticator::smtp(&[tlsa(3, 1, 1, &leaf)], vec![]);
+        let verifier =
+            DaneServerVerifier::new(auth, default_provider().signature_verification_algorithms);
+        let sni = ServerName::try_from("mx.example.test").unwrap();
+        verifier
+            .verify_server_cert(&leaf, &[], &sni, &[], UnixTime::now())
+            .unwrap();
+        assert_eq!((verifier.verified(), verifier.outcome()), (None, None));
+        verifier
+            .verify_server_cert(&other, &[], &sni, &[], UnixTime::now())
+            .unwrap_err();
+        assert_eq!(verifier.verified(), None);
+        assert!(matches!(
+            verifier.outcome(),
+            Some(Err(VerifyError::NoMatch { .. }))
+        ));
     }
 
     #[test]
