@@ -12,7 +12,7 @@ use rustls::SignatureScheme;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use serde::Serialize;
 use smtp::Timeouts;
-use smtp::session::{Session, SessionError, TlsInfo};
+use smtp::session::{Session, SessionError, Stage, TlsInfo};
 use smtp::tls::{Auth, Mode};
 
 /// One certificate of the presented chain, as a report shows it.
@@ -80,29 +80,54 @@ impl KeyFamily {
         }
     }
 
+    /// Whether a handshake signature of `scheme` is made with a key of this family: the RSA
+    /// schemes (PKCS#1 v1.5 and PSS, RFC 8446 §4.2.3) are RSA's, all others ECDSA's (which
+    /// stands for EdDSA too).
     fn allows(self, scheme: SignatureScheme) -> bool {
-        let rsa = format!("{scheme:?}").starts_with("RSA");
+        let rsa = matches!(
+            scheme,
+            SignatureScheme::RSA_PKCS1_SHA1
+                | SignatureScheme::RSA_PKCS1_SHA256
+                | SignatureScheme::RSA_PKCS1_SHA384
+                | SignatureScheme::RSA_PKCS1_SHA512
+                | SignatureScheme::RSA_PSS_SHA256
+                | SignatureScheme::RSA_PSS_SHA384
+                | SignatureScheme::RSA_PSS_SHA512
+        );
         rsa == (self == KeyFamily::Rsa)
     }
 }
 
 /// `base` restricted to the signature schemes of one key family, so a server with two
 /// certificates must present that family's.
+///
+/// rustls wants the table `'static`; the providers' tables list each family's schemes in one
+/// run (ECDSA and EdDSA, then RSA), so the restricted table is that part of `base`'s own
+/// static table: nothing is allocated or leaked. A provider whose table mixes the families
+/// gets `base` unrestricted for that family (the probe then cannot force it).
 fn restricted(base: &CryptoProvider, family: KeyFamily) -> Arc<CryptoProvider> {
-    let mapping: Vec<_> = base
-        .signature_verification_algorithms
-        .mapping
-        .iter()
-        .filter(|(scheme, _)| family.allows(*scheme))
-        .copied()
-        .collect();
     let mut provider = base.clone();
-    provider.signature_verification_algorithms = WebPkiSupportedAlgorithms {
-        all: base.signature_verification_algorithms.all,
-        // A handful of entries, once per probe configuration; rustls wants them 'static.
-        mapping: Box::leak(mapping.into_boxed_slice()),
-    };
+    if let Some(mapping) = family_run(base.signature_verification_algorithms.mapping, family) {
+        provider.signature_verification_algorithms = WebPkiSupportedAlgorithms {
+            all: base.signature_verification_algorithms.all,
+            mapping,
+        };
+    }
     Arc::new(provider)
+}
+
+/// The one contiguous run of `mapping` whose schemes belong to `family`, if there is one.
+fn family_run<T>(
+    mapping: &'static [(SignatureScheme, T)],
+    family: KeyFamily,
+) -> Option<&'static [(SignatureScheme, T)]> {
+    let start = mapping.iter().position(|(s, _)| family.allows(*s))?;
+    let len = mapping[start..]
+        .iter()
+        .take_while(|(s, _)| family.allows(*s))
+        .count();
+    let rest = &mapping[start + len..];
+    (!rest.iter().any(|(s, _)| family.allows(*s))).then_some(&mapping[start..start + len])
 }
 
 /// How far a probe got before it failed; each has its own finding (see `report`).
@@ -126,17 +151,17 @@ impl ProbeFailure {
     /// How far the session in error `e` got. The smtp crate names the step that failed
     /// (`Timeout`, `Protocol`): the TCP connection and the greeting are before SMTP.
     pub fn of(e: &SessionError) -> ProbeFailure {
-        const BEFORE_GREETING: [&str; 2] = ["the TCP connection", "the greeting"];
         match e {
             SessionError::Connect(_) => ProbeFailure::Unreachable,
             SessionError::Timeout(stage) | SessionError::Protocol { stage, .. }
-                if BEFORE_GREETING.contains(stage) =>
+                if stage.before_greeting() =>
             {
                 ProbeFailure::Unreachable
             }
-            SessionError::Timeout("the TLS handshake")
+            SessionError::Timeout(Stage::TlsHandshake)
             | SessionError::Refused {
-                stage: "STARTTLS", ..
+                stage: Stage::StartTls,
+                ..
             }
             | SessionError::Tls(_)
             | SessionError::Dane(_)
@@ -422,21 +447,21 @@ mod tests {
                 ProbeFailure::Unreachable,
             ),
             (
-                SessionError::Timeout("the TCP connection"),
+                SessionError::Timeout(Stage::Connect),
                 ProbeFailure::Unreachable,
             ),
             (
-                SessionError::Timeout("the greeting"),
+                SessionError::Timeout(Stage::Greeting),
                 ProbeFailure::Unreachable,
             ),
-            (SessionError::Timeout("EHLO"), ProbeFailure::SmtpFailed),
+            (SessionError::Timeout(Stage::Ehlo), ProbeFailure::SmtpFailed),
             (SessionError::Io("reset".into()), ProbeFailure::SmtpFailed),
             (
                 SessionError::StartTlsNotOffered,
                 ProbeFailure::StarttlsMissing,
             ),
             (
-                SessionError::Timeout("the TLS handshake"),
+                SessionError::Timeout(Stage::TlsHandshake),
                 ProbeFailure::TlsHandshakeFailed,
             ),
             (
@@ -447,6 +472,27 @@ mod tests {
                 SessionError::StartTlsInjection,
                 ProbeFailure::TlsHandshakeFailed,
             ),
+            (
+                SessionError::Refused {
+                    stage: Stage::StartTls,
+                    reply: smtp::reply::Reply::new(454, vec!["4.7.0 not now".into()]),
+                },
+                ProbeFailure::TlsHandshakeFailed,
+            ),
+            (
+                SessionError::Refused {
+                    stage: Stage::Greeting,
+                    reply: smtp::reply::Reply::new(554, vec!["go away".into()]),
+                },
+                ProbeFailure::SmtpFailed,
+            ),
+            (
+                SessionError::Protocol {
+                    stage: Stage::Greeting,
+                    error: smtp::reply::ReplyError::Closed,
+                },
+                ProbeFailure::Unreachable,
+            ),
         ] {
             assert_eq!(ProbeFailure::of(&e), kind, "{e}");
         }
@@ -456,5 +502,40 @@ mod tests {
         );
         assert!(ProbeFailure::StarttlsMissing.reached_smtp());
         assert!(!ProbeFailure::SmtpFailed.reached_smtp());
+    }
+
+    #[test]
+    fn each_family_gets_its_own_schemes_without_leaking() {
+        let base = rustls::crypto::ring::default_provider();
+        for family in [KeyFamily::Ecdsa, KeyFamily::Rsa] {
+            let p = restricted(&base, family);
+            let mapping = p.signature_verification_algorithms.mapping;
+            assert!(!mapping.is_empty(), "{family:?}");
+            assert!(mapping.iter().all(|(s, _)| family.allows(*s)), "{family:?}");
+            assert!(
+                mapping.iter().all(|(s, _)| !family.other().allows(*s)),
+                "{family:?}"
+            );
+            // A part of the provider's own static table.
+            let all = base
+                .signature_verification_algorithms
+                .mapping
+                .as_ptr_range();
+            assert!(all.contains(&mapping.as_ptr()));
+        }
+        assert!(KeyFamily::Rsa.allows(SignatureScheme::RSA_PSS_SHA256));
+        assert!(KeyFamily::Ecdsa.allows(SignatureScheme::ED25519));
+        assert!(!KeyFamily::Ecdsa.allows(SignatureScheme::RSA_PKCS1_SHA1));
+        // A table that mixes the families has no run to cut out.
+        static MIXED: [(SignatureScheme, ()); 3] = [
+            (SignatureScheme::RSA_PSS_SHA256, ()),
+            (SignatureScheme::ECDSA_NISTP256_SHA256, ()),
+            (SignatureScheme::RSA_PKCS1_SHA256, ()),
+        ];
+        assert!(family_run(&MIXED, KeyFamily::Rsa).is_none());
+        assert_eq!(
+            family_run(&MIXED, KeyFamily::Ecdsa).map(<[_]>::len),
+            Some(1)
+        );
     }
 }

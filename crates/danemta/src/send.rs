@@ -294,10 +294,27 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
                 Fate::Bounced => "bounced",
             };
             // The reply is the server's text: it must not reach the terminal raw.
-            println!("{}: {what} ({})", escape(&r.address), escape(&r.reply));
+            println!(
+                "{}: {what} ({})",
+                escape(&r.address),
+                escape(&r.reply.to_string())
+            );
         }
     }
-    Ok(ExitCode::from(all.exit_code()))
+    Ok(ExitCode::from(exit_code(&all)))
+}
+
+/// sysexits status for `danemta send` (PRODUCT.md): 0 all delivered, 69 (EX_UNAVAILABLE)
+/// when any recipient bounced, 75 (EX_TEMPFAIL) when any was deferred and none bounced.
+fn exit_code(delivery: &Delivery) -> u8 {
+    let any = |fate| delivery.recipients.iter().any(|r| r.outcome == fate);
+    if any(Fate::Bounced) {
+        69
+    } else if any(Fate::Deferred) {
+        75
+    } else {
+        0
+    }
 }
 
 fn refused(to: &[String], reason: &str) -> Delivery {
@@ -306,9 +323,36 @@ fn refused(to: &[String], reason: &str) -> Delivery {
             .map(|address| smtp::outcome::RecipientOutcome {
                 address: address.clone(),
                 outcome: Fate::Deferred,
-                reply: reason.to_owned(),
+                reply: smtp::Response::Local(reason.to_owned()),
             })
             .collect(),
         Vec::new(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp::Response;
+    use smtp::outcome::RecipientOutcome;
+
+    #[test]
+    fn exit_codes_follow_sysexits() {
+        let r = |outcome| RecipientOutcome {
+            address: "x@y".into(),
+            outcome,
+            reply: Response::Local(String::new()),
+        };
+        for (fates, code) in [
+            (vec![Fate::Delivered, Fate::Delivered], 0),
+            (vec![Fate::Delivered, Fate::Deferred], 75),
+            (vec![Fate::Deferred], 75),
+            (vec![Fate::Deferred, Fate::Bounced], 69),
+            (vec![Fate::Delivered, Fate::Bounced], 69),
+            (vec![Fate::Bounced], 69),
+        ] {
+            let d = Delivery::new(fates.iter().map(|f| r(*f)).collect(), vec![]);
+            assert_eq!(exit_code(&d), code, "{fates:?}");
+        }
+    }
 }

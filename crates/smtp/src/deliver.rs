@@ -14,11 +14,14 @@ use rustls::crypto::CryptoProvider;
 use crate::envelope::HeloName;
 use crate::message::Message;
 use crate::outcome::{
-    Attempt, DaneReport, Delivery, Fate, LookupStatus, RecipientOutcome, Security,
+    Attempt, DaneReport, DaneStatus, Delivery, Fate, LookupStatus, RecipientOutcome, RemoteMta,
+    Response, Rule, Security, ServerReply,
 };
 use crate::policy::Level;
 use crate::reply::Reply;
-use crate::session::{AuthUnavailable, Envelope, Session, SessionError, Timeouts, Transaction};
+use crate::session::{
+    AuthUnavailable, Envelope, Session, SessionError, Stage, Timeouts, Transaction,
+};
 use crate::tls::{Auth, Mode, PeerAuth};
 
 /// Most addresses connected to per delivery, over all hosts of the route (Postfix
@@ -79,41 +82,14 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The rules cited in outcomes (PRODUCT.md checklist numbers in brackets).
-mod rule {
-    pub const DANE_MANDATORY: &str = "RFC 7672 §2.2 [rule 5]: secure TLSA records make TLS and authentication mandatory; try the next MX, never plaintext";
-    pub const DANE_AUTH: &str =
-        "RFC 7672 §3.1 [rules 7, 8]: the peer must match a usable TLSA record";
-    pub const DANE_UNUSABLE_RECORDS: &str =
-        "RFC 7672 §2.2 [rule 6]: secure TLSA records, none usable: TLS mandatory, unauthenticated";
-    pub const HOST_UNUSABLE: &str =
-        "RFC 7672 §2.2 [rule 5]: a failed TLSA or address lookup makes the host unusable";
-    pub const OPPORTUNISTIC: &str =
-        "RFC 7672 §2.2 / RFC 7435: no secure TLSA records: opportunistic TLS";
-    pub const PLAINTEXT_RETRY: &str = "RFC 7435 §4: opportunistic TLS failed; retried in plaintext";
-    pub const DANE_ONLY: &str =
-        "policy dane-only: defer unless usable secure TLSA records authenticate the peer";
-    pub const POLICY: &str = "the destination's TLS policy level";
-    pub const SMTP: &str = "RFC 5321 §4.2: the server's reply decides";
-    pub const NEXT_MX: &str = "RFC 5321 §5.1: try the next host, defer when none is left";
-    pub const CREDENTIALS: &str =
-        "RFC 6186 §6, RFC 7673 §3: credentials go only to a server authenticated as the next hop's";
-    pub const LIMITS: &str = "RFC 5321 §5.1: a configurable limit on the addresses tried (Postfix smtp_mx_address_limit, smtp_mx_session_limit)";
-}
-
 /// How to treat one host.
 enum Plan {
-    Connect { mode: Mode, rule: &'static str },
-    Skip { reason: String, rule: &'static str },
+    Connect { mode: Mode, rule: Rule },
+    Skip { reason: String, rule: Rule },
 }
 
-fn dane_state(c: &Candidate) -> &'static str {
-    match c.dane {
-        DaneState::Usable { .. } => "usable",
-        DaneState::Unusable => "unusable",
-        DaneState::NotApplicable { .. } => "not-applicable",
-        DaneState::HostUnusable { .. } => "host-unusable",
-    }
+fn dane_state(c: &Candidate) -> DaneStatus {
+    DaneStatus::from(&c.dane)
 }
 
 /// Policy level × DANE state → what a connection to this host must do (PRODUCT.md policy
@@ -139,21 +115,21 @@ fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Pla
     };
     let connect = |mode, rule| Plan::Connect { mode, rule };
     match (cfg.level, &c.dane) {
-        (Level::None, _) => connect(Mode::Plaintext, rule::POLICY),
-        (Level::May, _) => connect(Mode::Opportunistic, rule::POLICY),
-        (Level::Encrypt, _) => connect(Mode::Required(Auth::None), rule::POLICY),
+        (Level::None, _) => connect(Mode::Plaintext, Rule::Policy),
+        (Level::May, _) => connect(Mode::Opportunistic, Rule::Policy),
+        (Level::Encrypt, _) => connect(Mode::Required(Auth::None), Rule::Policy),
         (Level::Fingerprint, _) => connect(
             Mode::Required(Auth::Fingerprint(cfg.fingerprints.clone())),
-            rule::POLICY,
+            Rule::Policy,
         ),
-        (Level::Verify, _) => connect(pkix(&c.name), rule::POLICY),
-        (Level::Secure, _) => connect(pkix(next_hop), rule::POLICY),
+        (Level::Verify, _) => connect(pkix(&c.name), Rule::Policy),
+        (Level::Secure, _) => connect(pkix(next_hop), Rule::Policy),
         (Level::Dane | Level::DaneOnly, DaneState::HostUnusable { reason }) => Plan::Skip {
             reason: reason.clone(),
-            rule: rule::HOST_UNUSABLE,
+            rule: Rule::HostUnusable,
         },
         (Level::Dane | Level::DaneOnly, DaneState::Usable { records }) => {
-            connect(dane(records), rule::DANE_MANDATORY)
+            connect(dane(records), Rule::DaneMandatory)
         }
         (Level::DaneOnly, _) => Plan::Skip {
             reason: format!(
@@ -161,13 +137,13 @@ fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Pla
                 c.name,
                 dane_state(c)
             ),
-            rule: rule::DANE_ONLY,
+            rule: Rule::DaneOnly,
         },
         (Level::Dane, DaneState::Unusable) => {
-            connect(Mode::Required(Auth::None), rule::DANE_UNUSABLE_RECORDS)
+            connect(Mode::Required(Auth::None), Rule::DaneUnusableRecords)
         }
         (Level::Dane, DaneState::NotApplicable { .. }) => {
-            connect(Mode::Opportunistic, rule::OPPORTUNISTIC)
+            connect(Mode::Opportunistic, Rule::Opportunistic)
         }
     }
 }
@@ -221,23 +197,29 @@ pub async fn deliver(
     message: &Message,
     cfg: &Config,
 ) -> Delivery {
-    let everyone = |fate: Fate, reply: &str| -> Vec<RecipientOutcome> {
+    let everyone = |fate: Fate, reply: Response| -> Vec<RecipientOutcome> {
         envelope
             .recipients()
             .iter()
             .map(|address| RecipientOutcome {
                 address: address.clone(),
                 outcome: fate,
-                reply: reply.to_owned(),
+                reply: reply.clone(),
             })
             .collect()
     };
     let (mx_dnssec, candidates) = match route {
         Route::Defer { reason, .. } => {
-            return Delivery::new(everyone(Fate::Deferred, reason), Vec::new());
+            return Delivery::new(
+                everyone(Fate::Deferred, Response::Local(reason.clone())),
+                Vec::new(),
+            );
         }
         Route::Bounce { reason, .. } => {
-            return Delivery::new(everyone(Fate::Bounced, reason), Vec::new());
+            return Delivery::new(
+                everyone(Fate::Bounced, Response::Local(reason.clone())),
+                Vec::new(),
+            );
         }
         Route::Deliver {
             mx_dnssec,
@@ -269,7 +251,7 @@ pub async fn deliver(
             && let Err(why) = credentials_may_go(cfg, c, &mode, mx_dnssec.is_secure())
         {
             let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
-            let attempt = skipped(c, &lookups, error.to_string(), rule::CREDENTIALS);
+            let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials);
             tracing::warn!("{}", attempt.log_line());
             last_reason = format!("{}: {}", c.name, attempt.reason);
             attempts.push(attempt);
@@ -297,7 +279,7 @@ pub async fn deliver(
                          ({untried} address(es) of {} host(s) left untried)",
                         candidates.len() - index
                     ),
-                    rule::LIMITS,
+                    Rule::Limits,
                 );
                 attempt.address = Some(address);
                 tracing::warn!("{}", attempt.log_line());
@@ -318,7 +300,7 @@ pub async fn deliver(
                     c,
                     address,
                     &Mode::Plaintext,
-                    rule::PLAINTEXT_RETRY,
+                    Rule::PlaintextRetry,
                     &lookups,
                     envelope,
                     message,
@@ -333,24 +315,32 @@ pub async fn deliver(
             }
             match result {
                 Ok(transaction) => {
-                    let recipients = fates(envelope, &transaction);
+                    let recipients = fates(envelope, &transaction, &remote(c, address));
                     attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
                     attempts.push(attempt);
                     return Delivery::new(recipients, attempts);
                 }
                 Err(SessionError::Refused {
-                    stage: "MAIL FROM",
+                    stage: Stage::Mail,
                     reply,
                 }) if reply.is_permanent() => {
                     attempts.push(attempt);
-                    return Delivery::new(everyone(Fate::Bounced, &reply.to_string()), attempts);
+                    let reply = ServerReply::new(&reply, Some(remote(c, address)));
+                    return Delivery::new(everyone(Fate::Bounced, Response::Smtp(reply)), attempts);
                 }
                 // Larger than the server accepts: no other host of this domain will differ
                 // (RFC 1870 §6.1, 552).
                 Err(SessionError::TooBig { .. }) => {
-                    let reason = format!("552 5.3.4 {}", attempt.reason);
+                    // Our own reply, in the form the server would have given (no MTA sent it).
+                    let reply = Reply::new(552, vec![format!("5.3.4 {}", attempt.reason)]);
                     attempts.push(attempt);
-                    return Delivery::new(everyone(Fate::Bounced, &reason), attempts);
+                    return Delivery::new(
+                        everyone(
+                            Fate::Bounced,
+                            Response::Smtp(ServerReply::new(&reply, None)),
+                        ),
+                        attempts,
+                    );
                 }
                 Err(_) => {
                     last_reason = format!("{}: {}", c.name, attempt.reason);
@@ -362,7 +352,7 @@ pub async fn deliver(
     Delivery::new(
         everyone(
             Fate::Deferred,
-            &format!("{last_reason} ({})", rule::NEXT_MX),
+            Response::Local(format!("{last_reason} ({})", Rule::NextMx)),
         ),
         attempts,
     )
@@ -385,7 +375,7 @@ fn dane_report(c: &Candidate) -> DaneReport {
     }
 }
 
-fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: &'static str) -> Attempt {
+fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) -> Attempt {
     Attempt {
         host: c.name.clone(),
         address: None,
@@ -408,7 +398,7 @@ async fn connect(
     c: &Candidate,
     address: IpAddr,
     mode: &Mode,
-    rule_for_mode: &'static str,
+    rule_for_mode: Rule,
     lookups: &LookupStatus,
     envelope: &Envelope,
     message: &Message,
@@ -430,16 +420,16 @@ async fn connect(
         Ok(s) => s,
         Err(e) => {
             attempt.rule = match (&e, mode) {
-                (SessionError::Dane(_), _) => rule::DANE_AUTH,
+                (SessionError::Dane(_), _) => Rule::DaneAuth,
                 (
                     SessionError::StartTlsNotOffered
                     | SessionError::Tls(_)
                     | SessionError::StartTlsInjection,
                     Mode::Required(Auth::Dane { .. }),
-                ) => rule::DANE_MANDATORY,
-                (_, _) if rule_for_mode == rule::PLAINTEXT_RETRY => rule::PLAINTEXT_RETRY,
-                (SessionError::Tls(_), Mode::Opportunistic) => rule::OPPORTUNISTIC,
-                _ => rule::NEXT_MX,
+                ) => Rule::DaneMandatory,
+                (_, _) if rule_for_mode == Rule::PlaintextRetry => Rule::PlaintextRetry,
+                (SessionError::Tls(_), Mode::Opportunistic) => Rule::Opportunistic,
+                _ => Rule::NextMx,
             };
             attempt.reason = e.to_string();
             return (attempt, Err(e));
@@ -473,7 +463,7 @@ async fn connect(
         if let Err(e) = auth {
             attempt.reason = e.to_string();
             if matches!(e, SessionError::AuthUnavailable(_)) {
-                attempt.rule = rule::CREDENTIALS;
+                attempt.rule = Rule::Credentials;
             }
             attempt.replies = session.transcript.clone();
             session.quit().await;
@@ -493,11 +483,11 @@ async fn connect(
     if let Ok(t) = &result {
         let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
         attempt.rule = match attempt.security {
-            _ if !accepted => rule::SMTP,
+            _ if !accepted => Rule::Smtp,
             Security::Verified | Security::Trusted
                 if matches!(mode, Mode::Required(Auth::Dane { .. })) =>
             {
-                rule::DANE_AUTH
+                Rule::DaneAuth
             }
             _ => rule_for_mode,
         };
@@ -506,8 +496,17 @@ async fn connect(
     (attempt, result)
 }
 
-/// Each recipient's fate from its RCPT reply and the final reply to the message.
-fn fates(envelope: &Envelope, t: &Transaction) -> Vec<RecipientOutcome> {
+/// The MTA at `address` of host `c`.
+fn remote(c: &Candidate, address: IpAddr) -> RemoteMta {
+    RemoteMta {
+        host: c.name.clone(),
+        address,
+    }
+}
+
+/// Each recipient's fate from its RCPT reply and the final reply to the message, which
+/// `mta` sent.
+fn fates(envelope: &Envelope, t: &Transaction, mta: &RemoteMta) -> Vec<RecipientOutcome> {
     let classify = |reply: &Reply| {
         if reply.is_positive() {
             Fate::Delivered
@@ -529,7 +528,7 @@ fn fates(envelope: &Envelope, t: &Transaction) -> Vec<RecipientOutcome> {
             RecipientOutcome {
                 address: address.clone(),
                 outcome: classify(final_reply),
-                reply: final_reply.to_string(),
+                reply: Response::Smtp(ServerReply::new(final_reply, Some(mta.clone()))),
             }
         })
         .collect()
@@ -663,9 +662,13 @@ mod tests {
             ],
             data: Some(r(250, "2.0.0 queued")),
         };
-        let f: Vec<(Fate, String)> = fates(&envelope, &t)
+        let mta = RemoteMta {
+            host: n("mx.y.test"),
+            address: "192.0.2.7".parse().unwrap(),
+        };
+        let f: Vec<(Fate, String)> = fates(&envelope, &t, &mta)
             .into_iter()
-            .map(|r| (r.outcome, r.reply))
+            .map(|r| (r.outcome, r.reply.to_string()))
             .collect();
         assert_eq!(
             f,
@@ -679,27 +682,17 @@ mod tests {
             rcpt: vec![r(250, "ok"), r(250, "ok"), r(250, "ok")],
             data: Some(r(452, "4.3.1 full")),
         };
-        assert!(
-            fates(&envelope, &t)
-                .iter()
-                .all(|r| r.outcome == Fate::Deferred)
+        let f = fates(&envelope, &t, &mta);
+        assert!(f.iter().all(|r| r.outcome == Fate::Deferred));
+        // The typed reply: code, enhanced status, lines and who sent it.
+        let smtp = f[0].reply.smtp().unwrap();
+        assert_eq!(
+            (smtp.code, smtp.enhanced, smtp.mta.as_ref()),
+            (
+                452,
+                Some(crate::reply::EnhancedStatus::new(4, 3, 1)),
+                Some(&mta)
+            )
         );
-    }
-
-    #[test]
-    fn summary_and_exit_codes() {
-        let r = |outcome| RecipientOutcome {
-            address: "x@y".into(),
-            outcome,
-            reply: String::new(),
-        };
-        let d = Delivery::new(vec![r(Fate::Delivered), r(Fate::Delivered)], vec![]);
-        assert_eq!((d.outcome, d.exit_code()), ("delivered", 0));
-        let d = Delivery::new(vec![r(Fate::Delivered), r(Fate::Deferred)], vec![]);
-        assert_eq!((d.outcome, d.exit_code()), ("partial", 75));
-        let d = Delivery::new(vec![r(Fate::Deferred), r(Fate::Bounced)], vec![]);
-        assert_eq!((d.outcome, d.exit_code()), ("partial", 69));
-        let d = Delivery::new(vec![r(Fate::Bounced)], vec![]);
-        assert_eq!((d.outcome, d.exit_code()), ("bounced", 69));
     }
 }

@@ -22,6 +22,6 @@ pub mod tls;
 pub use deliver::{Config, Limits, deliver};
 pub use envelope::{Envelope, EnvelopeError, HeloName};
 pub use message::{Message, MessageError};
-pub use outcome::{Attempt, Delivery, Fate, Security};
+pub use outcome::{Attempt, Delivery, Fate, Outcome, Response, Rule, Security};
 pub use policy::Level;
 pub use session::Timeouts;

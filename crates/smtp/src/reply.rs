@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Longest reply line accepted, CRLF included. RFC 5321 §4.5.3.1.5 sets 512; real servers
@@ -17,13 +17,32 @@ pub const MAX_LINE: usize = 2048;
 /// Most lines in one reply (EHLO replies are the longest in practice).
 pub const MAX_LINES: usize = 100;
 
-/// An enhanced status code (RFC 3463), e.g. `2.1.5`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Enhanced(pub u8, pub u16, pub u16);
+/// An enhanced status code (RFC 3463 §2), e.g. `2.1.5`: `class.subject.detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EnhancedStatus {
+    /// 2 success, 4 persistent transient failure, 5 permanent failure (RFC 3463 §3.1).
+    pub class: u8,
+    /// What the status is about: 1 addressing, 2 mailbox, 3 mail system, 4 network and
+    /// routing, 5 mail delivery protocol, 6 message content, 7 security (RFC 3463 §3.2).
+    pub subject: u16,
+    /// The detail within the subject (RFC 3463 §3.3 ff.).
+    pub detail: u16,
+}
 
-impl fmt::Display for Enhanced {
+impl EnhancedStatus {
+    /// `class.subject.detail`.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
+        Self {
+            class,
+            subject,
+            detail,
+        }
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
     }
 }
 
@@ -93,8 +112,9 @@ impl Reply {
         (500..600).contains(&self.code)
     }
 
-    /// The enhanced status code at the start of the first line, if any (RFC 2034).
-    pub fn enhanced(&self) -> Option<Enhanced> {
+    /// The enhanced status code at the start of the first line, if any (RFC 2034 §4, in the
+    /// syntax of RFC 3463 §2; its class must agree with the reply code's).
+    pub fn enhanced(&self) -> Option<EnhancedStatus> {
         let first = self.lines.first()?;
         let token = first.split(' ').next()?;
         let mut parts = token.split('.');
@@ -102,7 +122,7 @@ impl Reply {
         let subject: u16 = parts.next()?.parse().ok()?;
         let detail: u16 = parts.next()?.parse().ok()?;
         (parts.next().is_none() && matches!(class, 2 | 4 | 5) && class == (self.code / 100) as u8)
-            .then_some(Enhanced(class, subject, detail))
+            .then_some(EnhancedStatus::new(class, subject, detail))
     }
 
     /// Parses one line `DDD-text` / `DDD text` / `DDD` (CRLF stripped): code and whether more
@@ -207,7 +227,10 @@ mod tests {
     #[tokio::test]
     async fn single_and_multi_line_replies() {
         let r = parse(b"250 2.1.0 Ok\r\n").await.unwrap();
-        assert_eq!((r.code(), r.enhanced()), (250, Some(Enhanced(2, 1, 0))));
+        assert_eq!(
+            (r.code(), r.enhanced()),
+            (250, Some(EnhancedStatus::new(2, 1, 0)))
+        );
         assert_eq!(r.to_string(), "250 2.1.0 Ok");
         let r = parse(b"250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
             .await
@@ -226,7 +249,7 @@ mod tests {
                 .await
                 .unwrap()
                 .enhanced(),
-            Some(Enhanced(5, 1, 1))
+            Some(EnhancedStatus::new(5, 1, 1))
         );
         assert_eq!(parse(b"550 2.1.1 odd\r\n").await.unwrap().enhanced(), None);
         assert_eq!(parse(b"250 Ok\r\n").await.unwrap().enhanced(), None);

@@ -68,6 +68,87 @@ impl Default for Timeouts {
     }
 }
 
+/// A step of the SMTP session (RFC 5321 §3, §4.1; RFC 3207 for STARTTLS; RFC 4954 for AUTH):
+/// where an error happened. `Display` names the step as the error messages do ("timed out
+/// waiting for the greeting"); [`Stage::refused_label`] names it as a refusal does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The TCP connection (before any SMTP).
+    Connect,
+    /// The server's 220 greeting (RFC 5321 §3.1).
+    Greeting,
+    /// EHLO (RFC 5321 §4.1.1.1).
+    Ehlo,
+    /// HELO, the fallback when EHLO is not known (RFC 5321 §4.1.4).
+    Helo,
+    /// The STARTTLS command (RFC 3207 §4).
+    StartTls,
+    /// The TLS handshake after the server agreed to STARTTLS.
+    TlsHandshake,
+    /// AUTH (RFC 4954).
+    Auth,
+    /// MAIL FROM (RFC 5321 §4.1.1.2).
+    Mail,
+    /// RCPT TO (RFC 5321 §4.1.1.3).
+    Rcpt,
+    /// RSET (RFC 5321 §4.1.1.5).
+    Rset,
+    /// The DATA command and its 354 (RFC 5321 §4.1.1.4).
+    Data,
+    /// Sending the message body.
+    Body,
+    /// The reply after the final dot (RFC 5321 §4.5.3.2.6).
+    EndOfData,
+    /// QUIT.
+    Quit,
+    /// Writing a command line, whichever it was.
+    Write,
+}
+
+impl Stage {
+    /// The step as a refusal names it: "MAIL FROM refused", "the connection refused" (a
+    /// greeting other than 220).
+    pub fn refused_label(self) -> &'static str {
+        match self {
+            Stage::Greeting => "the connection",
+            Stage::Mail => "MAIL FROM",
+            other => other.label(),
+        }
+    }
+
+    /// Whether the step comes before the server greeted: nothing of SMTP was seen yet.
+    pub fn before_greeting(self) -> bool {
+        matches!(self, Stage::Connect | Stage::Greeting)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Connect => "the TCP connection",
+            Stage::Greeting => "the greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::Helo => "HELO",
+            Stage::StartTls => "STARTTLS",
+            Stage::TlsHandshake => "the TLS handshake",
+            Stage::Auth => "AUTH",
+            Stage::Mail => "MAIL",
+            Stage::Rcpt => "RCPT",
+            Stage::Rset => "RSET",
+            Stage::Data => "DATA",
+            Stage::Body => "the server to accept the message",
+            Stage::EndOfData => "the end of DATA",
+            Stage::Quit => "QUIT",
+            Stage::Write => "the server to accept our command",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// What went wrong on a connection, and where.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -76,20 +157,20 @@ pub enum SessionError {
     Connect(String),
     /// No reply in time.
     #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
+    Timeout(Stage),
     /// A reply that breaks the protocol.
     #[error("protocol error after {stage}: {error}")]
     Protocol {
         /// What we were waiting for.
-        stage: &'static str,
+        stage: Stage,
         /// The reply problem.
         error: ReplyError,
     },
     /// The server refused a step of the session (not a recipient).
-    #[error("{stage} refused: {reply}")]
+    #[error("{} refused: {reply}", .stage.refused_label())]
     Refused {
         /// The step.
-        stage: &'static str,
+        stage: Stage,
         /// The server's reply.
         reply: Reply,
     },
@@ -156,7 +237,7 @@ pub enum AuthUnavailable {
 }
 
 /// The TLS parameters of an established connection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsInfo {
     /// e.g. `TLSv1.3`.
     pub version: String,
@@ -205,7 +286,7 @@ impl Session {
         let helo_name = HeloName::new(helo_name).map_err(SessionError::InvalidInput)?;
         let tcp = timeout(timeouts.connect, TcpStream::connect(addr))
             .await
-            .map_err(|_| SessionError::Timeout("the TCP connection"))?
+            .map_err(|_| SessionError::Timeout(Stage::Connect))?
             .map_err(|e| SessionError::Connect(e.to_string()))?;
         let mut session = Session {
             io: BufReader::new(Box::new(tcp)),
@@ -217,10 +298,10 @@ impl Session {
             helo_name,
             transcript: Vec::new(),
         };
-        let greeting = session.read("the greeting", timeouts.greeting).await?;
+        let greeting = session.read(Stage::Greeting, timeouts.greeting).await?;
         if greeting.code() != 220 {
             return Err(SessionError::Refused {
-                stage: "the connection",
+                stage: Stage::Greeting,
                 reply: greeting,
             });
         }
@@ -261,7 +342,7 @@ impl Session {
         self.peer.as_ref()
     }
 
-    async fn read(&mut self, stage: &'static str, limit: Duration) -> Result<Reply, SessionError> {
+    async fn read(&mut self, stage: Stage, limit: Duration) -> Result<Reply, SessionError> {
         let reply = timeout(limit, Reply::read(&mut self.io))
             .await
             .map_err(|_| SessionError::Timeout(stage))?
@@ -277,11 +358,11 @@ impl Session {
             io.flush().await
         })
         .await
-        .map_err(|_| SessionError::Timeout("the server to accept our command"))?
+        .map_err(|_| SessionError::Timeout(Stage::Write))?
         .map_err(|e| SessionError::Io(e.to_string()))
     }
 
-    async fn command(&mut self, line: String, stage: &'static str) -> Result<Reply, SessionError> {
+    async fn command(&mut self, line: String, stage: Stage) -> Result<Reply, SessionError> {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         self.read(stage, self.timeouts.command).await
     }
@@ -289,7 +370,7 @@ impl Session {
     /// EHLO, or HELO when the server does not know EHLO (RFC 5321 §4.1.4).
     async fn hello(&mut self) -> Result<(), SessionError> {
         let reply = self
-            .command(format!("EHLO {}", self.helo_name), "EHLO")
+            .command(format!("EHLO {}", self.helo_name), Stage::Ehlo)
             .await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
@@ -297,16 +378,16 @@ impl Session {
         }
         if !reply.is_permanent() {
             return Err(SessionError::Refused {
-                stage: "EHLO",
+                stage: Stage::Ehlo,
                 reply,
             });
         }
         let reply = self
-            .command(format!("HELO {}", self.helo_name), "HELO")
+            .command(format!("HELO {}", self.helo_name), Stage::Helo)
             .await?;
         if !reply.is_positive() {
             return Err(SessionError::Refused {
-                stage: "HELO",
+                stage: Stage::Helo,
                 reply,
             });
         }
@@ -315,10 +396,10 @@ impl Session {
     }
 
     async fn starttls(&mut self, sni: &str, prepared: &Prepared) -> Result<(), SessionError> {
-        let reply = self.command("STARTTLS".into(), "STARTTLS").await?;
+        let reply = self.command("STARTTLS".into(), Stage::StartTls).await?;
         if reply.code() != 220 {
             return Err(SessionError::Refused {
-                stage: "STARTTLS",
+                stage: Stage::StartTls,
                 reply,
             });
         }
@@ -335,7 +416,7 @@ impl Session {
         let connector = TlsConnector::from(prepared.config.clone());
         let handshake = connector.connect(server_name, plain.into_inner());
         let stream = match timeout(self.timeouts.tls, handshake).await {
-            Err(_) => return Err(SessionError::Timeout("the TLS handshake")),
+            Err(_) => return Err(SessionError::Timeout(Stage::TlsHandshake)),
             Ok(Err(e)) => {
                 return Err(match prepared.dane_failure() {
                     Some(failure) => SessionError::Dane(failure),
@@ -380,10 +461,10 @@ impl Session {
         self.send(format!("AUTH PLAIN {token}\r\n").as_bytes())
             .await?;
         // The command line holds the credentials: keep it out of the transcript.
-        let reply = self.read("AUTH", self.timeouts.command).await?;
+        let reply = self.read(Stage::Auth, self.timeouts.command).await?;
         if reply.code() != 235 {
             return Err(SessionError::Refused {
-                stage: "AUTH",
+                stage: Stage::Auth,
                 reply,
             });
         }
@@ -419,7 +500,7 @@ impl Session {
         if needs_utf8 && !self.caps.smtputf8 {
             // RFC 6531 §3.2: internationalised addresses go only to SMTPUTF8 servers.
             return Err(SessionError::Refused {
-                stage: "MAIL FROM",
+                stage: Stage::Mail,
                 reply: Reply::new(
                     553,
                     vec!["5.6.7 the server does not support SMTPUTF8, which these addresses need (RFC 6531 §3.2)".into()],
@@ -439,33 +520,33 @@ impl Session {
         if self.caps.pipelining {
             let batch = format!("{mail}\r\n{}", rcpts.concat());
             self.send(batch.as_bytes()).await?;
-            mail_reply = self.read("MAIL", self.timeouts.command).await?;
+            mail_reply = self.read(Stage::Mail, self.timeouts.command).await?;
             for _ in &rcpts {
-                rcpt_replies.push(self.read("RCPT", self.timeouts.command).await?);
+                rcpt_replies.push(self.read(Stage::Rcpt, self.timeouts.command).await?);
             }
         } else {
-            mail_reply = self.command(mail, "MAIL").await?;
+            mail_reply = self.command(mail, Stage::Mail).await?;
             if mail_reply.is_positive() {
                 for rcpt in &rcpts {
                     self.send(rcpt.as_bytes()).await?;
-                    rcpt_replies.push(self.read("RCPT", self.timeouts.command).await?);
+                    rcpt_replies.push(self.read(Stage::Rcpt, self.timeouts.command).await?);
                 }
             }
         }
         if !mail_reply.is_positive() {
             return Err(SessionError::Refused {
-                stage: "MAIL FROM",
+                stage: Stage::Mail,
                 reply: mail_reply,
             });
         }
         if !rcpt_replies.iter().any(Reply::is_positive) {
-            let _ = self.command("RSET".into(), "RSET").await;
+            let _ = self.command("RSET".into(), Stage::Rset).await;
             return Ok(Transaction {
                 rcpt: rcpt_replies,
                 data: None,
             });
         }
-        let go = self.command("DATA".into(), "DATA").await?;
+        let go = self.command("DATA".into(), Stage::Data).await?;
         if go.code() != 354 {
             return Ok(Transaction {
                 rcpt: rcpt_replies,
@@ -479,9 +560,9 @@ impl Session {
             io.flush().await
         })
         .await
-        .map_err(|_| SessionError::Timeout("the server to accept the message"))?
+        .map_err(|_| SessionError::Timeout(Stage::Body))?
         .map_err(|e| SessionError::Io(e.to_string()))?;
-        let done = self.read("the end of DATA", self.timeouts.data_end).await?;
+        let done = self.read(Stage::EndOfData, self.timeouts.data_end).await?;
         Ok(Transaction {
             rcpt: rcpt_replies,
             data: Some(done),
@@ -490,7 +571,11 @@ impl Session {
 
     /// QUIT, politely; errors do not matter any more.
     pub async fn quit(mut self) {
-        let _ = timeout(Duration::from_secs(5), self.command("QUIT".into(), "QUIT")).await;
+        let _ = timeout(
+            Duration::from_secs(5),
+            self.command("QUIT".into(), Stage::Quit),
+        )
+        .await;
         let _ = self.io.get_mut().shutdown().await;
     }
 }

@@ -14,6 +14,7 @@ use danemta_lab::SubmissionServer;
 use danemta_lab::pki::TestCert;
 use dns::route::{Address, Candidate, DaneState};
 use dns::{DnsName, Route, Status};
+use smtp::outcome::{Outcome, Rule};
 use smtp::{Config, Envelope, Fate, Level, Message, Security, Timeouts};
 
 struct Server {
@@ -122,7 +123,7 @@ async fn dane_ee_delivery_is_verified_and_sends_the_base_domain_as_sni() {
         )],
     };
     let d = send(&route, Level::Dane).await;
-    assert_eq!(d.outcome, "delivered", "{d:#?}");
+    assert_eq!(d.outcome, Outcome::Delivered, "{d:#?}");
     let a = &d.attempts[0];
     assert_eq!(a.security, Security::Verified);
     assert_eq!(
@@ -156,7 +157,7 @@ async fn insecure_mx_with_secure_tlsa_is_trusted_not_verified() {
     let d = send(&route, Level::Dane).await;
     assert_eq!(
         (d.outcome, d.attempts[0].security),
-        ("delivered", Security::Trusted)
+        (Outcome::Delivered, Security::Trusted)
     );
 }
 
@@ -186,7 +187,7 @@ async fn a_wrong_certificate_moves_to_the_next_mx_and_never_sends_mail() {
         ],
     };
     let d = send(&route, Level::Dane).await;
-    assert_eq!(d.outcome, "delivered");
+    assert_eq!(d.outcome, Outcome::Delivered);
     assert_eq!(d.attempts.len(), 2);
     assert_eq!(d.attempts[0].security, Security::None);
     assert!(
@@ -194,7 +195,8 @@ async fn a_wrong_certificate_moves_to_the_next_mx_and_never_sends_mail() {
         "{}",
         d.attempts[0].reason
     );
-    assert!(d.attempts[0].rule.contains("RFC 7672 §3.1"));
+    assert_eq!(d.attempts[0].rule, Rule::DaneAuth);
+    assert!(d.attempts[0].rule.citation().contains("RFC 7672 §3.1"));
     assert_eq!(d.attempts[1].security, Security::Verified);
     let seen = wrong.inner.seen();
     assert!(
@@ -216,10 +218,11 @@ async fn dane_without_starttls_defers_and_opportunistic_sends_plaintext() {
         candidates: vec![candidate("mx.example.test", "mx.example.test", &s, usable)],
     };
     let d = send(&route, Level::Dane).await;
-    assert_eq!((d.outcome, d.exit_code()), ("deferred", 75));
+    assert_eq!(d.outcome, Outcome::Deferred);
     assert!(
         d.recipients[0]
             .reply
+            .to_string()
             .contains("STARTTLS is required but not offered"),
         "{}",
         d.recipients[0].reply
@@ -236,7 +239,7 @@ async fn dane_without_starttls_defers_and_opportunistic_sends_plaintext() {
     let d = send(&route, Level::Dane).await;
     assert_eq!(
         (d.outcome, d.attempts[0].security),
-        ("delivered", Security::Plaintext)
+        (Outcome::Delivered, Security::Plaintext)
     );
 }
 
@@ -251,7 +254,7 @@ async fn dane_only_skips_hosts_without_usable_records() {
         candidates: vec![candidate("mx.example.test", "mx.example.test", &s, na)],
     };
     let d = send(&route, Level::DaneOnly).await;
-    assert_eq!(d.outcome, "deferred");
+    assert_eq!(d.outcome, Outcome::Deferred);
     assert_eq!(d.attempts[0].security, Security::None);
     assert!(s.inner.seen().commands.is_empty(), "no connection at all");
 }
@@ -273,11 +276,11 @@ async fn fingerprint_level_matches_configured_digests() {
     let d = smtp::deliver(&route, &n("example.test"), true, &envelope, &message, &cfg).await;
     assert_eq!(
         (d.outcome, d.attempts[0].security),
-        ("delivered", Security::Verified)
+        (Outcome::Delivered, Security::Verified)
     );
     cfg.fingerprints = vec![tlsa_for(&CertificateDer::from(cert("x.test").leaf_der))];
     let d = smtp::deliver(&route, &n("example.test"), true, &envelope, &message, &cfg).await;
-    assert_eq!(d.outcome, "deferred");
+    assert_eq!(d.outcome, Outcome::Deferred);
     assert!(d.recipients.iter().all(|r| r.outcome == Fate::Deferred));
 }
 
@@ -314,8 +317,8 @@ async fn a_message_over_the_size_limit_bounces_instead_of_trying_the_next_mx() {
         candidates: vec![candidate("mx.example.test", "mx.example.test", &server, na)],
     };
     let d = send(&route, Level::Dane).await;
-    assert_eq!((d.outcome, d.exit_code()), ("bounced", 69), "{d:#?}");
-    assert!(d.recipients[0].reply.starts_with("552 5.3.4"));
+    assert_eq!(d.outcome, Outcome::Bounced, "{d:#?}");
+    assert!(d.recipients[0].reply.to_string().starts_with("552 5.3.4"));
 }
 
 /// A submission server offering STARTTLS (self-signed certificate for `mx.example.test`) and
@@ -375,15 +378,14 @@ async fn credentials_never_go_to_an_unauthenticated_server() {
     ] {
         let s = credentialed_server().await;
         let d = submit(&one_host(&s, dane.clone(), Status::Secure), level, |_| {}).await;
-        assert_eq!(
-            (d.outcome, d.exit_code()),
-            ("deferred", 75),
-            "{level}: {d:#?}"
-        );
+        assert_eq!(d.outcome, Outcome::Deferred, "{level}: {d:#?}");
         assert!(!saw_auth(&s), "{level}: {:?}", s.inner.seen().commands);
         assert!(s.inner.seen().messages.is_empty());
         assert!(
-            d.recipients[0].reply.contains("credentials not sent"),
+            d.recipients[0]
+                .reply
+                .to_string()
+                .contains("credentials not sent"),
             "{}",
             d.recipients[0].reply
         );
@@ -399,7 +401,7 @@ async fn credentials_never_go_to_a_dane_host_named_by_an_insecure_lookup() {
         records: vec![tlsa_for(&s.leaf)],
     };
     let d = submit(&one_host(&s, usable, Status::Insecure), Level::Dane, |_| {}).await;
-    assert_eq!(d.outcome, "deferred", "{d:#?}");
+    assert_eq!(d.outcome, Outcome::Deferred, "{d:#?}");
     assert!(!saw_auth(&s), "{:?}", s.inner.seen().commands);
     assert!(
         d.attempts[0].reason.contains("insecure"),
@@ -416,7 +418,7 @@ async fn credentials_never_go_to_a_pkix_name_from_an_insecure_lookup() {
         reason: String::new(),
     };
     let d = submit(&one_host(&s, na, Status::Insecure), Level::Verify, |_| {}).await;
-    assert_eq!(d.outcome, "deferred", "{d:#?}");
+    assert_eq!(d.outcome, Outcome::Deferred, "{d:#?}");
     assert!(s.inner.seen().commands.is_empty(), "not even connected to");
 }
 
@@ -429,7 +431,7 @@ async fn credentials_go_to_a_verified_dane_server() {
     let d = submit(&one_host(&s, usable, Status::Secure), Level::Dane, |_| {}).await;
     assert_eq!(
         (d.outcome, d.attempts[0].security),
-        ("delivered", Security::Verified),
+        (Outcome::Delivered, Security::Verified),
         "{d:#?}"
     );
     assert!(saw_auth(&s) && s.inner.seen().authenticated);
@@ -447,7 +449,7 @@ async fn credentials_go_to_a_verified_dane_server() {
         },
     )
     .await;
-    assert_eq!(d.outcome, "delivered", "{d:#?}");
+    assert_eq!(d.outcome, Outcome::Delivered, "{d:#?}");
     assert!(s.inner.seen().authenticated);
 }
 
@@ -460,7 +462,7 @@ async fn no_plaintext_retry_for_auth_on_a_server_without_starttls() {
         reason: String::new(),
     };
     let d = submit(&one_host(&s, na, Status::Secure), Level::May, |_| {}).await;
-    assert_eq!(d.outcome, "deferred");
+    assert_eq!(d.outcome, Outcome::Deferred);
     let ehlos = s
         .inner
         .seen()
@@ -549,7 +551,7 @@ async fn a_domain_with_many_hosts_costs_at_most_five_connections() {
     // Every host refuses at the greeting (421): ten hosts, but only five addresses are tried.
     let (addr, connections) = counting("421 4.3.2 busy\r\n", "").await;
     let d = send(&many_hosts(10, addr), Level::Dane).await;
-    assert_eq!(d.outcome, "deferred");
+    assert_eq!(d.outcome, Outcome::Deferred);
     assert_eq!(connections.load(Ordering::SeqCst), 5, "{d:#?}");
     let last = d.attempts.last().unwrap();
     assert_eq!(last.security, Security::None);
@@ -559,7 +561,10 @@ async fn a_domain_with_many_hosts_costs_at_most_five_connections() {
         last.reason
     );
     assert!(
-        d.recipients[0].reply.contains("limit of 5 addresses"),
+        d.recipients[0]
+            .reply
+            .to_string()
+            .contains("limit of 5 addresses"),
         "{}",
         d.recipients[0].reply
     );
@@ -570,10 +575,13 @@ async fn a_domain_with_many_hosts_costs_at_most_two_sessions() {
     // Every host greets and then defers the transaction (451 on MAIL): two sessions, then stop.
     let (addr, connections) = counting("220 ok\r\n", "451 4.3.0 try later\r\n").await;
     let d = send(&many_hosts(10, addr), Level::Dane).await;
-    assert_eq!(d.outcome, "deferred");
+    assert_eq!(d.outcome, Outcome::Deferred);
     assert_eq!(connections.load(Ordering::SeqCst), 2, "{d:#?}");
     assert!(
-        d.recipients[0].reply.contains("limit of 2 sessions"),
+        d.recipients[0]
+            .reply
+            .to_string()
+            .contains("limit of 2 sessions"),
         "{}",
         d.recipients[0].reply
     );

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp::session::{AuthUnavailable, Session, SessionError};
+use smtp::session::{AuthUnavailable, Session, SessionError, Stage};
 use smtp::tls::{Auth, Mode};
 use smtp::{Envelope, Message, Timeouts};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -169,7 +169,7 @@ async fn bad_greetings_and_replies_are_clear_errors() {
         tokio::time::sleep(Duration::from_secs(10)).await;
     });
     let err = open(addr, Mode::Opportunistic).await.err().unwrap();
-    assert_eq!(err, SessionError::Timeout("the greeting"));
+    assert_eq!(err, SessionError::Timeout(Stage::Greeting));
     // Nobody listening.
     let err = open("127.0.0.1:1".parse().unwrap(), Mode::Opportunistic)
         .await
