@@ -41,10 +41,9 @@ pub async fn zone_of<R: Resolver>(
     loop {
         let zone: DnsName = candidate.parse().map_err(|e| format!("{e}"))?;
         let ns = resolver.lookup(&zone, RecordType::Ns).await;
-        let (status, outcome) = ns.answer();
-        if status.is_failure() {
-            return Err(format!("NS lookup for {zone} is {status}"));
-        }
+        let outcome = ns
+            .require(Status::USABLE)
+            .map_err(|status| format!("NS lookup for {zone} is {status}"))?;
         if let Outcome::Records(records) = outcome {
             let servers: Vec<DnsName> = records
                 .iter()
@@ -77,7 +76,8 @@ pub async fn ask_all<R: Resolver>(
     for server in servers {
         for family in [RecordType::A, RecordType::Aaaa] {
             let lookup = resolver.lookup(&server, family).await;
-            for record in lookup.records().1 {
+            // Any address will do: the answers are compared, not trusted.
+            for record in lookup.records_if(Status::ANY).unwrap_or_default() {
                 if let Record::Address(ip) = record {
                     targets.push((server.clone(), *ip));
                 }
@@ -140,7 +140,8 @@ async fn ask(
         |_| Status::Insecure,
         Status::Insecure,
     );
-    match lookup.answer().1 {
+    // Asked of an authority directly: nothing is validated, everything is compared.
+    match lookup.require(Status::ANY).unwrap_or(&Outcome::NoData) {
         Outcome::Records(records) => {
             out.records = records.clone();
             out.ttl = Some(lookup.ttl());

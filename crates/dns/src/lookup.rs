@@ -183,9 +183,38 @@ impl Lookup {
         )
     }
 
-    /// The status and the outcome, together.
-    pub fn answer(&self) -> (Status, &Outcome) {
-        (self.status, &self.outcome)
+    /// The outcome, if the lookup's status is one of `accept` (e.g. [`Status::USABLE`]);
+    /// else the status it has. Every read of the data names the statuses it accepts, so that
+    /// bogus data or an unproved denial cannot be used by mistake (as hickory's
+    /// `Proven::require`).
+    pub fn require(&self, accept: &[Status]) -> Result<&Outcome, Status> {
+        if accept.contains(&self.status) {
+            Ok(&self.outcome)
+        } else {
+            Err(self.status)
+        }
+    }
+
+    /// The records (none for a denial), if the status is one of `accept`.
+    pub fn records_if(&self, accept: &[Status]) -> Result<&[Record], Status> {
+        self.require(accept).map(|outcome| match outcome {
+            Outcome::Records(records) => records.as_slice(),
+            _ => &[],
+        })
+    }
+
+    /// The outcome whatever the status, for code in this crate that passes a lookup on
+    /// without using its data (e.g. into a longer CNAME chain, whose status it keeps).
+    pub(crate) fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Why the lookup failed, if it did (no data to misuse here).
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.outcome {
+            Outcome::Failed(f) => Some(f),
+            _ => None,
+        }
     }
 
     /// The status alone.
@@ -216,14 +245,6 @@ impl Lookup {
     /// Seconds the answer may be cached.
     pub fn ttl(&self) -> u32 {
         self.ttl
-    }
-
-    /// The records, with the status (empty for denials and failures).
-    pub fn records(&self) -> (Status, &[Record]) {
-        match &self.outcome {
-            Outcome::Records(r) => (self.status, r),
-            _ => (self.status, &[]),
-        }
     }
 }
 
@@ -266,6 +287,6 @@ mod tests {
             0,
         );
         assert_eq!(l.status(), Status::Bogus);
-        assert!(l.records().1.is_empty());
+        assert!(l.records_if(Status::ANY).unwrap().is_empty());
     }
 }

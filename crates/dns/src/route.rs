@@ -191,16 +191,16 @@ pub fn mx_step(
     mx: &Lookup,
     shuffle: &mut Shuffle<'_, DnsName>,
 ) -> HostsStep {
-    let (status, outcome) = mx.answer();
-    if status.is_failure() {
-        return HostsStep::Defer(format!(
-            "MX lookup for {domain} is {status}{} (RFC 7672 §2.2.1)",
-            match outcome {
-                Outcome::Failed(f) => format!(": {f}"),
-                _ => String::new(),
-            }
-        ));
-    }
+    let outcome = match mx.require(Status::USABLE) {
+        Ok(outcome) => outcome,
+        Err(status) => {
+            return HostsStep::Defer(format!(
+                "MX lookup for {domain} is {status}{} (RFC 7672 §2.2.1)",
+                mx.failure().map(|f| format!(": {f}")).unwrap_or_default()
+            ));
+        }
+    };
+    let status = mx.status();
     match outcome {
         Outcome::NxDomain => HostsStep::Bounce(
             NoMail::NoSuchDomain,
@@ -253,22 +253,22 @@ pub fn srv_step(
     srv: &Lookup,
     shuffle: &mut Shuffle<'_, (DnsName, u16)>,
 ) -> HostsStep {
-    let (status, outcome) = srv.answer();
-    if status.is_failure() {
-        return HostsStep::Defer(format!(
-            "SRV lookup for _submission._tcp.{domain} is {status}"
-        ));
-    }
-    let targets: Vec<(u16, (DnsName, u16))> = match outcome {
-        Outcome::Records(records) => records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Srv(s) => Some((s.priority, (s.target.clone(), s.port))),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+    let records = match srv.records_if(Status::USABLE) {
+        Ok(records) => records,
+        Err(status) => {
+            return HostsStep::Defer(format!(
+                "SRV lookup for _submission._tcp.{domain} is {status}"
+            ));
+        }
     };
+    let status = srv.status();
+    let targets: Vec<(u16, (DnsName, u16))> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Srv(s) => Some((s.priority, (s.target.clone(), s.port))),
+            _ => None,
+        })
+        .collect();
     if targets.is_empty() || targets.iter().all(|(_, (t, _))| t.is_root()) {
         return HostsStep::Bounce(
             NoMail::NoSubmissionService,
@@ -309,10 +309,10 @@ pub type TlsaAnswer = Result<Lookup, DnsNameError>;
 /// unexpanded name. `Some(name)` to try.
 pub fn try_unexpanded(host: &DnsName, base: &DnsName, tlsa: &TlsaAnswer) -> Option<DnsName> {
     let nothing = match tlsa {
-        Ok(tlsa) => {
-            let (status, outcome) = tlsa.answer();
-            matches!(outcome, Outcome::NoData | Outcome::NxDomain) && !status.is_failure()
-        }
+        Ok(tlsa) => matches!(
+            tlsa.require(Status::USABLE),
+            Ok(Outcome::NoData | Outcome::NxDomain)
+        ),
         Err(_) => true,
     };
     (nothing && base != host).then(|| host.clone())
@@ -434,7 +434,7 @@ pub struct HostLookups {
 /// Whether the address lookups make a TLSA lookup worthwhile: RFC 7672 §2.2.2 applies DANE
 /// only to hosts whose address records are secure.
 pub fn wants_tlsa(a: &Lookup, aaaa: &Lookup) -> bool {
-    let has = |l: &Lookup| l.status().is_secure() && !l.records().1.is_empty();
+    let has = |l: &Lookup| l.records_if(Status::SECURE).is_ok_and(|r| !r.is_empty());
     has(a) || has(aaaa)
 }
 
@@ -457,9 +457,9 @@ pub fn host_state(
     };
     let addresses: Vec<Address> = [&lookups.a, &lookups.aaaa]
         .into_iter()
-        .filter(|l| !l.status().is_failure())
         .flat_map(|l| {
-            let (dnssec, records) = l.records();
+            let dnssec = l.status();
+            let records = l.records_if(Status::USABLE).unwrap_or_default();
             records.iter().filter_map(move |r| match r {
                 Record::Address(address) => Some(Address {
                     address: *address,
@@ -541,21 +541,13 @@ pub fn host_state(
             return candidate;
         }
     };
-    let (status, outcome) = tlsa.answer();
     candidate.tlsa_name = Some(tlsa.name().clone());
-    candidate.tlsa_dnssec = Some(status);
-    candidate.dane = match (status, outcome) {
-        (s, _) if s.is_failure() => DaneState::HostUnusable {
-            reason: format!(
-                "TLSA lookup for {} is {s}{} (RFC 7672 §2.2, rule 5)",
-                tlsa.name(),
-                match outcome {
-                    Outcome::Failed(f) => format!(": {f}"),
-                    _ => String::new(),
-                }
-            ),
+    candidate.tlsa_dnssec = Some(tlsa.status());
+    candidate.dane = match tlsa.records_if(Status::SECURE) {
+        Ok([]) => DaneState::NotApplicable {
+            reason: format!("{} has no TLSA records (secure denial)", tlsa.name()),
         },
-        (Status::Secure, Outcome::Records(records)) => {
+        Ok(records) => {
             candidate.tlsa = records
                 .iter()
                 .filter_map(|r| match r {
@@ -570,10 +562,14 @@ pub fn host_state(
                 DaneState::Usable { records: usable }
             }
         }
-        (Status::Secure, _) => DaneState::NotApplicable {
-            reason: format!("{} has no TLSA records (secure denial)", tlsa.name()),
+        Err(s) if s.is_failure() => DaneState::HostUnusable {
+            reason: format!(
+                "TLSA lookup for {} is {s}{} (RFC 7672 §2.2, rule 5)",
+                tlsa.name(),
+                tlsa.failure().map(|f| format!(": {f}")).unwrap_or_default()
+            ),
         },
-        (s, _) => DaneState::NotApplicable {
+        Err(s) => DaneState::NotApplicable {
             reason: format!(
                 "TLSA records of {} are {s}: ignored (RFC 7672 §2.2)",
                 tlsa.name()

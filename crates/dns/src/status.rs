@@ -26,6 +26,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses whose data may be used at all: validated, or proved unsigned. Bogus and
+    /// indeterminate data must not be, nor their denials believed (checklist rule 1).
+    pub const USABLE: &'static [Status] = &[Status::Secure, Status::Insecure];
+    /// Only validated data: what may authenticate a peer or name a DANE host.
+    pub const SECURE: &'static [Status] = &[Status::Secure];
+    /// Every status: for reports that show what was found, whatever it is worth.
+    pub const ANY: &'static [Status] = &[
+        Status::Secure,
+        Status::Insecure,
+        Status::Bogus,
+        Status::Indeterminate,
+    ];
+
     /// Secure: the data may authenticate (RFC 7672 §2.1.1).
     pub fn is_secure(self) -> bool {
         self == Status::Secure

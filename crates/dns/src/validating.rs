@@ -342,11 +342,7 @@ impl Validating {
                 .find_map(Verdict::reason)
                 .map(str::to_owned);
             let broken_link = verdicts.values().any(|v| v.status().is_failure());
-            if has_data
-                || verdicts.is_empty()
-                || broken_link
-                || matches!(lookup.answer().1, Outcome::Failed(_))
-            {
+            if has_data || verdicts.is_empty() || broken_link || lookup.failure().is_some() {
                 return with_reason(lookup, why);
             }
             // The chain ends without data: ask the target itself (RFC 4035 §5: each answer
@@ -367,7 +363,7 @@ impl Validating {
                 name,
                 rtype,
                 tail.status(),
-                tail.answer().1.clone(),
+                tail.outcome().clone(),
                 links,
                 lookup.ttl().min(tail.ttl()),
             );
@@ -704,8 +700,8 @@ fn cname_chain(qname: &Name, htype: HType, answers: &[HRecord]) -> (Vec<Name>, N
 /// A lookup whose status is a failure (bogus or indeterminate) but whose outcome still holds
 /// records or a denial gets a failed outcome saying `why`: nothing from it may be used.
 fn with_reason(lookup: Lookup, why: Option<String>) -> Lookup {
-    let (status, outcome) = lookup.answer();
-    if !status.is_failure() || matches!(outcome, Outcome::Failed(_)) {
+    let status = lookup.status();
+    if !status.is_failure() || lookup.failure().is_some() {
         return lookup;
     }
     let why =
