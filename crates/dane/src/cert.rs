@@ -30,9 +30,14 @@ pub struct CertInfo {
 #[error("certificate does not parse as X.509 DER: {0}")]
 pub struct CertParseError(pub String);
 
-fn range_of(outer: &[u8], inner: &[u8]) -> Range<usize> {
-    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
-    start..start + inner.len()
+/// Where `inner`, a slice the parser returned, lies within `outer`; an error if it does not
+/// (the accessors below index `der` with these ranges, so they must hold).
+fn range_of(outer: &[u8], inner: &[u8]) -> Result<Range<usize>, CertParseError> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize);
+    start
+        .map(|start| start..start + inner.len())
+        .filter(|r| r.end <= outer.len())
+        .ok_or_else(|| CertParseError("parser returned a field outside the certificate".into()))
 }
 
 impl CertInfo {
@@ -62,9 +67,9 @@ impl CertInfo {
             .collect();
         let time = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
         Ok(Self {
-            spki: range_of(der, tbs.subject_pki.raw),
-            subject: range_of(der, tbs.subject.as_raw()),
-            issuer: range_of(der, tbs.issuer.as_raw()),
+            spki: range_of(der, tbs.subject_pki.raw)?,
+            subject: range_of(der, tbs.subject.as_raw())?,
+            issuer: range_of(der, tbs.issuer.as_raw())?,
             subject_text: tbs.subject.to_string(),
             dns_names,
             common_names,
@@ -148,13 +153,14 @@ pub(crate) fn sequence_contents(der: &[u8]) -> Option<&[u8]> {
         (usize::from(first), rest)
     } else {
         let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
+        if n == 0 || n > 4 {
             return None;
         }
-        let len = rest[..n]
+        let (len_bytes, rest) = rest.split_at_checked(n)?;
+        let len = len_bytes
             .iter()
             .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
+        (len, rest)
     };
     (rest.len() == len).then_some(rest)
 }

@@ -338,7 +338,9 @@ fn decode_hex<'a>(tokens: impl Iterator<Item = &'a str>) -> Result<Vec<u8>, Tlsa
             digits: nibbles.len(),
         });
     }
-    Ok(nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]).collect())
+    // The count is even, so there is no remainder.
+    let (pairs, _) = nibbles.as_chunks::<2>();
+    Ok(pairs.iter().map(|[hi, lo]| (hi << 4) | lo).collect())
 }
 
 /// Lower-case hex, as used in the canonical presentation form.

@@ -95,6 +95,9 @@ pub enum PathProblem {
     NotForServerAuth,
     /// A CA certificate used as the leaf, or a leaf used as a CA.
     WrongCertificateRole,
+    /// The path verified, but to a trust anchor that is none of those the records named (a
+    /// contract webpki keeps; reported rather than trusted if it ever did not).
+    UnidentifiedAnchor,
     /// Anything else webpki rejected.
     Other(String),
 }
@@ -129,6 +132,9 @@ impl fmt::Display for PathProblem {
             }
             Self::WrongCertificateRole => {
                 f.write_str("a CA certificate is used as leaf, or a leaf as CA")
+            }
+            Self::UnidentifiedAnchor => {
+                f.write_str("the chain verified to a trust anchor that no record names")
             }
             Self::Other(s) => write!(f, "certificate rejected: {s}"),
         }
@@ -386,7 +392,7 @@ impl Authenticator {
         chain: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Verified, VerifyError> {
-        let Some(leaf_der) = chain.first() else {
+        let Some((leaf_der, intermediates)) = chain.split_first() else {
             return Err(VerifyError::EmptyChain);
         };
         if self.records.is_empty() {
@@ -425,17 +431,19 @@ impl Authenticator {
                 return Err(self.closest(failures, chain));
             }
         };
-        let issuers: Vec<Option<CertInfo>> =
-            chain[1..].iter().map(|c| CertInfo::parse(c).ok()).collect();
+        let issuers: Vec<Option<CertInfo>> = intermediates
+            .iter()
+            .map(|c| CertInfo::parse(c).ok())
+            .collect();
 
         // DANE-TA(2), RFC 7671 §5.2 and RFC 7672 §3.1.2.
-        match self.dane_ta(chain, &leaf, &issuers, now) {
+        match self.dane_ta(leaf_der, intermediates, &leaf, &issuers, now) {
             Some(Ok(v)) => return Ok(v),
             Some(Err(e)) => failures.push(e),
             None => {}
         }
         if self.profile == Profile::General {
-            match self.pkix(chain, &leaf, &issuers, now) {
+            match self.pkix(leaf_der, intermediates, &leaf, &issuers, now) {
                 Some(Ok(v)) => return Ok(v),
                 Some(Err(e)) => failures.push(e),
                 None => {}
@@ -502,7 +510,8 @@ impl Authenticator {
     /// `None` when no DANE-TA record can serve as an anchor for this chain.
     fn dane_ta(
         &self,
-        chain: &[CertificateDer<'_>],
+        leaf_der: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         leaf: &CertInfo,
         issuers: &[Option<CertInfo>],
         now: UnixTime,
@@ -510,11 +519,11 @@ impl Authenticator {
         let mut anchors: Vec<Candidate<'_>> = Vec::new();
         for r in self.with_usage(Usage::DaneTa) {
             // A CA certificate the server sent (depth ≥ 1; a leaf cannot be its own TA).
-            for (i, cert) in issuers.iter().enumerate() {
+            for (i, (cert, der)) in issuers.iter().zip(intermediates).enumerate() {
                 if !cert.as_ref().is_some_and(|c| matches(r, c)) {
                     continue;
                 }
-                if let Ok(anchor) = webpki::anchor_from_trusted_cert(&chain[i + 1]) {
+                if let Ok(anchor) = webpki::anchor_from_trusted_cert(der) {
                     anchors.push(Candidate {
                         anchor,
                         record: r,
@@ -568,10 +577,8 @@ impl Authenticator {
                 Selector::Unassigned(_) => {}
             }
         }
-        if anchors.is_empty() {
-            return None;
-        }
-        let ee = match EndEntityCert::try_from(&chain[0]) {
+        let first_record = anchors.first()?.record;
+        let ee = match EndEntityCert::try_from(leaf_der) {
             Ok(ee) => ee,
             Err(e) => {
                 return Some(Err(VerifyError::BadCertificate {
@@ -581,7 +588,6 @@ impl Authenticator {
             }
         };
         let trust: Vec<TrustAnchor<'_>> = anchors.iter().map(|c| c.anchor.clone()).collect();
-        let intermediates = &chain[1..];
         let result = ee.verify_for_usage(
             self.algorithms,
             &trust,
@@ -593,11 +599,19 @@ impl Authenticator {
         );
         Some(match result {
             Ok(path) => {
+                // webpki returns a reference to the anchor of the path, one of `trust`.
                 let used = trust
                     .iter()
                     .position(|t| std::ptr::eq(t, path.anchor()))
-                    .expect("webpki returns one of the anchors it was given");
-                let c = &anchors[used];
+                    .and_then(|i| anchors.get(i));
+                let Some(c) = used else {
+                    return Some(Err(VerifyError::ChainInvalid {
+                        record: first_record.clone(),
+                        depth: None,
+                        broken_at: None,
+                        problem: PathProblem::UnidentifiedAnchor,
+                    }));
+                };
                 let depth = path.intermediate_certificates().count() + usize::from(c.is_cert);
                 self.name_check(c.record, depth, leaf)
                     .map(|name| self.verified(c.record, depth, c.source, Some(name)))
@@ -623,7 +637,7 @@ impl Authenticator {
                         return None;
                     }
                     (_, None) => Err(VerifyError::ChainInvalid {
-                        record: anchors[0].record.clone(),
+                        record: first_record.clone(),
                         depth: None,
                         broken_at: locate_break(leaf, issuers, &trust),
                         problem: PathProblem::from_webpki(&e),
@@ -637,17 +651,18 @@ impl Authenticator {
     /// certificates from `x 0 0` records as extra intermediates, plus the record match.
     fn pkix(
         &self,
-        chain: &[CertificateDer<'_>],
+        leaf_der: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         leaf: &CertInfo,
         issuers: &[Option<CertInfo>],
         now: UnixTime,
     ) -> Option<Result<Verified, VerifyError>> {
         let ee_hit = self.with_usage(Usage::PkixEe).find(|r| matches(r, leaf));
-        let has_ta = self.with_usage(Usage::PkixTa).next().is_some();
-        if ee_hit.is_none() && !has_ta {
+        let first_ta = self.with_usage(Usage::PkixTa).next();
+        if ee_hit.is_none() && first_ta.is_none() {
             return None;
         }
-        let ee = match EndEntityCert::try_from(&chain[0]) {
+        let ee = match EndEntityCert::try_from(leaf_der) {
             Ok(ee) => ee,
             Err(e) => {
                 return Some(Err(VerifyError::BadCertificate {
@@ -657,8 +672,8 @@ impl Authenticator {
             }
         };
         let roots: Vec<TrustAnchor<'_>> = self.pkix_roots.iter().map(|(_, a)| a.clone()).collect();
-        let mut intermediates: Vec<CertificateDer<'_>> = chain[1..].to_vec();
-        intermediates.extend(
+        let mut candidates: Vec<CertificateDer<'_>> = intermediates.to_vec();
+        candidates.extend(
             self.dns_certs
                 .iter()
                 .map(|(_, c, _)| c.as_certificate_der()),
@@ -680,7 +695,7 @@ impl Authenticator {
             let result = ee.verify_for_usage(
                 self.algorithms,
                 &roots,
-                &intermediates,
+                &candidates,
                 now,
                 KeyUsage::server_auth(),
                 None,
@@ -694,41 +709,38 @@ impl Authenticator {
             });
         }
 
+        // No PKIX-EE record matched, so there is a PKIX-TA record (checked above).
+        let first_ta = first_ta?;
         // PKIX-TA: reject candidate paths in which no certificate matches a PKIX-TA record, so
         // webpki keeps searching (RFC 6698 §2.1.1: the CA must be in the validated path).
-        let hit: Cell<Option<(usize, usize, AnchorSource)>> = Cell::new(None);
+        let hit: Cell<Option<(&Tlsa, usize, AnchorSource)>> = Cell::new(None);
         let select = |path: &webpki::VerifiedPath<'_>| {
-            let ta_records: Vec<(usize, &Tlsa)> = self
-                .records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.usage() == Usage::PkixTa)
-                .collect();
+            let ta_records: Vec<&Tlsa> = self.with_usage(Usage::PkixTa).collect();
             let mut depth = 0;
             for cert in path.intermediate_certificates() {
                 depth += 1;
                 let Ok(info) = CertInfo::parse(&cert.der()) else {
                     continue;
                 };
-                if let Some((i, _)) = ta_records.iter().find(|(_, r)| matches(r, &info)) {
-                    let sent = chain[1..].iter().any(|c| c.as_ref() == info.der());
+                if let Some(record) = ta_records.iter().find(|r| matches(r, &info)) {
+                    let sent = intermediates.iter().any(|c| c.as_ref() == info.der());
                     let source = if sent {
                         AnchorSource::Chain
                     } else {
                         AnchorSource::Dns
                     };
-                    hit.set(Some((*i, depth, source)));
+                    hit.set(Some((record, depth, source)));
                     return Ok(());
                 }
             }
             let root = roots
                 .iter()
                 .position(|t| std::ptr::eq(t, path.anchor()))
-                .map(|i| &self.pkix_roots[i].0);
-            if let Some((i, _)) =
-                root.and_then(|root| ta_records.iter().find(|(_, r)| matches(r, root)))
+                .and_then(|i| self.pkix_roots.get(i))
+                .map(|(info, _)| info);
+            if let Some(record) = root.and_then(|root| ta_records.iter().find(|r| matches(r, root)))
             {
-                hit.set(Some((*i, depth + 1, AnchorSource::TrustStore)));
+                hit.set(Some((record, depth + 1, AnchorSource::TrustStore)));
                 return Ok(());
             }
             Err(webpki::Error::UnknownIssuer)
@@ -736,24 +748,19 @@ impl Authenticator {
         let result = ee.verify_for_usage(
             self.algorithms,
             &roots,
-            &intermediates,
+            &candidates,
             now,
             KeyUsage::server_auth(),
             None,
             Some(&select),
         );
         Some(match (result, hit.get()) {
-            (Ok(_), Some((i, depth, source))) => {
-                let record = &self.records[i];
-                self.name_check(record, depth, leaf)
-                    .map(|name| self.verified(record, depth, source, Some(name)))
-            }
+            (Ok(_), Some((record, depth, source))) => self
+                .name_check(record, depth, leaf)
+                .map(|name| self.verified(record, depth, source, Some(name))),
             // webpki reports our rejection as UnknownIssuer: no PKIX-TA record in any path.
             (Err(webpki::Error::UnknownIssuer), None) | (Ok(_), None) => return None,
-            (Err(e), _) => {
-                let record = self.with_usage(Usage::PkixTa).next().expect("has_ta");
-                Err(path_fails(&e, record, None))
-            }
+            (Err(e), _) => Err(path_fails(&e, first_ta, None)),
         })
     }
 }
@@ -835,8 +842,10 @@ fn locate_break(
     let mut seen = vec![false; certs.len()];
     let mut at = 0;
     loop {
-        seen[at] = true;
-        let issuer = certs[at]?.issuer_der();
+        if let Some(seen) = seen.get_mut(at) {
+            *seen = true;
+        }
+        let issuer = (*certs.get(at)?)?.issuer_der();
         let issuer_contents = sequence_contents(issuer);
         if anchors
             .iter()
@@ -844,8 +853,10 @@ fn locate_break(
         {
             return Some(at);
         }
-        let next = (0..certs.len())
-            .find(|&j| !seen[j] && certs[j].is_some_and(|c| c.subject_der() == issuer));
+        let next = certs
+            .iter()
+            .zip(&seen)
+            .position(|(c, seen)| !seen && c.is_some_and(|c| c.subject_der() == issuer));
         match next {
             Some(j) => at = j,
             None => return Some(at),
