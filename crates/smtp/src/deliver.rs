@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use dane::{ReferenceName, Tlsa};
-use dns::route::{Candidate, DaneState};
+use dns::route::{Candidate, DaneState, DaneTrust};
 use dns::{DnsName, Route};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -20,7 +20,7 @@ use crate::outcome::{
 use crate::policy::Level;
 use crate::reply::Reply;
 use crate::session::{
-    AuthUnavailable, Envelope, Session, SessionError, Stage, Timeouts, Transaction,
+    AuthUnavailable, Envelope, Session, SessionError, Stage, Timeouts, TlsInfo, Transaction,
 };
 use crate::tls::{Auth, Mode, PeerAuth};
 
@@ -94,12 +94,11 @@ fn dane_state(c: &Candidate) -> DaneStatus {
 
 /// Policy level × DANE state → what a connection to this host must do (PRODUCT.md policy
 /// levels; RFC 7672 §2.2 for `dane` and `dane-only`).
-fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Plan {
+fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
     let dane = |records: &Vec<Tlsa>| {
         Mode::Required(Auth::Dane {
             records: records.clone(),
             names: c.reference_names.clone(),
-            mx_secure,
         })
     };
     let pkix = |default: &DnsName| {
@@ -148,15 +147,52 @@ fn plan(cfg: &Config, c: &Candidate, mx_secure: bool, next_hop: &DnsName) -> Pla
     }
 }
 
+/// What the handshake proved about the peer, as far as the security label needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing was checked (or nothing matched).
+    Unchecked,
+    /// A TLSA record (or a configured fingerprint) matched (RFC 7672 §3).
+    Dane,
+    /// PKIX with a name check passed.
+    Pkix,
+}
+
+impl Proof {
+    /// The proof behind `peer`.
+    pub fn of(peer: &PeerAuth) -> Self {
+        match peer {
+            PeerAuth::Dane(_) => Proof::Dane,
+            PeerAuth::Pkix => Proof::Pkix,
+            PeerAuth::Unchecked => Proof::Unchecked,
+        }
+    }
+}
+
+/// The security label of a finished handshake (PRODUCT.md security statuses): `plaintext`
+/// without TLS; `verified` for PKIX with a name check, a configured fingerprint, or DANE on a
+/// host a secure lookup named; `trusted` for DANE on a host an insecure MX/SRV lookup named
+/// (RFC 7672 §2.2.1, PRODUCT.md rule 2: the route's `trust` decides, nowhere else);
+/// `untrusted` for TLS whose peer nothing authenticated.
+pub fn security(tls: Option<&TlsInfo>, proof: Proof, mode: &Mode, trust: DaneTrust) -> Security {
+    match (tls, proof, mode) {
+        (None, _, _) => Security::Plaintext,
+        (Some(_), Proof::Dane, Mode::Required(Auth::Dane { .. })) => match trust {
+            DaneTrust::Verified => Security::Verified,
+            DaneTrust::Trusted => Security::Trusted,
+        },
+        (Some(_), Proof::Dane, Mode::Required(_)) => Security::Verified,
+        (Some(_), Proof::Pkix, _) => Security::Verified,
+        (Some(_), _, _) => Security::Untrusted,
+    }
+}
+
 /// Whether a peer authenticated as `mode` demands is proven to be the next hop's server, so
 /// that credentials may go to it (RFC 6186 §6: without DNSSEC the SRV target is not to be
-/// trusted; RFC 7673 §3: DANE for SRV needs a secure SRV lookup). `Err` says why not.
-fn credentials_may_go(
-    cfg: &Config,
-    c: &Candidate,
-    mode: &Mode,
-    mx_secure: bool,
-) -> Result<(), String> {
+/// trusted; RFC 7673 §3: DANE for SRV needs a secure SRV lookup). Whether the lookup that
+/// named the host was secure is the route's [`DaneTrust`]. `Err` says why not.
+fn credentials_may_go(cfg: &Config, c: &Candidate, mode: &Mode) -> Result<(), String> {
+    let named_securely = c.dane_trust == DaneTrust::Verified;
     match mode {
         Mode::Plaintext => Err(format!("policy {} sends in plaintext", cfg.level)),
         Mode::Opportunistic | Mode::Required(Auth::None) => Err(format!(
@@ -165,16 +201,14 @@ fn credentials_may_go(
             dane_state(c),
             cfg.level
         )),
-        Mode::Required(Auth::Dane {
-            mx_secure: false, ..
-        }) => Err(format!(
+        Mode::Required(Auth::Dane { .. }) if !named_securely => Err(format!(
             "{} would be DANE-authenticated, but it was named by an insecure SRV/MX lookup: \
              it would be `trusted`, not `verified`",
             c.name
         )),
         Mode::Required(Auth::Dane { .. } | Auth::Fingerprint(_)) => Ok(()),
         Mode::Required(Auth::Pkix { .. })
-            if mx_secure || cfg.level == Level::Secure || !cfg.match_names.is_empty() =>
+            if named_securely || cfg.level == Level::Secure || !cfg.match_names.is_empty() =>
         {
             Ok(())
         }
@@ -237,7 +271,7 @@ pub async fn deliver(
             aaaa: c.aaaa_dnssec,
             tlsa: c.tlsa_dnssec,
         };
-        let (mode, rule) = match plan(cfg, c, mx_dnssec.is_secure(), next_hop) {
+        let (mode, rule) = match plan(cfg, c, next_hop) {
             Plan::Skip { reason, rule } => {
                 let attempt = skipped(c, &lookups, reason, rule);
                 tracing::warn!("{}", attempt.log_line());
@@ -248,7 +282,7 @@ pub async fn deliver(
             Plan::Connect { mode, rule } => (mode, rule),
         };
         if cfg.credentials.is_some()
-            && let Err(why) = credentials_may_go(cfg, c, &mode, mx_dnssec.is_secure())
+            && let Err(why) = credentials_may_go(cfg, c, &mode)
         {
             let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
             let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials);
@@ -436,21 +470,16 @@ async fn connect(
         }
     };
     attempt.tls = session.tls().cloned();
-    attempt.security = match (session.tls(), session.peer(), mode) {
-        (None, _, _) => Security::Plaintext,
-        (Some(_), Some(PeerAuth::Dane(v)), Mode::Required(auth)) => {
-            attempt.dane.matched = Some(v.record().clone());
-            attempt.dane.depth = Some(v.depth());
-            match auth {
-                Auth::Dane {
-                    mx_secure: false, ..
-                } => Security::Trusted,
-                _ => Security::Verified,
-            }
-        }
-        (Some(_), Some(PeerAuth::Pkix), _) => Security::Verified,
-        (Some(_), _, _) => Security::Untrusted,
-    };
+    if let Some(PeerAuth::Dane(v)) = session.peer() {
+        attempt.dane.matched = Some(v.record().clone());
+        attempt.dane.depth = Some(v.depth());
+    }
+    attempt.security = security(
+        session.tls(),
+        session.peer().map_or(Proof::Unchecked, Proof::of),
+        mode,
+        c.dane_trust,
+    );
     if let Some((user, password)) = &cfg.credentials {
         // Planned for a verified peer (credentials_may_go); make sure it is one.
         let auth = if attempt.security == Security::Verified {
@@ -582,7 +611,7 @@ mod tests {
     const EE: &str = "3 1 1 0101010101010101010101010101010101010101010101010101010101010101";
 
     fn mode_of(level: Level, dane: DaneState) -> String {
-        match plan(&config(level), &candidate(dane), true, &n("example.test")) {
+        match plan(&config(level), &candidate(dane), &n("example.test")) {
             Plan::Skip { .. } => "skip".into(),
             Plan::Connect {
                 mode: Mode::Plaintext,
@@ -646,6 +675,107 @@ mod tests {
             assert_eq!(mode_of(Level::Fingerprint, dane.clone()), "fingerprint");
             assert_eq!(mode_of(Level::Verify, dane.clone()), "pkix");
             assert_eq!(mode_of(Level::Secure, dane), "pkix");
+        }
+    }
+
+    #[test]
+    fn the_security_label_of_a_handshake() {
+        use DaneTrust::{Trusted, Verified};
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        };
+        let dane = || {
+            Mode::Required(Auth::Dane {
+                records: vec![EE.parse().unwrap()],
+                names: vec![],
+            })
+        };
+        let fingerprint = || Mode::Required(Auth::Fingerprint(vec![EE.parse().unwrap()]));
+        let pkix = || {
+            Mode::Required(Auth::Pkix {
+                roots: Arc::new(RootCertStore::empty()),
+                names: vec![],
+            })
+        };
+        let table: [(bool, Proof, Mode, DaneTrust, Security); 14] = [
+            // No TLS: plaintext, whatever was planned.
+            (
+                false,
+                Proof::Unchecked,
+                Mode::Plaintext,
+                Verified,
+                Security::Plaintext,
+            ),
+            (
+                false,
+                Proof::Unchecked,
+                Mode::Opportunistic,
+                Verified,
+                Security::Plaintext,
+            ),
+            (false, Proof::Dane, dane(), Verified, Security::Plaintext),
+            // DANE: the route's trust decides verified or trusted (RFC 7672 §2.2.1).
+            (true, Proof::Dane, dane(), Verified, Security::Verified),
+            (true, Proof::Dane, dane(), Trusted, Security::Trusted),
+            (
+                true,
+                Proof::Unchecked,
+                dane(),
+                Verified,
+                Security::Untrusted,
+            ),
+            // A configured fingerprint or PKIX does not depend on the MX lookup.
+            (
+                true,
+                Proof::Dane,
+                fingerprint(),
+                Trusted,
+                Security::Verified,
+            ),
+            (
+                true,
+                Proof::Dane,
+                fingerprint(),
+                Verified,
+                Security::Verified,
+            ),
+            (true, Proof::Pkix, pkix(), Trusted, Security::Verified),
+            (true, Proof::Pkix, pkix(), Verified, Security::Verified),
+            // Encryption only.
+            (
+                true,
+                Proof::Unchecked,
+                Mode::Opportunistic,
+                Verified,
+                Security::Untrusted,
+            ),
+            (
+                true,
+                Proof::Unchecked,
+                Mode::Required(Auth::None),
+                Verified,
+                Security::Untrusted,
+            ),
+            (
+                true,
+                Proof::Unchecked,
+                pkix(),
+                Verified,
+                Security::Untrusted,
+            ),
+            // A DANE match outside a required mode authenticates nothing that was asked.
+            (
+                true,
+                Proof::Dane,
+                Mode::Opportunistic,
+                Verified,
+                Security::Untrusted,
+            ),
+        ];
+        for (has_tls, proof, mode, trust, expected) in table {
+            let got = security(has_tls.then_some(&tls), proof, &mode, trust);
+            assert_eq!(got, expected, "{has_tls} {proof:?} {mode:?} {trust:?}");
         }
     }
 

@@ -17,15 +17,14 @@ use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, Signatur
 pub enum Auth {
     /// Not at all: encryption only.
     None,
-    /// DANE: TLSA records and reference names (RFC 7672 §3). `mx_secure` tells whether a
-    /// success is `verified` (secure MX) or only `trusted` (RFC 7672 §2.2.1).
+    /// DANE: TLSA records and reference names (RFC 7672 §3). Whether a success is `verified`
+    /// or only `trusted` is the route's finding (`dns::Candidate::dane_trust`), not the
+    /// verifier's.
     Dane {
         /// The usable records.
         records: Vec<Tlsa>,
         /// Names a DANE-TA certificate may carry.
         names: Vec<ReferenceName>,
-        /// Whether the MX lookup was secure.
-        mx_secure: bool,
     },
     /// Configured certificate or public-key digests (the `fingerprint` level).
     Fingerprint(Vec<Tlsa>),
@@ -92,7 +91,7 @@ pub fn prepare(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Prepared, 
         .dangerous();
     let (verifier, dane, pkix): (Arc<dyn ServerCertVerifier>, _, _) = match auth {
         Auth::None => (Arc::new(AnyCertificate(algorithms)), None, false),
-        Auth::Dane { records, names, .. } => {
+        Auth::Dane { records, names } => {
             let v =
                 DaneServerVerifier::new(Authenticator::smtp(records, names.clone()), algorithms);
             (v.clone(), Some(v), false)

@@ -150,9 +150,11 @@ async fn insecure_mx_with_secure_tlsa_is_trusted_not_verified() {
     let usable = DaneState::Usable {
         records: vec![tlsa_for(&s.leaf)],
     };
+    let mut c = candidate("mx.example.test", "mx.example.test", &s, usable);
+    c.dane_trust = dns::DaneTrust::Trusted;
     let route = Route::Deliver {
         mx_dnssec: Status::Insecure,
-        candidates: vec![candidate("mx.example.test", "mx.example.test", &s, usable)],
+        candidates: vec![c],
     };
     let d = send(&route, Level::Dane).await;
     assert_eq!(
@@ -265,9 +267,11 @@ async fn fingerprint_level_matches_configured_digests() {
     let na = DaneState::NotApplicable {
         reason: String::new(),
     };
+    let mut c = candidate("mx.example.test", "mx.example.test", &s, na);
+    c.dane_trust = dns::DaneTrust::Trusted;
     let route = Route::Deliver {
         mx_dnssec: Status::Insecure,
-        candidates: vec![candidate("mx.example.test", "mx.example.test", &s, na)],
+        candidates: vec![c],
     };
     let envelope = envelope("a@client.test", "b@example.test");
     let message = Message::new(b"Subject: t\n\nhello\n").unwrap();
@@ -358,9 +362,12 @@ fn saw_auth(s: &Server) -> bool {
 }
 
 fn one_host(s: &Server, dane: DaneState, mx_dnssec: Status) -> Route {
+    let mut c = candidate("mx.example.test", "mx.example.test", s, dane);
+    // As route discovery decides it (RFC 7672 §2.2.1).
+    c.dane_trust = dns::DaneTrust::of(mx_dnssec.is_secure());
     Route::Deliver {
         mx_dnssec,
-        candidates: vec![candidate("mx.example.test", "mx.example.test", s, dane)],
+        candidates: vec![c],
     }
 }
 
@@ -537,7 +544,7 @@ fn many_hosts(hosts: usize, addr: SocketAddr) -> Route {
                 reason: "insecure".into(),
             },
             reference_names: vec![],
-            dane_trust: dns::DaneTrust::Verified,
+            dane_trust: dns::DaneTrust::Trusted,
         })
         .collect();
     Route::Deliver {
