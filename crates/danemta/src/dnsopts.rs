@@ -34,7 +34,7 @@ pub struct DnsArgs {
 impl DnsArgs {
     /// Opens the back-end; must run inside the tokio runtime.
     pub async fn backend(&self) -> Result<Backend, dns::SetupError> {
-        if matches!(self.resolver, ResolverSpec::TrustAd(a) if !a.ip().is_loopback()) {
+        if self.resolver.trusts_ad_off_loopback() {
             eprintln!(
                 "danemta: WARNING: trusting the AD bit of {}, which is not on loopback: \
                  anyone on the network path can forge it (RFC 7672 §2.1.1)",

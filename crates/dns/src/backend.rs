@@ -29,6 +29,15 @@ impl Default for ResolverSpec {
     }
 }
 
+impl ResolverSpec {
+    /// Whether this trusts the AD bit of a resolver that is not on loopback: without an
+    /// authenticated channel, anyone on the network path can forge it (RFC 6698 §4.1,
+    /// RFC 7672 §2.1.1), so callers warn.
+    pub fn trusts_ad_off_loopback(&self) -> bool {
+        matches!(self, ResolverSpec::TrustAd(a) if !a.ip().is_loopback())
+    }
+}
+
 /// A `--resolver` value that is not one of the accepted forms.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("--resolver {0:?}: expected validating, validating@IP:PORT or trust-ad@IP:PORT")]
@@ -169,5 +178,17 @@ mod tests {
             ResolverSpec::TrustAd("127.0.0.1:53".parse().unwrap()).to_string(),
             "trust-ad@127.0.0.1:53"
         );
+        let off: ResolverSpec = "trust-ad@192.0.2.53".parse().unwrap();
+        assert!(off.trusts_ad_off_loopback());
+        for on in [
+            "trust-ad@127.0.0.53",
+            "trust-ad@[::1]:53",
+            "validating@192.0.2.53",
+        ] {
+            assert!(
+                !on.parse::<ResolverSpec>().unwrap().trusts_ad_off_loopback(),
+                "{on}"
+            );
+        }
     }
 }

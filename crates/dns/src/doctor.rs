@@ -57,7 +57,7 @@ pub async fn probe(backend: &Backend, spec: &ResolverSpec, probe: &DnsName) -> V
         }
     };
     match (spec, backend) {
-        (ResolverSpec::TrustAd(addr), _) => checks.push(if addr.ip().is_loopback() {
+        (ResolverSpec::TrustAd(addr), _) => checks.push(if !spec.trusts_ad_off_loopback() {
             Check {
                 check: "resolver",
                 level: Level::Ok,

@@ -2,7 +2,7 @@
 //! the AD bit of its answers (the model of Postfix and Exim, RFC 6698 §4.1, RFC 7672 §2.1.1).
 //!
 //! The AD bit is only as trustworthy as the path to the resolver, so the resolver should be
-//! on loopback; [`TrustAd::is_loopback`] lets callers warn when it is not. A validating
+//! on loopback; [`crate::ResolverSpec::trusts_ad_off_loopback`] lets callers warn when it is not. A validating
 //! resolver answers SERVFAIL for bogus data, so SERVFAIL is reported as such and handled
 //! like bogus (indeterminate). The high-level hickory resolver rebuilds its messages and loses
 //! the upstream's AD flag, so this back-end speaks DNS over hickory-net directly.
@@ -49,12 +49,6 @@ impl TrustAd {
     /// The resolver asked.
     pub fn upstream(&self) -> SocketAddr {
         self.upstream
-    }
-
-    /// Whether the resolver is on loopback, the only place its AD bit can be trusted without
-    /// an authenticated channel (RFC 6698 §4.1).
-    pub fn is_loopback(&self) -> bool {
-        self.upstream.ip().is_loopback()
     }
 
     fn request(name: &DnsName, rtype: RecordType) -> Result<DnsRequest, Failure> {
