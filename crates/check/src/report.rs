@@ -16,7 +16,9 @@ use dns::{DnsName, NextHop, Resolver, Route};
 
 pub use cache::ProbeCache;
 pub use findings::ns_findings;
-use findings::{dns_findings, probe_findings, too_many_mx};
+use findings::{
+    bounced, dns_findings, mx_lookup_failed, no_usable_host, probe_findings, too_many_mx,
+};
 use model::verdict;
 pub use model::{AddressReport, DomainReport, Finding, HostReport, Level};
 
@@ -43,12 +45,7 @@ pub async fn check_domain<R: Resolver>(
             candidates,
         } => (mx_dnssec, candidates),
         Route::Defer { reason, mx_dnssec } => {
-            let finding = Finding {
-                level: Level::Fail,
-                code: "mx-lookup-failed",
-                message: format!("{reason}: mail to {domain} is deferred"),
-                rfc: "RFC 7672 §2.2.1",
-            };
+            let finding = mx_lookup_failed(domain, &reason);
             return DomainReport {
                 domain: domain.clone(),
                 verdict: "fail",
@@ -64,14 +61,7 @@ pub async fn check_domain<R: Resolver>(
             reason,
             mx_dnssec,
         } => {
-            // A null MX is a deliberate "no mail here"; a missing domain is an error.
-            let null = why == dns::NoMail::NullMx;
-            let finding = Finding {
-                level: if null { Level::Info } else { Level::Fail },
-                code: if null { "null-mx" } else { "no-such-domain" },
-                message: reason.clone(),
-                rfc: why.citation(),
-            };
+            let finding = bounced(why, &reason);
             return DomainReport {
                 domain: domain.clone(),
                 verdict: verdict([&finding]),
@@ -146,14 +136,7 @@ pub async fn check_domain<R: Resolver>(
     if hosts_dropped > 0 {
         findings.push(too_many_mx(domain, hosts.len(), hosts_dropped));
     }
-    if hosts.iter().all(|h| h.dane == "host-unusable") {
-        findings.push(Finding {
-            level: Level::Fail,
-            code: "no-usable-host",
-            message: format!("no MX host of {domain} can be used: mail to it is deferred"),
-            rfc: "RFC 7672 §2.2",
-        });
-    }
+    findings.extend(no_usable_host(domain, &candidates));
     let verdict = verdict(
         findings
             .iter()
@@ -235,5 +218,118 @@ mod tests {
         assert!(f[0].message.contains("1000 MX hosts"), "{}", f[0].message);
         let r = check_domain(&ManyMx(3), &domain, 25, None).await;
         assert!(r.findings.iter().all(|f| f.code != "too-many-mx"));
+    }
+
+    /// A zone as a table: answers for `(name, type)`, and a secure NODATA for the rest.
+    struct Zone(Vec<dns::Lookup>);
+
+    impl Resolver for Zone {
+        async fn lookup(&self, name: &DnsName, rtype: dns::RecordType) -> dns::Lookup {
+            self.0
+                .iter()
+                .find(|l| l.name() == name && l.rtype() == rtype)
+                .cloned()
+                .unwrap_or_else(|| {
+                    dns::Lookup::new(
+                        name.clone(),
+                        rtype,
+                        Status::Secure,
+                        dns::Outcome::NoData,
+                        vec![],
+                        60,
+                    )
+                })
+        }
+    }
+
+    fn n(s: &str) -> DnsName {
+        s.parse().unwrap()
+    }
+
+    fn secure(name: &str, rtype: dns::RecordType, records: Vec<dns::Record>) -> dns::Lookup {
+        let outcome = if records.is_empty() {
+            dns::Outcome::NxDomain
+        } else {
+            dns::Outcome::Records(records)
+        };
+        dns::Lookup::new(n(name), rtype, Status::Secure, outcome, vec![], 60)
+    }
+
+    fn mx(exchange: &str) -> dns::Record {
+        dns::Record::Mx(dns::Mx {
+            preference: 10,
+            exchange: n(exchange),
+        })
+    }
+
+    /// The domain's codes and levels, then those of its hosts.
+    async fn checked(zone: Vec<dns::Lookup>) -> (DomainReport, Vec<(&'static str, Level)>) {
+        let r = check_domain(&Zone(zone), &n("example.test"), 25, None).await;
+        let codes = r
+            .findings
+            .iter()
+            .chain(r.hosts.iter().flat_map(|h| &h.findings))
+            .map(|f| (f.code, f.level))
+            .collect();
+        (r, codes)
+    }
+
+    #[tokio::test]
+    async fn a_failed_mx_lookup_defers_and_fails() {
+        let failed = dns::Lookup::failed(
+            n("example.test"),
+            dns::RecordType::Mx,
+            dns::Failure::ServFail,
+        );
+        let (r, codes) = checked(vec![failed]).await;
+        assert_eq!(codes, [("mx-lookup-failed", Level::Fail)]);
+        assert_eq!((r.route, r.verdict), ("defer", "fail"));
+        assert!(r.reason.is_some() && r.hosts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_domain_that_does_not_exist_bounces_and_fails() {
+        let (r, codes) = checked(vec![secure("example.test", dns::RecordType::Mx, vec![])]).await;
+        assert_eq!(codes, [("no-such-domain", Level::Fail)]);
+        assert_eq!((r.route, r.verdict), ("bounce", "fail"));
+    }
+
+    #[tokio::test]
+    async fn a_null_mx_bounces_but_is_no_fault() {
+        let null = secure("example.test", dns::RecordType::Mx, vec![mx(".")]);
+        let (r, codes) = checked(vec![null]).await;
+        assert_eq!(codes, [("null-mx", Level::Info)]);
+        assert_eq!((r.route, r.verdict), ("bounce", "ok"));
+    }
+
+    #[tokio::test]
+    async fn a_domain_whose_only_host_is_unusable_has_no_usable_host() {
+        let zone = vec![
+            secure(
+                "example.test",
+                dns::RecordType::Mx,
+                vec![mx("mx.example.test")],
+            ),
+            secure(
+                "mx.example.test",
+                dns::RecordType::A,
+                vec![dns::Record::Address([192, 0, 2, 1].into())],
+            ),
+            dns::Lookup::failed(
+                n("_25._tcp.mx.example.test"),
+                dns::RecordType::Tlsa,
+                dns::Failure::Bogus("expired signature".into()),
+            ),
+        ];
+        let (r, codes) = checked(zone).await;
+        assert_eq!(
+            codes,
+            [
+                ("no-usable-host", Level::Fail),
+                ("host-unusable", Level::Fail)
+            ]
+        );
+        assert_eq!((r.route, r.verdict), ("deliver", "fail"));
+        assert_eq!(r.hosts[0].dane, "host-unusable");
     }
 }

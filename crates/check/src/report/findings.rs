@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dane::{Matching, Selector, Usage};
-use dns::DnsName;
 use dns::route::{Candidate, DaneState};
+use dns::{DnsName, NoMail};
 
 use super::model::{Finding, Level};
 use crate::probe::{AddressProbe, ProbeConfig, ProbeFailure, rfc3339};
@@ -17,6 +17,46 @@ use crate::probe::{AddressProbe, ProbeConfig, ProbeFailure, rfc3339};
 const MANY_TLSA: usize = 12;
 /// A DANE-TA leaf closer than this to its expiry is reported.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
+
+/// The route defers: the MX lookup failed or its answer cannot be trusted (bogus,
+/// indeterminate), so senders using DANE wait and retry (RFC 7672 §2.2.1).
+pub(crate) fn mx_lookup_failed(domain: &DnsName, reason: &str) -> Finding {
+    Finding {
+        level: Level::Fail,
+        code: "mx-lookup-failed",
+        message: format!("{reason}: mail to {domain} is deferred"),
+        rfc: "RFC 7672 §2.2.1",
+    }
+}
+
+/// The route bounces. A null MX (RFC 7505) is a deliberate "no mail here", only `info`; a
+/// domain that does not exist (RFC 5321 §5.1) is a `fail`. `reason` is the route's words.
+pub(crate) fn bounced(why: NoMail, reason: &str) -> Finding {
+    let (level, code) = match why {
+        NoMail::NullMx => (Level::Info, "null-mx"),
+        NoMail::NoSuchDomain | NoMail::NoSubmissionService => (Level::Fail, "no-such-domain"),
+    };
+    Finding {
+        level,
+        code,
+        message: reason.to_owned(),
+        rfc: why.citation(),
+    }
+}
+
+/// Every MX host of `domain` is unusable (a bogus or indeterminate lookup): senders using
+/// DANE can deliver to none of them, and defer (RFC 7672 §2.2). `None` while one is usable.
+pub(crate) fn no_usable_host(domain: &DnsName, hosts: &[Candidate]) -> Option<Finding> {
+    hosts
+        .iter()
+        .all(|c| matches!(c.dane, DaneState::HostUnusable { .. }))
+        .then(|| Finding {
+            level: Level::Fail,
+            code: "no-usable-host",
+            message: format!("no MX host of {domain} can be used: mail to it is deferred"),
+            rfc: "RFC 7672 §2.2",
+        })
+}
 
 /// Findings from the DNS view of a host (no connection needed).
 pub(crate) fn dns_findings(c: &Candidate, mx_secure: bool) -> Vec<Finding> {
@@ -553,6 +593,215 @@ mod tests {
             levels(na, &[broken]),
             [("tls-handshake-failed", Level::Warn)]
         );
+    }
+
+    fn tlsa(s: &str) -> dane::Tlsa {
+        s.parse().unwrap()
+    }
+
+    /// A host with the secure TLSA `records`, all usable for SMTP unless PKIX.
+    fn with_records(records: &[&str]) -> Candidate {
+        let records: Vec<dane::Tlsa> = records.iter().map(|r| tlsa(r)).collect();
+        let mut c = candidate(DaneState::Usable {
+            records: records
+                .iter()
+                .filter(|t| !matches!(t.usage(), Usage::PkixTa | Usage::PkixEe))
+                .cloned()
+                .collect(),
+        });
+        c.tlsa_name = Some("_25._tcp.mx.example.test".parse().unwrap());
+        c.tlsa_dnssec = Some(Status::Secure);
+        c.tlsa = records;
+        c
+    }
+
+    fn dns_codes(c: &Candidate, mx_secure: bool) -> Vec<(&'static str, Level)> {
+        dns_findings(c, mx_secure)
+            .into_iter()
+            .map(|f| (f.code, f.level))
+            .collect()
+    }
+
+    #[test]
+    fn a_host_with_two_secure_keys_and_a_secure_mx_has_no_finding() {
+        assert_eq!(dns_codes(&with_records(&[A, B]), true), []);
+    }
+
+    #[test]
+    fn each_dane_state_has_its_finding() {
+        let host_unusable = candidate(DaneState::HostUnusable {
+            reason: "TLSA lookup bogus".into(),
+        });
+        assert_eq!(
+            dns_codes(&host_unusable, true),
+            [("host-unusable", Level::Fail)]
+        );
+        assert_eq!(
+            dns_codes(&candidate(DaneState::Unusable), true),
+            [("no-usable-tlsa", Level::Warn)]
+        );
+        let na = candidate(DaneState::NotApplicable {
+            reason: "no TLSA records".into(),
+        });
+        let f = dns_findings(&na, true);
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("no-dane", Level::Info)]
+        );
+        assert_eq!(f[0].message, "no TLSA records");
+    }
+
+    #[test]
+    fn secure_tlsa_behind_an_insecure_mx_is_reported() {
+        let f = dns_findings(&with_records(&[A, B]), false);
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("insecure-mx", Level::Warn)]
+        );
+        assert_eq!(f[0].rfc, "RFC 7672 §2.2.1");
+        // Without usable records there is nothing an insecure MX weakens.
+        let na = candidate(DaneState::NotApplicable {
+            reason: String::new(),
+        });
+        assert!(
+            dns_codes(&na, false)
+                .iter()
+                .all(|(c, _)| *c != "insecure-mx")
+        );
+    }
+
+    #[test]
+    fn a_failed_address_lookup_is_reported_per_family() {
+        let mut c = with_records(&[A, B]);
+        c.a_dnssec = Status::Bogus;
+        let f = dns_findings(&c, true);
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("address-lookup-failed", Level::Warn)]
+        );
+        assert!(f[0].message.contains("the A lookup"), "{}", f[0].message);
+        c.aaaa_dnssec = Status::Indeterminate;
+        assert_eq!(
+            dns_codes(&c, true),
+            [
+                ("address-lookup-failed", Level::Warn),
+                ("address-lookup-failed", Level::Warn)
+            ]
+        );
+        // Insecure is not a failure: those addresses are used, without DANE.
+        c.a_dnssec = Status::Insecure;
+        c.aaaa_dnssec = Status::Insecure;
+        assert_eq!(dns_codes(&c, true), []);
+    }
+
+    #[test]
+    fn an_mx_exchange_that_is_a_cname_is_reported() {
+        let mut c = with_records(&[A, B]);
+        c.tlsa_base = "mx1.provider.test".parse().unwrap();
+        let f = dns_findings(&c, true);
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("mx-cname", Level::Warn)]
+        );
+        assert!(
+            f[0].message.contains("mx1.provider.test"),
+            "{}",
+            f[0].message
+        );
+    }
+
+    #[test]
+    fn record_set_findings_each_have_their_case() {
+        const FULL: &str = "3 0 1 0303030303030303030303030303030303030303030303030303030303030303";
+        const PKIX: &str = "1 1 1 0404040404040404040404040404040404040404040404040404040404040404";
+        const SHA512: &str = "3 1 2 05050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505050505";
+        const SHA512_B: &str = "3 1 2 06060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606060606";
+        assert_eq!(
+            dns_codes(&with_records(&[A]), true),
+            [("single-key", Level::Warn)]
+        );
+        assert_eq!(
+            dns_codes(&with_records(&[FULL, B]), true),
+            [("ee-full-certificate", Level::Warn)]
+        );
+        assert_eq!(
+            dns_codes(&with_records(&[PKIX, A, B]), true),
+            [("pkix-usage", Level::Warn)]
+        );
+        assert_eq!(
+            dns_codes(&with_records(&[SHA512, SHA512_B]), true),
+            [("no-sha256", Level::Warn)]
+        );
+        let many: Vec<String> = (0..=MANY_TLSA)
+            .map(|i| format!("3 1 1 {}", format!("{:02x}", i + 16).repeat(32)))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            dns_codes(&with_records(&many), true),
+            [("too-many-tlsa", Level::Warn)]
+        );
+        let exactly: Vec<&str> = many[..MANY_TLSA].to_vec();
+        assert_eq!(dns_codes(&with_records(&exactly), true), []);
+    }
+
+    #[test]
+    fn a_deferred_route_is_an_mx_lookup_failure() {
+        let domain: DnsName = "example.test".parse().unwrap();
+        let f = mx_lookup_failed(&domain, "MX lookup of example.test is bogus");
+        assert_eq!(
+            (f.code, f.level, f.rfc),
+            ("mx-lookup-failed", Level::Fail, "RFC 7672 §2.2.1")
+        );
+        assert_eq!(
+            f.message,
+            "MX lookup of example.test is bogus: mail to example.test is deferred"
+        );
+    }
+
+    #[test]
+    fn a_null_mx_is_information_a_missing_domain_a_failure() {
+        let f = bounced(NoMail::NullMx, "publishes a null MX");
+        assert_eq!(
+            (f.code, f.level, f.rfc),
+            ("null-mx", Level::Info, "RFC 7505")
+        );
+        assert_eq!(f.message, "publishes a null MX");
+        let f = bounced(NoMail::NoSuchDomain, "does not exist");
+        assert_eq!(
+            (f.code, f.level, f.rfc),
+            ("no-such-domain", Level::Fail, "RFC 5321 §5.1")
+        );
+    }
+
+    #[test]
+    fn no_usable_host_only_when_every_host_is_unusable() {
+        let domain: DnsName = "example.test".parse().unwrap();
+        let unusable = || {
+            candidate(DaneState::HostUnusable {
+                reason: String::new(),
+            })
+        };
+        let f = no_usable_host(&domain, &[unusable(), unusable()]).unwrap();
+        assert_eq!(
+            (f.code, f.level, f.rfc),
+            ("no-usable-host", Level::Fail, "RFC 7672 §2.2")
+        );
+        assert!(no_usable_host(&domain, &[unusable(), with_records(&[A, B])]).is_none());
+        let na = candidate(DaneState::NotApplicable {
+            reason: String::new(),
+        });
+        assert!(no_usable_host(&domain, &[na]).is_none());
+    }
+
+    #[test]
+    fn servers_that_cannot_be_compared_are_noted() {
+        let owner: DnsName = "_25._tcp.mx.example.test".parse().unwrap();
+        let f = ns_findings(&owner, &Err("no NS records".into()));
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("ns-unchecked", Level::Info)]
+        );
+        assert!(f[0].message.contains("no NS records"), "{}", f[0].message);
     }
 
     #[test]
