@@ -31,7 +31,7 @@ pub use matching::Profile;
 pub use name::{NameError, ReferenceName};
 pub use record::{Field, Matching, Selector, Tlsa, TlsaError, Usage};
 pub use verifier::DaneServerVerifier;
-pub use verify::{AnchorSource, Authenticator, PathProblem, Verified, VerifyError};
+pub use verify::{AnchorSource, Authenticator, PathProblem, Verified, VerifyError, rfc3339};
 
 /// Re-exported so callers name the same pki types this crate uses.
 pub use rustls::pki_types;
