@@ -46,6 +46,20 @@ pub struct Limits {
     pub sessions: usize,
 }
 
+impl Limits {
+    /// Which limit, if any, forbids another connection after `tried` addresses and
+    /// `sessions` sessions (RFC 5321 §5.1), as the outcome names it ("5 addresses").
+    pub fn reached(&self, tried: usize, sessions: usize) -> Option<String> {
+        if tried >= self.addresses {
+            Some(format!("{} addresses", self.addresses))
+        } else if sessions >= self.sessions {
+            Some(format!("{} sessions", self.sessions))
+        } else {
+            None
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -292,14 +306,7 @@ pub async fn deliver(
             continue;
         }
         for (at, address) in c.addresses.iter().map(|a| a.address).enumerate() {
-            let limit = if tried >= cfg.limits.addresses {
-                Some(format!("{} addresses", cfg.limits.addresses))
-            } else if sessions >= cfg.limits.sessions {
-                Some(format!("{} sessions", cfg.limits.sessions))
-            } else {
-                None
-            };
-            if let Some(limit) = limit {
+            if let Some(limit) = cfg.limits.reached(tried, sessions) {
                 let untried = c.addresses.len() - at
                     + candidates[index + 1..]
                         .iter()
@@ -324,10 +331,9 @@ pub async fn deliver(
             tried += 1;
             let (mut attempt, mut result) =
                 connect(c, address, &mode, rule, &lookups, envelope, message, cfg).await;
-            // Opportunistic TLS whose handshake failed: once more in plaintext (RFC 7435 §4).
-            if matches!(mode, Mode::Opportunistic)
-                && matches!(&result, Err(e) if e.is_tls_handshake())
-            {
+            let mta = remote(c, address);
+            let mut next = after_attempt(&mode, &result, envelope.recipients(), &mta);
+            if next == Next::RetryPlaintext {
                 log(&attempt);
                 attempts.push(attempt);
                 (attempt, result) = connect(
@@ -341,55 +347,106 @@ pub async fn deliver(
                     cfg,
                 )
                 .await;
+                next = after_attempt(&Mode::Plaintext, &result, envelope.recipients(), &mta);
             }
             log(&attempt);
             // A session is a connection that got through EHLO and TLS (Postfix 2.3+).
             if attempt.security != Security::None {
                 sessions += 1;
             }
-            match result {
-                Ok(transaction) => {
-                    let recipients = fates(envelope, &transaction, &remote(c, address));
+            match next {
+                Next::Finish(recipients) => {
                     attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
                     attempts.push(attempt);
                     return Delivery::new(recipients, attempts);
                 }
-                Err(SessionError::Refused {
-                    stage: Stage::Mail,
-                    reply,
-                }) if reply.is_permanent() => {
-                    attempts.push(attempt);
-                    let reply = ServerReply::new(&reply, Some(remote(c, address)));
-                    return Delivery::new(everyone(Fate::Bounced, Response::Smtp(reply)), attempts);
-                }
-                // Larger than the server accepts: no other host of this domain will differ
-                // (RFC 1870 §6.1, 552).
-                Err(SessionError::TooBig { .. }) => {
-                    // Our own reply, in the form the server would have given (no MTA sent it).
-                    let reply = Reply::new(552, vec![format!("5.3.4 {}", attempt.reason)]);
-                    attempts.push(attempt);
-                    return Delivery::new(
-                        everyone(
-                            Fate::Bounced,
-                            Response::Smtp(ServerReply::new(&reply, None)),
-                        ),
-                        attempts,
-                    );
-                }
-                Err(_) => {
+                Next::RetryPlaintext | Next::NextAddress => {
                     last_reason = format!("{}: {}", c.name, attempt.reason);
                     attempts.push(attempt);
                 }
             }
         }
     }
-    Delivery::new(
-        everyone(
-            Fate::Deferred,
-            Response::Local(format!("{last_reason} ({})", Rule::NextMx)),
-        ),
-        attempts,
-    )
+    Delivery::new(gave_up(envelope.recipients(), &last_reason), attempts)
+}
+
+/// What the delivery does after one attempt (the async loop only performs it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Connect to the same address again, in plaintext: opportunistic TLS whose handshake
+    /// failed (RFC 7435 §4; Postfix `may`). Never after a missing STARTTLS or AUTH, never under
+    /// a mode that requires TLS.
+    RetryPlaintext,
+    /// This address failed: try the next address of the host, then the next MX host (RFC 5321
+    /// §5.1); when none is left (or a limit is reached), every recipient is deferred
+    /// ([`gave_up`]).
+    NextAddress,
+    /// Every recipient's fate is decided (delivered, deferred or bounced, each with the reply
+    /// that decided it): stop.
+    Finish(Vec<RecipientOutcome>),
+}
+
+/// The decision after an attempt under `mode` that ended in `result`, for `recipients` (in
+/// envelope order), whose replies came from `mta`:
+///
+/// - a transaction: each recipient by its own RCPT reply and the reply to the message;
+/// - MAIL FROM refused permanently (RFC 5321 §4.2.1, 5yz): everyone bounces, no other host
+///   would take the sender either;
+/// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4): everyone bounces;
+/// - a failed TLS handshake under opportunistic TLS: once more in plaintext (RFC 7435 §4);
+/// - anything else: the next address or host (RFC 5321 §5.1; RFC 7672 §2.2 for DANE).
+pub fn after_attempt(
+    mode: &Mode,
+    result: &Result<Transaction, SessionError>,
+    recipients: &[String],
+    mta: &RemoteMta,
+) -> Next {
+    let everyone = |fate, reply: Response| {
+        recipients
+            .iter()
+            .map(|address| RecipientOutcome {
+                address: address.clone(),
+                outcome: fate,
+                reply: reply.clone(),
+            })
+            .collect()
+    };
+    match result {
+        Ok(transaction) => Next::Finish(fates(recipients, transaction, mta)),
+        Err(SessionError::Refused {
+            stage: Stage::Mail,
+            reply,
+        }) if reply.is_permanent() => Next::Finish(everyone(
+            Fate::Bounced,
+            Response::Smtp(ServerReply::new(reply, Some(mta.clone()))),
+        )),
+        // Larger than the server accepts: no other host of this domain will differ. The reply
+        // is ours, in the form the server would have given (no MTA sent it).
+        Err(e @ SessionError::TooBig { .. }) => {
+            let reply = Reply::new(552, vec![format!("5.3.4 {e}")]);
+            Next::Finish(everyone(
+                Fate::Bounced,
+                Response::Smtp(ServerReply::new(&reply, None)),
+            ))
+        }
+        Err(e) if matches!(mode, Mode::Opportunistic) && e.is_tls_handshake() => {
+            Next::RetryPlaintext
+        }
+        Err(_) => Next::NextAddress,
+    }
+}
+
+/// Every host and address tried (or skipped, or a limit reached): every recipient is
+/// deferred with the last reason (RFC 5321 §5.1: defer when no host is left).
+pub fn gave_up(recipients: &[String], last_reason: &str) -> Vec<RecipientOutcome> {
+    recipients
+        .iter()
+        .map(|address| RecipientOutcome {
+            address: address.clone(),
+            outcome: Fate::Deferred,
+            reply: Response::Local(format!("{last_reason} ({})", Rule::NextMx)),
+        })
+        .collect()
 }
 
 fn log(attempt: &Attempt) {
@@ -535,7 +592,7 @@ fn remote(c: &Candidate, address: IpAddr) -> RemoteMta {
 
 /// Each recipient's fate from its RCPT reply and the final reply to the message, which
 /// `mta` sent.
-fn fates(envelope: &Envelope, t: &Transaction, mta: &RemoteMta) -> Vec<RecipientOutcome> {
+fn fates(recipients: &[String], t: &Transaction, mta: &RemoteMta) -> Vec<RecipientOutcome> {
     let classify = |reply: &Reply| {
         if reply.is_positive() {
             Fate::Delivered
@@ -545,8 +602,7 @@ fn fates(envelope: &Envelope, t: &Transaction, mta: &RemoteMta) -> Vec<Recipient
             Fate::Deferred
         }
     };
-    envelope
-        .recipients()
+    recipients
         .iter()
         .zip(&t.rcpt)
         .map(|(address, rcpt)| {
@@ -779,6 +835,218 @@ mod tests {
         }
     }
 
+    /// A row of the `after_attempt` table: mode, result, the decision, each recipient's fate.
+    type Row<'a> = (
+        &'a Mode,
+        Result<Transaction, SessionError>,
+        &'static str,
+        Vec<(Fate, String)>,
+    );
+
+    /// `after_attempt` summed up: the variant, and each recipient's fate with its reply.
+    fn next_of(
+        mode: &Mode,
+        result: Result<Transaction, SessionError>,
+    ) -> (String, Vec<(Fate, String)>) {
+        let mta = RemoteMta {
+            host: n("mx.y.test"),
+            address: "192.0.2.7".parse().unwrap(),
+        };
+        let to = ["a@y.test".to_owned(), "b@y.test".to_owned()];
+        match after_attempt(mode, &result, &to, &mta) {
+            Next::RetryPlaintext => ("plaintext".into(), vec![]),
+            Next::NextAddress => ("next".into(), vec![]),
+            Next::Finish(r) => (
+                "finish".into(),
+                r.into_iter()
+                    .map(|r| (r.outcome, r.reply.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn what_follows_an_attempt() {
+        let r = |code, text: &str| Reply::new(code, vec![text.into()]);
+        let ok = |data: Option<Reply>| -> Result<Transaction, SessionError> {
+            Ok(Transaction {
+                rcpt: vec![r(250, "2.1.5 Ok"), r(550, "5.1.1 unknown")],
+                data,
+            })
+        };
+        let refused = |stage, code, text: &str| -> Result<Transaction, SessionError> {
+            Err(SessionError::Refused {
+                stage,
+                reply: r(code, text),
+            })
+        };
+        let dane = Mode::Required(Auth::Dane {
+            records: vec![EE.parse().unwrap()],
+            names: vec![],
+        });
+        let none = || -> Vec<(Fate, String)> { vec![] };
+        let both = |fate, text: &str| vec![(fate, text.to_owned()), (fate, text.to_owned())];
+        let too_big = SessionError::TooBig { size: 10, limit: 5 };
+        let table: Vec<Row> = vec![
+            // A transaction decides each recipient by its own replies.
+            (
+                &dane,
+                ok(Some(r(250, "2.0.0 queued"))),
+                "finish",
+                vec![
+                    (Fate::Delivered, "250 2.0.0 queued".into()),
+                    (Fate::Bounced, "550 5.1.1 unknown".into()),
+                ],
+            ),
+            (
+                &Mode::Plaintext,
+                ok(Some(r(451, "4.3.0 later"))),
+                "finish",
+                vec![
+                    (Fate::Deferred, "451 4.3.0 later".into()),
+                    (Fate::Bounced, "550 5.1.1 unknown".into()),
+                ],
+            ),
+            // The sender refused for good: no other host will take it.
+            (
+                &dane,
+                refused(Stage::Mail, 553, "5.1.8 bad sender"),
+                "finish",
+                both(Fate::Bounced, "553 5.1.8 bad sender"),
+            ),
+            // Refused for now, or another step refused: the next address.
+            (
+                &dane,
+                refused(Stage::Mail, 451, "4.3.0 later"),
+                "next",
+                none(),
+            ),
+            (&dane, refused(Stage::Greeting, 554, "no"), "next", none()),
+            (
+                &Mode::Opportunistic,
+                refused(Stage::StartTls, 454, "4.7.0 no"),
+                "next",
+                none(),
+            ),
+            // Too big for the server: everyone bounces with our 552 5.3.4.
+            (
+                &Mode::Opportunistic,
+                Err(too_big.clone()),
+                "finish",
+                both(Fate::Bounced, &format!("552 5.3.4 {too_big}")),
+            ),
+            // A failed handshake: plaintext only under opportunistic TLS (RFC 7435 §4).
+            (
+                &Mode::Opportunistic,
+                Err(SessionError::Tls("alert".into())),
+                "plaintext",
+                none(),
+            ),
+            (
+                &dane,
+                Err(SessionError::Tls("alert".into())),
+                "next",
+                none(),
+            ),
+            (
+                &Mode::Required(Auth::None),
+                Err(SessionError::Tls("alert".into())),
+                "next",
+                none(),
+            ),
+            (
+                &Mode::Plaintext,
+                Err(SessionError::Tls("alert".into())),
+                "next",
+                none(),
+            ),
+            // No STARTTLS, a DANE mismatch, a timeout, a lost connection: the next address.
+            (&dane, Err(SessionError::StartTlsNotOffered), "next", none()),
+            (
+                &Mode::Opportunistic,
+                Err(SessionError::StartTlsInjection),
+                "next",
+                none(),
+            ),
+            (
+                &dane,
+                Err(SessionError::Timeout(Stage::Greeting)),
+                "next",
+                none(),
+            ),
+            (
+                &dane,
+                Err(SessionError::Connect("refused".into())),
+                "next",
+                none(),
+            ),
+            (
+                &Mode::Opportunistic,
+                Err(SessionError::AuthUnavailable(AuthUnavailable::NoTls)),
+                "next",
+                none(),
+            ),
+        ];
+        for (mode, result, kind, fates) in table {
+            let what = format!("{mode:?} {result:?}");
+            assert_eq!(next_of(mode, result), (kind.to_owned(), fates), "{what}");
+        }
+        // The bounce for a refused sender names the MTA; our own 552 names none.
+        let mta = RemoteMta {
+            host: n("mx.y.test"),
+            address: "192.0.2.7".parse().unwrap(),
+        };
+        let to = ["a@y.test".to_owned()];
+        let Next::Finish(r) =
+            after_attempt(&dane, &refused(Stage::Mail, 550, "5.7.1 no"), &to, &mta)
+        else {
+            panic!("a refused sender bounces")
+        };
+        assert_eq!(r[0].reply.smtp().and_then(|s| s.mta.as_ref()), Some(&mta));
+        let Next::Finish(r) = after_attempt(&dane, &Err(too_big), &to, &mta) else {
+            panic!("too big bounces")
+        };
+        assert_eq!(
+            r[0].reply
+                .smtp()
+                .map(|s| (s.code, s.enhanced, s.mta.is_none())),
+            Some((552, Some(crate::reply::EnhancedStatus::new(5, 3, 4)), true))
+        );
+    }
+
+    #[test]
+    fn giving_up_defers_everyone_and_limits_stop_connecting() {
+        let to = ["a@y.test".to_owned(), "b@y.test".to_owned()];
+        let r = gave_up(&to, "mx.y.test: cannot connect");
+        assert!(
+            r.iter()
+                .all(|r| r.outcome == Fate::Deferred && r.reply.smtp().is_none())
+        );
+        assert_eq!(
+            r[1].reply.to_string(),
+            format!("mx.y.test: cannot connect ({})", Rule::NextMx)
+        );
+        let limits = Limits::default();
+        for (tried, sessions, reached) in [
+            (0, 0, None),
+            (4, 1, None),
+            (5, 0, Some("5 addresses")),
+            (3, 2, Some("2 sessions")),
+            (5, 2, Some("5 addresses")),
+        ] {
+            assert_eq!(
+                limits.reached(tried, sessions).as_deref(),
+                reached,
+                "{tried} {sessions}"
+            );
+        }
+        let none = Limits {
+            addresses: 0,
+            sessions: 2,
+        };
+        assert_eq!(none.reached(0, 0).as_deref(), Some("0 addresses"));
+    }
+
     #[test]
     fn recipients_get_the_reply_that_decided_them() {
         let envelope =
@@ -796,7 +1064,7 @@ mod tests {
             host: n("mx.y.test"),
             address: "192.0.2.7".parse().unwrap(),
         };
-        let f: Vec<(Fate, String)> = fates(&envelope, &t, &mta)
+        let f: Vec<(Fate, String)> = fates(envelope.recipients(), &t, &mta)
             .into_iter()
             .map(|r| (r.outcome, r.reply.to_string()))
             .collect();
@@ -812,7 +1080,7 @@ mod tests {
             rcpt: vec![r(250, "ok"), r(250, "ok"), r(250, "ok")],
             data: Some(r(452, "4.3.1 full")),
         };
-        let f = fates(&envelope, &t, &mta);
+        let f = fates(envelope.recipients(), &t, &mta);
         assert!(f.iter().all(|r| r.outcome == Fate::Deferred));
         // The typed reply: code, enhanced status, lines and who sent it.
         let smtp = f[0].reply.smtp().unwrap();
