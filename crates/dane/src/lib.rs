@@ -4,7 +4,8 @@
 //! use ([`Profile`], RFC 7672 §3.1.3 and the digest agility of RFC 7671 §9), whether they
 //! match a certificate, and the verdict on a whole presented chain ([`Authenticator`],
 //! RFC 7671 §5, RFC 7672 §3). [`DaneServerVerifier`] plugs the verdict into a rustls
-//! handshake, so DANE is decided *inside* the handshake for exactly one connection.
+//! handshake, so DANE is decided *inside* the handshake for exactly one connection, and its
+//! [`Verified`] proof is released only after the server's handshake signature verified.
 //!
 //! ```
 //! use dane::{Authenticator, ReferenceName, Tlsa};

@@ -105,6 +105,18 @@ impl DaneServerVerifier {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// One handshake signature, TLS 1.2 or 1.3: `check` verifies it with the public key of
+    /// `cert` (the leaf); when it does, a pending proof about that same leaf is released.
+    fn handshake_signature(
+        &self,
+        cert: &CertificateDer<'_>,
+        check: impl FnOnce(&SubjectPublicKeyInfoDer<'_>) -> Result<HandshakeSignatureValid, Error>,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let valid = check(&Self::leaf_spki(cert)?)?;
+        self.key_proved(cert);
+        Ok(valid)
+    }
+
     /// Records that the handshake signature by `cert`'s key verified: a pending proof about
     /// that same certificate is released. Anything else leaves the state as it is.
     fn key_proved(&self, cert: &CertificateDer<'_>) {
@@ -195,10 +207,9 @@ impl ServerCertVerifier for DaneServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let spki = Self::leaf_spki(cert)?;
-        let valid = self.tls12_signature_with_raw_key(message, &spki, dss)?;
-        self.key_proved(cert);
-        Ok(valid)
+        self.handshake_signature(cert, |spki| {
+            self.tls12_signature_with_raw_key(message, spki, dss)
+        })
     }
 
     /// TLS 1.3 CertificateVerify (RFC 8446 §4.4.3), checked against the leaf's public key.
@@ -208,10 +219,9 @@ impl ServerCertVerifier for DaneServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let spki = Self::leaf_spki(cert)?;
-        let valid = verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)?;
-        self.key_proved(cert);
-        Ok(valid)
+        self.handshake_signature(cert, |spki| {
+            verify_tls13_signature_with_raw_key(message, spki, dss, &self.algorithms)
+        })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

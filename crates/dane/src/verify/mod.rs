@@ -48,7 +48,9 @@ pub enum AnchorSource {
 }
 
 /// Proof that a chain was authenticated by a TLSA record. Only [`Authenticator::verify`]
-/// constructs it.
+/// constructs it (it has no public constructor and is not deserializable); in a handshake,
+/// [`DaneServerVerifier::verified`](crate::DaneServerVerifier::verified) hands it out only
+/// once the server has also proved it holds the leaf's private key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verified {
     record: Tlsa,
