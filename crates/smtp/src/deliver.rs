@@ -102,10 +102,6 @@ enum Plan {
     Skip { reason: String, rule: Rule },
 }
 
-fn dane_state(c: &Candidate) -> DaneStatus {
-    DaneStatus::from(&c.dane)
-}
-
 /// Policy level × DANE state → what a connection to this host must do (PRODUCT.md policy
 /// levels; RFC 7672 §2.2 for `dane` and `dane-only`).
 fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
@@ -148,7 +144,7 @@ fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
             reason: format!(
                 "no usable secure TLSA records for {} ({})",
                 c.name,
-                dane_state(c)
+                c.dane.code()
             ),
             rule: Rule::DaneOnly,
         },
@@ -212,7 +208,7 @@ fn credentials_may_go(cfg: &Config, c: &Candidate, mode: &Mode) -> Result<(), St
         Mode::Opportunistic | Mode::Required(Auth::None) => Err(format!(
             "{} would not be authenticated: no usable secure TLSA records ({}) and policy {}",
             c.name,
-            dane_state(c),
+            c.dane.code(),
             cfg.level
         )),
         Mode::Required(Auth::Dane { .. }) if !named_securely => Err(format!(
@@ -459,7 +455,7 @@ fn log(attempt: &Attempt) {
 
 fn dane_report(c: &Candidate) -> DaneReport {
     DaneReport {
-        state: dane_state(c),
+        state: DaneStatus::from(&c.dane),
         tlsa: c.tlsa.clone(),
         matched: None,
         depth: None,
@@ -480,6 +476,40 @@ fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) ->
         reason,
         rule,
         replies: Vec::new(),
+    }
+}
+
+/// The rule behind a connection that failed before its transaction with `e`, under `mode`
+/// planned by `planned`: a DANE mismatch is RFC 7672 §3.1's; no TLS where DANE demands it,
+/// §2.2's; a plaintext retry keeps its own; a failed opportunistic handshake is RFC 7435's;
+/// anything else sends the delivery on to the next host (RFC 5321 §5.1).
+pub fn rule_of_failure(e: &SessionError, mode: &Mode, planned: Rule) -> Rule {
+    match (e, mode) {
+        (SessionError::Dane(_), _) => Rule::DaneAuth,
+        (
+            SessionError::StartTlsNotOffered
+            | SessionError::Tls(_)
+            | SessionError::StartTlsInjection,
+            Mode::Required(Auth::Dane { .. }),
+        ) => Rule::DaneMandatory,
+        _ if planned == Rule::PlaintextRetry => Rule::PlaintextRetry,
+        (SessionError::Tls(_), Mode::Opportunistic) => Rule::Opportunistic,
+        _ => Rule::NextMx,
+    }
+}
+
+/// The rule behind a transaction: the server's reply when the message was not accepted
+/// (RFC 5321 §4.2); DANE authentication when DANE authenticated the peer (RFC 7672 §3.1);
+/// else the rule the connection was planned under.
+pub fn rule_of_transaction(accepted: bool, security: Security, mode: &Mode, planned: Rule) -> Rule {
+    match security {
+        _ if !accepted => Rule::Smtp,
+        Security::Verified | Security::Trusted
+            if matches!(mode, Mode::Required(Auth::Dane { .. })) =>
+        {
+            Rule::DaneAuth
+        }
+        _ => planned,
     }
 }
 
@@ -510,18 +540,7 @@ async fn connect(
     let mut session = match opened {
         Ok(s) => s,
         Err(e) => {
-            attempt.rule = match (&e, mode) {
-                (SessionError::Dane(_), _) => Rule::DaneAuth,
-                (
-                    SessionError::StartTlsNotOffered
-                    | SessionError::Tls(_)
-                    | SessionError::StartTlsInjection,
-                    Mode::Required(Auth::Dane { .. }),
-                ) => Rule::DaneMandatory,
-                (_, _) if rule_for_mode == Rule::PlaintextRetry => Rule::PlaintextRetry,
-                (SessionError::Tls(_), Mode::Opportunistic) => Rule::Opportunistic,
-                _ => Rule::NextMx,
-            };
+            attempt.rule = rule_of_failure(&e, mode, rule_for_mode);
             attempt.reason = e.to_string();
             return (attempt, Err(e));
         }
@@ -568,15 +587,7 @@ async fn connect(
     };
     if let Ok(t) = &result {
         let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
-        attempt.rule = match attempt.security {
-            _ if !accepted => Rule::Smtp,
-            Security::Verified | Security::Trusted
-                if matches!(mode, Mode::Required(Auth::Dane { .. })) =>
-            {
-                Rule::DaneAuth
-            }
-            _ => rule_for_mode,
-        };
+        attempt.rule = rule_of_transaction(accepted, attempt.security, mode, rule_for_mode);
     }
     session.quit().await;
     (attempt, result)
@@ -1045,6 +1056,143 @@ mod tests {
             sessions: 2,
         };
         assert_eq!(none.reached(0, 0).as_deref(), Some("0 addresses"));
+    }
+
+    #[test]
+    fn the_rule_behind_an_attempt() {
+        let dane = Mode::Required(Auth::Dane {
+            records: vec![EE.parse().unwrap()],
+            names: vec![],
+        });
+        let tls = || SessionError::Tls("alert".into());
+        let dane_err = || SessionError::Dane(dane::VerifyError::EmptyChain);
+        for (e, mode, planned, rule) in [
+            (dane_err(), &dane, Rule::DaneMandatory, Rule::DaneAuth),
+            (
+                dane_err(),
+                &Mode::Opportunistic,
+                Rule::Policy,
+                Rule::DaneAuth,
+            ),
+            (
+                SessionError::StartTlsNotOffered,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::DaneMandatory,
+            ),
+            (
+                SessionError::StartTlsInjection,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::DaneMandatory,
+            ),
+            (tls(), &dane, Rule::DaneMandatory, Rule::DaneMandatory),
+            (
+                tls(),
+                &Mode::Opportunistic,
+                Rule::Opportunistic,
+                Rule::Opportunistic,
+            ),
+            (
+                tls(),
+                &Mode::Opportunistic,
+                Rule::Policy,
+                Rule::Opportunistic,
+            ),
+            (
+                tls(),
+                &Mode::Plaintext,
+                Rule::PlaintextRetry,
+                Rule::PlaintextRetry,
+            ),
+            (
+                SessionError::Connect("refused".into()),
+                &Mode::Plaintext,
+                Rule::PlaintextRetry,
+                Rule::PlaintextRetry,
+            ),
+            (
+                SessionError::Connect("refused".into()),
+                &dane,
+                Rule::DaneMandatory,
+                Rule::NextMx,
+            ),
+            (
+                SessionError::StartTlsNotOffered,
+                &Mode::Required(Auth::None),
+                Rule::Policy,
+                Rule::NextMx,
+            ),
+            (
+                SessionError::Timeout(Stage::Greeting),
+                &Mode::Opportunistic,
+                Rule::Opportunistic,
+                Rule::NextMx,
+            ),
+        ] {
+            assert_eq!(
+                rule_of_failure(&e, mode, planned),
+                rule,
+                "{e:?} {mode:?} {planned:?}"
+            );
+        }
+        for (accepted, security, mode, planned, rule) in [
+            (
+                false,
+                Security::Verified,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::Smtp,
+            ),
+            (
+                true,
+                Security::Verified,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::DaneAuth,
+            ),
+            (
+                true,
+                Security::Trusted,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::DaneAuth,
+            ),
+            (
+                true,
+                Security::Untrusted,
+                &dane,
+                Rule::DaneMandatory,
+                Rule::DaneMandatory,
+            ),
+            (
+                true,
+                Security::Verified,
+                &Mode::Required(Auth::None),
+                Rule::Policy,
+                Rule::Policy,
+            ),
+            (
+                true,
+                Security::Plaintext,
+                &Mode::Plaintext,
+                Rule::PlaintextRetry,
+                Rule::PlaintextRetry,
+            ),
+            (
+                false,
+                Security::Plaintext,
+                &Mode::Plaintext,
+                Rule::PlaintextRetry,
+                Rule::Smtp,
+            ),
+        ] {
+            assert_eq!(
+                rule_of_transaction(accepted, security, mode, planned),
+                rule,
+                "{accepted} {security:?} {mode:?} {planned:?}"
+            );
+        }
     }
 
     #[test]

@@ -300,17 +300,6 @@ impl From<&DaneState> for DaneStatus {
     }
 }
 
-impl fmt::Display for DaneStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DaneStatus::Usable => "usable",
-            DaneStatus::Unusable => "unusable",
-            DaneStatus::NotApplicable => "not-applicable",
-            DaneStatus::HostUnusable => "host-unusable",
-        })
-    }
-}
-
 /// The DANE side of an attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaneReport {
