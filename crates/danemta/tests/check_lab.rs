@@ -9,7 +9,7 @@ use dane::cert::CertInfo;
 use dane::matching::record_for;
 use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1};
 use danemta_lab::smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
-use danemta_lab::{Lab, ZoneSpec};
+use danemta_lab::{Lab, Signing, ZoneSpec};
 use serde_json::Value;
 
 struct World {
@@ -415,5 +415,110 @@ fn an_unreachable_host_is_reported_as_such_not_as_missing_starttls() {
     assert_eq!(
         r["hosts"][0]["addresses"][0]["tls"]["error_kind"],
         "starttls-missing"
+    );
+}
+
+/// The standard DNSSEC scenarios, and a few more, for findings that depend only on DNS.
+fn dns_lab() -> &'static Lab {
+    static LAB: OnceLock<Lab> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let pkix_only = format!(
+            "@ MX 10 mx\nmx A 127.0.17.200\n_25._tcp.mx TLSA 1 1 1 {}\n",
+            "07".repeat(32)
+        );
+        Lab::builder()
+            .standard_zones()
+            // An unsigned domain whose MX host has secure TLSA records.
+            .zone(ZoneSpec::new(
+                "unsigned-mx.test",
+                "@ MX 10 mx1.secure.test.\n",
+                Signing::Unsigned,
+            ))
+            // A secure domain whose only MX host is bogus.
+            .zone(ZoneSpec::secure(
+                "all-bogus.test",
+                "@ MX 10 mx1.expired.test.\n",
+            ))
+            // Secure TLSA records, none usable for SMTP.
+            .zone(ZoneSpec::secure("pkix-only.test", pkix_only))
+            .start()
+            .expect("lab")
+    })
+}
+
+/// `check --json --no-connect DOMAIN` against [`dns_lab`]: exit code, report, and every
+/// finding (info too) as `(code, level)`.
+fn dns_only(domain: &str) -> (i32, Value, Vec<(String, String)>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["check", "--json", "--no-connect", domain])
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            dns_lab().validating_resolver()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let findings = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            r["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|h| h["findings"].as_array().unwrap().iter()),
+        )
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_owned(),
+                f["level"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), r, findings)
+}
+
+#[test]
+fn each_dns_finding_appears_where_the_dns_is_wrong() {
+    // (domain, finding, its level, route, exit status)
+    for (domain, finding, level, route, exit) in [
+        ("nullmx.test", "null-mx", "info", "bounce", 0),
+        ("nosuch.secure.test", "no-such-domain", "fail", "bounce", 2),
+        ("expired.test", "mx-lookup-failed", "fail", "defer", 2),
+        ("mx-bogus-host.test", "host-unusable", "fail", "deliver", 2),
+        ("all-bogus.test", "no-usable-host", "fail", "deliver", 2),
+        ("cname-mx.test", "mx-cname", "warn", "deliver", 1),
+        ("unsigned-mx.test", "insecure-mx", "warn", "deliver", 1),
+        ("insecure.test", "no-dane", "info", "deliver", 0),
+        ("pkix-only.test", "no-usable-tlsa", "warn", "deliver", 1),
+        ("badsig.test", "address-lookup-failed", "warn", "deliver", 1),
+    ] {
+        let (code, r, found) = dns_only(domain);
+        assert!(
+            found.contains(&(finding.to_owned(), level.to_owned())),
+            "{domain}: expected {finding} ({level}) in {found:?}\n{r:#}"
+        );
+        assert_eq!(r["route"], route, "{domain}: {r:#}");
+        assert_eq!(code, exit, "{domain}: {found:?}");
+    }
+}
+
+#[test]
+fn a_secure_setup_has_none_of_the_dns_findings() {
+    let (code, r, found) = dns_only("secure.test");
+    // The lab's made-up digests are one record per host: single-key is expected, nothing else.
+    assert!(
+        found.iter().all(|(c, _)| c == "single-key"),
+        "{found:?}\n{r:#}"
+    );
+    assert_eq!((code, &r["route"]), (1, &Value::from("deliver")));
+    // Only the bogus host of mx-bogus-host.test is unusable: the domain still has one.
+    let (_, _, found) = dns_only("mx-bogus-host.test");
+    assert!(
+        !found.iter().any(|(c, _)| c == "no-usable-host"),
+        "{found:?}"
     );
 }
