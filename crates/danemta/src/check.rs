@@ -164,7 +164,7 @@ fn address_row(h: &HostReport, a: &check::report::AddressReport) -> [String; 7] 
             });
             let matched = match (&p.matched, p.depth) {
                 (Some(m), Some(d)) => format!("{} @{d}", short(m)),
-                _ if h.dane == "usable" => "NO MATCH".to_owned(),
+                _ if h.dane_usable() => "NO MATCH".to_owned(),
                 _ => "-".to_owned(),
             };
             (tls, cert, matched)
@@ -264,11 +264,7 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
         }
         for a in &h.addresses {
             let Some(p) = &a.tls else { continue };
-            if let Some(e) = p
-                .error
-                .as_ref()
-                .filter(|_| p.starttls || h.dane != "usable")
-            {
+            if let Some(e) = p.error.as_ref().filter(|_| p.starttls || !h.dane_usable()) {
                 // The error quotes the server's replies.
                 println!("    {}: {}", a.address, escape(e));
             }
@@ -415,7 +411,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
                 }
             };
             *summary.entry(report.verdict).or_default() += 1;
-            if report.hosts.iter().any(|h| h.dane == "usable") {
+            if report.hosts.iter().any(|h| h.dane_usable()) {
                 *summary.entry("dane").or_default() += 1;
             }
             for f in report

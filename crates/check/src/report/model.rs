@@ -82,6 +82,14 @@ pub struct HostReport {
     pub verdict: &'static str,
 }
 
+impl HostReport {
+    /// Whether DANE applies to the host with usable records: senders must use TLS and
+    /// authenticate it by them (RFC 7672 §2.2).
+    pub fn dane_usable(&self) -> bool {
+        matches!(self.dane_detail, DaneState::Usable { .. })
+    }
+}
+
 /// One domain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DomainReport {
