@@ -4,12 +4,14 @@
 //! STARTTLS probe of every MX address, which TLSA records match what each presents, and
 //! findings with the RFC behind each, summed up as `ok`, `warn` or `fail`. Probes are shared
 //! between domains with the same MX host, so bulk scans cost one probe per host address.
+//! [`rollover`] assesses a key rollover (RFC 7671 §8.1) from every authoritative server.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod probe;
 pub mod report;
+pub mod rollover;
 
 pub use probe::ProbeConfig;
 pub use report::{DomainReport, Finding, Level, ProbeCache, check_domain};

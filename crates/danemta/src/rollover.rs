@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use check::rollover::{Remembered, Stage, assess};
 use clap::Args;
 use dane::cert::CertInfo;
 use dane::matching::association;
 use dane::pki_types::pem::PemObject;
 use dane::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use dane::{Matching, Selector, Tlsa, Usage};
-use dns::authoritative::{ServerAnswer, ask_all};
-use dns::{DnsName, Record, RecordType};
-use serde::{Deserialize, Serialize};
+use dns::authoritative::ask_all;
+use dns::{DnsName, RecordType};
 use serde_json::json;
 
 use crate::dnsopts::{DnsArgs, runtime};
@@ -52,16 +52,6 @@ pub struct RolloverArgs {
     dns: DnsArgs,
 }
 
-/// What is remembered between runs.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct State {
-    owner: String,
-    current: String,
-    next: String,
-    /// Seconds since the epoch when every server was first seen publishing both.
-    both_since: u64,
-}
-
 fn spki_of_pem(path: &Path) -> Result<Vec<u8>, CliError> {
     let usage = |why: String| CliError::Usage(format!("{}: {why}", path.display()));
     if let Ok(cert) = CertificateDer::from_pem_file(path) {
@@ -94,20 +84,6 @@ fn default_state(port: u16, host: &DnsName) -> PathBuf {
     let base = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
     base.join(".local/state/danemta")
         .join(format!("rollover-{port}-{host}.json"))
-}
-
-/// Where the rollover stands.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum Stage {
-    /// Not every server publishes both records yet.
-    Publish,
-    /// Every server does; wait until `safe_at`.
-    Wait,
-    /// Safe to switch keys; afterwards remove the old record.
-    Safe,
-    /// Some server did not answer: cannot tell.
-    Unknown,
 }
 
 pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
@@ -151,85 +127,60 @@ pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
         .await
         .map_err(CliError::Usage)
     })?;
-    let has = |a: &ServerAnswer, t: &Tlsa| {
-        a.records
-            .iter()
-            .any(|r| matches!(r, Record::Tlsa(x) if x == t))
-    };
-    let all_both = answers.iter().all(|a| has(a, &current) && has(a, &next));
-    let max_ttl = answers.iter().filter_map(|a| a.ttl).max().unwrap_or(0);
     let state_path = args
         .state
         .clone()
         .unwrap_or_else(|| default_state(args.port, &args.name));
-    let remembered: Option<State> = std::fs::read_to_string(&state_path)
+    let remembered: Option<Remembered> = std::fs::read_to_string(&state_path)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .filter(|s: &State| {
-            s.owner == owner.as_str()
-                && s.current == current.to_string()
-                && s.next == next.to_string()
-        });
-    let (stage, safe_at) = if answers.iter().any(|a| a.error.is_some()) {
-        (Stage::Unknown, None)
-    } else if !all_both {
-        let _ = std::fs::remove_file(&state_path);
-        (Stage::Publish, None)
-    } else {
-        let since = match remembered {
-            Some(s) => s.both_since,
-            None => {
-                let s = State {
-                    owner: owner.to_string(),
-                    current: current.to_string(),
-                    next: next.to_string(),
-                    both_since: now(),
-                };
-                if let Some(dir) = state_path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                std::fs::write(&state_path, serde_json::to_string(&s).unwrap_or_default())
-                    .map_err(|source| CliError::Read {
-                        path: state_path.display().to_string(),
-                        source,
-                    })?;
-                s.both_since
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let a = assess(
+        &owner,
+        &current,
+        &next,
+        &answers,
+        remembered.as_ref(),
+        now(),
+    );
+    match (&a.stage, &a.remember) {
+        (Stage::Unknown, _) => {}
+        (_, None) => {
+            let _ = std::fs::remove_file(&state_path);
+        }
+        (_, Some(keep)) if Some(keep) != remembered.as_ref() => {
+            if let Some(dir) = state_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
             }
-        };
-        let safe_at = since + 2 * u64::from(max_ttl);
-        (
-            if now() >= safe_at {
-                Stage::Safe
-            } else {
-                Stage::Wait
-            },
-            Some(safe_at),
-        )
-    };
+            std::fs::write(&state_path, serde_json::to_string(keep).unwrap_or_default()).map_err(
+                |source| CliError::Read {
+                    path: state_path.display().to_string(),
+                    source,
+                },
+            )?;
+        }
+        _ => {}
+    }
+    let (stage, safe_at, max_ttl) = (a.stage, a.safe_at, a.ttl);
 
     if args.json {
-        let servers: Vec<_> = answers
-            .iter()
-            .map(|a| json!({"server": a.server, "address": a.address, "ttl": a.ttl, "current": has(a, &current), "next": has(a, &next), "error": a.error}))
-            .collect();
         println!(
             "{}",
             json!({"owner": owner, "current": current, "next": next, "stage": stage, "ttl": max_ttl,
-                   "safe_at": safe_at.map(check::probe::rfc3339), "servers": servers})
+                   "safe_at": safe_at.map(check::probe::rfc3339), "servers": a.servers})
         );
     } else {
         println!("\nAuthoritative servers of {owner}:");
-        for a in &answers {
+        for s in &a.servers {
             let mark = |b| if b { "yes" } else { "NO" };
-            match &a.error {
-                Some(e) => println!("  {} [{}]: no answer ({e})", a.server, a.address),
+            match &s.error {
+                Some(e) => println!("  {} [{}]: no answer ({e})", s.server, s.address),
                 None => println!(
                     "  {} [{}]: current {}, next {}, TTL {}",
-                    a.server,
-                    a.address,
-                    mark(has(a, &current)),
-                    mark(has(a, &next)),
-                    a.ttl.map_or("-".into(), |t| t.to_string())
+                    s.server,
+                    s.address,
+                    mark(s.current),
+                    mark(s.next),
+                    s.ttl.map_or("-".into(), |t| t.to_string())
                 ),
             }
         }
