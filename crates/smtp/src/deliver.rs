@@ -388,7 +388,8 @@ pub enum Next {
 /// - a transaction: each recipient by its own RCPT reply and the reply to the message;
 /// - MAIL FROM refused permanently (RFC 5321 §4.2.1, 5yz): everyone bounces, no other host
 ///   would take the sender either;
-/// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4): everyone bounces;
+/// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4), or addresses that need
+///   SMTPUTF8 from a server without it (RFC 6531 §3.2, 553 5.6.7): everyone bounces;
 /// - a failed TLS handshake under opportunistic TLS: once more in plaintext (RFC 7435 §4);
 /// - anything else: the next address or host (RFC 5321 §5.1; RFC 7672 §2.2 for DANE).
 pub fn after_attempt(
@@ -416,14 +417,17 @@ pub fn after_attempt(
             Fate::Bounced,
             Response::Smtp(ServerReply::new(reply, Some(mta.clone()))),
         )),
-        // Larger than the server accepts: no other host of this domain will differ. The reply
-        // is ours, in the form the server would have given (no MTA sent it).
-        Err(e @ SessionError::TooBig { .. }) => {
-            let reply = Reply::new(552, vec![format!("5.3.4 {e}")]);
-            Next::Finish(everyone(
-                Fate::Bounced,
-                Response::Smtp(ServerReply::new(&reply, None)),
-            ))
+        // Refusals we decide ourselves before sending (the reply is ours, in the form the
+        // server would have given; no MTA sent it): larger than the server accepts (no other
+        // host of this domain will differ), or addresses that need SMTPUTF8 (RFC 6531 §3.2).
+        Err(e @ (SessionError::TooBig { .. } | SessionError::SmtpUtf8Unsupported)) => {
+            match e.reply() {
+                Some(reply) => Next::Finish(everyone(
+                    Fate::Bounced,
+                    Response::Smtp(ServerReply::new(&reply, None)),
+                )),
+                None => Next::NextAddress,
+            }
         }
         Err(e) if matches!(mode, Mode::Opportunistic) && e.is_tls_handshake() => {
             Next::RetryPlaintext
@@ -945,6 +949,19 @@ mod tests {
                 Err(too_big.clone()),
                 "finish",
                 both(Fate::Bounced, &format!("552 5.3.4 {too_big}")),
+            ),
+            // Addresses that need SMTPUTF8: our 553 5.6.7.
+            (
+                &dane,
+                Err(SessionError::SmtpUtf8Unsupported),
+                "finish",
+                both(
+                    Fate::Bounced,
+                    &SessionError::SmtpUtf8Unsupported
+                        .reply()
+                        .unwrap()
+                        .to_string(),
+                ),
             ),
             // A failed handshake: plaintext only under opportunistic TLS (RFC 7435 §4).
             (

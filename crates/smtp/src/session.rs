@@ -197,6 +197,10 @@ pub enum SessionError {
     /// handshake failure: a plaintext retry could not help and is never made.
     #[error("credentials not sent: {0}")]
     AuthUnavailable(AuthUnavailable),
+    /// The addresses need SMTPUTF8 and the server does not offer it (RFC 6531 §3.2): nothing
+    /// was sent; the refusal is ours, worded as the server's would be ([`Self::reply`]).
+    #[error("MAIL FROM refused: {}", SessionError::smtputf8_reply())]
+    SmtpUtf8Unsupported,
     /// The message is larger than the server's SIZE limit.
     #[error("message of {size} bytes exceeds the server's limit of {limit}")]
     TooBig {
@@ -208,6 +212,24 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    fn smtputf8_reply() -> Reply {
+        Reply::new(
+            553,
+            vec!["5.6.7 the server does not support SMTPUTF8, which these addresses need (RFC 6531 §3.2)".into()],
+        )
+    }
+
+    /// The reply we give in the server's stead for a refusal we decided ourselves, before
+    /// sending anything: `553 5.6.7` for [`Self::SmtpUtf8Unsupported`] (RFC 6531 §3.2, RFC
+    /// 3463 §3.7), `552 5.3.4` for [`Self::TooBig`] (RFC 1870 §6.1).
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            SessionError::SmtpUtf8Unsupported => Some(Self::smtputf8_reply()),
+            SessionError::TooBig { .. } => Some(Reply::new(552, vec![format!("5.3.4 {self}")])),
+            _ => None,
+        }
+    }
+
     /// Whether a plaintext retry is allowed after this error under opportunistic TLS: only a
     /// failure of the TLS handshake itself (RFC 7435 §4; Postfix "may"). A missing capability
     /// (no STARTTLS, no AUTH mechanism) is not one.
@@ -499,13 +521,7 @@ impl Session {
             !envelope.sender().is_ascii() || envelope.recipients().iter().any(|t| !t.is_ascii());
         if needs_utf8 && !self.caps.smtputf8 {
             // RFC 6531 §3.2: internationalised addresses go only to SMTPUTF8 servers.
-            return Err(SessionError::Refused {
-                stage: Stage::Mail,
-                reply: Reply::new(
-                    553,
-                    vec!["5.6.7 the server does not support SMTPUTF8, which these addresses need (RFC 6531 §3.2)".into()],
-                ),
-            });
+            return Err(SessionError::SmtpUtf8Unsupported);
         }
         if needs_utf8 {
             mail.push_str(" SMTPUTF8");
