@@ -58,7 +58,19 @@ pub(crate) fn no_usable_host(domain: &DnsName, hosts: &[Candidate]) -> Option<Fi
         })
 }
 
-/// Findings from the DNS view of a host (no connection needed).
+/// Findings from the DNS view of a host (no connection needed):
+///
+/// * from its DANE state (RFC 7672 §2.2): `host-unusable` (a bogus or indeterminate lookup:
+///   senders skip or defer, `fail`), `no-usable-tlsa` (records, none usable: TLS required but
+///   unauthenticated, RFC 7672 §3.1.3, `warn`), `no-dane` (`info`), and `insecure-mx` (usable
+///   records behind an insecure MX lookup: senders reach "trusted", not "verified",
+///   RFC 7672 §2.2.1, `warn`);
+/// * `address-lookup-failed`: a failed A or AAAA lookup, whose addresses senders skip
+///   (RFC 7672 §2.2.2);
+/// * `mx-cname`: an MX exchange that is a CNAME, which RFC 2181 §10.3 forbids;
+/// * from the TLSA RRset (RFC 7671): `pkix-usage` (§3.1.3 of RFC 7672: ignored by SMTP),
+///   `too-many-tlsa` (§8), `ee-full-certificate` and `single-key` (§8.1: rollovers),
+///   `no-sha256` (§10.1.2: the digest every client supports).
 pub(crate) fn dns_findings(c: &Candidate, mx_secure: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |level, code, message: String, rfc| {
