@@ -11,7 +11,7 @@ use dns::route::{Candidate, DaneState};
 use dns::{DnsName, NoMail};
 
 use super::model::{Finding, Level};
-use crate::probe::{AddressProbe, ProbeConfig, ProbeFailure, rfc3339};
+use crate::probe::{AddressProbe, ProbeConfig, ProbeFailure};
 
 /// Most records a large sender is known to consider at one name.
 const MANY_TLSA: usize = 12;
@@ -412,7 +412,7 @@ pub(crate) fn probe_findings(
                 format!(
                     "the certificate of {} expires at {} (DANE-TA checks expiry)",
                     c.name,
-                    rfc3339(not_after)
+                    dane::rfc3339(not_after)
                 ),
                 "RFC 7671 §5.2",
             );
