@@ -157,42 +157,29 @@ fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
     }
 }
 
-/// What the handshake proved about the peer, as far as the security label needs to know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proof {
-    /// Nothing was checked (or nothing matched).
-    Unchecked,
-    /// A TLSA record (or a configured fingerprint) matched (RFC 7672 §3).
-    Dane,
-    /// PKIX with a name check passed.
-    Pkix,
-}
-
-impl Proof {
-    /// The proof behind `peer`.
-    pub fn of(peer: &PeerAuth) -> Self {
-        match peer {
-            PeerAuth::Dane(_) => Proof::Dane,
-            PeerAuth::Pkix => Proof::Pkix,
-            PeerAuth::Unchecked => Proof::Unchecked,
-        }
-    }
-}
-
 /// The security label of a finished handshake (PRODUCT.md security statuses): `plaintext`
 /// without TLS; `verified` for PKIX with a name check, a configured fingerprint, or DANE on a
 /// host a secure lookup named; `trusted` for DANE on a host an insecure MX/SRV lookup named
 /// (RFC 7672 §2.2.1, PRODUCT.md rule 2: the route's `trust` decides, nowhere else);
 /// `untrusted` for TLS whose peer nothing authenticated.
-pub fn security(tls: Option<&TlsInfo>, proof: Proof, mode: &Mode, trust: DaneTrust) -> Security {
-    match (tls, proof, mode) {
+///
+/// `verified` and `trusted` follow only from a `peer` that carries its proof: a
+/// [`dane::Verified`] from the DANE verifier or a [`PkixVerified`](crate::tls::PkixVerified)
+/// from the PKIX one, neither of which can be made elsewhere.
+pub fn security(
+    tls: Option<&TlsInfo>,
+    peer: Option<&PeerAuth>,
+    mode: &Mode,
+    trust: DaneTrust,
+) -> Security {
+    match (tls, peer, mode) {
         (None, _, _) => Security::Plaintext,
-        (Some(_), Proof::Dane, Mode::Required(Auth::Dane { .. })) => match trust {
+        (Some(_), Some(PeerAuth::Dane(_)), Mode::Required(Auth::Dane { .. })) => match trust {
             DaneTrust::Verified => Security::Verified,
             DaneTrust::Trusted => Security::Trusted,
         },
-        (Some(_), Proof::Dane, Mode::Required(_)) => Security::Verified,
-        (Some(_), Proof::Pkix, _) => Security::Verified,
+        (Some(_), Some(PeerAuth::Dane(_)), Mode::Required(_)) => Security::Verified,
+        (Some(_), Some(PeerAuth::Pkix(_)), _) => Security::Verified,
         (Some(_), _, _) => Security::Untrusted,
     }
 }
@@ -554,12 +541,7 @@ async fn connect(
         attempt.dane.matched = Some(v.record().clone());
         attempt.dane.depth = Some(v.depth());
     }
-    attempt.security = security(
-        session.tls(),
-        session.peer().map_or(Proof::Unchecked, Proof::of),
-        mode,
-        c.dane_trust,
-    );
+    attempt.security = security(session.tls(), session.peer(), mode, c.dane_trust);
     if let Some((user, password)) = &cfg.credentials {
         // Planned for a verified peer (credentials_may_go); make sure it is one.
         let auth = if attempt.security == Security::Verified {
@@ -769,84 +751,71 @@ mod tests {
                 names: vec![],
             })
         };
-        let table: [(bool, Proof, Mode, DaneTrust, Security); 14] = [
+        let leaf = danemta_lab::pki::TestCert::self_signed(&["mx.example.test"])
+            .unwrap()
+            .leaf_der;
+        let leaf = rustls::pki_types::CertificateDer::from(leaf);
+        let info = dane::cert::CertInfo::parse(&leaf).unwrap();
+        let record = dane::matching::record_for(3u8.into(), 1u8.into(), 1u8.into(), &info).unwrap();
+        let verified = dane::Authenticator::smtp(&[record], vec![])
+            .verify(&[leaf], rustls::pki_types::UnixTime::now())
+            .unwrap();
+        let by_dane = || Some(PeerAuth::Dane(verified.clone()));
+        let by_pkix = || {
+            Some(PeerAuth::Pkix(crate::tls::PkixVerified::for_tests(
+                "mx.example.test".parse().unwrap(),
+            )))
+        };
+        let unchecked = || Some(PeerAuth::Unchecked);
+        let table: [(bool, Option<PeerAuth>, Mode, DaneTrust, Security); 15] = [
             // No TLS: plaintext, whatever was planned.
+            (false, None, Mode::Plaintext, Verified, Security::Plaintext),
             (
                 false,
-                Proof::Unchecked,
-                Mode::Plaintext,
-                Verified,
-                Security::Plaintext,
-            ),
-            (
-                false,
-                Proof::Unchecked,
+                None,
                 Mode::Opportunistic,
                 Verified,
                 Security::Plaintext,
             ),
-            (false, Proof::Dane, dane(), Verified, Security::Plaintext),
+            (false, by_dane(), dane(), Verified, Security::Plaintext),
             // DANE: the route's trust decides verified or trusted (RFC 7672 §2.2.1).
-            (true, Proof::Dane, dane(), Verified, Security::Verified),
-            (true, Proof::Dane, dane(), Trusted, Security::Trusted),
-            (
-                true,
-                Proof::Unchecked,
-                dane(),
-                Verified,
-                Security::Untrusted,
-            ),
+            (true, by_dane(), dane(), Verified, Security::Verified),
+            (true, by_dane(), dane(), Trusted, Security::Trusted),
+            (true, unchecked(), dane(), Verified, Security::Untrusted),
+            (true, None, dane(), Verified, Security::Untrusted),
             // A configured fingerprint or PKIX does not depend on the MX lookup.
-            (
-                true,
-                Proof::Dane,
-                fingerprint(),
-                Trusted,
-                Security::Verified,
-            ),
-            (
-                true,
-                Proof::Dane,
-                fingerprint(),
-                Verified,
-                Security::Verified,
-            ),
-            (true, Proof::Pkix, pkix(), Trusted, Security::Verified),
-            (true, Proof::Pkix, pkix(), Verified, Security::Verified),
+            (true, by_dane(), fingerprint(), Trusted, Security::Verified),
+            (true, by_dane(), fingerprint(), Verified, Security::Verified),
+            (true, by_pkix(), pkix(), Trusted, Security::Verified),
+            (true, by_pkix(), pkix(), Verified, Security::Verified),
             // Encryption only.
             (
                 true,
-                Proof::Unchecked,
+                unchecked(),
                 Mode::Opportunistic,
                 Verified,
                 Security::Untrusted,
             ),
             (
                 true,
-                Proof::Unchecked,
+                unchecked(),
                 Mode::Required(Auth::None),
                 Verified,
                 Security::Untrusted,
             ),
-            (
-                true,
-                Proof::Unchecked,
-                pkix(),
-                Verified,
-                Security::Untrusted,
-            ),
+            (true, unchecked(), pkix(), Verified, Security::Untrusted),
             // A DANE match outside a required mode authenticates nothing that was asked.
             (
                 true,
-                Proof::Dane,
+                by_dane(),
                 Mode::Opportunistic,
                 Verified,
                 Security::Untrusted,
             ),
         ];
-        for (has_tls, proof, mode, trust, expected) in table {
-            let got = security(has_tls.then_some(&tls), proof, &mode, trust);
-            assert_eq!(got, expected, "{has_tls} {proof:?} {mode:?} {trust:?}");
+        for (has_tls, peer, mode, trust, expected) in table {
+            let got = security(has_tls.then_some(&tls), peer.as_ref(), &mode, trust);
+            assert_eq!(got, expected, "{has_tls} {peer:?} {mode:?} {trust:?}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! One `ClientConfig` per connection: the DANE verifier carries that connection's TLSA
 //! records and reference names (see `dane::DaneServerVerifier`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dane::{Authenticator, DaneServerVerifier, ReferenceName, Tlsa, Verified};
 use rustls::client::WebPkiServerVerifier;
@@ -48,15 +48,38 @@ pub enum Mode {
     Required(Auth),
 }
 
-/// The decision on the peer, for the outcome of the attempt.
+/// The decision on the peer, for the outcome of the attempt. The authenticating variants
+/// carry their proof: a [`dane::Verified`] only the DANE verifier makes, or a
+/// [`PkixVerified`] only this module makes, both after a completed handshake.
 #[derive(Clone, Debug)]
 pub enum PeerAuth {
     /// DANE or fingerprint matched.
     Dane(Verified),
     /// PKIX with a name check passed.
-    Pkix,
+    Pkix(PkixVerified),
     /// Nothing was checked.
     Unchecked,
+}
+
+/// Proof that PKIX validation (RFC 5280, via webpki, to the configured roots) accepted the
+/// peer's chain for one of the configured names (RFC 6125 §6), and that the peer proved its
+/// key in the handshake. Made only here, by the verifier of the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PkixVerified {
+    name: ReferenceName,
+}
+
+impl PkixVerified {
+    /// The reference name the certificate was found valid for.
+    pub fn name(&self) -> &ReferenceName {
+        &self.name
+    }
+
+    /// A proof for unit tests of the decisions that read one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: ReferenceName) -> Self {
+        Self { name }
+    }
 }
 
 /// A verifier for one connection, and how to read its verdict afterwards.
@@ -64,16 +87,16 @@ pub struct Prepared {
     /// The client configuration to use.
     pub config: Arc<ClientConfig>,
     dane: Option<Arc<DaneServerVerifier>>,
-    pkix: bool,
+    pkix: Option<Arc<AnyName>>,
 }
 
 impl Prepared {
     /// The authentication result after a successful handshake.
     pub fn peer_auth(&self) -> PeerAuth {
-        match (&self.dane, self.pkix) {
+        match (&self.dane, &self.pkix) {
             (Some(v), _) => v.verified().map_or(PeerAuth::Unchecked, PeerAuth::Dane),
-            (None, true) => PeerAuth::Pkix,
-            (None, false) => PeerAuth::Unchecked,
+            (None, Some(v)) => v.verified().map_or(PeerAuth::Unchecked, PeerAuth::Pkix),
+            (None, None) => PeerAuth::Unchecked,
         }
     }
 
@@ -90,29 +113,27 @@ pub fn prepare(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Prepared, 
         .with_safe_default_protocol_versions()?
         .dangerous();
     let (verifier, dane, pkix): (Arc<dyn ServerCertVerifier>, _, _) = match auth {
-        Auth::None => (Arc::new(AnyCertificate(algorithms)), None, false),
+        Auth::None => (Arc::new(AnyCertificate(algorithms)), None, None),
         Auth::Dane { records, names } => {
             let v =
                 DaneServerVerifier::new(Authenticator::smtp(records, names.clone()), algorithms);
-            (v.clone(), Some(v), false)
+            (v.clone(), Some(v), None)
         }
         Auth::Fingerprint(records) => {
             let v = DaneServerVerifier::new(Authenticator::smtp(records, Vec::new()), algorithms);
-            (v.clone(), Some(v), false)
+            (v.clone(), Some(v), None)
         }
         Auth::Pkix { roots, names } => {
             let inner =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
                     .map_err(|e| Error::General(format!("PKIX verifier: {e}")))?;
-            (
-                Arc::new(AnyName {
-                    inner,
-                    names: names.clone(),
-                }),
-                None,
-                true,
-            )
+            let v = Arc::new(AnyName {
+                inner,
+                names: names.clone(),
+                state: Mutex::new(PkixState::default()),
+            });
+            (v.clone(), None, Some(v))
         }
     };
     let mut config = builder
@@ -172,6 +193,31 @@ impl ServerCertVerifier for AnyCertificate {
 struct AnyName {
     inner: Arc<WebPkiServerVerifier>,
     names: Vec<ReferenceName>,
+    state: Mutex<PkixState>,
+}
+
+/// What the PKIX verifier of one connection has seen.
+#[derive(Debug, Default)]
+struct PkixState {
+    /// The name the chain was valid for.
+    name: Option<ReferenceName>,
+    /// Whether the peer's handshake signature checked out with that chain's key.
+    signed: bool,
+}
+
+impl AnyName {
+    /// The proof, once the chain was valid for a name and the handshake signature verified.
+    fn verified(&self) -> Option<PkixVerified> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (&state.name, state.signed) {
+            (Some(name), true) => Some(PkixVerified { name: name.clone() }),
+            _ => None,
+        }
+    }
+
+    fn record(&self, update: impl FnOnce(&mut PkixState)) {
+        update(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 impl ServerCertVerifier for AnyName {
@@ -192,7 +238,10 @@ impl ServerCertVerifier for AnyName {
                 .inner
                 .verify_server_cert(end_entity, intermediates, &server_name, ocsp, now)
             {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.record(|s| s.name = Some(name.clone()));
+                    return Ok(v);
+                }
                 Err(e) => last = e,
             }
         }
@@ -205,7 +254,9 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let valid = self.inner.verify_tls12_signature(message, cert, dss)?;
+        self.record(|s| s.signed = true);
+        Ok(valid)
     }
 
     fn verify_tls13_signature(
@@ -214,7 +265,9 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let valid = self.inner.verify_tls13_signature(message, cert, dss)?;
+        self.record(|s| s.signed = true);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
