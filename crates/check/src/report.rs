@@ -20,7 +20,7 @@ use findings::{
     bounced, dns_findings, mx_lookup_failed, no_usable_host, probe_findings, too_many_mx,
 };
 use model::verdict;
-pub use model::{AddressReport, DomainReport, Finding, HostReport, Level};
+pub use model::{AddressReport, DomainReport, Finding, HostReport, Level, RouteAction, Verdict};
 
 use crate::probe::{AddressProbe, ProbeConfig, evaluate};
 
@@ -48,8 +48,8 @@ pub async fn check_domain<R: Resolver>(
             let finding = mx_lookup_failed(domain, &reason);
             return DomainReport {
                 domain: domain.clone(),
-                verdict: "fail",
-                route: "defer",
+                verdict: verdict([&finding]),
+                route: RouteAction::Defer,
                 mx_dnssec,
                 reason: Some(reason),
                 findings: vec![finding],
@@ -65,7 +65,7 @@ pub async fn check_domain<R: Resolver>(
             return DomainReport {
                 domain: domain.clone(),
                 verdict: verdict([&finding]),
-                route: "bounce",
+                route: RouteAction::Bounce,
                 mx_dnssec,
                 reason: Some(reason),
                 findings: vec![finding],
@@ -145,7 +145,7 @@ pub async fn check_domain<R: Resolver>(
     DomainReport {
         domain: domain.clone(),
         verdict,
-        route: "deliver",
+        route: RouteAction::Deliver,
         mx_dnssec: Some(mx_dnssec),
         reason: None,
         findings,
@@ -283,7 +283,7 @@ mod tests {
         );
         let (r, codes) = checked(vec![failed]).await;
         assert_eq!(codes, [("mx-lookup-failed", Level::Fail)]);
-        assert_eq!((r.route, r.verdict), ("defer", "fail"));
+        assert_eq!((r.route, r.verdict), (RouteAction::Defer, Verdict::Fail));
         assert!(r.reason.is_some() && r.hosts.is_empty());
     }
 
@@ -291,7 +291,7 @@ mod tests {
     async fn a_domain_that_does_not_exist_bounces_and_fails() {
         let (r, codes) = checked(vec![secure("example.test", dns::RecordType::Mx, vec![])]).await;
         assert_eq!(codes, [("no-such-domain", Level::Fail)]);
-        assert_eq!((r.route, r.verdict), ("bounce", "fail"));
+        assert_eq!((r.route, r.verdict), (RouteAction::Bounce, Verdict::Fail));
     }
 
     #[tokio::test]
@@ -299,7 +299,7 @@ mod tests {
         let null = secure("example.test", dns::RecordType::Mx, vec![mx(".")]);
         let (r, codes) = checked(vec![null]).await;
         assert_eq!(codes, [("null-mx", Level::Info)]);
-        assert_eq!((r.route, r.verdict), ("bounce", "ok"));
+        assert_eq!((r.route, r.verdict), (RouteAction::Bounce, Verdict::Ok));
     }
 
     #[tokio::test]
@@ -329,7 +329,7 @@ mod tests {
                 ("host-unusable", Level::Fail)
             ]
         );
-        assert_eq!((r.route, r.verdict), ("deliver", "fail"));
+        assert_eq!((r.route, r.verdict), (RouteAction::Deliver, Verdict::Fail));
         assert_eq!(r.hosts[0].dane, "host-unusable");
     }
 }

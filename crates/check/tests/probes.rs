@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use check::report::{DomainReport, Finding, Level};
+use check::report::{DomainReport, Finding, Level, Verdict};
 use check::{ProbeCache, ProbeConfig, check_domain};
 use dns::{DnsName, Lookup, Mx, Outcome, Record, RecordType, Resolver, Status};
 use smtp::Timeouts;
@@ -165,12 +165,12 @@ async fn a_closed_port_is_unreachable_not_missing_starttls() {
     let r = report("closed.test", true, closed_port().await).await;
     assert_eq!(findings(&r), [("unreachable", Level::Fail)], "{r:#?}");
     assert_eq!(error_kind(&r), "unreachable");
-    assert_eq!(r.verdict, "fail");
+    assert_eq!(r.verdict, Verdict::Fail);
     // Without DANE, the report says so (info) but judges only DANE: still ok.
     let r = report("closed-plain.test", false, closed_port().await).await;
     assert_eq!(findings(&r), [], "{r:#?}");
     assert!(r.hosts[0].findings.iter().any(|f| f.code == "unreachable"));
-    assert_eq!(r.verdict, "ok");
+    assert_eq!(r.verdict, Verdict::Ok);
 }
 
 #[tokio::test]

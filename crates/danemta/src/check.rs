@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use check::probe::ProbeFailure;
-use check::report::{DomainReport, HostReport, Level};
+use check::report::{DomainReport, HostReport, Level, Verdict};
 use check::{ProbeCache, ProbeConfig, check_domain};
 use clap::Args;
 use dns::DnsName;
@@ -199,7 +199,7 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
             let mut rows: Vec<([String; 7], &str)> = h
                 .addresses
                 .iter()
-                .map(|a| (address_row(h, a), h.verdict))
+                .map(|a| (address_row(h, a), h.verdict.as_str()))
                 .collect();
             if rows.is_empty() {
                 rows.push((
@@ -212,7 +212,7 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
                         "-".into(),
                         "-".into(),
                     ],
-                    h.verdict,
+                    h.verdict.as_str(),
                 ));
             }
             rows
@@ -304,7 +304,7 @@ fn print_human(r: &DomainReport, paint: &Paint) {
     println!(
         "{}: {} — {}{mx}",
         escape(r.domain.as_str()),
-        paint.verdict(r.verdict),
+        paint.verdict(r.verdict.as_str()),
         r.route
     );
     if let Some(reason) = &r.reason {
@@ -410,7 +410,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
                     continue;
                 }
             };
-            *summary.entry(report.verdict).or_default() += 1;
+            *summary.entry(report.verdict.as_str()).or_default() += 1;
             if report.hosts.iter().any(|h| h.dane_usable()) {
                 *summary.entry("dane").or_default() += 1;
             }
@@ -424,9 +424,9 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
                 }
             }
             worst = worst.max(match report.verdict {
-                "fail" => 2,
-                "warn" => 1,
-                _ => 0,
+                Verdict::Fail => 2,
+                Verdict::Warn => 1,
+                Verdict::Ok => 0,
             });
             if args.json {
                 println!("{}", json!(report));

@@ -22,6 +22,64 @@ pub enum Level {
     Fail,
 }
 
+/// The sum of a set of findings: the worst level that counts (`info` does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Nothing above `info`.
+    Ok,
+    /// At least one `warn`, no `fail`.
+    Warn,
+    /// At least one `fail`.
+    Fail,
+}
+
+impl Verdict {
+    /// As in the JSON: `ok`, `warn` or `fail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a sender does with mail to the domain (RFC 7672 §2.2, RFC 5321 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteAction {
+    /// Deliver to the MX hosts.
+    Deliver,
+    /// Retry later: the MX lookup failed.
+    Defer,
+    /// Return the mail: no such domain, or a null MX.
+    Bounce,
+}
+
+impl RouteAction {
+    /// As in the JSON: `deliver`, `defer` or `bounce`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteAction::Deliver => "deliver",
+            RouteAction::Defer => "defer",
+            RouteAction::Bounce => "bounce",
+        }
+    }
+}
+
+impl std::fmt::Display for RouteAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something to tell the domain owner, with the rule behind it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -79,7 +137,7 @@ pub struct HostReport {
     /// Findings about this host.
     pub findings: Vec<Finding>,
     /// `ok`, `warn` or `fail`.
-    pub verdict: &'static str,
+    pub verdict: Verdict,
 }
 
 impl HostReport {
@@ -96,9 +154,9 @@ pub struct DomainReport {
     /// The domain.
     pub domain: DnsName,
     /// `ok`, `warn` or `fail`.
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// `deliver`, `defer` or `bounce`.
-    pub route: &'static str,
+    pub route: RouteAction,
     /// Status of the MX lookup.
     pub mx_dnssec: Option<Status>,
     /// Why the route defers or bounces.
@@ -111,11 +169,11 @@ pub struct DomainReport {
 }
 
 /// The verdict of a set of findings: `fail` if any fails, `warn` if any warns, else `ok`.
-pub(crate) fn verdict<'a>(findings: impl IntoIterator<Item = &'a Finding>) -> &'static str {
+pub(crate) fn verdict<'a>(findings: impl IntoIterator<Item = &'a Finding>) -> Verdict {
     match findings.into_iter().map(|f| f.level).max() {
-        Some(Level::Fail) => "fail",
-        Some(Level::Warn) => "warn",
-        _ => "ok",
+        Some(Level::Fail) => Verdict::Fail,
+        Some(Level::Warn) => Verdict::Warn,
+        _ => Verdict::Ok,
     }
 }
 
@@ -134,15 +192,33 @@ mod tests {
 
     #[test]
     fn the_verdict_is_the_worst_level() {
-        assert_eq!(verdict([]), "ok");
-        assert_eq!(verdict(&[finding(Level::Info)]), "ok");
+        assert_eq!(verdict([]), Verdict::Ok);
+        assert_eq!(verdict(&[finding(Level::Info)]), Verdict::Ok);
         assert_eq!(
             verdict(&[finding(Level::Info), finding(Level::Warn)]),
-            "warn"
+            Verdict::Warn
         );
         assert_eq!(
             verdict(&[finding(Level::Fail), finding(Level::Warn)]),
-            "fail"
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn verdicts_and_routes_serialize_as_their_names() {
+        for v in [Verdict::Ok, Verdict::Warn, Verdict::Fail] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        for r in [
+            RouteAction::Deliver,
+            RouteAction::Defer,
+            RouteAction::Bounce,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(
+            (Verdict::Ok.to_string(), RouteAction::Bounce.to_string()),
+            ("ok".to_owned(), "bounce".to_owned())
         );
     }
 
