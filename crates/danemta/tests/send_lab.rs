@@ -298,11 +298,53 @@ fn send_env(rcpt: &str, extra: &[&str], resolver: &[String], env: &[(&str, &str)
         .unwrap();
     let out: Output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Sent {
+    let sent = Sent {
         code: out.status.code().unwrap_or(-1),
         json: serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    stored_as_printed(&sent.json);
+    sent
+}
+
+/// What `send --json` prints is the outcome the relay's queue stores: it reads back into the
+/// typed value and prints the same again, and each typed key agrees with its text.
+fn stored_as_printed(json: &Value) {
+    let typed: smtp::Delivery =
+        serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{e}: {json:#}"));
+    assert_eq!(&serde_json::to_value(&typed).unwrap(), json);
+    for (r, printed) in typed
+        .recipients
+        .iter()
+        .zip(json["recipients"].as_array().unwrap())
+    {
+        assert_eq!(printed["reply"], r.reply.to_string());
+        if let Some(reply) = r.reply.smtp() {
+            assert!(
+                printed["reply"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&reply.code.to_string())
+            );
+            if let Some(mta) = &reply.mta {
+                // A server's reply names the server of an attempt.
+                assert!(
+                    typed
+                        .attempts
+                        .iter()
+                        .any(|a| a.host == mta.host && a.address == Some(mta.address)),
+                    "{json:#}"
+                );
+            }
+        }
+    }
+    for (a, printed) in typed
+        .attempts
+        .iter()
+        .zip(json["attempts"].as_array().unwrap())
+    {
+        assert_eq!(printed["rule"], a.rule.citation());
     }
 }
 
