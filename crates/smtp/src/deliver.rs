@@ -14,8 +14,8 @@ use rustls::crypto::CryptoProvider;
 use crate::envelope::HeloName;
 use crate::message::Message;
 use crate::outcome::{
-    Attempt, DaneReport, DaneStatus, Delivery, Fate, LookupStatus, RecipientOutcome, RemoteMta,
-    Response, Rule, Security, ServerReply,
+    Attempt, DaneReport, DaneStatus, Delivery, Failure, Fate, LookupStatus, RecipientOutcome,
+    RemoteMta, Response, Rule, Security, ServerReply,
 };
 use crate::policy::Level;
 use crate::reply::Reply;
@@ -465,6 +465,7 @@ fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) ->
         tls: None,
         dnssec: lookups.clone(),
         reason,
+        failure: None,
         rule,
         replies: Vec::new(),
     }
@@ -533,6 +534,7 @@ async fn connect(
         Err(e) => {
             attempt.rule = rule_of_failure(&e, mode, rule_for_mode);
             attempt.reason = e.to_string();
+            attempt.failure = Some(Failure::of(&e, &remote(c, address)));
             return (attempt, Err(e));
         }
     };
@@ -553,6 +555,7 @@ async fn connect(
         };
         if let Err(e) = auth {
             attempt.reason = e.to_string();
+            attempt.failure = Some(Failure::of(&e, &remote(c, address)));
             if matches!(e, SessionError::AuthUnavailable(_)) {
                 attempt.rule = Rule::Credentials;
             }
@@ -571,9 +574,12 @@ async fn connect(
         },
         Err(e) => e.to_string(),
     };
-    if let Ok(t) = &result {
-        let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
-        attempt.rule = rule_of_transaction(accepted, attempt.security, mode, rule_for_mode);
+    match &result {
+        Ok(t) => {
+            let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
+            attempt.rule = rule_of_transaction(accepted, attempt.security, mode, rule_for_mode);
+        }
+        Err(e) => attempt.failure = Some(Failure::of(e, &remote(c, address))),
     }
     session.quit().await;
     (attempt, result)

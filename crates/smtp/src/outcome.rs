@@ -15,7 +15,7 @@ use dns::{DnsName, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::reply::{EnhancedStatus, Reply};
-use crate::session::TlsInfo;
+use crate::session::{SessionError, Stage, TlsInfo};
 
 /// The rules cited in outcomes (PRODUCT.md checklist numbers in brackets). The serialized
 /// form is a stable kebab-case id (`dane-mandatory`); [`Rule::citation`] is the text shown.
@@ -196,10 +196,82 @@ impl ServerReply {
     }
 }
 
-/// `250 2.0.0 Ok`, as [`Reply`] shows it.
+/// `250 2.0.0 Ok`, as [`Reply`] shows it (all lines joined by a space).
 impl fmt::Display for ServerReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Reply::new(self.code, self.lines.clone()).fmt(f)
+        write!(f, "{}", self.code)?;
+        for line in &self.lines {
+            write!(f, " {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a connection failed, typed: what a retry policy, metrics or a TLS report (RFC 8460
+/// §4.3 result types) read instead of the attempt's reason text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Failure {
+    /// The TCP connection failed.
+    Connect,
+    /// No reply in time.
+    Timeout {
+        /// What we were waiting for.
+        stage: Stage,
+    },
+    /// A reply that breaks RFC 5321 §4.2.
+    Protocol {
+        /// What we were waiting for.
+        stage: Stage,
+    },
+    /// The server refused a step of the session (not a recipient).
+    Refused {
+        /// The step.
+        stage: Stage,
+        /// Its reply.
+        reply: ServerReply,
+    },
+    /// TLS was required but STARTTLS not offered (RFC 8460 `starttls-not-supported`).
+    StarttlsNotOffered,
+    /// Plaintext injected after the STARTTLS reply.
+    StarttlsInjection,
+    /// The TLS handshake failed.
+    TlsHandshake,
+    /// The peer failed DANE or fingerprint authentication (RFC 8460 `validation-failure`).
+    DaneAuthentication,
+    /// Writing to the connection failed.
+    Io,
+    /// Our own input could not go into a command; nothing was sent.
+    InvalidInput,
+    /// Credentials were not sent (no TLS, no mechanism, or a peer not verified).
+    CredentialsNotSent,
+    /// The message is larger than the server's SIZE limit (RFC 1870 §6.1).
+    TooBig,
+    /// The addresses need SMTPUTF8, which the server does not offer (RFC 6531 §3.2).
+    Smtputf8Unsupported,
+}
+
+impl Failure {
+    /// The failure `e` on a connection to `mta`.
+    pub fn of(e: &SessionError, mta: &RemoteMta) -> Self {
+        match e {
+            SessionError::Connect(_) => Failure::Connect,
+            SessionError::Timeout(stage) => Failure::Timeout { stage: *stage },
+            SessionError::Protocol { stage, .. } => Failure::Protocol { stage: *stage },
+            SessionError::Refused { stage, reply } => Failure::Refused {
+                stage: *stage,
+                reply: ServerReply::new(reply, Some(mta.clone())),
+            },
+            SessionError::StartTlsNotOffered => Failure::StarttlsNotOffered,
+            SessionError::StartTlsInjection => Failure::StarttlsInjection,
+            SessionError::Tls(_) => Failure::TlsHandshake,
+            SessionError::Dane(_) => Failure::DaneAuthentication,
+            SessionError::Io(_) => Failure::Io,
+            SessionError::InvalidInput(_) => Failure::InvalidInput,
+            SessionError::AuthUnavailable(_) => Failure::CredentialsNotSent,
+            SessionError::TooBig { .. } => Failure::TooBig,
+            SessionError::SmtpUtf8Unsupported => Failure::Smtputf8Unsupported,
+        }
     }
 }
 
@@ -359,6 +431,10 @@ pub struct Attempt {
     pub dnssec: LookupStatus,
     /// Why the attempt ended as it did.
     pub reason: String,
+    /// How the connection failed, when it did (a transaction that ran has none: its replies
+    /// decide the recipients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
     /// The rule behind that: in JSON `rule` (its citation) and `rule_id` (its id, from which
     /// it is read back).
     #[serde(flatten, with = "rule_keys")]
@@ -618,6 +694,7 @@ mod tests {
                 tlsa: None,
             },
             reason: "message accepted: 250 2.0.0 Ok".into(),
+            failure: None,
             rule,
             replies: vec!["220 mx".into(), "250 2.0.0 Ok".into()],
         }
@@ -661,6 +738,54 @@ mod tests {
         skipped.dnssec.mx = None;
         let json = serde_json::to_string(&skipped).unwrap();
         assert_eq!(serde_json::from_str::<Attempt>(&json).unwrap(), skipped);
+        // Failed attempts, each kind.
+        let mta = RemoteMta {
+            host: n("mx.example.test"),
+            address: "192.0.2.1".parse().unwrap(),
+        };
+        for e in [
+            SessionError::Connect("refused".into()),
+            SessionError::Timeout(Stage::Greeting),
+            SessionError::Protocol {
+                stage: Stage::Ehlo,
+                error: crate::reply::ReplyError::Closed,
+            },
+            SessionError::Refused {
+                stage: Stage::Mail,
+                reply: Reply::new(451, vec!["4.3.0 later".into()]),
+            },
+            SessionError::StartTlsNotOffered,
+            SessionError::StartTlsInjection,
+            SessionError::Tls("alert".into()),
+            SessionError::Dane(dane::VerifyError::EmptyChain),
+            SessionError::Io("reset".into()),
+            SessionError::AuthUnavailable(crate::session::AuthUnavailable::NoTls),
+            SessionError::TooBig { size: 2, limit: 1 },
+            SessionError::SmtpUtf8Unsupported,
+        ] {
+            let mut failed = attempt(Rule::NextMx);
+            failed.delivered = false;
+            failed.reason = e.to_string();
+            failed.failure = Some(Failure::of(&e, &mta));
+            let json = serde_json::to_string(&failed).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Attempt>(&json).unwrap(),
+                failed,
+                "{json}"
+            );
+        }
+        let refused = Failure::of(
+            &SessionError::Refused {
+                stage: Stage::Mail,
+                reply: Reply::new(451, vec!["4.3.0 later".into()]),
+            },
+            &mta,
+        );
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap()["stage"],
+            serde_json::json!("mail")
+        );
+        assert_eq!(serde_json::to_value(&refused).unwrap()["kind"], "refused");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use danemta_lab::SubmissionServer;
 use danemta_lab::pki::TestCert;
 use dns::route::{Address, Candidate, DaneState};
 use dns::{DnsName, Route, Status};
-use smtp::outcome::{Outcome, Rule};
+use smtp::outcome::{Failure, Outcome, Rule};
 use smtp::{Config, Envelope, Fate, Level, Message, Security, Timeouts};
 
 struct Server {
@@ -229,6 +229,7 @@ async fn dane_without_starttls_defers_and_opportunistic_sends_plaintext() {
         "{}",
         d.recipients[0].reply
     );
+    assert_eq!(d.attempts[0].failure, Some(Failure::StarttlsNotOffered));
     assert!(s.inner.seen().messages.is_empty());
 
     let na = DaneState::NotApplicable {
