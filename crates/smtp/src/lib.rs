@@ -4,7 +4,14 @@
 //! candidate host of a route (from `danemta-dns`), the TLS policy level and the host's DANE
 //! state decide how the connection must be secured ([`tls::Mode`]); DANE authentication
 //! happens inside the rustls handshake. Every attempt is recorded with the evidence and the
-//! rule that decided it ([`outcome`]), so logs and `--json` are views of the same value.
+//! rule that decided it ([`outcome`]), so logs, `--json` and the relay's queue are views of
+//! the same value (typed, serializable both ways).
+//!
+//! The decisions are pure functions in [`mod@deliver`], and the async loop only performs them:
+//! how to connect to a host (policy level × DANE state), the security label of a finished
+//! handshake ([`deliver::security`]), the rule behind an attempt, and what follows it
+//! ([`deliver::after_attempt`]: a plaintext retry, the next address or host, or each
+//! recipient's fate).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +29,8 @@ pub mod tls;
 pub use deliver::{Config, Limits, deliver};
 pub use envelope::{Envelope, EnvelopeError, HeloName};
 pub use message::{Message, MessageError};
-pub use outcome::{Attempt, Delivery, Fate, Outcome, Response, Rule, Security};
+pub use outcome::{
+    Attempt, Delivery, Failure, Fate, Outcome, RemoteMta, Response, Rule, Security, ServerReply,
+};
 pub use policy::Level;
-pub use session::Timeouts;
+pub use session::{Stage, Timeouts};
