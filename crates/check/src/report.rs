@@ -189,7 +189,7 @@ mod tests {
             } else {
                 dns::Outcome::NoData
             };
-            dns::Lookup::new(name.clone(), rtype, Status::Secure, outcome, vec![], 60)
+            dns::testing::lookup(name.clone(), rtype, Status::Secure, outcome, vec![], 60)
         }
     }
 
@@ -230,7 +230,7 @@ mod tests {
                 .find(|l| l.name() == name && l.rtype() == rtype)
                 .cloned()
                 .unwrap_or_else(|| {
-                    dns::Lookup::new(
+                    dns::testing::lookup(
                         name.clone(),
                         rtype,
                         Status::Secure,
@@ -252,7 +252,7 @@ mod tests {
         } else {
             dns::Outcome::Records(records)
         };
-        dns::Lookup::new(n(name), rtype, Status::Secure, outcome, vec![], 60)
+        dns::testing::lookup(n(name), rtype, Status::Secure, outcome, vec![], 60)
     }
 
     fn mx(exchange: &str) -> dns::Record {
@@ -276,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_mx_lookup_defers_and_fails() {
-        let failed = dns::Lookup::failed(
+        let failed = dns::testing::failed(
             n("example.test"),
             dns::RecordType::Mx,
             dns::Failure::ServFail,
@@ -315,7 +315,7 @@ mod tests {
                 dns::RecordType::A,
                 vec![dns::Record::Address([192, 0, 2, 1].into())],
             ),
-            dns::Lookup::failed(
+            dns::testing::failed(
                 n("_25._tcp.mx.example.test"),
                 dns::RecordType::Tlsa,
                 dns::Failure::Bogus("expired signature".into()),

@@ -29,7 +29,7 @@ impl Resolver for Zone {
             ("ns1.disagree.test", RecordType::A) => vec![Record::Address(self.ns1)],
             ("ns2.disagree.test", RecordType::A) => vec![Record::Address(self.ns2)],
             _ => {
-                return Lookup::new(
+                return dns::testing::lookup(
                     name.clone(),
                     rtype,
                     Status::Secure,
@@ -39,7 +39,7 @@ impl Resolver for Zone {
                 );
             }
         };
-        Lookup::new(
+        dns::testing::lookup(
             name.clone(),
             rtype,
             Status::Secure,

@@ -25,6 +25,8 @@ mod wire;
 
 pub use backend::{Backend, ResolverSpec};
 pub use discover::{Discovery, discover, discover_with};
+#[cfg(feature = "testing")]
+pub use lookup::testing;
 pub use lookup::{CnameLink, Failure, Lookup, Mx, Outcome, Record, RecordType, Srv};
 pub use name::{DnsName, DnsNameError};
 pub use resolver::{Cached, Resolver};

@@ -127,7 +127,7 @@ pub struct CnameLink {
 
 /// The result of looking up `name`/`rtype`.
 ///
-/// The records cannot be had without their status: [`Lookup::answer`] returns both.
+/// The records cannot be had without naming the statuses accepted: [`Lookup::require`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Lookup {
     name: DnsName,
@@ -141,7 +141,10 @@ pub struct Lookup {
 impl Lookup {
     /// A lookup result. `status` is that of the final answer; it is combined with every CNAME
     /// link's status, so a chain is only as secure as its weakest link.
-    pub fn new(
+    ///
+    /// Only the back-ends of this crate make lookups: a status is a verdict, never an input.
+    /// Other crates' tests build them with [`testing`] (feature `testing`).
+    pub(crate) fn new(
         name: DnsName,
         rtype: RecordType,
         status: Status,
@@ -172,7 +175,7 @@ impl Lookup {
     }
 
     /// A failed lookup.
-    pub fn failed(name: DnsName, rtype: RecordType, failure: Failure) -> Self {
+    pub(crate) fn failed(name: DnsName, rtype: RecordType, failure: Failure) -> Self {
         Self::new(
             name,
             rtype,
@@ -245,6 +248,30 @@ impl Lookup {
     /// Seconds the answer may be cached.
     pub fn ttl(&self) -> u32 {
         self.ttl
+    }
+}
+
+/// Lookup results for other crates' tests, which need routes and reports with chosen
+/// statuses (feature `testing`; never in a build that resolves for real).
+#[cfg(feature = "testing")]
+pub mod testing {
+    use super::*;
+
+    /// A lookup of `name`/`rtype` with the given status and outcome (see `Lookup::new`).
+    pub fn lookup(
+        name: DnsName,
+        rtype: RecordType,
+        status: Status,
+        outcome: Outcome,
+        cnames: Vec<CnameLink>,
+        ttl: u32,
+    ) -> Lookup {
+        Lookup::new(name, rtype, status, outcome, cnames, ttl)
+    }
+
+    /// A failed lookup.
+    pub fn failed(name: DnsName, rtype: RecordType, failure: Failure) -> Lookup {
+        Lookup::failed(name, rtype, failure)
     }
 }
 

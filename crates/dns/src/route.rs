@@ -1,6 +1,6 @@
 //! RFC 7672 §2.2 route discovery as pure decisions over lookup results.
 //!
-//! The driver ([`crate::discover`]) performs the lookups; every decision lives here, one
+//! The driver ([`crate::discover()`]) performs the lookups; every decision lives here, one
 //! function per RFC step, so each rule of the PRODUCT.md checklist is a unit test away:
 //!
 //! | step | function | rule |

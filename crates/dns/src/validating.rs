@@ -2,7 +2,7 @@
 //! anchors, asking an upstream resolver that passes DNSSEC records through.
 //!
 //! hickory's validator checks the signatures; the verdicts (secure, insecure, bogus) are
-//! danemta's own, by the rules of [`crate::dnssec`]: an attacker between danemta and the
+//! danemta's own, by the rules of the crate's `dnssec` module: an attacker between danemta and the
 //! upstream must not be able to make a signed name look insecure. Where hickory's validator
 //! gets other things wrong, this layer compensates, and never towards a downgrade:
 //! * A DNSKEY or DS fetch that fails on the network comes back from hickory as *bogus*
