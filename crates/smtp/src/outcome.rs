@@ -249,6 +249,13 @@ pub enum Failure {
     TooBig,
     /// The addresses need SMTPUTF8, which the server does not offer (RFC 6531 §3.2).
     Smtputf8Unsupported,
+    /// A streamed body turned out unsendable mid-DATA (RFC 5321 §4.5.3.1.6 line length, a
+    /// NUL): cut short without its final dot.
+    BodyInvalid,
+    /// Reading a streamed body from its source failed mid-DATA: cut short without its dot.
+    BodyRead,
+    /// A reused connection an earlier error had left in an unknown state: nothing was sent.
+    Unusable,
 }
 
 impl Failure {
@@ -271,6 +278,9 @@ impl Failure {
             SessionError::AuthUnavailable(_) => Failure::CredentialsNotSent,
             SessionError::TooBig { .. } => Failure::TooBig,
             SessionError::SmtpUtf8Unsupported => Failure::Smtputf8Unsupported,
+            SessionError::Body(_) => Failure::BodyInvalid,
+            SessionError::Read(_) => Failure::BodyRead,
+            SessionError::Unusable => Failure::Unusable,
         }
     }
 }

@@ -1,5 +1,13 @@
-//! One SMTP connection: greeting, EHLO (HELO fallback), STARTTLS and EHLO again, one mail
-//! transaction, QUIT (RFC 5321 §3, §4.1; RFC 3207).
+//! One SMTP connection: greeting, EHLO (HELO fallback), STARTTLS and EHLO again, mail
+//! transactions with RSET between them (RFC 5321 §4.1.1.5), QUIT (RFC 5321 §3, §4.1; RFC
+//! 3207).
+//!
+//! A [`Session`] can carry several transactions, so that a scheduler reuses a connection for
+//! several messages to the same host: [`Session::transact_body`] says RSET before each one
+//! after the first, and [`Session::is_reusable`] turns false for good after anything that
+//! leaves the server's state unknown (a 421, a closed connection, a timeout, a body cut
+//! short). Bodies are streamed in blocks ([`Body`]), each block under its own timeout (RFC
+//! 5321 §4.5.3.2.5).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +15,7 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -15,7 +23,7 @@ use tokio_rustls::TlsConnector;
 use crate::ehlo::Capabilities;
 pub use crate::envelope::Envelope;
 use crate::envelope::{EnvelopeError, HeloName};
-use crate::message::Message;
+use crate::message::{Body, Message, MessageError, Stuffer};
 use crate::reply::{Reply, ReplyError};
 use crate::tls::{Mode, PeerAuth, Prepared, prepare};
 
@@ -30,7 +38,8 @@ pub struct Timeouts {
     pub command: Duration,
     /// The 354 reply to DATA (§4.5.3.2.4: 2 minutes).
     pub data_init: Duration,
-    /// Sending the message body (§4.5.3.2.5: 3 minutes per block; we bound the whole).
+    /// Each block of the message body: reading it from its source and writing it (§4.5.3.2.5:
+    /// 3 minutes per block, not for the whole body).
     pub data_block: Duration,
     /// The reply after the final dot (§4.5.3.2.6: 10 minutes).
     pub data_end: Duration,
@@ -209,6 +218,19 @@ pub enum SessionError {
         /// The limit.
         limit: u64,
     },
+    /// A streamed body turned out unsendable mid-DATA (a line over RFC 5321 §4.5.3.1.6's
+    /// limit, a NUL): the data was cut short without its final dot, so the server discards it,
+    /// and the connection is closed.
+    #[error("the message cannot be sent: {0}")]
+    Body(MessageError),
+    /// Reading a streamed body from its source failed mid-DATA; as for [`Self::Body`], the
+    /// data was cut short and the connection closed.
+    #[error("reading the message failed: {0}")]
+    Read(String),
+    /// A transaction on a session that an earlier error left in an unknown state (or that the
+    /// server closed, 421): nothing was sent; open a new connection (RFC 5321 §3.8).
+    #[error("the connection cannot be reused: an earlier error left it in an unknown state")]
+    Unusable,
 }
 
 impl SessionError {
@@ -235,6 +257,19 @@ impl SessionError {
     /// (no STARTTLS, no AUTH mechanism) is not one.
     pub fn is_tls_handshake(&self) -> bool {
         matches!(self, SessionError::Tls(_))
+    }
+
+    /// Whether nothing of the transaction reached the server: the session could not start it
+    /// (already unusable, or the RSET before it failed), so the message can go over another
+    /// connection as if this one had never been tried.
+    pub fn before_transaction(&self) -> bool {
+        match self {
+            SessionError::Unusable => true,
+            SessionError::Timeout(stage)
+            | SessionError::Protocol { stage, .. }
+            | SessionError::Refused { stage, .. } => *stage == Stage::Rset,
+            _ => false,
+        }
     }
 }
 
@@ -287,6 +322,14 @@ pub struct Session {
     helo_name: HeloName,
     /// Every reply received, for the attempt's record.
     pub transcript: Vec<String>,
+    /// False for good once the server's state is unknown (see [`Session::is_reusable`]).
+    reusable: bool,
+    /// A transaction began since the last RSET: the next one needs an RSET first.
+    dirty: bool,
+    /// Inside DATA, before the final dot: a QUIT now would be message text.
+    in_data: bool,
+    /// Transactions begun (MAIL sent) on this connection.
+    transactions: usize,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -319,6 +362,10 @@ impl Session {
             timeouts: timeouts.clone(),
             helo_name,
             transcript: Vec::new(),
+            reusable: true,
+            dirty: false,
+            in_data: false,
+            transactions: 0,
         };
         let greeting = session.read(Stage::Greeting, timeouts.greeting).await?;
         if greeting.code() != 220 {
@@ -364,24 +411,54 @@ impl Session {
         self.peer.as_ref()
     }
 
+    /// Whether another transaction may go over this connection: false for good after a 421
+    /// (the server is closing, RFC 5321 §3.8), a closed connection, a timeout, a protocol
+    /// error, a failed write or a body cut short: anything after which the server's state is
+    /// not known. A scheduler drops such a session and opens a new one.
+    pub fn is_reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// How many transactions were begun (MAIL sent) on this connection.
+    pub fn transactions(&self) -> usize {
+        self.transactions
+    }
+
     async fn read(&mut self, stage: Stage, limit: Duration) -> Result<Reply, SessionError> {
-        let reply = timeout(limit, Reply::read(&mut self.io))
-            .await
-            .map_err(|_| SessionError::Timeout(stage))?
-            .map_err(|error| SessionError::Protocol { stage, error })?;
+        let read = timeout(limit, Reply::read(&mut self.io)).await;
+        let reply = read
+            .map_err(|_| SessionError::Timeout(stage))
+            .and_then(|r| r.map_err(|error| SessionError::Protocol { stage, error }))
+            .inspect_err(|_| self.reusable = false)?;
+        if reply.code() == 421 {
+            // The server is closing the transmission channel (RFC 5321 §3.8, §4.2.2).
+            self.reusable = false;
+        }
         self.transcript.push(reply.to_string());
         Ok(reply)
     }
 
     async fn send(&mut self, line: &[u8]) -> Result<(), SessionError> {
+        let limit = self.timeouts.command;
+        self.write(line, limit, Stage::Write).await
+    }
+
+    /// Writes and flushes `bytes` within `limit`; any failure leaves the state unknown.
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        limit: Duration,
+        stage: Stage,
+    ) -> Result<(), SessionError> {
         let io = self.io.get_mut();
-        timeout(self.timeouts.command, async {
-            io.write_all(line).await?;
+        timeout(limit, async {
+            io.write_all(bytes).await?;
             io.flush().await
         })
         .await
-        .map_err(|_| SessionError::Timeout(Stage::Write))?
-        .map_err(|e| SessionError::Io(e.to_string()))
+        .map_err(|_| SessionError::Timeout(stage))
+        .and_then(|r| r.map_err(|e| SessionError::Io(e.to_string())))
+        .inspect_err(|_| self.reusable = false)
     }
 
     async fn command(&mut self, line: String, stage: Stage) -> Result<Reply, SessionError> {
@@ -493,28 +570,46 @@ impl Session {
         Ok(())
     }
 
-    /// One transaction: MAIL, RCPT for each recipient (pipelined when offered, RFC 2920),
-    /// then DATA with the message when at least one recipient was accepted.
+    /// One transaction with a message held in memory: see [`Session::transact_body`].
     pub async fn transact(
         &mut self,
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Transaction, SessionError> {
-        if let Some(limit) = self.caps.size.filter(|l| *l > 0)
-            && !self.caps.fits(message.len())
+        self.transact_body(envelope, Body::from(message)).await
+    }
+
+    /// One transaction: RSET first when a transaction came before on this connection (RFC
+    /// 5321 §4.1.1.5), MAIL, RCPT for each recipient (pipelined when offered, RFC 2920), then
+    /// DATA with the body, streamed block by block, when at least one recipient was accepted.
+    ///
+    /// Refused without sending anything when the session is not reusable
+    /// ([`SessionError::Unusable`]). An error from the RSET (the connection died while idle)
+    /// is [`SessionError::before_transaction`]: the message can go over a new connection.
+    pub async fn transact_body(
+        &mut self,
+        envelope: &Envelope,
+        body: Body<'_>,
+    ) -> Result<Transaction, SessionError> {
+        if !self.reusable {
+            return Err(SessionError::Unusable);
+        }
+        let size = body.size();
+        if let (Some(limit), Some(size)) = (self.caps.size.filter(|l| *l > 0), size)
+            && !self.caps.fits(usize::try_from(size).unwrap_or(usize::MAX))
         {
             return Err(SessionError::TooBig {
-                size: message.len(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
                 limit,
             });
         }
         // The envelope was checked when it was made: no CR, LF, `<`, `>` or space can reach
         // these command lines (see crate::envelope).
         let mut mail = format!("MAIL FROM:<{}>", envelope.sender());
-        if self.caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", message.len()));
+        if let (true, Some(size)) = (self.caps.size.is_some(), size) {
+            mail.push_str(&format!(" SIZE={size}"));
         }
-        if message.is_eight_bit() && self.caps.eight_bit_mime {
+        if body.is_eight_bit() && self.caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
         }
         let needs_utf8 =
@@ -526,6 +621,9 @@ impl Session {
         if needs_utf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if self.dirty {
+            self.rset().await?;
+        }
         let rcpts: Vec<String> = envelope
             .recipients()
             .iter()
@@ -533,6 +631,8 @@ impl Session {
             .collect();
         let mail_reply;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        self.dirty = true;
+        self.transactions += 1;
         if self.caps.pipelining {
             let batch = format!("{mail}\r\n{}", rcpts.concat());
             self.send(batch.as_bytes()).await?;
@@ -556,7 +656,9 @@ impl Session {
             });
         }
         if !rcpt_replies.iter().any(Reply::is_positive) {
-            let _ = self.command("RSET".into(), Stage::Rset).await;
+            if self.reusable && self.rset().await.is_ok() {
+                self.dirty = false;
+            }
             return Ok(Transaction {
                 rcpt: rcpt_replies,
                 data: None,
@@ -569,15 +671,9 @@ impl Session {
                 data: Some(go),
             });
         }
-        let io = self.io.get_mut();
-        timeout(self.timeouts.data_block, async {
-            io.write_all(message.wire()).await?;
-            io.write_all(b".\r\n").await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| SessionError::Timeout(Stage::Body))?
-        .map_err(|e| SessionError::Io(e.to_string()))?;
+        self.in_data = true;
+        self.data(body).await?;
+        self.in_data = false;
         let done = self.read(Stage::EndOfData, self.timeouts.data_end).await?;
         Ok(Transaction {
             rcpt: rcpt_replies,
@@ -585,16 +681,88 @@ impl Session {
         })
     }
 
-    /// QUIT, politely; errors do not matter any more.
+    /// RSET (RFC 5321 §4.1.1.5): anything but 250 leaves the state unknown.
+    async fn rset(&mut self) -> Result<(), SessionError> {
+        let reply = self.command("RSET".into(), Stage::Rset).await?;
+        if !reply.is_positive() {
+            self.reusable = false;
+            return Err(SessionError::Refused {
+                stage: Stage::Rset,
+                reply,
+            });
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The body after the 354, in blocks of at most [`BLOCK`] bytes read from its source,
+    /// dot-stuffed on the fly unless already in wire form, then the final `.` line. Reading
+    /// and writing each block have [`Timeouts::data_block`] each (RFC 5321 §4.5.3.2.5), so a
+    /// large body on a slow link is not cut short, and a source or a server that stalls is.
+    /// On any error the final dot is never sent (the server discards the data) and the session
+    /// is no longer reusable.
+    async fn data(&mut self, mut body: Body<'_>) -> Result<(), SessionError> {
+        let limit = self.timeouts.data_block;
+        let mut input = vec![0u8; BLOCK];
+        let mut output = Vec::with_capacity(BLOCK + BLOCK / 16);
+        let mut stuffer = (!body.prepared).then(Stuffer::new);
+        loop {
+            let n = match timeout(limit, body.reader.read(&mut input)).await {
+                Err(_) => Err(SessionError::Timeout(Stage::Body)),
+                Ok(Err(e)) => Err(SessionError::Read(e.to_string())),
+                Ok(Ok(n)) => Ok(n),
+            }
+            .inspect_err(|_| self.reusable = false)?;
+            output.clear();
+            let block = &input[..n];
+            let prepared = match (&mut stuffer, n) {
+                (Some(s), 0) => s.finish(&mut output).map(|()| &output[..]),
+                (Some(s), _) => s.push(block, &mut output).map(|()| &output[..]),
+                (None, _) => Ok(block),
+            }
+            .map_err(|e: MessageError| {
+                self.reusable = false;
+                SessionError::Body(e)
+            })?;
+            let io = self.io.get_mut();
+            let written = timeout(limit, async {
+                io.write_all(prepared).await?;
+                if n == 0 {
+                    io.write_all(b".\r\n").await?;
+                    io.flush().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            match written {
+                Err(_) => Err(SessionError::Timeout(Stage::Body)),
+                Ok(Err(e)) => Err(SessionError::Io(e.to_string())),
+                Ok(Ok(())) => Ok(()),
+            }
+            .inspect_err(|_| self.reusable = false)?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// QUIT, politely; errors do not matter any more. A body cut short gets no QUIT (it would
+    /// be message text): the connection is just closed, and the server discards the data.
     pub async fn quit(mut self) {
-        let _ = timeout(
-            Duration::from_secs(5),
-            self.command("QUIT".into(), Stage::Quit),
-        )
-        .await;
-        let _ = self.io.get_mut().shutdown().await;
+        if !self.in_data {
+            let _ = timeout(
+                Duration::from_secs(5),
+                self.command("QUIT".into(), Stage::Quit),
+            )
+            .await;
+        }
+        let _ = timeout(Duration::from_secs(5), self.io.get_mut().shutdown()).await;
     }
 }
+
+/// The most bytes of a body read from its source at once: what the session holds of a body
+/// (twice, once read and once prepared), whatever the body's size.
+pub const BLOCK: usize = 64 * 1024;
 
 fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     match v {
