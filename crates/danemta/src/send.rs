@@ -9,10 +9,13 @@ use std::time::Duration;
 use clap::Args;
 use dane::pki_types::CertificateDer;
 use dane::pki_types::pem::PemObject;
-use dane::{ReferenceName, Tlsa};
-use dns::{DnsName, NextHop};
+use dane::ReferenceName;
+use dns::DnsName;
 use serde_json::json;
-use smtp::{Config, Delivery, Envelope, Fate, HeloName, Level, Limits, Message, Timeouts};
+use smtp::{
+    Config, Delivery, Envelope, Fate, Gate, HeloName, Level, Limits, Message, Timeouts, Via,
+    dispatch, dnssec_gate, fingerprint_records, next_hops,
+};
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
@@ -78,45 +81,6 @@ fn usage(text: String) -> CliError {
     CliError::Usage(text)
 }
 
-/// The domain of an address (`local@domain`), or a usage error.
-fn domain_of(address: &str) -> Result<DnsName, CliError> {
-    let (local, domain) = address
-        .rsplit_once('@')
-        .ok_or_else(|| usage(format!("--to {address:?}: not an address (local@domain)")))?;
-    if local.is_empty() || address.contains(['<', '>', ' ', '\r', '\n']) {
-        return Err(usage(format!(
-            "--to {address:?}: not an address (local@domain)"
-        )));
-    }
-    domain
-        .parse()
-        .map_err(|e| usage(format!("--to {address:?}: {e}")))
-}
-
-/// `--fingerprint HEX` as DANE-EE records of both selectors (certificate and public key).
-fn fingerprint_records(list: &[String]) -> Result<Vec<Tlsa>, CliError> {
-    let mut out = Vec::new();
-    for text in list {
-        let hex: String = text.chars().filter(|c| *c != ':').collect();
-        let matching = match hex.len() {
-            64 => 1,
-            128 => 2,
-            _ => {
-                return Err(usage(format!(
-                    "--fingerprint {text:?}: expected a SHA-256 or SHA-512 digest in hex"
-                )));
-            }
-        };
-        for selector in [0, 1] {
-            let record: Tlsa = format!("3 {selector} {matching} {hex}")
-                .parse()
-                .map_err(|e| usage(format!("--fingerprint {text:?}: {e}")))?;
-            out.push(record);
-        }
-    }
-    Ok(out)
-}
-
 fn read_message(source: &str) -> Result<Vec<u8>, CliError> {
     let mut raw = Vec::new();
     let result = if source == "-" {
@@ -129,24 +93,6 @@ fn read_message(source: &str) -> Result<Vec<u8>, CliError> {
         source: source_err,
     })?;
     Ok(raw)
-}
-
-fn parse_relay(text: &str) -> Result<(DnsName, Option<u16>), CliError> {
-    let text = text.trim_start_matches('[');
-    let (host, port) = match text.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_end_matches(']'),
-            Some(
-                p.parse()
-                    .map_err(|_| usage(format!("--relay {text:?}: bad port")))?,
-            ),
-        ),
-        None => (text.trim_end_matches(']'), None),
-    };
-    Ok((
-        host.parse().map_err(|e| usage(format!("--relay: {e}")))?,
-        port,
-    ))
 }
 
 /// Exit status (sysexits): 0 delivered to every recipient, 75 some deferred and none
@@ -170,29 +116,16 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
     // library checks again; its errors quote the values escaped).
     Envelope::new(&args.from, &args.to).map_err(|e| usage(e.to_string()))?;
     let helo_name = HeloName::new(&args.helo).map_err(|e| usage(format!("--helo: {e}")))?;
-    // Recipients grouped by next hop, in the order given.
-    let mut hops: Vec<(NextHop, Vec<String>)> = Vec::new();
-    for to in &args.to {
-        let domain = domain_of(to)?;
-        let hop = match (&args.submission, &args.relay) {
-            (Some(d), _) => NextHop::Submission { domain: d.clone() },
-            (None, Some(relay)) => {
-                let (host, port) = parse_relay(relay)?;
-                NextHop::Host {
-                    host,
-                    port: port.unwrap_or(args.port),
-                }
-            }
-            (None, None) => NextHop::Domain {
-                domain,
-                port: args.port,
-            },
-        };
-        match hops.iter_mut().find(|(h, _)| *h == hop) {
-            Some((_, list)) => list.push(to.clone()),
-            None => hops.push((hop, vec![to.clone()])),
+    let via = match (&args.submission, &args.relay) {
+        (Some(domain), _) => Via::Submission {
+            domain: domain.clone(),
+        },
+        (None, Some(relay)) => {
+            smtp::dispatch::relay(relay, args.port).map_err(|e| usage(format!("--relay {e}")))?
         }
-    }
+        (None, None) => Via::Mx { port: args.port },
+    };
+    let hops = next_hops(&args.to, &via).map_err(|e| usage(format!("--to {e}")))?;
     let credentials = match &args.auth_user {
         Some(user) => Some((
             user.clone(),
@@ -228,7 +161,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         level: args.policy,
         timeouts,
         provider: Arc::new(rustls::crypto::ring::default_provider()),
-        fingerprints: fingerprint_records(&args.fingerprints)?,
+        fingerprints: fingerprint_records(&args.fingerprints)
+            .map_err(|e| usage(format!("--{e}")))?,
         roots: Arc::new(smtp::tls::roots(&extra_roots)),
         match_names,
         credentials,
@@ -239,43 +173,26 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
     let deliveries: Vec<Delivery> = rt.block_on(async {
         let backend = args.dns.backend().await?;
         // The start-up probe: without DNSSEC validation, DANE cannot be enforced.
-        if let Err(why) = dns::doctor::root_validates(&backend).await {
-            if args.policy == Level::DaneOnly {
-                eprintln!(
-                    "danemta: refusing dane-only delivery: {}",
-                    escape(&why.to_string())
-                );
+        let probe = dns::doctor::root_validates(&backend).await;
+        match dnssec_gate(args.policy, probe) {
+            Gate::Deliver => {}
+            Gate::DeliverUnprotected(why) => eprintln!(
+                "danemta: WARNING: {}; delivering without DANE protection",
+                escape(&why)
+            ),
+            Gate::Refuse(why) => {
+                eprintln!("danemta: refusing dane-only delivery: {}", escape(&why));
+                let reason = format!("dane-only refused: {why}");
                 return Ok::<_, CliError>(
                     hops.iter()
-                        .map(|(_, to)| refused(to, &format!("dane-only refused: {why}")))
+                        .map(|(_, to)| smtp::dispatch::deferred(to, &reason))
                         .collect(),
                 );
             }
-            if args.policy == Level::Dane {
-                eprintln!(
-                    "danemta: WARNING: {}; delivering without DANE protection",
-                    escape(&why.to_string())
-                );
-            }
         }
-        let mut out = Vec::new();
-        for (hop, to) in &hops {
-            let route = dns::discover(&backend, hop).await;
-            let envelope = Envelope::new(&args.from, to).map_err(|e| usage(e.to_string()))?;
-            let looked_up = !matches!(hop, NextHop::Host { .. });
-            out.push(
-                smtp::deliver(
-                    &route,
-                    hop.domain(),
-                    looked_up,
-                    &envelope,
-                    &message,
-                    &config,
-                )
-                .await,
-            );
-        }
-        Ok(out)
+        dispatch(&backend, &hops, &args.from, &message, &config)
+            .await
+            .map_err(|e| usage(e.to_string()))
     })?;
 
     let recipients: Vec<_> = deliveries
@@ -315,19 +232,6 @@ fn exit_code(delivery: &Delivery) -> u8 {
     } else {
         0
     }
-}
-
-fn refused(to: &[String], reason: &str) -> Delivery {
-    Delivery::new(
-        to.iter()
-            .map(|address| smtp::outcome::RecipientOutcome {
-                address: address.clone(),
-                outcome: Fate::Deferred,
-                reply: smtp::Response::Local(reason.to_owned()),
-            })
-            .collect(),
-        Vec::new(),
-    )
 }
 
 #[cfg(test)]
