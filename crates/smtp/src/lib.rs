@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod deliver;
+pub mod dispatch;
 pub mod ehlo;
 pub mod envelope;
 pub mod message;
@@ -27,10 +28,11 @@ pub mod session;
 pub mod tls;
 
 pub use deliver::{Config, Limits, deliver};
+pub use dispatch::{Gate, Via, dispatch, dnssec_gate, next_hops};
 pub use envelope::{Envelope, EnvelopeError, HeloName};
 pub use message::{Message, MessageError};
 pub use outcome::{
     Attempt, Delivery, Failure, Fate, Outcome, RemoteMta, Response, Rule, Security, ServerReply,
 };
-pub use policy::Level;
+pub use policy::{Level, fingerprint_records};
 pub use session::{Stage, Timeouts};
