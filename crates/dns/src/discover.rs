@@ -10,8 +10,8 @@ use crate::lookup::RecordType;
 use crate::name::DnsName;
 use crate::resolver::Resolver;
 use crate::route::{
-    HostLookups, HostRef, HostsStep, Limits, NextHop, Route, TlsaAnswer, address_chain, host_state,
-    limit_hosts, mx_step, srv_step, tlsa_base, try_unexpanded, wants_tlsa,
+    HostLookups, HostRef, HostsStep, Limits, NextHop, Route, TlsaAnswer, TlsaLookups, host_state,
+    limit_hosts, mx_step, srv_step, tlsa_question, try_unexpanded,
 };
 use crate::status::Status;
 
@@ -136,16 +136,20 @@ async fn host_lookups<R: Resolver>(resolver: &R, host: &HostRef) -> HostLookups 
         resolver.lookup(&host.name, RecordType::A),
         resolver.lookup(&host.name, RecordType::Aaaa)
     );
-    let tlsa = if wants_tlsa(&a, &aaaa) {
-        let base = tlsa_base(&host.name, address_chain(&a, &aaaa));
-        let at_base = tlsa_at(resolver, &base, host.port).await;
-        let unexpanded = match try_unexpanded(&host.name, &base, &at_base) {
-            Some(name) => Some(tlsa_at(resolver, &name, host.port).await),
-            None => None,
-        };
-        Some((at_base, unexpanded))
-    } else {
-        None
+    let tlsa = match tlsa_question(&host.name, &a, &aaaa) {
+        Some(base) => {
+            let at_base = tlsa_at(resolver, &base, host.port).await;
+            let unexpanded = match try_unexpanded(&host.name, &base, &at_base) {
+                Some(name) => Some(tlsa_at(resolver, &name, host.port).await),
+                None => None,
+            };
+            Some(TlsaLookups {
+                base,
+                at_base,
+                unexpanded,
+            })
+        }
+        None => None,
     };
     HostLookups { a, aaaa, tlsa }
 }

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | MX / SRV / fixed next hop → hosts | [`mx_step`], [`srv_step`] | 2, 3 |
 //! | at most [`Limits::max_hosts`] hosts | [`limit_hosts`] | RFC 5321 §5.1 |
-//! | TLSA base domain | [`tlsa_base`], [`try_unexpanded`] | 4 |
+//! | TLSA base domain | [`tlsa_base`], [`tlsa_question`], [`try_unexpanded`] | 4 |
 //! | per-host DANE state | [`host_state`] | 1, 5, 6 |
 //! | SNI and reference names | [`Candidate`] fields | 8, 10 |
 
@@ -426,9 +426,19 @@ pub struct HostLookups {
     pub a: Lookup,
     /// AAAA.
     pub aaaa: Lookup,
-    /// The TLSA lookup at the base domain, and the one at the unexpanded name if
-    /// [`try_unexpanded`] asked for it. `None` when no secure address made it worth asking.
-    pub tlsa: Option<(TlsaAnswer, Option<TlsaAnswer>)>,
+    /// The TLSA lookups, when [`tlsa_question`] asked for them.
+    pub tlsa: Option<TlsaLookups>,
+}
+
+/// The TLSA lookups of one host.
+#[derive(Clone, Debug)]
+pub struct TlsaLookups {
+    /// The TLSA base domain they were asked for ([`tlsa_question`]).
+    pub base: DnsName,
+    /// The lookup at `_PORT._tcp.base`.
+    pub at_base: TlsaAnswer,
+    /// The one at the unexpanded name, if [`try_unexpanded`] asked for it.
+    pub unexpanded: Option<TlsaAnswer>,
 }
 
 /// Whether the address lookups make a TLSA lookup worthwhile: RFC 7672 §2.2.2 applies DANE
@@ -436,6 +446,12 @@ pub struct HostLookups {
 pub fn wants_tlsa(a: &Lookup, aaaa: &Lookup) -> bool {
     let has = |l: &Lookup| l.records_if(Status::SECURE).is_ok_and(|r| !r.is_empty());
     has(a) || has(aaaa)
+}
+
+/// RFC 7672 §2.2.2: the TLSA base domain to ask `_PORT._tcp.BASE` at, when DANE can apply
+/// to the host at all ([`wants_tlsa`]); `None` when it cannot.
+pub fn tlsa_question(host: &DnsName, a: &Lookup, aaaa: &Lookup) -> Option<DnsName> {
+    wants_tlsa(a, aaaa).then(|| tlsa_base(host, address_chain(a, aaaa)))
 }
 
 /// RFC 7672 §2.2 (checklist rules 1, 5, 6): the DANE state and usable addresses of a host.
@@ -452,8 +468,13 @@ pub fn host_state(
 ) -> Candidate {
     // After a fallback to the unexpanded name (RFC 7672 §2.2.3), that name is the base.
     let base = match &lookups.tlsa {
-        Some((_, Some(_))) => host.name.clone(),
-        _ => tlsa_base(&host.name, address_chain(&lookups.a, &lookups.aaaa)),
+        Some(TlsaLookups {
+            unexpanded: Some(_),
+            ..
+        }) => host.name.clone(),
+        Some(t) => t.base.clone(),
+        // No TLSA question: the base still names the SNI (rule 10).
+        None => tlsa_base(&host.name, address_chain(&lookups.a, &lookups.aaaa)),
     };
     let addresses: Vec<Address> = [&lookups.a, &lookups.aaaa]
         .into_iter()
@@ -518,7 +539,12 @@ pub fn host_state(
         return candidate;
     }
 
-    let Some((at_base, unexpanded)) = &lookups.tlsa else {
+    let Some(TlsaLookups {
+        at_base,
+        unexpanded,
+        ..
+    }) = &lookups.tlsa
+    else {
         candidate.dane = DaneState::NotApplicable {
             reason: format!(
                 "address records of {} are not secure (A {}, AAAA {}): DANE does not apply (RFC 7672 §2.2.2)",
@@ -904,7 +930,11 @@ mod tests {
         let lookups = HostLookups {
             a: addr("mx.example.test", Status::Secure, v4(), vec![]),
             aaaa: addr("mx.example.test", Status::Secure, v6(), vec![]),
-            tlsa: tlsa.map(|t| (Ok(t), None)),
+            tlsa: tlsa.map(|t| TlsaLookups {
+                base: n("mx.example.test"),
+                at_base: Ok(t),
+                unexpanded: None,
+            }),
         };
         host_state(&host_ref(), &n("example.test"), route_secure, &lookups)
     }
@@ -989,7 +1019,11 @@ mod tests {
                 RecordType::Aaaa,
                 Failure::Bogus("bad NSEC".into()),
             ),
-            tlsa: Some((Ok(tlsa_lookup(Status::Secure, vec![EE])), None)),
+            tlsa: Some(TlsaLookups {
+                base: n("mx.example.test"),
+                at_base: Ok(tlsa_lookup(Status::Secure, vec![EE])),
+                unexpanded: None,
+            }),
         };
         assert!(wants_tlsa(&lookups.a, &lookups.aaaa));
         let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
@@ -1077,7 +1111,11 @@ mod tests {
                 Status::Secure,
                 Outcome::NoData,
             ),
-            tlsa: Some((Err(owner.clone()), None)),
+            tlsa: Some(TlsaLookups {
+                base: host.name.clone(),
+                at_base: Err(owner.clone()),
+                unexpanded: None,
+            }),
         };
         let c = host_state(&host, &n("example.test"), true, &lookups);
         assert!(
@@ -1138,15 +1176,16 @@ mod tests {
                 Status::Secure,
                 Outcome::NoData,
             ),
-            tlsa: Some((
-                Ok(lookup(
+            tlsa: Some(TlsaLookups {
+                base: n("b.test"),
+                at_base: Ok(lookup(
                     "_25._tcp.b.test",
                     RecordType::Tlsa,
                     Status::Secure,
                     Outcome::NoData,
                 )),
-                Some(Ok(tlsa_lookup(Status::Secure, vec![EE]))),
-            )),
+                unexpanded: Some(Ok(tlsa_lookup(Status::Secure, vec![EE]))),
+            }),
         };
         let c = host_state(&host_ref(), &n("example.test"), true, &lookups);
         assert_eq!(c.tlsa_base, n("mx.example.test"));
