@@ -2,6 +2,7 @@
 //! secured (policy level × the host's DANE state), and what each attempt means for each
 //! recipient.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
 use crate::envelope::HeloName;
-use crate::message::Message;
+use crate::message::{BodySource, Message};
 use crate::outcome::{
     Attempt, DaneReport, DaneStatus, Delivery, Failure, Fate, LookupStatus, RecipientOutcome,
     RemoteMta, Response, Rule, Security, ServerReply,
@@ -219,7 +220,7 @@ fn credentials_may_go(cfg: &Config, c: &Candidate, mode: &Mode) -> Result<(), St
 
 /// Delivers `message` along `route` (the result of route discovery for `next_hop`).
 /// `mx_looked_up` tells whether the route came from an MX/SRV lookup (so its status is
-/// reported) or from a configured host.
+/// reported) or from a configured host. One message: [`deliver_many`] with one.
 pub async fn deliver(
     route: &Route,
     next_hop: &DnsName,
@@ -228,129 +229,347 @@ pub async fn deliver(
     message: &Message,
     cfg: &Config,
 ) -> Delivery {
-    let everyone = |fate: Fate, reply: Response| -> Vec<RecipientOutcome> {
-        envelope
-            .recipients()
+    let one = [Outgoing {
+        envelope,
+        body: message,
+    }];
+    let mut deliveries = deliver_many(route, next_hop, mx_looked_up, &one, cfg).await;
+    deliveries.pop().unwrap_or_else(|| {
+        Delivery::new(
+            gave_up(envelope.recipients(), "no delivery was made"),
+            Vec::new(),
+        )
+    })
+}
+
+/// One message of a batch: its envelope and where its body comes from (a [`Message`] in
+/// memory, or a [`BodySource`] that streams a spool file).
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The envelope.
+    pub envelope: &'a Envelope,
+    /// The body, opened anew for each attempt.
+    pub body: &'a dyn BodySource,
+}
+
+/// Delivers several messages to one next hop over as few sessions as possible (RFC 5321
+/// §4.1.1.5: transactions follow one another on a connection, RSET between them), each with
+/// its own outcome, in the order given. See [`deliver_batch`].
+pub async fn deliver_many(
+    route: &Route,
+    next_hop: &DnsName,
+    mx_looked_up: bool,
+    messages: &[Outgoing<'_>],
+    cfg: &Config,
+) -> Vec<Delivery> {
+    let batch = deliver_batch(route, next_hop, mx_looked_up, messages, cfg, None).await;
+    if let Some(connection) = batch.connection {
+        connection.close().await;
+    }
+    batch.deliveries
+}
+
+/// What [`deliver_batch`] did: each message's delivery, in the order given, and the
+/// connection it leaves open (reusable, idle) for a connection cache.
+pub struct Batch {
+    /// Each message's outcome.
+    pub deliveries: Vec<Delivery>,
+    /// The last connection, when it is still reusable.
+    pub connection: Option<Connection>,
+}
+
+/// Delivers several messages along `route` over as few sessions as possible:
+///
+/// - the first message walks the route as [`deliver`] does (hosts in order, addresses, the
+///   limits, a plaintext retry under opportunistic TLS);
+/// - once a transaction ran on a connection, the next messages follow on it, RSET between
+///   them (RFC 5321 §4.1.1.5), while it stays reusable;
+/// - a connection found dead before a message's transaction began (the RSET failed: 421,
+///   closed, timed out) costs that message nothing: it goes over a new connection; a
+///   message whose transaction failed on the reused connection (MAIL deferred, a 421, the
+///   connection lost mid-DATA) walks the route itself, with that attempt on its record, so
+///   it is delivered elsewhere or deferred, never lost (a message cut short without its final
+///   dot was not accepted, RFC 5321 §4.1.1.4);
+/// - when a walk gives up without any session getting through EHLO and TLS (every address
+///   unreachable, every host skipped), the destination is down for all: the messages not yet
+///   tried are deferred with the same reason and attempts, without connecting again.
+///
+/// `reuse` is an idle connection from an earlier batch (a scheduler's cache): it is used only
+/// when it was opened under this `cfg`'s level for one of this route's candidates exactly as
+/// it stands now (same DANE state, TLSA RRset, reference names and DNSSEC trust) and at one of
+/// its addresses; otherwise it is closed. The last connection is returned while reusable.
+pub async fn deliver_batch(
+    route: &Route,
+    next_hop: &DnsName,
+    mx_looked_up: bool,
+    messages: &[Outgoing<'_>],
+    cfg: &Config,
+    reuse: Option<Connection>,
+) -> Batch {
+    let everyone = |fate: Fate, reason: &str| -> Vec<Delivery> {
+        messages
             .iter()
-            .map(|address| RecipientOutcome {
-                address: address.clone(),
-                outcome: fate,
-                reply: reply.clone(),
+            .map(|m| {
+                let recipients = m
+                    .envelope
+                    .recipients()
+                    .iter()
+                    .map(|address| RecipientOutcome {
+                        address: address.clone(),
+                        outcome: fate,
+                        reply: Response::Local(reason.to_owned()),
+                    })
+                    .collect();
+                Delivery::new(recipients, Vec::new())
             })
             .collect()
     };
     let (mx_dnssec, candidates) = match route {
-        Route::Defer { reason, .. } => {
-            return Delivery::new(
-                everyone(Fate::Deferred, Response::Local(reason.clone())),
-                Vec::new(),
-            );
-        }
-        Route::Bounce { reason, .. } => {
-            return Delivery::new(
-                everyone(Fate::Bounced, Response::Local(reason.clone())),
-                Vec::new(),
-            );
+        Route::Defer { reason, .. } | Route::Bounce { reason, .. } => {
+            if let Some(connection) = reuse {
+                connection.close().await;
+            }
+            let fate = match route {
+                Route::Bounce { .. } => Fate::Bounced,
+                _ => Fate::Deferred,
+            };
+            return Batch {
+                deliveries: everyone(fate, reason),
+                connection: None,
+            };
         }
         Route::Deliver {
             mx_dnssec,
             candidates,
         } => (*mx_dnssec, candidates),
     };
-    let mut attempts = Vec::new();
-    let mut last_reason = format!("no usable host for {next_hop}");
-    // Addresses connected to, and sessions that got through EHLO and TLS (see Limits).
-    let (mut tried, mut sessions) = (0usize, 0usize);
-    'hosts: for (index, c) in candidates.iter().enumerate() {
-        let lookups = LookupStatus {
-            mx: mx_looked_up.then_some(mx_dnssec),
-            a: c.a_dnssec,
-            aaaa: c.aaaa_dnssec,
-            tlsa: c.tlsa_dnssec,
-        };
-        let (mode, rule) = match plan(cfg, c, next_hop) {
-            Plan::Skip { reason, rule } => {
-                let attempt = skipped(c, &lookups, reason, rule);
-                tracing::warn!("{}", attempt.log_line());
-                last_reason = attempt.reason.clone();
-                attempts.push(attempt);
-                continue;
-            }
-            Plan::Connect { mode, rule } => (mode, rule),
-        };
-        if cfg.credentials.is_some()
-            && let Err(why) = credentials_may_go(cfg, c, &mode)
-        {
-            let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
-            let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials);
-            tracing::warn!("{}", attempt.log_line());
-            last_reason = format!("{}: {}", c.name, attempt.reason);
-            attempts.push(attempt);
-            continue;
+    let walker = Walker {
+        candidates,
+        next_hop,
+        mx_looked_up,
+        mx_dnssec,
+        cfg,
+    };
+    let mut results: Vec<Option<Delivery>> = messages.iter().map(|_| None).collect();
+    let mut carried: Vec<Vec<Attempt>> = messages.iter().map(|_| Vec::new()).collect();
+    let mut pending: VecDeque<usize> = (0..messages.len()).collect();
+    let mut open = match reuse {
+        Some(c) if c.fits(candidates, cfg) => Some(c),
+        Some(c) => {
+            c.close().await;
+            None
         }
-        for (at, address) in c.addresses.iter().map(|a| a.address).enumerate() {
-            if let Some(limit) = cfg.limits.reached(tried, sessions) {
-                let untried = c.addresses.len() - at
-                    + candidates[index + 1..]
-                        .iter()
-                        .map(|c| c.addresses.len())
-                        .sum::<usize>();
-                let mut attempt = skipped(
-                    c,
-                    &lookups,
-                    format!(
-                        "not tried: the limit of {limit} per delivery was reached \
-                         ({untried} address(es) of {} host(s) left untried)",
-                        candidates.len() - index
-                    ),
-                    Rule::Limits,
-                );
-                attempt.address = Some(address);
+        None => None,
+    };
+    loop {
+        // Follow on the open connection while it lasts.
+        if let Some(mut connection) = open.take() {
+            while connection.is_reusable()
+                && let Some(j) = pending.pop_front()
+            {
+                let m = &messages[j];
+                let (mut attempt, result) = connection.send(m.envelope, m.body).await;
+                log(&attempt);
+                let mta = remote(&connection.candidate, connection.address);
+                let next = after_attempt(&connection.mode, &result, m.envelope.recipients(), &mta);
+                if result.as_ref().is_err_and(SessionError::before_transaction) {
+                    // Dead while idle: this message was not tried; it takes a new connection.
+                    pending.push_front(j);
+                    break;
+                }
+                match next {
+                    Next::Finish(recipients) => {
+                        attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
+                        carried[j].push(attempt);
+                        results[j] =
+                            Some(Delivery::new(recipients, std::mem::take(&mut carried[j])));
+                    }
+                    Next::RetryPlaintext | Next::NextAddress => {
+                        carried[j].push(attempt);
+                        pending.push_front(j);
+                        break;
+                    }
+                }
+            }
+            if connection.is_reusable() && pending.is_empty() {
+                open = Some(connection);
+                break;
+            }
+            connection.close().await;
+        }
+        let Some(head) = pending.pop_front() else {
+            break;
+        };
+        let walked = walker.walk(&messages[head]).await;
+        let mut attempts = std::mem::take(&mut carried[head]);
+        attempts.extend(walked.attempts.iter().cloned());
+        results[head] = Some(Delivery::new(walked.recipients, attempts));
+        if walked.connection.is_none()
+            && !walked.attempts.iter().any(|a| a.security != Security::None)
+        {
+            // Nothing got through EHLO and TLS anywhere: the same for every message.
+            for j in pending.drain(..) {
+                let mut attempts = std::mem::take(&mut carried[j]);
+                attempts.extend(walked.attempts.iter().cloned());
+                let recipients = gave_up(messages[j].envelope.recipients(), &walked.last_reason);
+                results[j] = Some(Delivery::new(recipients, attempts));
+            }
+            break;
+        }
+        open = walked.connection;
+    }
+    let deliveries = results
+        .into_iter()
+        .zip(messages)
+        .map(|(d, m)| {
+            d.unwrap_or_else(|| {
+                Delivery::new(gave_up(m.envelope.recipients(), "not tried"), Vec::new())
+            })
+        })
+        .collect();
+    Batch {
+        deliveries,
+        connection: open,
+    }
+}
+
+/// The route walk of one message: the hosts of a route in order, as [`deliver`] describes.
+struct Walker<'a> {
+    candidates: &'a [Candidate],
+    next_hop: &'a DnsName,
+    mx_looked_up: bool,
+    mx_dnssec: dns::Status,
+    cfg: &'a Config,
+}
+
+/// What a walk ended with: each recipient's fate, the attempts, the connection the message
+/// went over when it is still reusable, and the last reason (for messages deferred with it).
+struct Walked {
+    recipients: Vec<RecipientOutcome>,
+    attempts: Vec<Attempt>,
+    connection: Option<Connection>,
+    last_reason: String,
+}
+
+impl Walker<'_> {
+    async fn walk(&self, m: &Outgoing<'_>) -> Walked {
+        let (cfg, candidates, next_hop) = (self.cfg, self.candidates, self.next_hop);
+        let envelope = m.envelope;
+        let mut attempts = Vec::new();
+        let mut last_reason = format!("no usable host for {next_hop}");
+        // Addresses connected to, and sessions that got through EHLO and TLS (see Limits).
+        let (mut tried, mut sessions) = (0usize, 0usize);
+        'hosts: for (index, c) in candidates.iter().enumerate() {
+            let lookups = LookupStatus {
+                mx: self.mx_looked_up.then_some(self.mx_dnssec),
+                a: c.a_dnssec,
+                aaaa: c.aaaa_dnssec,
+                tlsa: c.tlsa_dnssec,
+            };
+            let (mode, rule) = match plan(cfg, c, next_hop) {
+                Plan::Skip { reason, rule } => {
+                    let attempt = skipped(c, &lookups, reason, rule);
+                    tracing::warn!("{}", attempt.log_line());
+                    last_reason = attempt.reason.clone();
+                    attempts.push(attempt);
+                    continue;
+                }
+                Plan::Connect { mode, rule } => (mode, rule),
+            };
+            if cfg.credentials.is_some()
+                && let Err(why) = credentials_may_go(cfg, c, &mode)
+            {
+                let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
+                let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials);
                 tracing::warn!("{}", attempt.log_line());
                 last_reason = format!("{}: {}", c.name, attempt.reason);
                 attempts.push(attempt);
-                break 'hosts;
+                continue;
             }
-            tried += 1;
-            let (mut attempt, mut result) =
-                connect(c, address, &mode, rule, &lookups, envelope, message, cfg).await;
-            let mta = remote(c, address);
-            let mut next = after_attempt(&mode, &result, envelope.recipients(), &mta);
-            if next == Next::RetryPlaintext {
-                log(&attempt);
-                attempts.push(attempt);
-                (attempt, result) = connect(
-                    c,
-                    address,
-                    &Mode::Plaintext,
-                    Rule::PlaintextRetry,
-                    &lookups,
-                    envelope,
-                    message,
-                    cfg,
-                )
-                .await;
-                next = after_attempt(&Mode::Plaintext, &result, envelope.recipients(), &mta);
-            }
-            log(&attempt);
-            // A session is a connection that got through EHLO and TLS (Postfix 2.3+).
-            if attempt.security != Security::None {
-                sessions += 1;
-            }
-            match next {
-                Next::Finish(recipients) => {
-                    attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
-                    attempts.push(attempt);
-                    return Delivery::new(recipients, attempts);
-                }
-                Next::RetryPlaintext | Next::NextAddress => {
+            for (at, address) in c.addresses.iter().map(|a| a.address).enumerate() {
+                if let Some(limit) = cfg.limits.reached(tried, sessions) {
+                    let untried = c.addresses.len() - at
+                        + candidates[index + 1..]
+                            .iter()
+                            .map(|c| c.addresses.len())
+                            .sum::<usize>();
+                    let mut attempt = skipped(
+                        c,
+                        &lookups,
+                        format!(
+                            "not tried: the limit of {limit} per delivery was reached \
+                             ({untried} address(es) of {} host(s) left untried)",
+                            candidates.len() - index
+                        ),
+                        Rule::Limits,
+                    );
+                    attempt.address = Some(address);
+                    tracing::warn!("{}", attempt.log_line());
                     last_reason = format!("{}: {}", c.name, attempt.reason);
                     attempts.push(attempt);
+                    break 'hosts;
+                }
+                tried += 1;
+                let (mut attempt, mut result, mut connection) =
+                    connect(c, address, &mode, rule, &lookups, m, cfg).await;
+                let mta = remote(c, address);
+                let mut next = after_attempt(&mode, &result, envelope.recipients(), &mta);
+                if next == Next::RetryPlaintext {
+                    log(&attempt);
+                    attempts.push(attempt);
+                    (attempt, result, connection) = connect(
+                        c,
+                        address,
+                        &Mode::Plaintext,
+                        Rule::PlaintextRetry,
+                        &lookups,
+                        m,
+                        cfg,
+                    )
+                    .await;
+                    next = after_attempt(&Mode::Plaintext, &result, envelope.recipients(), &mta);
+                }
+                log(&attempt);
+                // A session is a connection that got through EHLO and TLS (Postfix 2.3+).
+                if attempt.security != Security::None {
+                    sessions += 1;
+                }
+                match next {
+                    Next::Finish(recipients) => {
+                        attempt.delivered = recipients.iter().any(|r| r.outcome == Fate::Delivered);
+                        attempts.push(attempt);
+                        let connection = match connection {
+                            Some(c) if c.is_reusable() => Some(c),
+                            Some(c) => {
+                                c.close().await;
+                                None
+                            }
+                            None => None,
+                        };
+                        return Walked {
+                            recipients,
+                            attempts,
+                            connection,
+                            last_reason,
+                        };
+                    }
+                    Next::RetryPlaintext | Next::NextAddress => {
+                        if let Some(c) = connection {
+                            c.close().await;
+                        }
+                        last_reason = format!("{}: {}", c.name, attempt.reason);
+                        attempts.push(attempt);
+                    }
                 }
             }
         }
+        Walked {
+            recipients: gave_up(envelope.recipients(), &last_reason),
+            attempts,
+            connection: None,
+            last_reason,
+        }
     }
-    Delivery::new(gave_up(envelope.recipients(), &last_reason), attempts)
 }
 
 /// What the delivery does after one attempt (the async loop only performs it).
@@ -505,84 +724,203 @@ pub fn rule_of_transaction(accepted: bool, security: Security, mode: &Mode, plan
     }
 }
 
-/// One connection to one address, and the transaction on it.
-#[allow(clippy::too_many_arguments)]
+/// An open, greeted session to one address of a route's candidate, secured and
+/// authenticated as the plan for its policy level demanded, with what it was opened under: a
+/// scheduler may keep it and send more messages over it ([`Connection::send`]) while
+/// [`Connection::is_reusable`], for this candidate only ([`deliver_batch`] checks).
+pub struct Connection {
+    session: Session,
+    candidate: Candidate,
+    address: IpAddr,
+    mode: Mode,
+    level: Level,
+    /// The attempt as it stood once the session was up (TLS, DANE match, security, rule).
+    base: Attempt,
+    /// How many transcript lines the session's set-up took (greeting, EHLO, STARTTLS, AUTH).
+    setup: usize,
+}
+
+impl Connection {
+    /// Opens a session to `address` of `c` secured as `mode` (planned under `rule`), and
+    /// sends the credentials when `cfg` has them and the peer is verified. `Err` is the
+    /// attempt that failed.
+    async fn open(
+        c: &Candidate,
+        address: IpAddr,
+        mode: &Mode,
+        rule: Rule,
+        lookups: &LookupStatus,
+        cfg: &Config,
+    ) -> Result<Connection, (Attempt, SessionError)> {
+        let mut attempt = skipped(c, lookups, String::new(), rule);
+        attempt.address = Some(address);
+        let sock = SocketAddr::new(address, c.port);
+        let opened = Session::open(
+            sock,
+            c.tlsa_base.as_str(),
+            cfg.helo_name.as_str(),
+            mode,
+            &cfg.provider,
+            &cfg.timeouts,
+        )
+        .await;
+        let mut session = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                attempt.rule = rule_of_failure(&e, mode, rule);
+                attempt.reason = e.to_string();
+                attempt.failure = Some(Failure::of(&e, &remote(c, address)));
+                return Err((attempt, e));
+            }
+        };
+        attempt.tls = session.tls().cloned();
+        if let Some(PeerAuth::Dane(v)) = session.peer() {
+            attempt.dane.matched = Some(v.record().clone());
+            attempt.dane.depth = Some(v.depth());
+        }
+        attempt.security = security(session.tls(), session.peer(), mode, c.dane_trust);
+        if let Some((user, password)) = &cfg.credentials {
+            // Planned for a verified peer (credentials_may_go); make sure it is one.
+            let auth = if attempt.security == Security::Verified {
+                session.auth_plain(user, password).await
+            } else {
+                Err(SessionError::AuthUnavailable(AuthUnavailable::NotVerified(
+                    format!("the peer is {:?}, not verified", attempt.security).to_lowercase(),
+                )))
+            };
+            if let Err(e) = auth {
+                attempt.reason = e.to_string();
+                attempt.failure = Some(Failure::of(&e, &remote(c, address)));
+                if matches!(e, SessionError::AuthUnavailable(_)) {
+                    attempt.rule = Rule::Credentials;
+                }
+                attempt.replies = session.transcript.clone();
+                session.quit().await;
+                return Err((attempt, e));
+            }
+        }
+        Ok(Connection {
+            setup: session.transcript.len(),
+            session,
+            candidate: c.clone(),
+            address,
+            mode: mode.clone(),
+            level: cfg.level,
+            base: attempt,
+        })
+    }
+
+    /// One message over this connection (RSET first when it is not the first): the attempt
+    /// records the session's security and set-up replies followed by this transaction's.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        body: &dyn BodySource,
+    ) -> (Attempt, Result<Transaction, SessionError>) {
+        let mut attempt = self.base.clone();
+        let start = self.session.transcript.len();
+        let result = match body.open().await {
+            Ok(body) => self.session.transact_body(envelope, body).await,
+            Err(e) => Err(SessionError::Read(e.to_string())),
+        };
+        let transcript = &self.session.transcript;
+        attempt.replies = transcript[..self.setup.min(start)]
+            .iter()
+            .chain(&transcript[start..])
+            .cloned()
+            .collect();
+        attempt.reason = match &result {
+            Ok(t) => match &t.data {
+                Some(reply) if reply.is_positive() => format!("message accepted: {reply}"),
+                Some(reply) => format!("message not accepted: {reply}"),
+                None => "no recipient accepted".to_owned(),
+            },
+            Err(e) => e.to_string(),
+        };
+        match &result {
+            Ok(t) => {
+                let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
+                attempt.rule =
+                    rule_of_transaction(accepted, attempt.security, &self.mode, attempt.rule);
+            }
+            Err(e) => {
+                attempt.failure = Some(Failure::of(e, &remote(&self.candidate, self.address)))
+            }
+        }
+        (attempt, result)
+    }
+
+    /// Whether another message may follow ([`Session::is_reusable`]).
+    pub fn is_reusable(&self) -> bool {
+        self.session.is_reusable()
+    }
+
+    /// The session (TLS parameters, peer authentication, capabilities).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The security label the connection was authenticated to ([`security`]).
+    pub fn security(&self) -> Security {
+        self.base.security
+    }
+
+    /// The route candidate it was opened for, as it stood then (DANE state, TLSA RRset).
+    pub fn candidate(&self) -> &Candidate {
+        &self.candidate
+    }
+
+    /// The address connected to.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    /// The policy level it was opened under.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Whether this connection may carry mail for a route with `candidates` under `cfg`:
+    /// the same level, one of the candidates exactly as this one was opened for (DANE state,
+    /// TLSA RRset, reference names, DNSSEC trust), at one of its addresses, and no credentials
+    /// (a submission connection is not shared).
+    fn fits(&self, candidates: &[Candidate], cfg: &Config) -> bool {
+        self.is_reusable()
+            && self.level == cfg.level
+            && cfg.credentials.is_none()
+            && candidates.iter().any(|c| {
+                *c == self.candidate && c.addresses.iter().any(|a| a.address == self.address)
+            })
+    }
+
+    /// QUIT and close.
+    pub async fn close(self) {
+        self.session.quit().await;
+    }
+}
+
+/// One connection to one address, and the transaction of `m` on it; the connection comes
+/// back open when the session got that far.
 async fn connect(
     c: &Candidate,
     address: IpAddr,
     mode: &Mode,
     rule_for_mode: Rule,
     lookups: &LookupStatus,
-    envelope: &Envelope,
-    message: &Message,
+    m: &Outgoing<'_>,
     cfg: &Config,
-) -> (Attempt, Result<Transaction, SessionError>) {
-    let mut attempt = skipped(c, lookups, String::new(), rule_for_mode);
-    attempt.address = Some(address);
-    let sock = SocketAddr::new(address, c.port);
-    let opened = Session::open(
-        sock,
-        c.tlsa_base.as_str(),
-        cfg.helo_name.as_str(),
-        mode,
-        &cfg.provider,
-        &cfg.timeouts,
-    )
-    .await;
-    let mut session = match opened {
-        Ok(s) => s,
-        Err(e) => {
-            attempt.rule = rule_of_failure(&e, mode, rule_for_mode);
-            attempt.reason = e.to_string();
-            attempt.failure = Some(Failure::of(&e, &remote(c, address)));
-            return (attempt, Err(e));
-        }
-    };
-    attempt.tls = session.tls().cloned();
-    if let Some(PeerAuth::Dane(v)) = session.peer() {
-        attempt.dane.matched = Some(v.record().clone());
-        attempt.dane.depth = Some(v.depth());
-    }
-    attempt.security = security(session.tls(), session.peer(), mode, c.dane_trust);
-    if let Some((user, password)) = &cfg.credentials {
-        // Planned for a verified peer (credentials_may_go); make sure it is one.
-        let auth = if attempt.security == Security::Verified {
-            session.auth_plain(user, password).await
-        } else {
-            Err(SessionError::AuthUnavailable(AuthUnavailable::NotVerified(
-                format!("the peer is {:?}, not verified", attempt.security).to_lowercase(),
-            )))
-        };
-        if let Err(e) = auth {
-            attempt.reason = e.to_string();
-            attempt.failure = Some(Failure::of(&e, &remote(c, address)));
-            if matches!(e, SessionError::AuthUnavailable(_)) {
-                attempt.rule = Rule::Credentials;
-            }
-            attempt.replies = session.transcript.clone();
-            session.quit().await;
-            return (attempt, Err(e));
+) -> (
+    Attempt,
+    Result<Transaction, SessionError>,
+    Option<Connection>,
+) {
+    match Connection::open(c, address, mode, rule_for_mode, lookups, cfg).await {
+        Err((attempt, e)) => (attempt, Err(e), None),
+        Ok(mut connection) => {
+            let (attempt, result) = connection.send(m.envelope, m.body).await;
+            (attempt, result, Some(connection))
         }
     }
-    let result = session.transact(envelope, message).await;
-    attempt.replies = session.transcript.clone();
-    attempt.reason = match &result {
-        Ok(t) => match &t.data {
-            Some(reply) if reply.is_positive() => format!("message accepted: {reply}"),
-            Some(reply) => format!("message not accepted: {reply}"),
-            None => "no recipient accepted".to_owned(),
-        },
-        Err(e) => e.to_string(),
-    };
-    match &result {
-        Ok(t) => {
-            let accepted = t.data.as_ref().is_some_and(Reply::is_positive);
-            attempt.rule = rule_of_transaction(accepted, attempt.security, mode, rule_for_mode);
-        }
-        Err(e) => attempt.failure = Some(Failure::of(e, &remote(c, address))),
-    }
-    session.quit().await;
-    (attempt, result)
 }
 
 /// The MTA at `address` of host `c`.
