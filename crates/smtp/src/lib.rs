@@ -24,6 +24,7 @@ pub mod message;
 pub mod outcome;
 pub mod policy;
 pub mod reply;
+pub mod server;
 pub mod session;
 pub mod tls;
 

@@ -1,0 +1,295 @@
+//! The message content after `DATA` (RFC 5321 §4.1.1.4, §4.5.2), read strictly: a pure
+//! decoder fed the bytes as they arrive, so that every rule is testable without a socket.
+//!
+//! # End of data, and SMTP smuggling
+//!
+//! The content ends at the first `<CRLF>.<CRLF>` and nowhere else (RFC 5321 §4.1.1.4; the
+//! `<CRLF>` before the dot is the one ending the previous line, or the `DATA` command itself
+//! for an empty message). Lines end with `<CRLF>` and nothing else (RFC 5321 §2.3.8).
+//!
+//! SMTP smuggling (2023) exploits servers that disagree on this: one server reads `\n.\n`
+//! (or `\r.\r`, `\n.\r\n`, …) as the end and the rest as new commands, another passes the
+//! bytes on as content. A receiver that *normalises* bare line ends to CRLF and forwards the
+//! message could turn `\n.\n` into a real end-of-data downstream. We **reject** instead, as
+//! Postfix does with `smtpd_forbid_bare_newline = yes`: the first bare CR (a CR not followed by
+//! LF) or bare LF (an LF not preceded by CR) anywhere in the content is [`DataError::BareLineEnd`];
+//! the session then answers `554 5.5.2` and closes the connection, so neither the message nor
+//! anything the client sent after it is acted on. Nothing of such a message is ever handed on.
+//!
+//! # Dot-unstuffing and limits
+//!
+//! A line that starts with a dot and has more characters loses that first dot (RFC 5321
+//! §4.5.2). The body handed on has CRLF line ends, as received. A line longer than the text
+//! line limit (RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF) and a message over the size
+//! limit (RFC 1870) are read to their end but not kept, then refused: memory stays bounded by
+//! the size limit whatever the client sends.
+
+/// What makes a message unacceptable once its end has been read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// More octets than the size limit (RFC 1870 §6.3: `552 5.3.4`).
+    #[error("message larger than {limit} octets")]
+    TooBig {
+        /// The limit.
+        limit: u64,
+    },
+    /// A line longer than the text line limit (RFC 5321 §4.5.3.1.6).
+    #[error("a line longer than {limit} octets")]
+    LineTooLong {
+        /// The limit, CRLF included.
+        limit: usize,
+    },
+}
+
+/// A content error after which the boundary of the message cannot be trusted: the session
+/// must answer and close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    /// A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8), at this offset
+    /// of the content: the SMTP smuggling family.
+    #[error("bare CR or LF in the message content at octet {offset} (RFC 5321 §2.3.8)")]
+    BareLineEnd {
+        /// Offset in the content as received (after `DATA`'s CRLF).
+        offset: u64,
+    },
+}
+
+/// What a call to [`DataReader::feed`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// All the input was content; more is needed.
+    More,
+    /// End of data: the first `used` octets of the input were content and the final
+    /// `.<CRLF>`; the rest belongs to the commands that follow.
+    Done {
+        /// Octets of the input consumed.
+        used: usize,
+    },
+}
+
+/// Decodes one message's content: unstuffs dots, finds the end, enforces the limits.
+#[derive(Debug)]
+pub struct DataReader {
+    body: Vec<u8>,
+    max_size: u64,
+    max_line: usize,
+    /// Octets of content after unstuffing, CRLFs included (also those not kept).
+    size: u64,
+    /// Octets of the raw content seen so far.
+    offset: u64,
+    /// At the start of a line.
+    bol: bool,
+    /// The current line started with a dot (removed).
+    dot: bool,
+    /// Octets of the current line as received, without its CRLF.
+    line_len: usize,
+    /// The previous octet was a CR.
+    cr: bool,
+    refusal: Option<Refusal>,
+}
+
+impl DataReader {
+    /// A reader for a message of at most `max_size` octets (after unstuffing, CRLF line ends)
+    /// with lines of at most `max_line` octets, CRLF included.
+    pub fn new(max_size: u64, max_line: usize) -> Self {
+        Self {
+            body: Vec::new(),
+            max_size,
+            max_line,
+            size: 0,
+            offset: 0,
+            bol: true,
+            dot: false,
+            line_len: 0,
+            cr: false,
+            refusal: None,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.size = self.size.saturating_add(bytes.len() as u64);
+        if self.size > self.max_size {
+            self.refusal.get_or_insert(Refusal::TooBig {
+                limit: self.max_size,
+            });
+        }
+        if self.refusal.is_none() {
+            self.body.extend_from_slice(bytes);
+        } else {
+            // Nothing more is kept: the message is refused at its end.
+            self.body = Vec::new();
+        }
+    }
+
+    /// Feeds the next octets of the content.
+    pub fn feed(&mut self, input: &[u8]) -> Result<Progress, DataError> {
+        for (i, &b) in input.iter().enumerate() {
+            let offset = self.offset;
+            self.offset += 1;
+            if self.cr {
+                self.cr = false;
+                if b != b'\n' {
+                    return Err(DataError::BareLineEnd { offset: offset - 1 });
+                }
+                if self.dot && self.line_len == 1 {
+                    return Ok(Progress::Done { used: i + 1 });
+                }
+                self.push(b"\r\n");
+                self.bol = true;
+                self.dot = false;
+                self.line_len = 0;
+                continue;
+            }
+            match b {
+                b'\r' => self.cr = true,
+                b'\n' => return Err(DataError::BareLineEnd { offset }),
+                _ => {
+                    self.line_len += 1;
+                    if self.line_len + 2 > self.max_line {
+                        self.refusal.get_or_insert(Refusal::LineTooLong {
+                            limit: self.max_line,
+                        });
+                    }
+                    if self.bol && b == b'.' {
+                        // RFC 5321 §4.5.2: the first dot of a line is removed.
+                        self.dot = true;
+                    } else {
+                        self.push(&[b]);
+                    }
+                    self.bol = false;
+                }
+            }
+        }
+        Ok(Progress::More)
+    }
+
+    /// After [`Progress::Done`]: the body (CRLF line ends, unstuffed) or why it is refused.
+    pub fn finish(self) -> Result<Vec<u8>, Refusal> {
+        match self.refusal {
+            Some(r) => Err(r),
+            None => Ok(self.body),
+        }
+    }
+
+    /// Octets of content received so far (after unstuffing).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` whole, then one octet at a time: both must agree.
+    fn read(input: &[u8]) -> Result<(Result<Vec<u8>, Refusal>, usize), DataError> {
+        let whole = {
+            let mut r = DataReader::new(1000, 100);
+            match r.feed(input)? {
+                Progress::Done { used } => Some((r.finish(), used)),
+                Progress::More => None,
+            }
+        };
+        let mut r = DataReader::new(1000, 100);
+        let mut bytewise = None;
+        let mut err = None;
+        for (i, b) in input.iter().enumerate() {
+            match r.feed(std::slice::from_ref(b)) {
+                Ok(Progress::Done { used: 1 }) => {
+                    bytewise = Some(i + 1);
+                    break;
+                }
+                Ok(Progress::Done { .. }) => unreachable!(),
+                Ok(Progress::More) => {}
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err.is_none());
+        assert_eq!(whole.as_ref().map(|w| w.1), bytewise, "{input:?}");
+        whole.ok_or(DataError::BareLineEnd { offset: u64::MAX })
+    }
+
+    fn body(input: &[u8]) -> Vec<u8> {
+        read(input).unwrap().0.unwrap()
+    }
+
+    #[test]
+    fn end_of_data_and_dot_unstuffing() {
+        assert_eq!(body(b".\r\n"), b"");
+        assert_eq!(body(b"a\r\n.\r\n"), b"a\r\n");
+        assert_eq!(body(b"..\r\n.\r\n"), b".\r\n");
+        assert_eq!(body(b"..a\r\n...\r\n.\r\n"), b".a\r\n..\r\n");
+        assert_eq!(body(b".a\r\n.\r\n"), b"a\r\n");
+        // A dot inside a line is content.
+        assert_eq!(body(b"a.\r\n a\r\n.\r\n"), b"a.\r\n a\r\n");
+        // What follows the end belongs to the next commands.
+        let (b, used) = read(b"x\r\n.\r\nQUIT\r\n").unwrap();
+        assert_eq!((b.unwrap(), used), (b"x\r\n".to_vec(), 6));
+        // `. ` is not the end.
+        assert_eq!(body(b". \r\n.\r\n"), b" \r\n");
+    }
+
+    /// Every bare line end of the SMTP smuggling family is refused, wherever it is, whether
+    /// or not it would form a fake end of data.
+    #[test]
+    fn smuggling_variants_are_refused() {
+        for (input, at) in [
+            (&b"a\n.\n"[..], 1),
+            (b"a\n.\r\n", 1),
+            (b"a\r.\r", 1),
+            (b"a\r\n.\n", 4),
+            (b"a\r\n.\r.\r\n", 4),
+            (b"a\r.\r\n", 1),
+            (b".\n", 1),
+            (b"\n.\r\n", 0),
+            (b"\r\n.\rX", 3),
+            (b"a\r\r\n.\r\n", 1),
+            (b"a\n\r\n.\r\n", 1),
+            (b"text\nmore\r\n.\r\n", 4),
+            (b"x\r\n\n.\r\nMAIL FROM:<a@b>\r\n", 3),
+            (b"x\r\n.\n\r\n.\r\n", 4),
+        ] {
+            let mut r = DataReader::new(1000, 100);
+            assert_eq!(
+                r.feed(input),
+                Err(DataError::BareLineEnd { offset: at }),
+                "{input:?}"
+            );
+            // The same, one octet at a time.
+            let mut r = DataReader::new(1000, 100);
+            let e = input.iter().find_map(|b| r.feed(&[*b]).err());
+            assert_eq!(e, Some(DataError::BareLineEnd { offset: at }), "{input:?}");
+        }
+        // A CR as the last octet of one read waits for the next.
+        let mut r = DataReader::new(1000, 100);
+        assert_eq!(r.feed(b"a\r"), Ok(Progress::More));
+        assert_eq!(r.feed(b"\n.\r"), Ok(Progress::More));
+        assert_eq!(r.feed(b"\n"), Ok(Progress::Done { used: 1 }));
+        assert_eq!(r.finish().unwrap(), b"a\r\n");
+    }
+
+    #[test]
+    fn limits_are_enforced_after_the_end_with_bounded_memory() {
+        let mut r = DataReader::new(10, 1000);
+        assert_eq!(r.feed(&[b'x'; 5000]), Ok(Progress::More));
+        assert!(r.body.is_empty());
+        assert_eq!(r.feed(b"\r\n.\r\n"), Ok(Progress::Done { used: 5 }));
+        assert_eq!(r.finish(), Err(Refusal::TooBig { limit: 10 }));
+        // Exactly the limit fits: 8 octets and a CRLF are 10.
+        let mut r = DataReader::new(10, 1000);
+        assert_eq!(
+            r.feed(b"12345678\r\n.\r\n"),
+            Ok(Progress::Done { used: 13 })
+        );
+        assert_eq!(r.finish().unwrap().len(), 10);
+        // Lines: 98 octets and CRLF are 100, the limit; one more is too long.
+        assert!(body(&[&[b'y'; 98][..], b"\r\n.\r\n"].concat()).len() == 100);
+        assert_eq!(
+            read(&[&[b'y'; 99][..], b"\r\n.\r\n"].concat()).unwrap().0,
+            Err(Refusal::LineTooLong { limit: 100 })
+        );
+    }
+}
