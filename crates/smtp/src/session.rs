@@ -638,14 +638,32 @@ impl Session {
             self.send(batch.as_bytes()).await?;
             mail_reply = self.read(Stage::Mail, self.timeouts.command).await?;
             for _ in &rcpts {
-                rcpt_replies.push(self.read(Stage::Rcpt, self.timeouts.command).await?);
+                // A 421 closes the connection (RFC 5321 §3.8): no more replies will come.
+                if !self.reusable {
+                    break;
+                }
+                let reply = self.read(Stage::Rcpt, self.timeouts.command).await?;
+                if reply.code() == 421 && mail_reply.is_positive() {
+                    return Err(SessionError::Refused {
+                        stage: Stage::Rcpt,
+                        reply,
+                    });
+                }
+                rcpt_replies.push(reply);
             }
         } else {
             mail_reply = self.command(mail, Stage::Mail).await?;
             if mail_reply.is_positive() {
                 for rcpt in &rcpts {
                     self.send(rcpt.as_bytes()).await?;
-                    rcpt_replies.push(self.read(Stage::Rcpt, self.timeouts.command).await?);
+                    let reply = self.read(Stage::Rcpt, self.timeouts.command).await?;
+                    if reply.code() == 421 {
+                        return Err(SessionError::Refused {
+                            stage: Stage::Rcpt,
+                            reply,
+                        });
+                    }
+                    rcpt_replies.push(reply);
                 }
             }
         }
