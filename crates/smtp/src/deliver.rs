@@ -594,8 +594,9 @@ pub enum Next {
 /// - a transaction: each recipient by its own RCPT reply and the reply to the message;
 /// - MAIL FROM refused permanently (RFC 5321 §4.2.1, 5yz): everyone bounces, no other host
 ///   would take the sender either;
-/// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4), or addresses that need
-///   SMTPUTF8 from a server without it (RFC 6531 §3.2, 553 5.6.7): everyone bounces;
+/// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4), addresses that need
+///   SMTPUTF8 from a server without it (RFC 6531 §3.2, 553 5.6.7), or a streamed body that
+///   SMTP cannot carry (a line over 998 bytes, a NUL: 554 5.6.0): everyone bounces;
 /// - a failed TLS handshake under opportunistic TLS: once more in plaintext (RFC 7435 §4);
 /// - anything else: the next address or host (RFC 5321 §5.1; RFC 7672 §2.2 for DANE).
 pub fn after_attempt(
@@ -625,16 +626,19 @@ pub fn after_attempt(
         )),
         // Refusals we decide ourselves before sending (the reply is ours, in the form the
         // server would have given; no MTA sent it): larger than the server accepts (no other
-        // host of this domain will differ), or addresses that need SMTPUTF8 (RFC 6531 §3.2).
-        Err(e @ (SessionError::TooBig { .. } | SessionError::SmtpUtf8Unsupported)) => {
-            match e.reply() {
-                Some(reply) => Next::Finish(everyone(
-                    Fate::Bounced,
-                    Response::Smtp(ServerReply::new(&reply, None)),
-                )),
-                None => Next::NextAddress,
-            }
-        }
+        // host of this domain will differ), addresses that need SMTPUTF8 (RFC 6531 §3.2), or
+        // a streamed body SMTP cannot carry (RFC 5321 §4.5.3.1.6, §2.3.8).
+        Err(
+            e @ (SessionError::TooBig { .. }
+            | SessionError::SmtpUtf8Unsupported
+            | SessionError::Body(_)),
+        ) => match e.reply() {
+            Some(reply) => Next::Finish(everyone(
+                Fate::Bounced,
+                Response::Smtp(ServerReply::new(&reply, None)),
+            )),
+            None => Next::NextAddress,
+        },
         Err(e) if matches!(mode, Mode::Opportunistic) && e.is_tls_handshake() => {
             Next::RetryPlaintext
         }
@@ -1324,6 +1328,31 @@ mod tests {
             (
                 &Mode::Opportunistic,
                 Err(SessionError::AuthUnavailable(AuthUnavailable::NoTls)),
+                "next",
+                none(),
+            ),
+            // A streamed body SMTP cannot carry: no host would take it.
+            (
+                &dane,
+                Err(SessionError::Body(crate::message::MessageError::Nul(3))),
+                "finish",
+                both(
+                    Fate::Bounced,
+                    "554 5.6.0 the message cannot be sent: line 3 contains a NUL byte",
+                ),
+            ),
+            // Its source failed, or a reused connection was dead or died: the next address
+            // (a new connection).
+            (
+                &dane,
+                Err(SessionError::Read("gone".into())),
+                "next",
+                none(),
+            ),
+            (&dane, Err(SessionError::Unusable), "next", none()),
+            (
+                &dane,
+                refused(Stage::Rcpt, 421, "4.3.2 closing"),
                 "next",
                 none(),
             ),

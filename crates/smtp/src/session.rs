@@ -243,11 +243,14 @@ impl SessionError {
 
     /// The reply we give in the server's stead for a refusal we decided ourselves, before
     /// sending anything: `553 5.6.7` for [`Self::SmtpUtf8Unsupported`] (RFC 6531 §3.2, RFC
-    /// 3463 §3.7), `552 5.3.4` for [`Self::TooBig`] (RFC 1870 §6.1).
+    /// 3463 §3.7), `552 5.3.4` for [`Self::TooBig`] (RFC 1870 §6.1); and for a streamed body
+    /// we cut short because SMTP cannot carry it ([`Self::Body`]), `554 5.6.0` (RFC 3463 §3.7:
+    /// a content problem no other host would see differently).
     pub fn reply(&self) -> Option<Reply> {
         match self {
             SessionError::SmtpUtf8Unsupported => Some(Self::smtputf8_reply()),
             SessionError::TooBig { .. } => Some(Reply::new(552, vec![format!("5.3.4 {self}")])),
+            SessionError::Body(_) => Some(Reply::new(554, vec![format!("5.6.0 {self}")])),
             _ => None,
         }
     }
@@ -787,5 +790,45 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
         _ => "TLS",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_transaction_error_says_about_the_message() {
+        let reply = |code| Reply::new(code, vec!["x".into()]);
+        let refused = |stage, code| SessionError::Refused {
+            stage,
+            reply: reply(code),
+        };
+        // Nothing of the transaction reached the server: another connection, at no cost.
+        for e in [
+            SessionError::Unusable,
+            refused(Stage::Rset, 421),
+            SessionError::Timeout(Stage::Rset),
+            SessionError::Protocol {
+                stage: Stage::Rset,
+                error: ReplyError::Closed,
+            },
+        ] {
+            assert!(e.before_transaction(), "{e:?}");
+        }
+        for e in [
+            refused(Stage::Mail, 421),
+            refused(Stage::Rcpt, 421),
+            SessionError::Timeout(Stage::Body),
+            SessionError::Read("gone".into()),
+            SessionError::Body(MessageError::Nul(3)),
+        ] {
+            assert!(!e.before_transaction(), "{e:?}");
+        }
+        // Our own refusals carry the reply a bounce gives.
+        let body = SessionError::Body(MessageError::Nul(3));
+        assert_eq!(body.reply().map(|r| r.code()), Some(554));
+        assert!(body.reply().unwrap().to_string().contains("5.6.0"));
+        assert_eq!(SessionError::Read("gone".into()).reply(), None);
     }
 }

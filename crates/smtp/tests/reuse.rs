@@ -443,3 +443,55 @@ async fn a_20_mb_file_is_streamed_in_blocks() {
     assert_eq!(got[0].len(), expected.len());
     assert!(got[0] == expected.wire(), "the streamed wire form differs");
 }
+
+/// A raw message in memory, streamed (not prepared beforehand).
+struct Raw(Vec<u8>);
+
+impl BodySource for Raw {
+    fn open(&self) -> Pin<Box<dyn Future<Output = std::io::Result<Body<'_>>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(Body::stream(
+            &self.0[..],
+            Some(self.0.len() as u64),
+            false,
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_body_smtp_cannot_carry_bounces_and_the_rest_go_on() {
+    let (addr, seen) = lab(Trouble::None).await;
+    let envelope = envelope();
+    let good = Raw(b"Subject: good\n\nfine\n".to_vec());
+    // Past the first block, a line longer than RFC 5321 §4.5.3.1.6 allows.
+    let mut bad = b"Subject: bad\n\n".to_vec();
+    bad.extend(std::iter::repeat_n(b"ok\n".to_vec(), 30_000).flatten());
+    bad.extend(std::iter::repeat_n(b'x', 2000));
+    let bad = Raw(bad);
+    let batch = [
+        Outgoing {
+            envelope: &envelope,
+            body: &good,
+        },
+        Outgoing {
+            envelope: &envelope,
+            body: &bad,
+        },
+        Outgoing {
+            envelope: &envelope,
+            body: &good,
+        },
+    ];
+    let d = deliver_many(&route(addr), &n("example.test"), true, &batch, &config()).await;
+    assert_eq!(d[0].outcome, Outcome::Delivered, "{d:#?}");
+    assert_eq!(d[1].outcome, Outcome::Bounced, "{d:#?}");
+    let reply = d[1].recipients[0].reply.to_string();
+    assert!(
+        reply.starts_with("554 5.6.0") && reply.contains("998"),
+        "{reply}"
+    );
+    assert_eq!(d[2].outcome, Outcome::Delivered, "{d:#?}");
+    // The cut-short body was never accepted; its connection was not reused.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(bodies(&seen).len(), 2);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+}
