@@ -495,3 +495,65 @@ async fn a_streamed_body_smtp_cannot_carry_bounces_and_the_rest_go_on() {
     assert_eq!(bodies(&seen).len(), 2);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
+
+/// One message as a batch, reusing `reuse`; returns the delivery and the connection left.
+async fn one_batch(
+    route: &Route,
+    cfg: &Config,
+    reuse: Option<smtp::deliver::Connection>,
+) -> (smtp::Delivery, Option<smtp::deliver::Connection>) {
+    let envelope = envelope();
+    let message = Message::new(b"Subject: cached\n\nhello\n").unwrap();
+    let batch = [Outgoing {
+        envelope: &envelope,
+        body: &message,
+    }];
+    let mut b =
+        smtp::deliver::deliver_batch(route, &n("example.test"), true, &batch, cfg, reuse).await;
+    (b.deliveries.remove(0), b.connection)
+}
+
+#[tokio::test]
+async fn a_cached_connection_serves_only_the_route_and_policy_it_was_opened_under() {
+    let (addr, seen) = lab(Trouble::None).await;
+    let r = route(addr);
+    let (d, kept) = one_batch(&r, &config(), None).await;
+    assert_eq!(d.outcome, Outcome::Delivered);
+    let kept = kept.expect("an idle, reusable connection comes back");
+    assert!(kept.is_reusable());
+    assert_eq!(kept.security(), smtp::Security::Plaintext);
+    assert_eq!(kept.address(), addr.ip());
+    assert_eq!(kept.candidate().name, n("mx.example.test"));
+    // The same route and policy: the cached connection carries it (RSET first).
+    let (d, kept) = one_batch(&r, &config(), Some(kept)).await;
+    assert_eq!(d.outcome, Outcome::Delivered);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.rsets.load(Ordering::SeqCst), 1);
+    // The host's DANE state changed since (now secure TLSA records, unusable ones): not
+    // reused under the old state.
+    let Route::Deliver {
+        mx_dnssec,
+        mut candidates,
+    } = route(addr)
+    else {
+        unreachable!()
+    };
+    candidates[0].dane = DaneState::Unusable;
+    let changed = Route::Deliver {
+        mx_dnssec,
+        candidates,
+    };
+    let (d, kept) = one_batch(&changed, &config(), kept).await;
+    // TLS is now mandatory and the lab offers no STARTTLS: deferred, on a new connection.
+    assert_eq!(d.outcome, Outcome::Deferred, "{d:#?}");
+    assert!(kept.is_none());
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    // Another policy level: not reused, a new connection.
+    let (_, kept) = one_batch(&r, &config(), None).await;
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    let mut may = config();
+    may.level = Level::May;
+    let (d, _) = one_batch(&r, &may, kept).await;
+    assert_eq!(d.outcome, Outcome::Delivered);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+}
