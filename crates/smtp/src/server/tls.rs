@@ -164,3 +164,75 @@ impl ResolvesServerCert for SniResolver {
         self.choose(hello.server_name(), hello.signature_schemes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danemta_lab::pki::TestCert;
+    use rustls::SignatureScheme as S;
+
+    const RSA: &[S] = &[S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256];
+    const ECDSA: &[S] = &[S::ECDSA_NISTP256_SHA256];
+    const BOTH: &[S] = &[S::ECDSA_NISTP256_SHA256, S::RSA_PSS_SHA256];
+
+    fn leaf(key: &CertifiedKey) -> Vec<u8> {
+        key.end_entity_cert().unwrap().to_vec()
+    }
+
+    /// ECDSA for mx1 first (the default), RSA for mx1 second, ECDSA for mx2 third.
+    #[test]
+    fn the_chain_follows_sni_then_key_type_and_defaults_to_the_first() {
+        let ec1 = TestCert::self_signed(&["mx1.example.test"]).unwrap();
+        let rsa1 = TestCert::self_signed_rsa(&["mx1.example.test"]).unwrap();
+        let ec2 = TestCert::self_signed(&["mx2.example.test"]).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        let pems: Vec<(&[u8], &[u8])> = [&ec1, &rsa1, &ec2]
+            .iter()
+            .map(|c| (c.chain_pem.as_bytes(), c.key_pem.as_bytes()))
+            .collect();
+        let r = SniResolver::from_pem(&pems, &provider).unwrap();
+        let chosen = |sni: Option<&str>, schemes: &[S]| leaf(&r.choose(sni, schemes).unwrap());
+        for (sni, schemes, want) in [
+            (Some("mx1.example.test"), BOTH, &ec1),
+            (Some("mx1.example.test"), RSA, &rsa1),
+            (Some("MX2.example.test"), BOTH, &ec2),
+            // No chain for mx2 can do RSA: its own chain still, the handshake will say no.
+            (Some("mx2.example.test"), RSA, &ec2),
+            (None, BOTH, &ec1),
+            (None, ECDSA, &ec1),
+            (None, RSA, &rsa1),
+            (Some("unknown.example.test"), BOTH, &ec1),
+            (Some("not a name"), BOTH, &ec1),
+        ] {
+            assert!(chosen(sni, schemes) == want.leaf_der, "{sni:?} {schemes:?}");
+        }
+    }
+
+    #[test]
+    fn bad_chains_are_refused_with_their_index() {
+        let provider = rustls::crypto::ring::default_provider();
+        let a = TestCert::self_signed(&["a.test"]).unwrap();
+        let b = TestCert::self_signed(&["b.test"]).unwrap();
+        assert_eq!(
+            SniResolver::from_pem(&[], &provider).unwrap_err(),
+            TlsError::NoChains
+        );
+        let err = |chains: &[(&[u8], &[u8])]| SniResolver::from_pem(chains, &provider).unwrap_err();
+        assert_eq!(
+            err(&[(b"junk", a.key_pem.as_bytes())]),
+            TlsError::NoCertificate { index: 0 }
+        );
+        assert!(matches!(
+            err(&[
+                (a.chain_pem.as_bytes(), a.key_pem.as_bytes()),
+                (b.chain_pem.as_bytes(), b"")
+            ]),
+            TlsError::NoKey { index: 1, .. }
+        ));
+        // b's key with a's certificate.
+        assert!(matches!(
+            err(&[(a.chain_pem.as_bytes(), b.key_pem.as_bytes())]),
+            TlsError::Unusable { index: 0, .. }
+        ));
+    }
+}
