@@ -738,6 +738,11 @@ pub struct Connection {
     address: IpAddr,
     mode: Mode,
     level: Level,
+    /// The configured digests (`fingerprint`), names and anchors (`verify`, `secure`) it was
+    /// authenticated under.
+    fingerprints: Vec<Tlsa>,
+    match_names: Vec<ReferenceName>,
+    roots: Arc<RootCertStore>,
     /// The attempt as it stood once the session was up (TLS, DANE match, security, rule).
     base: Attempt,
     /// How many transcript lines the session's set-up took (greeting, EHLO, STARTTLS, AUTH).
@@ -810,6 +815,9 @@ impl Connection {
             address,
             mode: mode.clone(),
             level: cfg.level,
+            fingerprints: cfg.fingerprints.clone(),
+            match_names: cfg.match_names.clone(),
+            roots: cfg.roots.clone(),
             base: attempt,
         })
     }
@@ -885,12 +893,19 @@ impl Connection {
     }
 
     /// Whether this connection may carry mail for a route with `candidates` under `cfg`:
-    /// the same level, one of the candidates exactly as this one was opened for (DANE state,
-    /// TLSA RRset, reference names, DNSSEC trust), at one of its addresses, and no credentials
-    /// (a submission connection is not shared).
+    /// the same level with the same configured digests, names and trust anchors, one of the
+    /// candidates exactly as this one was opened for (DANE state, TLSA RRset, reference
+    /// names, DNSSEC trust), at one of its addresses, and no credentials (a submission
+    /// connection is not shared). A connection is never reused under a policy or records
+    /// other than those it was authenticated under.
     fn fits(&self, candidates: &[Candidate], cfg: &Config) -> bool {
         self.is_reusable()
             && self.level == cfg.level
+            && self.fingerprints == cfg.fingerprints
+            && self.match_names == cfg.match_names
+            // PKIX anchors matter to `verify` and `secure` only: the same store, shared.
+            && (!matches!(cfg.level, Level::Verify | Level::Secure)
+                || Arc::ptr_eq(&self.roots, &cfg.roots))
             && cfg.credentials.is_none()
             && candidates.iter().any(|c| {
                 *c == self.candidate && c.addresses.iter().any(|a| a.address == self.address)
