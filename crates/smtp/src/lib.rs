@@ -12,6 +12,12 @@
 //! handshake ([`deliver::security`]), the rule behind an attempt, and what follows it
 //! ([`deliver::after_attempt`]: a plaintext retry, the next address or host, or each
 //! recipient's fate).
+//!
+//! A session carries several transactions, RSET between them (RFC 5321 §4.1.1.5), and
+//! streams bodies in blocks from any reader ([`Body`], dot-stuffed on the fly by
+//! [`Stuffer`]); [`deliver_many`] sends a batch of messages to one next hop over as few
+//! sessions as possible, and [`deliver_batch`] hands back the idle [`Connection`] for a
+//! connection cache, reused only under the route and policy it was authenticated under.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,9 +34,11 @@ pub mod server;
 pub mod session;
 pub mod tls;
 
+pub use deliver::{Batch, Connection, Outgoing, deliver_batch, deliver_many};
 pub use deliver::{Config, Limits, deliver};
 pub use dispatch::{Gate, Via, dispatch, dnssec_gate, next_hops};
 pub use envelope::{Envelope, EnvelopeError, HeloName};
+pub use message::{Body, BodySource, Stuffer};
 pub use message::{Message, MessageError};
 pub use outcome::{
     Attempt, Delivery, Failure, Fate, Outcome, RemoteMta, Response, Rule, Security, ServerReply,
