@@ -214,6 +214,16 @@ async fn greeting_and_ehlo_advertise_the_extensions() {
         c.cmd("HELO client.test").await.to_string(),
         "250 mx.example.test"
     );
+    // RFC 5321 §2.2.1: after HELO there are no extensions, so no parameters.
+    assert_eq!(
+        status(&c.cmd("MAIL FROM:<a@x.test> SIZE=10").await),
+        "555 5.5.4"
+    );
+    assert_eq!(status(&c.cmd("MAIL FROM:<a@x.test>").await), "250 2.1.0");
+    assert_eq!(
+        status(&c.cmd("RCPT TO:<b@y.test> NOTIFY=NEVER").await),
+        "555 5.5.4"
+    );
     assert_eq!(status(&c.cmd("QUIT").await), "221 2.0.0");
     assert!(c.closed().await);
     assert_eq!(s.ends(1).await, [Ok(Closed::Quit)]);
@@ -699,7 +709,12 @@ async fn starttls_resets_the_session_and_auth_needs_tls() {
     let (_, mut session) = leaf_for(s.addr, "mx2.example.test").await;
     let caps = session.capabilities().clone();
     assert!(!caps.starttls && caps.auth == ["PLAIN", "LOGIN"]);
+    let t = std::time::Instant::now();
     assert!(session.auth_plain("alice", "wrong").await.is_err());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "a failed AUTH is answered slowly"
+    );
     session.auth_plain("alice", "secret").await.unwrap();
     let envelope = Envelope::new("a@x.test", ["b@y.test"]).unwrap();
     for n in 1..=2 {

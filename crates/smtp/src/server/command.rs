@@ -67,6 +67,17 @@ pub struct MailFrom {
     pub envid: Option<String>,
 }
 
+impl MailFrom {
+    /// Whether any ESMTP parameter was given (RFC 5321 §4.1.2 `Mail-parameters`).
+    pub fn has_parameters(&self) -> bool {
+        self.size.is_some()
+            || self.body != Body::SevenBit
+            || self.smtputf8
+            || self.ret.is_some()
+            || self.envid.is_some()
+    }
+}
+
 /// `RCPT TO:<forward-path> [params]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RcptTo {

@@ -450,6 +450,14 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                 if self.mail.is_some() {
                     return sequence("nested MAIL command");
                 }
+                if !self.client.esmtp && mail.has_parameters() {
+                    // RFC 5321 §2.2.1: service extensions exist only after EHLO.
+                    return reply(
+                        555,
+                        Es::new(5, 5, 4),
+                        "Error: parameters need EHLO, not HELO",
+                    );
+                }
                 if mail.size.is_some_and(|s| s > self.config.max_message_size) {
                     // RFC 1870 §6.1.
                     return reply(
@@ -479,6 +487,13 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                 let Some(mail) = self.mail.clone() else {
                     return sequence("need MAIL command");
                 };
+                if !self.client.esmtp && (rcpt.notify.is_some() || rcpt.orcpt.is_some()) {
+                    return reply(
+                        555,
+                        Es::new(5, 5, 4),
+                        "Error: parameters need EHLO, not HELO",
+                    );
+                }
                 if self.rcpts.len() >= self.config.max_recipients {
                     // RFC 5321 §4.5.3.1.10; not counted as a client error.
                     self.errors = self.errors.saturating_sub(1);
@@ -786,6 +801,8 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
             self.client.user = Some(user);
             self.answer(reply(235, Es::new(2, 7, 0), "Authentication successful"));
         } else {
+            // Slows down password guessing; failures also count towards max_errors.
+            tokio::time::sleep(self.config.auth_failure_delay).await;
             self.answer(reply(535, Es::new(5, 7, 8), "Error: authentication failed"));
         }
         None
@@ -818,4 +835,88 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
 /// For the arms `run` handles before `simple` is called.
 fn unreachable_reply() -> Reply {
     reply(451, Es::new(4, 3, 0), "Error: internal sequence error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{QueueId, Server};
+    use super::*;
+    use crate::envelope::HeloName;
+    use tokio::io::duplex;
+
+    /// A relay whose replies carry CR/LF, as a careless one might (e.g. a reason from a
+    /// database) and whose queue ids contain spaces and line ends.
+    struct Careless;
+
+    impl Acceptor for Careless {
+        async fn rcpt(&self, _: &Client, _: &MailFrom, r: &command::RcptTo) -> Result<(), Reply> {
+            if r.recipient.starts_with("bad") {
+                return Err(Reply::new(
+                    550,
+                    vec!["5.1.1 no\r\n250 2.1.5 fake".into(), "second\nline".into()],
+                ));
+            }
+            if r.recipient.starts_with("odd") {
+                return Err(Reply::new(99, vec![]));
+            }
+            Ok(())
+        }
+
+        async fn message(&self, _: &Client, _: &Transaction, _: Vec<u8>) -> Result<QueueId, Reply> {
+            Ok(QueueId("A B\r\n250 x".into()))
+        }
+    }
+
+    /// Runs `input` through a session over an in-memory pipe and returns what it said.
+    async fn transcript(input: &[u8]) -> String {
+        let (mut client, server_end) = duplex(64 * 1024);
+        let server = Server::new(
+            Config::new(HeloName::new("mx.test").unwrap()),
+            std::sync::Arc::new(Careless),
+        );
+        let task = tokio::spawn(async move { server.serve(server_end, None).await });
+        client.write_all(input).await.unwrap();
+        // The client sends nothing more (and may vanish).
+        client.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let _ = task.await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reply_text_from_the_relay_cannot_add_reply_lines() {
+        let out = transcript(
+            b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<bad@y.test>\r\n\
+              RCPT TO:<odd@y.test>\r\nRCPT TO:<ok@y.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+        )
+        .await;
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert!(lines.contains(&"550-5.1.1 no??250 2.1.5 fake"), "{out}");
+        assert!(lines.contains(&"550 second?line"), "{out}");
+        // A reply code outside 2xx–5xx becomes a transient failure.
+        assert!(lines.contains(&"451 "), "{out}");
+        assert!(lines.contains(&"250 2.0.0 Ok: queued as AB250x"), "{out}");
+        // Every line is a well-formed reply line.
+        for line in lines.iter().filter(|l| !l.is_empty()) {
+            let b = line.as_bytes();
+            assert!(
+                b.len() >= 4
+                    && b[..3].iter().all(u8::is_ascii_digit)
+                    && matches!(b[3], b' ' | b'-'),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_session_works_over_any_stream() {
+        let out = transcript(b"HELO c.test\r\nNOOP\r\nQUIT\r\n").await;
+        assert_eq!(
+            out,
+            "220 mx.test ESMTP\r\n250 mx.test\r\n250 2.0.0 Ok\r\n221 2.0.0 mx.test Bye\r\n"
+        );
+        // The client vanishing mid-command or mid-message is an ordinary end.
+        assert!(transcript(b"EHLO c.test\r\nNOO").await.ends_with("DSN\r\n"));
+    }
 }

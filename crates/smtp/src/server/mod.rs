@@ -105,6 +105,9 @@ pub struct Config {
     /// AUTH PLAIN and LOGIN (RFC 4954) are offered, only once TLS is up, when set; the
     /// credentials go to [`Acceptor::authenticate`].
     pub auth: bool,
+    /// Wait this long before answering a failed AUTH (`535 5.7.8`): slows down password
+    /// guessing; failures also count towards [`Config::max_errors`].
+    pub auth_failure_delay: Duration,
 }
 
 impl Config {
@@ -120,6 +123,7 @@ impl Config {
             timeouts: Timeouts::default(),
             tls: None,
             auth: false,
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }
