@@ -750,9 +750,10 @@ impl Session {
                 io.write_all(prepared).await?;
                 if n == 0 {
                     io.write_all(b".\r\n").await?;
-                    io.flush().await?;
                 }
-                Ok::<_, std::io::Error>(())
+                // Through TLS to the socket: the block's time covers its delivery to the
+                // network, and nothing of it waits in a buffer.
+                io.flush().await
             })
             .await;
             match written {
