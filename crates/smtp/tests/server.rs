@@ -873,3 +873,23 @@ async fn swaks_delivers_plain_pipelined_and_over_starttls_by_sni() {
     assert_eq!(stored[3].0.tls.as_ref().unwrap().sni, None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that keeps a session busy with NOOPs (or RSET, VRFY, HELP) without sending mail
+/// is cut off once past the junk-command limit.
+#[tokio::test]
+async fn junk_commands_run_into_the_error_limit() {
+    let mut cfg = config();
+    cfg.max_junk_commands = 3;
+    cfg.max_errors = 2;
+    let s = start(cfg).await;
+    let mut c = Raw::greeted(s.addr).await;
+    c.send(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nNOOP\r\nNOOP\r\n")
+        .await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(c.reply().await.code());
+    }
+    assert_eq!(codes, [250, 250, 252, 214, 250, 421]);
+    assert!(c.closed().await);
+    assert_eq!(s.ends(1).await, [Err("too-many-errors".to_owned())]);
+}

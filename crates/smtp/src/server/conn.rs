@@ -102,6 +102,8 @@ pub(super) struct Session<'a, A, S> {
     /// RCPT commands refused in this transaction (for DATA's reply, RFC 2920 §3.1).
     refused_rcpts: usize,
     errors: u32,
+    /// NOOP, RSET, VRFY, EXPN, HELP so far.
+    junk: u32,
 }
 
 impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S> {
@@ -125,6 +127,7 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
             rcpts: Vec::new(),
             refused_rcpts: 0,
             errors: 0,
+            junk: 0,
         }
     }
 
@@ -336,6 +339,21 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                     }
                 }
                 other => {
+                    if matches!(
+                        other,
+                        Command::Noop
+                            | Command::Rset
+                            | Command::Vrfy
+                            | Command::Expn
+                            | Command::Help
+                    ) {
+                        // Postfix's smtpd_junk_command_limit: a client that only keeps the
+                        // session busy runs into max_errors.
+                        self.junk += 1;
+                        if self.junk > self.config.max_junk_commands {
+                            self.errors += 1;
+                        }
+                    }
                     let r = self.simple(other).await;
                     self.answer(r);
                 }

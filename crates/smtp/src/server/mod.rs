@@ -21,6 +21,24 @@
 //! The body is handed to [`Acceptor::message`] whole, as bytes: memory per session is bounded
 //! by [`Config::max_message_size`] (the reader stops keeping content past it). Streaming to the
 //! spool is a later step.
+//!
+//! # Choices where the RFCs leave room
+//!
+//! * Bare CR/LF in the content: **rejected** and the connection closed (`554 5.5.2`), never
+//!   normalised (Postfix `smtpd_forbid_bare_newline = yes`). In a command line, a bare CR or
+//!   LF makes the whole line, up to the next CRLF, a `500 5.5.2` syntax error: it never splits
+//!   a line into two commands.
+//! * Source routes (`<@a,@b:u@c>`) are refused with `553` (RFC 5321 §4.1.2 says accept and
+//!   ignore; the relay never honours one). `%` and `!` local parts pass: they are valid
+//!   addresses, and refusing to relay them is the relay's decision per recipient.
+//! * `<Postmaster>` without a domain (RFC 5321 §4.1.1.3) becomes `postmaster@<hostname>`.
+//! * EHLO/HELO names must be a domain or an address literal (`501 5.5.4` otherwise); ESMTP
+//!   parameters after HELO get `555 5.5.4`.
+//! * A text line over the limit: the message is read to its end and refused with
+//!   `500 5.6.0` (RFC 5321 §4.5.3.1.10 suggests `500 Line too long`); the session goes on.
+//! * 8-bit content without `BODY=8BITMIME` is accepted, as Postfix does.
+//! * VRFY gets `252` (RFC 5321 §3.5.3); EXPN and BDAT (CHUNKING is not offered) get `502`.
+//! * Enhanced status codes are sent on every reply but the greeting, `354` and EHLO/HELO.
 
 pub mod command;
 mod conn;
@@ -98,6 +116,10 @@ pub struct Config {
     pub max_text_line: usize,
     /// Negative replies after which the session ends with `421 4.7.0`.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands a session may send before each further one
+    /// counts as an error (as Postfix's `smtpd_junk_command_limit`, default 100): bounds a
+    /// client that holds a session open without sending mail.
+    pub max_junk_commands: u32,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// STARTTLS is offered when set (see [`tls::SniResolver::into_server_config`]).
@@ -120,6 +142,7 @@ impl Config {
             max_command_line: 512,
             max_text_line: 1000,
             max_errors: 10,
+            max_junk_commands: 100,
             timeouts: Timeouts::default(),
             tls: None,
             auth: false,
