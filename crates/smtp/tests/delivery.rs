@@ -594,3 +594,65 @@ async fn a_domain_with_many_hosts_costs_at_most_two_sessions() {
         d.recipients[0].reply
     );
 }
+
+/// Three messages for `route` as one batch under `cfg`.
+async fn three(route: &Route, cfg: &Config) -> Vec<smtp::Delivery> {
+    let envelopes: Vec<Envelope> = (1..=3)
+        .map(|i| envelope("a@client.test", &format!("r{i}@example.test")))
+        .collect();
+    let messages: Vec<Message> = (1..=3)
+        .map(|i| Message::new(format!("Subject: {i}\n\nhello {i}\n").as_bytes()).unwrap())
+        .collect();
+    let batch: Vec<smtp::Outgoing> = envelopes
+        .iter()
+        .zip(&messages)
+        .map(|(envelope, m)| smtp::Outgoing { envelope, body: m })
+        .collect();
+    smtp::deliver_many(route, &n("example.test"), true, &batch, cfg).await
+}
+
+#[tokio::test]
+async fn a_batch_goes_over_one_dane_verified_connection() {
+    let s = server(true).await;
+    let usable = DaneState::Usable {
+        records: vec![tlsa_for(&s.leaf)],
+    };
+    let d = three(&one_host(&s, usable, Status::Secure), &config(Level::Dane)).await;
+    for d in &d {
+        assert_eq!(d.outcome, Outcome::Delivered, "{d:#?}");
+        let a = &d.attempts[0];
+        assert_eq!((d.attempts.len(), a.security), (1, Security::Verified));
+        assert_eq!(a.dane.matched.as_ref(), Some(&tlsa_for(&s.leaf)));
+        assert!(a.tls.is_some());
+    }
+    let seen = s.inner.seen();
+    // One TLS handshake, three messages, RSET between them.
+    assert_eq!(seen.server_names.len(), 1, "{seen:#?}");
+    assert_eq!(seen.messages.len(), 3);
+    let rsets = seen
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("RSET"))
+        .count();
+    assert_eq!(rsets, 2, "{seen:#?}");
+}
+
+#[tokio::test]
+async fn a_submission_batch_authenticates_once() {
+    let s = credentialed_server().await;
+    let usable = DaneState::Usable {
+        records: vec![tlsa_for(&s.leaf)],
+    };
+    let mut cfg = config(Level::Dane);
+    cfg.credentials = Some(("alice".into(), "secret".into()));
+    let d = three(&one_host(&s, usable, Status::Secure), &cfg).await;
+    assert!(d.iter().all(|d| d.outcome == Outcome::Delivered), "{d:#?}");
+    let seen = s.inner.seen();
+    let auths = seen
+        .commands
+        .iter()
+        .filter(|c| c.to_ascii_uppercase().starts_with("AUTH"))
+        .count();
+    assert_eq!((auths, seen.messages.len()), (1, 3), "{seen:#?}");
+    assert_eq!(seen.server_names.len(), 1);
+}
