@@ -557,3 +557,22 @@ async fn a_cached_connection_serves_only_the_route_and_policy_it_was_opened_unde
     assert_eq!(d.outcome, Outcome::Delivered);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
 }
+
+/// The relay spawns deliveries on a multi-threaded runtime and keeps connections in a cache
+/// shared between tasks.
+#[test]
+fn batches_and_connections_can_move_between_threads() {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Sync>() {}
+    let route = route("127.0.0.1:1".parse().unwrap());
+    let cfg = config();
+    let batch: [Outgoing; 0] = [];
+    let next_hop = n("example.test");
+    let future = smtp::deliver::deliver_batch(&route, &next_hop, true, &batch, &cfg, None);
+    send(&future);
+    fn connection_is_send(c: smtp::deliver::Connection) -> impl Send {
+        c
+    }
+    let _ = connection_is_send;
+    sync::<Message>();
+}
