@@ -698,6 +698,11 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                 Es::new(5, 3, 4),
                 format!("Error: message size exceeds the limit of {limit} octets"),
             ),
+            Err(Refusal::Nul) => reply(
+                554,
+                Es::new(5, 6, 0),
+                "Error: NUL octet in the message (RFC 5322 §2.3)",
+            ),
             Err(Refusal::LineTooLong { limit }) => reply(
                 500,
                 Es::new(5, 6, 0),
