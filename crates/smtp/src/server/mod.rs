@@ -114,7 +114,9 @@ pub struct Config {
     pub max_command_line: usize,
     /// Longest line of message content, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
     pub max_text_line: usize,
-    /// Negative replies after which the session ends with `421 4.7.0`.
+    /// Negative replies after which the session ends with `421 4.7.0` (default 20, as
+    /// Postfix's `smtpd_hard_error_limit`); recipients the relay refuses count too, which
+    /// slows down address harvesting.
     pub max_errors: u32,
     /// NOOP, RSET, VRFY, EXPN and HELP commands a session may send before each further one
     /// counts as an error (as Postfix's `smtpd_junk_command_limit`, default 100): bounds a
@@ -133,7 +135,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The RFC defaults: 512-octet commands, 1000-octet lines, 100 recipients, 10 MB, no TLS.
+    /// The RFC defaults (512-octet commands, 1000-octet lines, 100 recipients, RFC 5321
+    /// §4.5.3), 10 MB messages, Postfix's error limits (20 errors, 100 junk commands), a
+    /// second after a failed AUTH, RFC 5321 §4.5.3.2 timeouts, no TLS, no AUTH.
     pub fn new(hostname: HeloName) -> Self {
         Self {
             hostname,
@@ -141,7 +145,7 @@ impl Config {
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: 1000,
-            max_errors: 10,
+            max_errors: 20,
             max_junk_commands: 100,
             timeouts: Timeouts::default(),
             tls: None,
