@@ -597,6 +597,8 @@ pub enum Next {
 /// - larger than the server's SIZE (RFC 1870 §6.1, 552 5.3.4), addresses that need
 ///   SMTPUTF8 from a server without it (RFC 6531 §3.2, 553 5.6.7), or a streamed body that
 ///   SMTP cannot carry (a line over 998 bytes, a NUL: 554 5.6.0): everyone bounces;
+/// - the body could not be read from its source (our spool): everyone is deferred, since
+///   no other host would fare better;
 /// - a failed TLS handshake under opportunistic TLS: once more in plaintext (RFC 7435 §4);
 /// - anything else: the next address or host (RFC 5321 §5.1; RFC 7672 §2.2 for DANE).
 pub fn after_attempt(
@@ -639,6 +641,11 @@ pub fn after_attempt(
             )),
             None => Next::NextAddress,
         },
+        // Our own copy of the message could not be read: no other host would fare better,
+        // and nothing was accepted (a body cut short gets no final dot). Defer, to retry later.
+        Err(e @ SessionError::Read(_)) => {
+            Next::Finish(everyone(Fate::Deferred, Response::Local(e.to_string())))
+        }
         Err(e) if matches!(mode, Mode::Opportunistic) && e.is_tls_handshake() => {
             Next::RetryPlaintext
         }
@@ -1356,14 +1363,14 @@ mod tests {
                     "554 5.6.0 the message cannot be sent: line 3 contains a NUL byte",
                 ),
             ),
-            // Its source failed, or a reused connection was dead or died: the next address
-            // (a new connection).
+            // Its source failed: deferred here, no other host would fare better.
             (
                 &dane,
                 Err(SessionError::Read("gone".into())),
-                "next",
-                none(),
+                "finish",
+                both(Fate::Deferred, "reading the message failed: gone"),
             ),
+            // A reused connection was dead or died: the next address (a new connection).
             (&dane, Err(SessionError::Unusable), "next", none()),
             (
                 &dane,

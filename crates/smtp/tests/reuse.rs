@@ -576,3 +576,48 @@ fn batches_and_connections_can_move_between_threads() {
     let _ = connection_is_send;
     sync::<Message>();
 }
+
+/// A spool file that is gone.
+struct Gone;
+
+impl BodySource for Gone {
+    fn open(&self) -> Pin<Box<dyn Future<Output = std::io::Result<Body<'_>>> + Send + '_>> {
+        Box::pin(std::future::ready(Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "spool file gone",
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_body_is_deferred_without_costing_the_connection() {
+    let (addr, seen) = lab(Trouble::None).await;
+    let envelope = envelope();
+    let good = Raw(b"Subject: good\n\nfine\n".to_vec());
+    let batch = [
+        Outgoing {
+            envelope: &envelope,
+            body: &good,
+        },
+        Outgoing {
+            envelope: &envelope,
+            body: &Gone,
+        },
+        Outgoing {
+            envelope: &envelope,
+            body: &good,
+        },
+    ];
+    let d = deliver_many(&route(addr), &n("example.test"), true, &batch, &config()).await;
+    assert_eq!(d[0].outcome, Outcome::Delivered, "{d:#?}");
+    assert_eq!(d[1].outcome, Outcome::Deferred, "{d:#?}");
+    assert!(
+        d[1].recipients[0]
+            .reply
+            .to_string()
+            .contains("spool file gone")
+    );
+    assert_eq!(d[2].outcome, Outcome::Delivered, "{d:#?}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(bodies(&seen).len(), 2);
+}
