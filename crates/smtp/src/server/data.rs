@@ -128,16 +128,21 @@ impl DataReader {
 
     /// Feeds the next octets of the content.
     pub fn feed(&mut self, input: &[u8]) -> Result<Progress, DataError> {
-        for (i, &b) in input.iter().enumerate() {
-            let offset = self.offset;
-            self.offset += 1;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            let offset = self.offset + i as u64;
             if self.cr {
                 self.cr = false;
                 if b != b'\n' {
-                    return Err(DataError::BareLineEnd { offset: offset - 1 });
+                    // The CR was the octet before this one (perhaps in the previous input).
+                    return Err(DataError::BareLineEnd {
+                        offset: offset.saturating_sub(1),
+                    });
                 }
+                i += 1;
                 if self.dot && self.line_len == 1 {
-                    return Ok(Progress::Done { used: i + 1 });
+                    return Ok(Progress::Done { used: i });
                 }
                 self.push(b"\r\n");
                 self.bol = true;
@@ -146,29 +151,49 @@ impl DataReader {
                 continue;
             }
             match b {
-                b'\r' => self.cr = true,
+                b'\r' => {
+                    self.cr = true;
+                    i += 1;
+                }
                 b'\n' => return Err(DataError::BareLineEnd { offset }),
+                b'.' if self.bol => {
+                    // RFC 5321 §4.5.2: the first dot of a line is removed.
+                    self.dot = true;
+                    self.bol = false;
+                    self.line_len += 1;
+                    self.check_line();
+                    i += 1;
+                }
                 _ => {
-                    if b == 0 {
+                    // The run of octets up to the next CR or LF, kept in one piece.
+                    let end = input[i..]
+                        .iter()
+                        .position(|c| matches!(c, b'\r' | b'\n'))
+                        .map_or(input.len(), |p| i + p);
+                    let run = &input[i..end];
+                    if run.contains(&0) {
                         self.refusal.get_or_insert(Refusal::Nul);
                     }
-                    self.line_len += 1;
-                    if self.line_len + 2 > self.max_line {
-                        self.refusal.get_or_insert(Refusal::LineTooLong {
-                            limit: self.max_line,
-                        });
-                    }
-                    if self.bol && b == b'.' {
-                        // RFC 5321 §4.5.2: the first dot of a line is removed.
-                        self.dot = true;
-                    } else {
-                        self.push(&[b]);
-                    }
                     self.bol = false;
+                    self.line_len += run.len();
+                    // Size first: of two refusals, the size is the one to report.
+                    self.push(run);
+                    self.check_line();
+                    i = end;
                 }
             }
         }
+        self.offset += input.len() as u64;
         Ok(Progress::More)
+    }
+
+    /// RFC 5321 §4.5.3.1.6: the current line with its CRLF within the limit.
+    fn check_line(&mut self) {
+        if self.line_len + 2 > self.max_line {
+            self.refusal.get_or_insert(Refusal::LineTooLong {
+                limit: self.max_line,
+            });
+        }
     }
 
     /// After [`Progress::Done`]: the body (CRLF line ends, unstuffed) or why it is refused.
