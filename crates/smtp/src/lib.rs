@@ -1,4 +1,9 @@
-//! # danemta-smtp: SMTP delivery with opportunistic DANE TLS
+//! # danemta-smtp: SMTP with opportunistic DANE TLS, both sides
+//!
+//! Three parts: [`protocol`] (replies, EHLO, envelope, message: what both sides share),
+//! [`client`] (sessions, TLS modes, delivery, outcomes) and [`server`] (the listener session
+//! the relay runs: strict parsing with limits, smuggling-proof DATA, STARTTLS with the chain
+//! chosen by SNI). The client's modules are also at the crate root by their short names.
 //!
 //! The SMTP client (RFC 5321, STARTTLS per RFC 3207) and the delivery logic above it: for each
 //! candidate host of a route (from `danemta-dns`), the TLS policy level and the host's DANE
@@ -22,17 +27,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod deliver;
-pub mod dispatch;
-pub mod ehlo;
-pub mod envelope;
-pub mod message;
-pub mod outcome;
-pub mod policy;
-pub mod reply;
+pub mod client;
+pub mod protocol;
 pub mod server;
-pub mod session;
-pub mod tls;
+
+// The modules by their short names, as before the split (and as other crates use them).
+pub use client::{deliver, dispatch, outcome, policy, session, tls};
+pub use protocol::{ehlo, envelope, message, reply};
 
 pub use deliver::{Batch, Connection, Outgoing, deliver_batch, deliver_many};
 pub use deliver::{Config, Limits, deliver};
