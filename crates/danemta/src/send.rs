@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use dane::ReferenceName;
 use dane::pki_types::CertificateDer;
 use dane::pki_types::pem::PemObject;
-use dane::ReferenceName;
 use dns::DnsName;
 use serde_json::json;
 use smtp::{
