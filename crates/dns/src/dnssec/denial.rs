@@ -203,6 +203,22 @@ fn absent(types: &RecordTypeSet, qtype: RecordType) -> bool {
     }
 }
 
+/// What an NSEC/NSEC3 record at the queried name itself proves: NODATA when it shows the type
+/// absent ([`absent`]); for DS with NS set, a delegation without DS, i.e. an insecure one
+/// (RFC 4035 §5.2, RFC 5155 §8.6).
+fn denial_at_name(types: &RecordTypeSet, qtype: RecordType) -> Option<Denial> {
+    if !absent(types, qtype) {
+        return None;
+    }
+    Some(
+        if qtype == RecordType::DS && types.contains(RecordType::NS) {
+            Denial::InsecureDelegation
+        } else {
+            Denial::NoData
+        },
+    )
+}
+
 /// The wildcard at `encloser`: `*.encloser`.
 fn wildcard(encloser: &Name) -> Option<Name> {
     encloser.prepend_label("*").ok()
@@ -250,6 +266,10 @@ mod nsec {
         absent(n.data.type_set(), qtype)
     }
 
+    fn at_name(n: &Signed<'_, NSEC>, qtype: RecordType) -> Option<Denial> {
+        denial_at_name(n.data.type_set(), qtype)
+    }
+
     /// NODATA: an NSEC at the name without the type; or the name is an empty non-terminal;
     /// or the name does not exist and the wildcard that matches it lacks the type (RFC 4035
     /// §3.1.3.4). For DS, an NSEC at the name with NS set is an insecure delegation.
@@ -259,15 +279,7 @@ mod nsec {
         nsecs: &[Signed<'_, NSEC>],
     ) -> Option<Denial> {
         if let Some(n) = nsecs.iter().find(|n| n.owner == qname) {
-            if !lacks(n, qtype) {
-                return None;
-            }
-            let delegation = qtype == RecordType::DS && n.data.type_set().contains(RecordType::NS);
-            return Some(if delegation {
-                Denial::InsecureDelegation
-            } else {
-                Denial::NoData
-            });
+            return at_name(n, qtype);
         }
         let empty_non_terminal = nsecs.iter().any(|n| {
             covers(n, qname)
@@ -385,6 +397,10 @@ mod nsec3 {
         absent(n.data.type_set(), qtype)
     }
 
+    fn at_name(n: &Signed<'_, NSEC3>, qtype: RecordType) -> Option<Denial> {
+        denial_at_name(n.data.type_set(), qtype)
+    }
+
     /// NODATA (RFC 5155 §8.5–§8.7): a matching NSEC3 without the type (for DS, with NS: an
     /// insecure delegation, §8.6); for DS, a closest encloser proof whose next closer name
     /// is covered by an opt-out record (§8.6); or a closest encloser proof and a matching
@@ -395,15 +411,7 @@ mod nsec3 {
         nsec3s: &[Signed<'_, NSEC3>],
     ) -> Option<Denial> {
         if let Some(n) = nsec3s.iter().find(|n| matches(n, qname)) {
-            if !lacks(n, qtype) {
-                return None;
-            }
-            let delegation = qtype == RecordType::DS && n.data.type_set().contains(RecordType::NS);
-            return Some(if delegation {
-                Denial::InsecureDelegation
-            } else {
-                Denial::NoData
-            });
+            return at_name(n, qtype);
         }
         let (encloser, cover) = closest_encloser(qname, nsec3s)?;
         if qtype == RecordType::DS && cover.data.opt_out() {
