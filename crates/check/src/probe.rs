@@ -300,7 +300,7 @@ fn summary(der: &CertificateDer<'_>) -> CertSummary {
         Ok(c) => CertSummary {
             subject: c.subject().to_owned(),
             names: dane::name::presented_names(&c).to_vec(),
-            not_after: rfc3339(c.not_after()),
+            not_after: dane::rfc3339(c.not_after()),
             ca: c.is_ca(),
         },
         Err(e) => CertSummary {
@@ -310,18 +310,6 @@ fn summary(der: &CertificateDer<'_>) -> CertSummary {
             ca: false,
         },
     }
-}
-
-/// Seconds since the epoch as RFC 3339.
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("@{secs}"))
 }
 
 /// Connects to `address`:`port` and does STARTTLS without authenticating (the chain is judged

@@ -166,7 +166,7 @@ pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
         println!(
             "{}",
             json!({"owner": owner, "current": current, "next": next, "stage": stage, "ttl": max_ttl,
-                   "safe_at": safe_at.map(check::probe::rfc3339), "servers": a.servers})
+                   "safe_at": safe_at.map(dane::rfc3339), "servers": a.servers})
         );
     } else {
         println!("\nAuthoritative servers of {owner}:");
@@ -192,7 +192,7 @@ pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
             Stage::Unknown => println!("Cannot tell: some server did not answer."),
             Stage::Wait => println!(
                 "Not safe yet: every server publishes both records; caches may still hold the old RRset until {} (twice the TTL of {max_ttl} s).",
-                safe_at.map(check::probe::rfc3339).unwrap_or_default()
+                safe_at.map(dane::rfc3339).unwrap_or_default()
             ),
             Stage::Safe => println!(
                 "Safe: switch to the next key now; remove the old record ({current}) after twice the TTL."
