@@ -1,0 +1,1 @@
+//! The relay configuration (to be written).

@@ -1,0 +1,12 @@
+//! # danemta-relay: the relay daemon's library
+//!
+//! What `danemta serve` is made of, above the SMTP client and server of `danemta-smtp`:
+//! the configuration ([`config`]: the TOML contract of PRODUCT.md and the embedded defaults)
+//! and the durable queue ([`queue`]: the `Store` trait and its embedded spool + SQLite
+//! implementation). The scheduler and the listener loop come next (issue 10).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod queue;
