@@ -1,1 +1,986 @@
-//! The durable queue (to be written).
+//! The durable queue: the [`Store`] trait the daemon is written against, and [`LocalStore`],
+//! its embedded implementation (bodies as spool files, envelopes and state in SQLite).
+//!
+//! # Sync, not async
+//!
+//! [`Store`] is a plain synchronous trait (`Send + Sync`, object safe). Every call is a short
+//! transaction that must reach stable storage before it returns (fsync), which is blocking
+//! work whatever the back-end; the daemon calls the store from `tokio::task::spawn_blocking`
+//! (or a dedicated thread). This keeps the trait usable as `Arc<dyn Store>` without boxing
+//! futures, and a PostgreSQL implementation can run its client on that blocking thread
+//! (the synchronous `postgres` crate, or `Handle::block_on` for an async client).
+//!
+//! # Times
+//!
+//! Times are Unix seconds ([`Timestamp`]), passed in by the caller: the store never reads the
+//! clock for scheduling decisions, so tests and several nodes agree on what "due" means.
+//!
+//! # Leases
+//!
+//! [`Store::due`] claims messages for one worker with a [`Lease`] (an owner name and an
+//! expiry). A claimed message is not due for anyone else until the lease expires or the
+//! claim ends with [`Store::complete`]. Each claim carries a fresh token; a worker whose lease
+//! was taken over by another claimer gets [`QueueError::LeaseLost`] from
+//! [`Store::record_attempt`] and [`Store::complete`] instead of silently writing over the new
+//! owner's work. In SQLite a claim is one `BEGIN IMMEDIATE` transaction (a single writer); the
+//! PostgreSQL store does the same with `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
+//! RETURNING`.
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use smtp::outcome::RecipientOutcome;
+use smtp::{Attempt, Envelope, Fate, Security};
+
+/// Unix seconds.
+pub type Timestamp = i64;
+
+/// A queue id: unique (time in microseconds plus a random part, so that ids made on several
+/// nodes do not collide), sortable by arrival, and safe as a file name (upper-case hex, 24
+/// characters).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueId(String);
+
+/// The length of a queue id.
+const ID_LEN: usize = 24;
+
+impl QueueId {
+    /// A new id, strictly greater than every id made before by this process.
+    pub fn generate() -> Self {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let mut prev = LAST.load(Ordering::Relaxed);
+        let micros = loop {
+            let next = now.max(prev.saturating_add(1));
+            match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break next,
+                Err(seen) => prev = seen,
+            }
+        };
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(micros);
+        h.write_u32(std::process::id());
+        let random = h.finish() & 0xFF_FFFF;
+        Self(format!("{micros:018X}{random:06X}"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueId {
+    type Error = QueueError;
+    fn try_from(s: String) -> Result<Self, QueueError> {
+        if s.len() == ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        {
+            Ok(Self(s))
+        } else {
+            Err(QueueError::BadId(s))
+        }
+    }
+}
+
+impl std::str::FromStr for QueueId {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self, QueueError> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<QueueId> for String {
+    fn from(id: QueueId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What can go wrong in the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The database failed.
+    #[error("queue database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Stored JSON could not be written or read back.
+    #[error("queue record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `PRAGMA integrity_check` did not answer `ok`.
+    #[error("queue database {path} is damaged: {report}")]
+    Integrity {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        report: String,
+    },
+    /// The database was written by a newer danemta.
+    #[error("queue database schema version {found} is newer than this danemta ({supported})")]
+    SchemaTooNew {
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// Not a queue id.
+    #[error("{0:?} is not a queue id")]
+    BadId(String),
+    /// No message with this id.
+    #[error("no message {0} in the queue")]
+    NotFound(QueueId),
+    /// The claim's lease was taken over by another claimer (it had expired).
+    #[error("the lease on {0} was lost to another claimer")]
+    LeaseLost(QueueId),
+    /// The message has no body (see [`Recovery::missing_bodies`]).
+    #[error("the body of {0} is missing")]
+    MissingBody(QueueId),
+    /// The store's lock was poisoned by a panic in another thread.
+    #[error("queue store lock poisoned")]
+    Poisoned,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
+    move |source| QueueError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Who claims, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The claimer (node and worker), kept for the queue view and for debugging.
+    pub owner: String,
+    /// The lease ends at this time; after it, the message is due again for anyone.
+    pub until: Timestamp,
+}
+
+/// A message claimed by [`Store::due`]: what a worker needs to attempt a delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The message.
+    pub id: QueueId,
+    /// This claim's token: [`Store::record_attempt`] and [`Store::complete`] check it.
+    pub token: String,
+    /// The lease.
+    pub lease: Lease,
+    /// The envelope sender (empty for the null sender).
+    pub sender: String,
+    /// The recipients still to deliver whose next attempt is due, in envelope order.
+    pub recipients: Vec<String>,
+    /// When the message arrived.
+    pub arrival_time: Timestamp,
+}
+
+/// Where one recipient stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipientState {
+    /// Not delivered yet (never tried, or deferred).
+    Pending,
+    /// Accepted by the next hop.
+    Delivered,
+    /// Failed permanently (or expired): a DSN is owed to the sender.
+    Bounced,
+}
+
+impl RecipientState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RecipientState::Pending => "pending",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Bounced => "bounced",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "delivered" => RecipientState::Delivered,
+            "bounced" => RecipientState::Bounced,
+            _ => RecipientState::Pending,
+        }
+    }
+}
+
+/// What [`Store::record_attempt`] left: how many recipients are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Still to deliver.
+    pub pending: usize,
+    /// Delivered.
+    pub delivered: usize,
+    /// Bounced.
+    pub bounced: usize,
+}
+
+impl Progress {
+    /// Every recipient is delivered or bounced: [`Store::complete`] removes the message.
+    pub fn done(&self) -> bool {
+        self.pending == 0
+    }
+}
+
+/// The queue a message is in, as Postfix's `postqueue -j` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueName {
+    /// Claimed by a worker (a live lease).
+    Active,
+    /// At least one attempt failed temporarily.
+    Deferred,
+    /// Held by the operator (or by recovery): never due until released.
+    Hold,
+    /// Accepted, not tried yet.
+    Incoming,
+}
+
+/// One recipient in the queue view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientView {
+    /// The address.
+    pub address: String,
+    /// Why it is still queued (the last reply or reason); absent before the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delay_reason: Option<String>,
+    /// Where it stands.
+    pub state: RecipientState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it is due next (Unix seconds).
+    pub next_attempt: Timestamp,
+    /// The security of the last attempt's connection.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub security: Option<Security>,
+}
+
+/// One message in the queue view: the fields of `postqueue -j` plus ours (PRODUCT.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// `active | deferred | hold | incoming`.
+    pub queue_name: QueueName,
+    /// The id.
+    pub queue_id: QueueId,
+    /// Unix seconds.
+    pub arrival_time: Timestamp,
+    /// Bytes of the body.
+    pub message_size: u64,
+    /// The envelope sender (empty for the null sender).
+    pub sender: String,
+    /// The recipients not yet delivered or bounced (all of them in [`Store::show`]).
+    pub recipients: Vec<RecipientView>,
+    /// Why the message is held, when it is.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hold_reason: Option<String>,
+    /// Every attempt made, oldest first (only in [`Store::show`]).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub history: Vec<Attempt>,
+}
+
+/// The durable queue, as the daemon and `danemta queue` use it. See the module documentation
+/// for why it is synchronous, and how leases work.
+pub trait Store: Send + Sync {
+    /// Queues a message. Returns only when the body and the envelope are on stable storage:
+    /// the listener answers `250` to end-of-data after this, never before.
+    fn accept(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<QueueId, QueueError>;
+
+    /// Claims up to `limit` messages with a recipient due at `now` that are neither held nor
+    /// under a live lease, oldest due first, for `lease`.
+    fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError>;
+
+    /// Stores one delivery try of a claimed message: the typed outcomes per recipient and the
+    /// attempts (connections) made. Delivered and bounced recipients are done; a deferred one
+    /// counts one more attempt and is due again at `next_attempt` (the scheduler's back-off).
+    /// The lease is kept: end the claim with [`Store::complete`].
+    fn record_attempt(
+        &self,
+        claim: &Claim,
+        outcomes: &[RecipientOutcome],
+        attempts: &[Attempt],
+        next_attempt: Timestamp,
+    ) -> Result<Progress, QueueError>;
+
+    /// Ends a claim. A message whose recipients are all done leaves the queue (its body is
+    /// removed) and `true` is returned; otherwise its lease is released and it is due again
+    /// at its recipients' next attempt.
+    fn complete(&self, claim: &Claim) -> Result<bool, QueueError>;
+
+    /// Every message, in id (arrival) order; the view of `danemta queue list`.
+    fn list(&self, now: Timestamp) -> Result<Vec<QueueEntry>, QueueError>;
+
+    /// One message with every recipient and the attempt history.
+    fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError>;
+
+    /// Holds a message: never due until released.
+    fn hold(&self, id: &QueueId, reason: &str) -> Result<(), QueueError>;
+
+    /// Releases a held message.
+    fn release(&self, id: &QueueId) -> Result<(), QueueError>;
+
+    /// Removes a message and its body without delivering it.
+    fn delete(&self, id: &QueueId) -> Result<(), QueueError>;
+
+    /// Makes the given messages (every message when `ids` is empty) due at `now`. Held
+    /// messages stay held. Returns how many messages were flushed.
+    fn flush(&self, ids: &[QueueId], now: Timestamp) -> Result<usize, QueueError>;
+
+    /// Reads a message's body.
+    fn body(&self, id: &QueueId) -> Result<Box<dyn Read + Send>, QueueError>;
+}
+
+/// What [`LocalStore::open`] found and repaired after a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Spool files without a row (a crash between the body and the row: the client never got
+    /// `250`), moved to `quarantine/` with a `.reason` file beside them.
+    pub orphan_bodies: Vec<QueueId>,
+    /// Rows without a body file, put on hold with a reason (never silently dropped).
+    pub missing_bodies: Vec<QueueId>,
+    /// Half-written temporary files removed.
+    pub temporary_files: usize,
+    /// Expired leases released (messages that were being delivered go back to the queue).
+    pub expired_leases: usize,
+}
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE messages (
+    id          TEXT PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    arrival     INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    hold_reason TEXT,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_until INTEGER
+);
+CREATE TABLE recipients (
+    message      TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    delay_reason TEXT,
+    security     TEXT,
+    outcome      TEXT,
+    PRIMARY KEY (message, position)
+);
+CREATE INDEX recipients_due ON recipients (state, next_attempt);
+CREATE TABLE attempts (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    attempt TEXT NOT NULL
+);
+CREATE INDEX attempts_message ON attempts (message);
+";
+
+/// The embedded store: bodies in `DIR/spool/ID`, envelopes and state in `DIR/queue.sqlite`
+/// (WAL, `synchronous=FULL`).
+pub struct LocalStore {
+    conn: Mutex<Connection>,
+    spool: PathBuf,
+    quarantine: PathBuf,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("spool", &self.spool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn is_id(name: &str) -> Option<QueueId> {
+    QueueId::try_from(name.to_owned()).ok()
+}
+
+impl LocalStore {
+    /// Opens (or creates) the queue in `dir`, checks the database's integrity, migrates its
+    /// schema and recovers what a crash left (see [`Recovery`]); `now` decides which leases
+    /// have expired.
+    pub fn open(dir: &Path, now: Timestamp) -> Result<(Self, Recovery), QueueError> {
+        let spool = dir.join("spool");
+        let quarantine = dir.join("quarantine");
+        for d in [dir, &spool, &quarantine] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        let db = dir.join("queue.sqlite");
+        let mut conn = Connection::open(&db)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let report: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if report != "ok" {
+            return Err(QueueError::Integrity { path: db, report });
+        }
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        migrate(&mut conn)?;
+        fsync_dir(dir)?;
+        let store = Self {
+            conn: Mutex::new(conn),
+            spool,
+            quarantine,
+        };
+        let recovery = store.recover(now)?;
+        Ok((store, recovery))
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, QueueError> {
+        self.conn.lock().map_err(|_| QueueError::Poisoned)
+    }
+
+    fn body_path(&self, id: &QueueId) -> PathBuf {
+        self.spool.join(id.as_str())
+    }
+
+    fn recover(&self, now: Timestamp) -> Result<Recovery, QueueError> {
+        let mut recovery = Recovery::default();
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Spool files first: a body whose row is missing was never acknowledged.
+        let entries = fs::read_dir(&self.spool).map_err(io_err(&self.spool))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.spool))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match is_id(&name) {
+                Some(id) => {
+                    let known: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+                        [id.as_str()],
+                        |r| r.get(0),
+                    )?;
+                    if !known {
+                        let target = self.quarantine.join(&name);
+                        fs::rename(&path, &target).map_err(io_err(&path))?;
+                        let reason = self.quarantine.join(format!("{name}.reason"));
+                        write_durably(
+                            &reason,
+                            b"spool file without a queue entry: the crash came between the body and the envelope, before 250\n",
+                        )?;
+                        recovery.orphan_bodies.push(id);
+                    }
+                }
+                None => {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    recovery.temporary_files += 1;
+                }
+            }
+        }
+        fsync_dir(&self.spool)?;
+        fsync_dir(&self.quarantine)?;
+        recovery.orphan_bodies.sort();
+        // Then rows whose body is gone: held with a reason, never dropped silently.
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT id FROM messages ORDER BY id")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for id in ids {
+            let Some(id) = is_id(&id) else { continue };
+            if !self.body_path(&id).exists() {
+                tx.execute(
+                    "UPDATE messages SET hold_reason = 'body file missing from the spool', \
+                     lease_owner = NULL, lease_token = NULL, lease_until = NULL WHERE id = ?1",
+                    [id.as_str()],
+                )?;
+                recovery.missing_bodies.push(id);
+            }
+        }
+        recovery.expired_leases = tx.execute(
+            "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL \
+             WHERE lease_until IS NOT NULL AND lease_until <= ?1",
+            [now],
+        )?;
+        tx.commit()?;
+        Ok(recovery)
+    }
+
+    fn check_lease(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<(), QueueError> {
+        let token: Option<Option<String>> = tx
+            .query_row(
+                "SELECT lease_token FROM messages WHERE id = ?1",
+                [claim.id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match token {
+            None => Err(QueueError::NotFound(claim.id.clone())),
+            Some(Some(t)) if t == claim.token => Ok(()),
+            Some(_) => Err(QueueError::LeaseLost(claim.id.clone())),
+        }
+    }
+
+    fn remove_body(&self, id: &QueueId) -> Result<(), QueueError> {
+        let path = self.body_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.spool),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn entry(
+        conn: &Connection,
+        id: &str,
+        now: Timestamp,
+        all: bool,
+    ) -> Result<Option<QueueEntry>, QueueError> {
+        let row = conn
+            .query_row(
+                "SELECT sender, arrival, size, hold_reason, lease_until FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((sender, arrival, size, hold_reason, lease_until)) = row else {
+            return Ok(None);
+        };
+        let queue_id = QueueId::try_from(id.to_owned())?;
+        let mut stmt = conn.prepare(
+            "SELECT address, state, attempts, next_attempt, delay_reason, security \
+             FROM recipients WHERE message = ?1 ORDER BY position",
+        )?;
+        let mut recipients = Vec::new();
+        for row in stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })? {
+            let (address, state, attempts, next_attempt, delay_reason, security) = row?;
+            let state = RecipientState::parse(&state);
+            if !all && state != RecipientState::Pending {
+                continue;
+            }
+            let security = match security {
+                Some(s) => Some(serde_json::from_str(&s)?),
+                None => None,
+            };
+            recipients.push(RecipientView {
+                address,
+                delay_reason,
+                state,
+                attempts,
+                next_attempt,
+                security,
+            });
+        }
+        let queue_name = if hold_reason.is_some() {
+            QueueName::Hold
+        } else if lease_until.is_some_and(|t| t > now) {
+            QueueName::Active
+        } else if recipients.iter().any(|r| r.attempts > 0) {
+            QueueName::Deferred
+        } else {
+            QueueName::Incoming
+        };
+        let mut history = Vec::new();
+        if all {
+            let mut stmt =
+                conn.prepare("SELECT attempt FROM attempts WHERE message = ?1 ORDER BY seq")?;
+            for json in stmt.query_map([id], |r| r.get::<_, String>(0))? {
+                history.push(serde_json::from_str(&json?)?);
+            }
+        }
+        Ok(Some(QueueEntry {
+            queue_name,
+            queue_id,
+            arrival_time: arrival,
+            message_size: u64::try_from(size).unwrap_or(0),
+            sender,
+            recipients,
+            hold_reason,
+            history,
+        }))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename, fsync
+/// the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    fsync_dir(dir)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> = tx
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(QueueError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // One step per version; a later schema adds `if found < 2 { … }` here.
+    if found < 1 {
+        tx.execute_batch(SCHEMA_V1)?;
+    }
+    if found < SCHEMA_VERSION {
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [SCHEMA_VERSION],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn new_token(owner: &str) -> String {
+    format!("{owner}/{}", QueueId::generate())
+}
+
+impl Store for LocalStore {
+    fn accept(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<QueueId, QueueError> {
+        let id = QueueId::generate();
+        let path = self.body_path(&id);
+        write_durably(&path, body)?;
+        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let stored = (|| -> Result<(), QueueError> {
+            let mut conn = self.conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO messages (id, sender, arrival, size) VALUES (?1, ?2, ?3, ?4)",
+                params![id.as_str(), envelope.sender(), now, size],
+            )?;
+            for (position, rcpt) in envelope.recipients().iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO recipients (message, position, address, next_attempt) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        id.as_str(),
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        rcpt,
+                        now
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = stored {
+            // Not acknowledged: the body must not linger as an orphan.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let picked: Vec<(String, String, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT m.id, m.sender, m.arrival FROM messages m \
+                 JOIN recipients r ON r.message = m.id \
+                 WHERE r.state = 'pending' AND r.next_attempt <= ?1 \
+                   AND m.hold_reason IS NULL \
+                   AND (m.lease_until IS NULL OR m.lease_until <= ?1) \
+                 GROUP BY m.id ORDER BY min(r.next_attempt), m.id LIMIT ?2",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            stmt.query_map(params![now, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut claims = Vec::with_capacity(picked.len());
+        for (id, sender, arrival_time) in picked {
+            let token = new_token(&lease.owner);
+            tx.execute(
+                "UPDATE messages SET lease_owner = ?2, lease_token = ?3, lease_until = ?4 \
+                 WHERE id = ?1",
+                params![id, lease.owner, token, lease.until],
+            )?;
+            let recipients: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT address FROM recipients WHERE message = ?1 AND state = 'pending' \
+                     AND next_attempt <= ?2 ORDER BY position",
+                )?;
+                stmt.query_map(params![id, now], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            claims.push(Claim {
+                id: QueueId::try_from(id)?,
+                token,
+                lease: lease.clone(),
+                sender,
+                recipients,
+                arrival_time,
+            });
+        }
+        tx.commit()?;
+        Ok(claims)
+    }
+
+    fn record_attempt(
+        &self,
+        claim: &Claim,
+        outcomes: &[RecipientOutcome],
+        attempts: &[Attempt],
+        next_attempt: Timestamp,
+    ) -> Result<Progress, QueueError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::check_lease(&tx, claim)?;
+        for attempt in attempts {
+            tx.execute(
+                "INSERT INTO attempts (message, attempt) VALUES (?1, ?2)",
+                params![claim.id.as_str(), serde_json::to_string(attempt)?],
+            )?;
+        }
+        let security = match attempts.last() {
+            Some(a) => Some(serde_json::to_string(&a.security)?),
+            None => None,
+        };
+        for outcome in outcomes {
+            let state = match outcome.outcome {
+                Fate::Delivered => RecipientState::Delivered,
+                Fate::Bounced => RecipientState::Bounced,
+                Fate::Deferred => RecipientState::Pending,
+            };
+            tx.execute(
+                "UPDATE recipients SET state = ?3, attempts = attempts + 1, \
+                 next_attempt = ?4, delay_reason = ?5, security = coalesce(?6, security), \
+                 outcome = ?7 \
+                 WHERE message = ?1 AND address = ?2 AND state = 'pending'",
+                params![
+                    claim.id.as_str(),
+                    outcome.address,
+                    state.as_str(),
+                    next_attempt,
+                    outcome.reply.to_string(),
+                    security,
+                    serde_json::to_string(outcome)?,
+                ],
+            )?;
+        }
+        let mut progress = Progress::default();
+        {
+            let mut stmt = tx.prepare(
+                "SELECT state, count(*) FROM recipients WHERE message = ?1 GROUP BY state",
+            )?;
+            for row in stmt.query_map([claim.id.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })? {
+                let (state, n) = row?;
+                let n = usize::try_from(n).unwrap_or(0);
+                match RecipientState::parse(&state) {
+                    RecipientState::Pending => progress.pending = n,
+                    RecipientState::Delivered => progress.delivered = n,
+                    RecipientState::Bounced => progress.bounced = n,
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(progress)
+    }
+
+    fn complete(&self, claim: &Claim) -> Result<bool, QueueError> {
+        let removed = {
+            let mut conn = self.conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            Self::check_lease(&tx, claim)?;
+            let pending: i64 = tx.query_row(
+                "SELECT count(*) FROM recipients WHERE message = ?1 AND state = 'pending'",
+                [claim.id.as_str()],
+                |r| r.get(0),
+            )?;
+            let removed = pending == 0;
+            if removed {
+                tx.execute("DELETE FROM messages WHERE id = ?1", [claim.id.as_str()])?;
+            } else {
+                tx.execute(
+                    "UPDATE messages SET lease_owner = NULL, lease_token = NULL, \
+                     lease_until = NULL WHERE id = ?1",
+                    [claim.id.as_str()],
+                )?;
+            }
+            tx.commit()?;
+            removed
+        };
+        // The row goes first: a crash in between leaves an orphan body, which recovery
+        // quarantines; never a row without its body.
+        if removed {
+            self.remove_body(&claim.id)?;
+        }
+        Ok(removed)
+    }
+
+    fn list(&self, now: Timestamp) -> Result<Vec<QueueEntry>, QueueError> {
+        let conn = self.conn()?;
+        let ids: Vec<String> = {
+            let mut stmt = conn.prepare("SELECT id FROM messages ORDER BY id")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = Self::entry(&conn, &id, now, false)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError> {
+        let conn = self.conn()?;
+        Self::entry(&conn, id.as_str(), now, true)?.ok_or_else(|| QueueError::NotFound(id.clone()))
+    }
+
+    fn hold(&self, id: &QueueId, reason: &str) -> Result<(), QueueError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE messages SET hold_reason = ?2 WHERE id = ?1",
+            params![id.as_str(), reason],
+        )?;
+        if n == 0 {
+            return Err(QueueError::NotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    fn release(&self, id: &QueueId) -> Result<(), QueueError> {
+        if !self.body_path(id).exists() {
+            return Err(QueueError::MissingBody(id.clone()));
+        }
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE messages SET hold_reason = NULL WHERE id = ?1",
+            [id.as_str()],
+        )?;
+        if n == 0 {
+            return Err(QueueError::NotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM messages WHERE id = ?1", [id.as_str()])?;
+        if n == 0 {
+            return Err(QueueError::NotFound(id.clone()));
+        }
+        self.remove_body(id)
+    }
+
+    fn flush(&self, ids: &[QueueId], now: Timestamp) -> Result<usize, QueueError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let targets: Vec<String> = if ids.is_empty() {
+            let mut stmt = tx.prepare("SELECT id FROM messages WHERE hold_reason IS NULL")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            ids.iter().map(|i| i.as_str().to_owned()).collect()
+        };
+        let mut flushed = 0;
+        for id in targets {
+            let n = tx.execute(
+                "UPDATE recipients SET next_attempt = min(next_attempt, ?2) \
+                 WHERE message = ?1 AND state = 'pending' \
+                 AND message IN (SELECT id FROM messages WHERE hold_reason IS NULL)",
+                params![id, now],
+            )?;
+            if n > 0 {
+                flushed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(flushed)
+    }
+
+    fn body(&self, id: &QueueId) -> Result<Box<dyn Read + Send>, QueueError> {
+        let path = self.body_path(id);
+        match File::open(&path) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let known: bool = self.conn()?.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )?;
+                Err(if known {
+                    QueueError::MissingBody(id.clone())
+                } else {
+                    QueueError::NotFound(id.clone())
+                })
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
