@@ -1,0 +1,474 @@
+//! The durable queue through its `Store` trait, on the embedded `LocalStore`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use relay::queue::{Lease, LocalStore, QueueError, QueueId, QueueName, RecipientState, Store};
+use smtp::Attempt;
+use smtp::Envelope;
+use smtp::outcome::RecipientOutcome;
+
+/// A unique directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "danemta-queue-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const T0: i64 = 1_800_000_000;
+
+fn open(dir: &TempDir, now: i64) -> LocalStore {
+    LocalStore::open(dir.path(), now).unwrap().0
+}
+
+fn envelope(to: &[&str]) -> Envelope {
+    Envelope::new("alice@example.org", to.iter().copied()).unwrap()
+}
+
+fn lease(owner: &str, until: i64) -> Lease {
+    Lease {
+        owner: owner.into(),
+        until,
+    }
+}
+
+fn outcome(address: &str, fate: &str, reply: &str) -> RecipientOutcome {
+    serde_json::from_value(serde_json::json!({
+        "address": address, "outcome": fate, "reply": reply,
+    }))
+    .unwrap()
+}
+
+fn attempt(security: &str) -> Attempt {
+    serde_json::from_value(serde_json::json!({
+        "host": "mx.example.com", "address": "192.0.2.1", "port": 25,
+        "sni": "mx.example.com", "security": security, "delivered": false,
+        "dane": { "state": "not-applicable", "tlsa": [] },
+        "dnssec": { "mx": "insecure", "a": "insecure", "aaaa": "insecure", "tlsa": null },
+        "reason": "451 4.3.0 try again later",
+        "rule": "RFC 7672 §2.2", "rule_id": "dane-mandatory",
+        "replies": ["451 4.3.0 try again later"],
+    }))
+    .unwrap()
+}
+
+fn body_of(store: &LocalStore, id: &QueueId) -> Vec<u8> {
+    let mut v = Vec::new();
+    store.body(id).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn a_message_lives_from_accept_to_delivery() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let body = b"Subject: hi\r\n\r\nhello\r\n";
+    let id = store
+        .accept(&envelope(&["b@example.com", "c@example.com"]), body, T0)
+        .unwrap();
+    assert_eq!(body_of(&store, &id), body);
+
+    let list = store.list(T0).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].queue_id, id);
+    assert_eq!(list[0].queue_name, QueueName::Incoming);
+    assert_eq!(list[0].message_size, body.len() as u64);
+    assert_eq!(list[0].recipients.len(), 2);
+
+    // First try: b deferred, c delivered.
+    let claims = store.due(T0, 10, &lease("w1", T0 + 60)).unwrap();
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
+    assert_eq!(claim.recipients, ["b@example.com", "c@example.com"]);
+    assert_eq!(store.list(T0).unwrap()[0].queue_name, QueueName::Active);
+    let progress = store
+        .record_attempt(
+            claim,
+            &[
+                outcome("b@example.com", "deferred", "451 4.3.0 try again later"),
+                outcome("c@example.com", "delivered", "250 2.0.0 Ok"),
+            ],
+            &[attempt("untrusted")],
+            T0 + 300,
+        )
+        .unwrap();
+    assert_eq!((progress.pending, progress.delivered), (1, 1));
+    assert!(!store.complete(claim).unwrap());
+
+    let entry = &store.list(T0 + 1).unwrap()[0];
+    assert_eq!(entry.queue_name, QueueName::Deferred);
+    assert_eq!(entry.recipients.len(), 1);
+    let b = &entry.recipients[0];
+    assert_eq!(b.address, "b@example.com");
+    assert_eq!(b.attempts, 1);
+    assert_eq!(b.next_attempt, T0 + 300);
+    assert_eq!(b.delay_reason.as_deref(), Some("451 4.3.0 try again later"));
+    assert_eq!(b.security, Some(smtp::Security::Untrusted));
+    let shown = store.show(&id, T0 + 1).unwrap();
+    assert_eq!(shown.recipients.len(), 2);
+    assert_eq!(shown.recipients[1].state, RecipientState::Delivered);
+    assert_eq!(shown.history.len(), 1);
+
+    // Not due before next_attempt; due after, for the deferred recipient only.
+    assert!(
+        store
+            .due(T0 + 299, 10, &lease("w1", T0 + 400))
+            .unwrap()
+            .is_empty()
+    );
+    let claims = store.due(T0 + 300, 10, &lease("w1", T0 + 400)).unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].recipients, ["b@example.com"]);
+    let progress = store
+        .record_attempt(
+            &claims[0],
+            &[outcome("b@example.com", "delivered", "250 2.0.0 Ok")],
+            &[attempt("verified")],
+            T0 + 600,
+        )
+        .unwrap();
+    assert!(progress.done());
+    assert!(store.complete(&claims[0]).unwrap());
+    assert!(store.list(T0 + 300).unwrap().is_empty());
+    assert!(matches!(store.body(&id), Err(QueueError::NotFound(_))));
+    let spool: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .collect();
+    assert!(spool.is_empty(), "the body file is removed");
+}
+
+#[test]
+fn bounced_recipients_are_done_and_shown() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let id = store
+        .accept(&envelope(&["b@example.com"]), b"x", T0)
+        .unwrap();
+    let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
+    let p = store
+        .record_attempt(
+            &claims[0],
+            &[outcome(
+                "b@example.com",
+                "bounced",
+                "550 5.1.1 no such user",
+            )],
+            &[attempt("verified")],
+            T0 + 300,
+        )
+        .unwrap();
+    assert_eq!((p.pending, p.bounced), (0, 1));
+    // Before complete, the DSN writer can read what bounced.
+    let shown = store.show(&id, T0).unwrap();
+    assert_eq!(shown.recipients[0].state, RecipientState::Bounced);
+    assert!(store.complete(&claims[0]).unwrap());
+    assert!(matches!(store.show(&id, T0), Err(QueueError::NotFound(_))));
+}
+
+#[test]
+fn hold_release_delete_flush() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let a = store
+        .accept(&envelope(&["b@example.com"]), b"a", T0)
+        .unwrap();
+    let b = store
+        .accept(&envelope(&["c@example.com"]), b"b", T0)
+        .unwrap();
+    assert!(a < b, "ids sort by arrival");
+
+    store.hold(&a, "operator").unwrap();
+    let list = store.list(T0).unwrap();
+    assert_eq!(list[0].queue_name, QueueName::Hold);
+    assert_eq!(list[0].hold_reason.as_deref(), Some("operator"));
+    let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].id, b);
+    // b deferred far into the future.
+    store
+        .record_attempt(
+            &claims[0],
+            &[outcome("c@example.com", "deferred", "451 later")],
+            &[],
+            T0 + 3600,
+        )
+        .unwrap();
+    store.complete(&claims[0]).unwrap();
+    assert!(
+        store
+            .due(T0 + 1, 10, &lease("w", T0 + 60))
+            .unwrap()
+            .is_empty()
+    );
+
+    // flush makes b due now; a stays held.
+    assert_eq!(store.flush(&[], T0 + 1).unwrap(), 1);
+    let claims = store.due(T0 + 1, 10, &lease("w", T0 + 60)).unwrap();
+    assert_eq!(claims.iter().map(|c| &c.id).collect::<Vec<_>>(), [&b]);
+    store.complete(&claims[0]).unwrap();
+
+    // b, released without a new deferral, stays due; a joins it once released.
+    store.release(&a).unwrap();
+    let claims = store.due(T0 + 2, 10, &lease("w", T0 + 60)).unwrap();
+    assert_eq!(claims.iter().map(|c| &c.id).collect::<Vec<_>>(), [&a, &b]);
+    for c in &claims {
+        store.complete(c).unwrap();
+    }
+
+    store.delete(&a).unwrap();
+    assert!(matches!(store.delete(&a), Err(QueueError::NotFound(_))));
+    assert!(!dir.path().join("spool").join(a.as_str()).exists());
+    assert_eq!(store.list(T0).unwrap().len(), 1);
+    assert!(matches!(store.hold(&a, "x"), Err(QueueError::NotFound(_))));
+}
+
+#[test]
+fn a_claimed_message_is_not_due_for_another_claimer_until_its_lease_expires() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    store
+        .accept(&envelope(&["b@example.com"]), b"x", T0)
+        .unwrap();
+    let first = store.due(T0, 10, &lease("node1", T0 + 60)).unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(
+        store
+            .due(T0 + 59, 10, &lease("node2", T0 + 120))
+            .unwrap()
+            .is_empty()
+    );
+    let second = store.due(T0 + 60, 10, &lease("node2", T0 + 120)).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].token, second[0].token);
+    // The first claimer notices it lost the lease.
+    let late = store.record_attempt(
+        &first[0],
+        &[outcome("b@example.com", "delivered", "250 ok")],
+        &[],
+        T0,
+    );
+    assert!(matches!(late, Err(QueueError::LeaseLost(_))));
+    assert!(matches!(
+        store.complete(&first[0]),
+        Err(QueueError::LeaseLost(_))
+    ));
+    // The second one finishes.
+    store
+        .record_attempt(
+            &second[0],
+            &[outcome("b@example.com", "delivered", "250 ok")],
+            &[],
+            T0,
+        )
+        .unwrap();
+    assert!(store.complete(&second[0]).unwrap());
+}
+
+#[test]
+fn due_respects_the_limit() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    for _ in 0..5 {
+        store
+            .accept(&envelope(&["b@example.com"]), b"x", T0)
+            .unwrap();
+    }
+    assert_eq!(store.due(T0, 3, &lease("w", T0 + 60)).unwrap().len(), 3);
+    assert_eq!(store.due(T0, 3, &lease("w", T0 + 60)).unwrap().len(), 2);
+    assert!(store.due(T0, 3, &lease("w", T0 + 60)).unwrap().is_empty());
+}
+
+#[test]
+fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
+    let dir = TempDir::new();
+    let (kept, lost) = {
+        let store = open(&dir, T0);
+        let kept = store
+            .accept(&envelope(&["b@example.com"]), b"k", T0)
+            .unwrap();
+        let lost = store
+            .accept(&envelope(&["c@example.com"]), b"l", T0)
+            .unwrap();
+        (kept, lost)
+    };
+    let spool = dir.path().join("spool");
+    // A crash between body and row; a half-written temporary file; a lost body.
+    let orphan = QueueId::generate();
+    std::fs::write(spool.join(orphan.as_str()), b"never acknowledged").unwrap();
+    std::fs::write(spool.join(format!("{}.tmp", QueueId::generate())), b"half").unwrap();
+    std::fs::remove_file(spool.join(lost.as_str())).unwrap();
+
+    let (store, recovery) = LocalStore::open(dir.path(), T0).unwrap();
+    assert_eq!(recovery.orphan_bodies, [orphan.clone()]);
+    assert_eq!(recovery.missing_bodies, [lost.clone()]);
+    assert_eq!(recovery.temporary_files, 1);
+    let q = dir.path().join("quarantine");
+    assert!(q.join(orphan.as_str()).exists());
+    let reason = std::fs::read_to_string(q.join(format!("{orphan}.reason"))).unwrap();
+    assert!(reason.contains("without a queue entry"));
+    assert!(!spool.join(orphan.as_str()).exists());
+
+    let list = store.list(T0).unwrap();
+    assert_eq!(list.len(), 2);
+    let held = list.iter().find(|e| e.queue_id == lost).unwrap();
+    assert_eq!(held.queue_name, QueueName::Hold);
+    assert!(
+        held.hold_reason
+            .as_deref()
+            .unwrap()
+            .contains("body file missing")
+    );
+    assert!(matches!(store.body(&lost), Err(QueueError::MissingBody(_))));
+    assert!(matches!(
+        store.release(&lost),
+        Err(QueueError::MissingBody(_))
+    ));
+    let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
+    assert_eq!(claims.iter().map(|c| &c.id).collect::<Vec<_>>(), [&kept]);
+}
+
+#[test]
+fn recovery_releases_expired_leases_only() {
+    let dir = TempDir::new();
+    {
+        let store = open(&dir, T0);
+        store
+            .accept(&envelope(&["b@example.com"]), b"1", T0)
+            .unwrap();
+        store
+            .accept(&envelope(&["c@example.com"]), b"2", T0)
+            .unwrap();
+        let a = store.due(T0, 1, &lease("dead", T0 + 10)).unwrap();
+        let b = store.due(T0, 1, &lease("alive", T0 + 1000)).unwrap();
+        assert_eq!((a.len(), b.len()), (1, 1));
+        // Dropped without completing: a crash while delivering.
+    }
+    let (store, recovery) = LocalStore::open(dir.path(), T0 + 20).unwrap();
+    assert_eq!(recovery.expired_leases, 1);
+    let names: Vec<_> = store
+        .list(T0 + 20)
+        .unwrap()
+        .iter()
+        .map(|e| e.queue_name)
+        .collect();
+    assert_eq!(names, [QueueName::Incoming, QueueName::Active]);
+    assert_eq!(
+        store.due(T0 + 20, 10, &lease("w", T0 + 80)).unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn the_body_is_complete_whenever_the_row_is_visible() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let ids: Vec<QueueId> = (0..5)
+        .map(|_| {
+            store
+                .accept(&envelope(&["b@example.com"]), &body, T0)
+                .unwrap()
+        })
+        .collect();
+    // Another connection (another process: `danemta queue`) sees rows only with full bodies.
+    let db = rusqlite::Connection::open(dir.path().join("queue.sqlite")).unwrap();
+    let mut stmt = db.prepare("SELECT id, size FROM messages").unwrap();
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), ids.len());
+    for (id, size) in rows {
+        let on_disk = std::fs::read(dir.path().join("spool").join(&id)).unwrap();
+        assert_eq!(on_disk.len() as i64, size);
+        assert_eq!(on_disk, body);
+    }
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn the_queue_view_has_the_postqueue_field_names() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let id = store
+        .accept(&envelope(&["b@example.com"]), b"hello", T0)
+        .unwrap();
+    let claims = store.due(T0, 1, &lease("w", T0 + 60)).unwrap();
+    store
+        .record_attempt(
+            &claims[0],
+            &[outcome(
+                "b@example.com",
+                "deferred",
+                "451 4.7.5 TLSA mismatch",
+            )],
+            &[attempt("untrusted")],
+            T0 + 300,
+        )
+        .unwrap();
+    store.complete(&claims[0]).unwrap();
+    let entry = &store.list(T0 + 1).unwrap()[0];
+    let v = serde_json::to_value(entry).unwrap();
+    assert_eq!(v["queue_name"], "deferred");
+    assert_eq!(v["queue_id"], id.as_str());
+    assert_eq!(v["arrival_time"], T0);
+    assert_eq!(v["message_size"], 5);
+    assert_eq!(v["sender"], "alice@example.org");
+    let r = &v["recipients"][0];
+    assert_eq!(r["address"], "b@example.com");
+    assert_eq!(r["delay_reason"], "451 4.7.5 TLSA mismatch");
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(r["next_attempt"], T0 + 300);
+    assert_eq!(r["security"], "untrusted");
+    assert!(v.get("history").is_none(), "the list view has no history");
+    let shown = serde_json::to_value(store.show(&id, T0 + 1).unwrap()).unwrap();
+    assert_eq!(shown["history"][0]["security"], "untrusted");
+}
+
+#[test]
+fn the_null_sender_is_kept() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    let env = Envelope::new("<>", ["b@example.com"]).unwrap();
+    store.accept(&env, b"dsn", T0).unwrap();
+    assert_eq!(store.list(T0).unwrap()[0].sender, "");
+}
+
+#[test]
+fn a_damaged_database_is_refused() {
+    let dir = TempDir::new();
+    drop(open(&dir, T0));
+    std::fs::write(
+        dir.path().join("queue.sqlite"),
+        b"this is not a database at all, truly",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(dir.path().join("queue.sqlite-wal"));
+    let _ = std::fs::remove_file(dir.path().join("queue.sqlite-shm"));
+    assert!(LocalStore::open(dir.path(), T0).is_err());
+}
