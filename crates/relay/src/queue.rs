@@ -27,7 +27,7 @@
 //! RETURNING`.
 
 use std::collections::hash_map::RandomState;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -370,6 +370,10 @@ pub struct Recovery {
     pub temporary_files: usize,
     /// Expired leases released (messages that were being delivered go back to the queue).
     pub expired_leases: usize,
+    /// Whether the spool was scanned for orphan and temporary files: only by the process that
+    /// holds the queue's lock (the daemon). Another process opening the same queue while it
+    /// runs (`danemta queue`) must not take a body whose row is being written for an orphan.
+    pub spool_scanned: bool,
 }
 
 /// The schema version this build writes.
@@ -411,6 +415,8 @@ CREATE INDEX attempts_message ON attempts (message);
 /// (WAL, `synchronous=FULL`).
 pub struct LocalStore {
     conn: Mutex<Connection>,
+    /// `DIR/lock`, held exclusively for the store's lifetime by the owning process.
+    _lock: Option<File>,
     spool: PathBuf,
     quarantine: PathBuf,
 }
@@ -436,7 +442,8 @@ fn is_id(name: &str) -> Option<QueueId> {
 impl LocalStore {
     /// Opens (or creates) the queue in `dir`, checks the database's integrity, migrates its
     /// schema and recovers what a crash left (see [`Recovery`]); `now` decides which leases
-    /// have expired.
+    /// have expired. The first process to open the queue holds `DIR/lock` until the store is
+    /// dropped; only that process scans the spool for orphan files.
     pub fn open(dir: &Path, now: Timestamp) -> Result<(Self, Recovery), QueueError> {
         let spool = dir.join("spool");
         let quarantine = dir.join("quarantine");
@@ -453,13 +460,27 @@ impl LocalStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
         migrate(&mut conn)?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let lock = match lock.try_lock() {
+            Ok(()) => Some(lock),
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        };
         fsync_dir(dir)?;
+        let owner = lock.is_some();
         let store = Self {
             conn: Mutex::new(conn),
+            _lock: lock,
             spool,
             quarantine,
         };
-        let recovery = store.recover(now)?;
+        let recovery = store.recover(now, owner)?;
         Ok((store, recovery))
     }
 
@@ -471,12 +492,21 @@ impl LocalStore {
         self.spool.join(id.as_str())
     }
 
-    fn recover(&self, now: Timestamp) -> Result<Recovery, QueueError> {
-        let mut recovery = Recovery::default();
+    fn recover(&self, now: Timestamp, owner: bool) -> Result<Recovery, QueueError> {
+        let mut recovery = Recovery {
+            spool_scanned: owner,
+            ..Recovery::default()
+        };
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Spool files first: a body whose row is missing was never acknowledged.
-        let entries = fs::read_dir(&self.spool).map_err(io_err(&self.spool))?;
+        let entries = if owner {
+            fs::read_dir(&self.spool)
+                .map_err(io_err(&self.spool))?
+                .collect()
+        } else {
+            Vec::new()
+        };
         for entry in entries {
             let entry = entry.map_err(io_err(&self.spool))?;
             let path = entry.path();
@@ -505,10 +535,13 @@ impl LocalStore {
                 }
             }
         }
-        fsync_dir(&self.spool)?;
-        fsync_dir(&self.quarantine)?;
+        if owner {
+            fsync_dir(&self.spool)?;
+            fsync_dir(&self.quarantine)?;
+        }
         recovery.orphan_bodies.sort();
-        // Then rows whose body is gone: held with a reason, never dropped silently.
+        // Then rows whose body is gone (safe in any process: a body is written before its row
+        // and removed after it): held with a reason, never dropped silently.
         let ids: Vec<String> = {
             let mut stmt = tx.prepare("SELECT id FROM messages ORDER BY id")?;
             stmt.query_map([], |r| r.get(0))?

@@ -320,8 +320,8 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
     std::fs::remove_file(spool.join(lost.as_str())).unwrap();
 
     let (store, recovery) = LocalStore::open(dir.path(), T0).unwrap();
-    assert_eq!(recovery.orphan_bodies, [orphan.clone()]);
-    assert_eq!(recovery.missing_bodies, [lost.clone()]);
+    assert_eq!(recovery.orphan_bodies, std::slice::from_ref(&orphan));
+    assert_eq!(recovery.missing_bodies, std::slice::from_ref(&lost));
     assert_eq!(recovery.temporary_files, 1);
     let q = dir.path().join("quarantine");
     assert!(q.join(orphan.as_str()).exists());
@@ -471,4 +471,32 @@ fn a_damaged_database_is_refused() {
     let _ = std::fs::remove_file(dir.path().join("queue.sqlite-wal"));
     let _ = std::fs::remove_file(dir.path().join("queue.sqlite-shm"));
     assert!(LocalStore::open(dir.path(), T0).is_err());
+}
+
+#[test]
+fn only_the_owning_process_scans_the_spool() {
+    let dir = TempDir::new();
+    let (daemon, recovery) = LocalStore::open(dir.path(), T0).unwrap();
+    assert!(recovery.spool_scanned);
+    // A body whose row the daemon is about to write, seen by `danemta queue` opening the
+    // queue meanwhile: not an orphan.
+    let in_flight = QueueId::generate();
+    let spool = dir.path().join("spool");
+    std::fs::write(spool.join(in_flight.as_str()), b"being accepted").unwrap();
+    let (cli, recovery) = LocalStore::open(dir.path(), T0).unwrap();
+    assert!(!recovery.spool_scanned);
+    assert!(recovery.orphan_bodies.is_empty());
+    assert!(spool.join(in_flight.as_str()).exists());
+    // Both see the same queue.
+    let id = daemon
+        .accept(&envelope(&["b@example.com"]), b"x", T0)
+        .unwrap();
+    cli.hold(&id, "operator").unwrap();
+    assert_eq!(daemon.list(T0).unwrap()[0].queue_name, QueueName::Hold);
+    drop(cli);
+    drop(daemon);
+    // After the daemon is gone, the next owner quarantines the orphan.
+    let (_store, recovery) = LocalStore::open(dir.path(), T0).unwrap();
+    assert!(recovery.spool_scanned);
+    assert_eq!(recovery.orphan_bodies, [in_flight]);
 }
