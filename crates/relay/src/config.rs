@@ -579,27 +579,12 @@ impl Config {
                 }
                 _ => {}
             }
-            if !p.fingerprint.is_empty() && p.level != Level::Fingerprint {
-                return Err(invalid(
-                    key("fingerprint"),
-                    format!(
-                        "only used by level \"fingerprint\", not {:?}",
-                        p.level.to_string()
-                    ),
-                ));
-            }
-            if !p.match_names.is_empty() && !matches!(p.level, Level::Verify | Level::Secure) {
-                return Err(invalid(
-                    key("match"),
-                    format!(
-                        "only used by levels \"verify\" and \"secure\", not {:?}",
-                        p.level.to_string()
-                    ),
-                ));
-            }
-            for (j, f) in p.fingerprint.iter().enumerate() {
-                check_fingerprint(f)
-                    .map_err(|reason| invalid(format!("policy[{i}].fingerprint[{j}]"), reason))?;
+            if p.level == Level::Fingerprint {
+                for (j, f) in p.fingerprint.iter().enumerate() {
+                    check_fingerprint(f).map_err(|reason| {
+                        invalid(format!("policy[{i}].fingerprint[{j}]"), reason)
+                    })?;
+                }
             }
         }
         Ok(())
@@ -740,6 +725,32 @@ impl Config {
                 value,
             })
             .collect()
+    }
+
+    /// Settings that are accepted but have no effect, worth a warning at start: `match` on a
+    /// `[[policy]]` whose level is not `verify` or `secure`, `fingerprint` on one whose level
+    /// is not `fingerprint` (PRODUCT.md's own example shows both keys on a `dane-only`
+    /// entry), `url` with `store = "local"`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.policy.iter().enumerate() {
+            if !p.match_names.is_empty() && !matches!(p.level, Level::Verify | Level::Secure) {
+                out.push(format!(
+                    "policy[{i}].match: ignored, level {} uses no names (only verify and secure do)",
+                    p.level
+                ));
+            }
+            if !p.fingerprint.is_empty() && p.level != Level::Fingerprint {
+                out.push(format!(
+                    "policy[{i}].fingerprint: ignored, level {} uses no fingerprints (only fingerprint does)",
+                    p.level
+                ));
+            }
+        }
+        if self.queue.store == StoreKind::Local && self.queue.url.is_some() {
+            out.push("queue.url: ignored, store is local".to_owned());
+        }
+        out
     }
 
     /// Whether the file set `key` (`a.b`, `a.b[0]`, `policy[1]`).

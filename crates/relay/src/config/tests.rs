@@ -23,6 +23,7 @@ users_file = "/etc/danemta/users"               # user:password-hash lines, for 
 resolver = "validating"                         # same syntax as --resolver
 trust_anchor = "/etc/danemta/root.key"          # optional, as --trust-anchor
 timeout = "5s"
+negative_trust_anchors = ["lab.example", "test."]
 
 [queue]
 dir = "/var/spool/danemta"
@@ -112,6 +113,10 @@ fn full_example_parses() {
         Some(Path::new("/etc/danemta/root.key"))
     );
     assert_eq!(c.dns.timeout, Duration::from_secs(5));
+    assert_eq!(
+        c.dns.negative_trust_anchors,
+        vec!["lab.example".parse().unwrap(), "test".parse().unwrap()]
+    );
     assert_eq!(c.queue.dir, Path::new("/var/spool/danemta"));
     assert_eq!(c.queue.store, StoreKind::Postgres);
     assert_eq!(
@@ -141,6 +146,7 @@ fn full_example_parses() {
     );
     assert_eq!(c.policy[2].fingerprint, vec![format!("3 1 1 {DIGEST}")]);
     assert_eq!(c.metrics.listen, "127.0.0.1:9325".parse().unwrap());
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -329,16 +335,6 @@ fn errors_name_file_key_and_reason() {
             "digest",
         ),
         (
-            "[[policy]]\ndomain = \"a.example\"\nlevel = \"dane\"\nfingerprint = [\"ab\"]\n",
-            "policy[0].fingerprint",
-            "only used by level",
-        ),
-        (
-            "[[policy]]\ndomain = \"a.example\"\nlevel = \"dane\"\nmatch = [\"mx.a.example\"]\n",
-            "policy[0].match",
-            "only used by levels",
-        ),
-        (
             "[[policy]]\ndomain = \"a.example\"\nlevel = \"dane\"\n[[policy]]\ndomain = \"A.example.\"\nlevel = \"may\"\n",
             "policy[1].domain",
             "already has",
@@ -462,4 +458,65 @@ fn effective_settings_name_their_source() {
     );
     let pg = parse("[queue]\nstore = \"postgres\"\nurl = \"postgres://u:secret@db/x\"\n").unwrap();
     assert!(!pg.to_string().contains("secret"));
+}
+
+/// PRODUCT.md's example exactly as printed (commented lines, the elided digest and the
+/// `match`/`fingerprint` keys on a `dane-only` entry included): it parses, with warnings for
+/// the keys its level does not use.
+#[test]
+fn product_example_verbatim() {
+    let text = r#"[server]
+hostname = "relay.example.org"                  # greeting, EHLO, Received:, DSN reporting MTA
+relay_networks = ["127.0.0.0/8", "::1/128"]     # clients that may relay anywhere
+accept_domains = ["example.org"]                # mail for these is accepted from anyone (inbound gateway)
+max_message_size = "50MB"
+[[server.listen]]
+address = "0.0.0.0:25"
+mode = "smtp"                                   # smtp | submission (AUTH required, after STARTTLS) | submissions (implicit TLS)
+[[server.tls]]                                  # chains offered by STARTTLS, chosen by SNI; the first is the default
+cert = "/etc/danemta/ecdsa-chain.pem"
+key = "/etc/danemta/ecdsa-key.pem"
+[auth]
+users_file = "/etc/danemta/users"               # user:password-hash lines, for submission
+
+[dns]
+resolver = "validating"                         # same syntax as --resolver
+trust_anchor = "/etc/danemta/root.key"          # optional, as --trust-anchor
+timeout = "5s"
+
+[queue]
+dir = "/var/spool/danemta"
+# store = "postgres"                            # several nodes sharing one queue (default "local")
+# url = "postgres://danemta@db.example.org:5432/danemta"
+retry_first = "5m"                              # first retry after a deferral, doubling…
+retry_max = "1h"                                # …up to this interval
+lifetime = "5d"                                 # then bounce
+
+[delivery]
+policy = "dane"                                 # default level for every destination
+port = 25
+# ca_file = "/etc/danemta/extra-roots.pem"      # extra PKIX anchors (MTA-STS, verify/secure)
+max_connections = 200
+max_connections_per_destination = 20
+
+[[policy]]                                      # per destination, most specific match wins
+domain = "example.com"                          # ".example.com" matches its subdomains
+level = "dane-only"
+next_hop = "[192.0.2.25]:25"                    # optional: a host name (MX lookup skipped) or [address]:port
+match = ["mx.example.com"]                      # for verify / secure
+fingerprint = ["3 1 1 b9ba…"]                   # for fingerprint
+
+[metrics]
+listen = "127.0.0.1:9325"                       # Prometheus text format at /metrics
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.queue.store, StoreKind::Local);
+    assert_eq!(c.delivery.ca_file, None);
+    assert_eq!(c.policy_for("example.com").0, Level::DaneOnly);
+    assert_eq!(c.policy_for("www.example.com").0, Level::Dane);
+    let w = c.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].starts_with("policy[0].match: ignored"), "{w:?}");
+    assert!(w[1].starts_with("policy[0].fingerprint: ignored"), "{w:?}");
+    assert!(Config::defaults().warnings().is_empty());
 }
