@@ -330,6 +330,10 @@ pub trait Store: Send + Sync {
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError>;
 
+    /// Extends a claim's lease to `until` (a long delivery renews before its lease runs
+    /// out). Fails with [`QueueError::LeaseLost`] when another claimer has taken it over.
+    fn renew(&self, claim: &Claim, until: Timestamp) -> Result<Claim, QueueError>;
+
     /// Ends a claim. A message whose recipients are all done leaves the queue (its body is
     /// removed) and `true` is returned; otherwise its lease is released and it is due again
     /// at its recipients' next attempt.
@@ -882,6 +886,20 @@ impl Store for LocalStore {
         Ok(progress)
     }
 
+    fn renew(&self, claim: &Claim, until: Timestamp) -> Result<Claim, QueueError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::check_lease(&tx, claim)?;
+        tx.execute(
+            "UPDATE messages SET lease_until = ?2 WHERE id = ?1",
+            params![claim.id.as_str(), until],
+        )?;
+        tx.commit()?;
+        let mut renewed = claim.clone();
+        renewed.lease.until = until;
+        Ok(renewed)
+    }
+
     fn complete(&self, claim: &Claim) -> Result<bool, QueueError> {
         let removed = {
             let mut conn = self.conn()?;
@@ -1015,5 +1033,95 @@ impl Store for LocalStore {
             }
             Err(e) => Err(io_err(&path)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir()
+                .join(format!("danemta-queue-unit-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_sorted_and_file_name_safe() {
+        let ids: Vec<QueueId> = (0..1000).map(|_| QueueId::generate()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        for id in &ids {
+            assert_eq!(id.as_str().len(), ID_LEN);
+            assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(id.as_str().parse::<QueueId>().unwrap(), *id);
+        }
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for bad in ["", "../../etc/passwd", "00000661a093094ea1e50e4b", "0123"] {
+            assert!(matches!(bad.parse::<QueueId>(), Err(QueueError::BadId(_))));
+        }
+        let json = serde_json::to_string(&QueueId::generate()).unwrap();
+        assert!(serde_json::from_str::<QueueId>(&json).is_ok());
+        assert!(serde_json::from_str::<QueueId>("\"x/y\"").is_err());
+    }
+
+    #[test]
+    fn write_durably_leaves_no_temporary_file() {
+        let dir = Dir::new("write");
+        let path = dir.0.join("f");
+        write_durably(&path, b"content").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"content");
+        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn the_schema_is_versioned_and_a_newer_one_refused() {
+        let dir = Dir::new("schema");
+        let db = dir.0.join("q.sqlite");
+        let mut conn = Connection::open(&db).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        conn.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(QueueError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn open_sets_wal_and_full_sync() {
+        let dir = Dir::new("pragmas");
+        let (store, _) = LocalStore::open(&dir.0, 0).unwrap();
+        let conn = store.conn().unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "FULL");
     }
 }

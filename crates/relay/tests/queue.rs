@@ -500,3 +500,27 @@ fn only_the_owning_process_scans_the_spool() {
     assert!(recovery.spool_scanned);
     assert_eq!(recovery.orphan_bodies, [in_flight]);
 }
+
+#[test]
+fn a_renewed_lease_keeps_other_claimers_out() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    store
+        .accept(&envelope(&["b@example.com"]), b"x", T0)
+        .unwrap();
+    let claim = store.due(T0, 1, &lease("slow", T0 + 60)).unwrap().remove(0);
+    let claim = store.renew(&claim, T0 + 600).unwrap();
+    assert_eq!(claim.lease.until, T0 + 600);
+    assert!(
+        store
+            .due(T0 + 120, 1, &lease("other", T0 + 180))
+            .unwrap()
+            .is_empty()
+    );
+    let taken = store.due(T0 + 600, 1, &lease("other", T0 + 660)).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(matches!(
+        store.renew(&claim, T0 + 1200),
+        Err(QueueError::LeaseLost(_))
+    ));
+}
