@@ -345,7 +345,9 @@ pub trait Store: Send + Sync {
     /// One message with every recipient and the attempt history.
     fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError>;
 
-    /// Holds a message: never due until released.
+    /// Holds a message: never due until released. Operator actions (`hold`, `release`,
+    /// `delete`, `flush`) need no lease; a worker whose message was deleted meanwhile gets
+    /// [`QueueError::NotFound`] when it records its attempt.
     fn hold(&self, id: &QueueId, reason: &str) -> Result<(), QueueError>;
 
     /// Releases a held message.
@@ -690,15 +692,20 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let mut f = OpenOptions::new()
+    let written = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // A full disk must not leave half a file behind (recovery would remove it anyway).
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
     fsync_dir(dir)
 }
 
@@ -1056,6 +1063,14 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn the_trait_is_object_safe() {
+        let dir = Dir::new("dyn");
+        let (store, _) = LocalStore::open(&dir.0, 0).unwrap();
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+        assert!(store.list(0).unwrap().is_empty());
     }
 
     #[test]

@@ -524,3 +524,36 @@ fn a_renewed_lease_keeps_other_claimers_out() {
         Err(QueueError::LeaseLost(_))
     ));
 }
+
+#[test]
+fn concurrent_claimers_never_get_the_same_message() {
+    let dir = TempDir::new();
+    let store = open(&dir, T0);
+    for _ in 0..40 {
+        store
+            .accept(&envelope(&["b@example.com"]), b"x", T0)
+            .unwrap();
+    }
+    // Two connections to the same queue (two workers, or two processes), claiming in turns.
+    let other = open(&dir, T0);
+    fn claim(st: &LocalStore, who: &str) -> Vec<QueueId> {
+        let mut got = Vec::new();
+        loop {
+            let c = st.due(T0, 3, &lease(who, T0 + 60)).unwrap();
+            if c.is_empty() {
+                break got;
+            }
+            got.extend(c.into_iter().map(|c| c.id));
+        }
+    }
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| claim(&store, "a"));
+        let b = s.spawn(|| claim(&other, "b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut all: Vec<_> = a.iter().chain(&b).collect();
+    assert_eq!(all.len(), 40);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "no message claimed twice");
+}
