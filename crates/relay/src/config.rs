@@ -73,15 +73,21 @@ pub enum ConfigError {
         reason: String,
     },
     /// Values that are each fine but do not make a working configuration together.
-    #[error("{file}: {key}: {reason}")]
+    #[error("{file}{}: {key}: {reason}", line_suffix(*.line))]
     Invalid {
         /// The file (`(embedded defaults)` for the defaults).
         file: PathBuf,
+        /// 1-based line of the key, when the file has it.
+        line: Option<usize>,
         /// The key with its table path.
         key: String,
         /// Why it is refused.
         reason: String,
     },
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
 }
 
 fn key_suffix(key: &str) -> String {
@@ -483,7 +489,20 @@ impl Config {
             file: Some(file.to_owned()),
             table,
         };
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                file,
+                line: None,
+                key,
+                reason,
+            } => ConfigError::Invalid {
+                line: key_line(text, &key),
+                file,
+                key,
+                reason,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -500,6 +519,7 @@ impl Config {
                 .file
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("(embedded defaults)")),
+            line: None,
             key,
             reason,
         };
@@ -859,6 +879,43 @@ fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (usize, usize, St
         (false, false) => format!("{header}.{key}"),
     };
     (line, column, full)
+}
+
+/// The 1-based line where `key` (`queue.retry_first`, `policy[1].match`,
+/// `policy[0].fingerprint[2]`) is set in `text`; for a list element, the list's line.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let mut header = String::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut found = None;
+    for (i, l) in text.lines().enumerate() {
+        let path = if let Some(h) = header_of(l) {
+            header = apply_header(h, &mut counts);
+            header.clone()
+        } else {
+            match l.split_once('=') {
+                Some((k, _)) if !k.trim().starts_with('#') && !k.trim().is_empty() => {
+                    let k = k.trim().trim_matches('"');
+                    if header.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{header}.{k}")
+                    }
+                }
+                _ => continue,
+            }
+        };
+        if path == key {
+            return Some(i + 1);
+        }
+        // `a.b[2]` is on the line of `a.b` (a list) or of the third `[[a.b]]`.
+        if let Some((list, _)) = key.rsplit_once('[')
+            && path == list
+            && found.is_none()
+        {
+            found = Some(i + 1);
+        }
+    }
+    found
 }
 
 /// A table header's name and whether it is an array of tables.

@@ -520,3 +520,30 @@ listen = "127.0.0.1:9325"                       # Prometheus text format at /met
     assert!(w[1].starts_with("policy[0].fingerprint: ignored"), "{w:?}");
     assert!(Config::defaults().warnings().is_empty());
 }
+
+#[test]
+fn rule_errors_carry_the_line() {
+    let text = "[server]\nhostname = \"relay.example.org\"\n\n[queue]\nretry_max = \"1m\"\nretry_first = \"2m\"\n";
+    let e = parse(text).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { line: Some(6), .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("/etc/danemta/test.toml:6: queue.retry_first: "),
+        "{e}"
+    );
+    let text = "[[policy]]\ndomain = \"a.example\"\nlevel = \"dane\"\n[[policy]]\ndomain = \"b.example\"\nlevel = \"fingerprint\"\nfingerprint = [\"zz\"]\n";
+    let e = parse(text).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { line: Some(7), .. }),
+        "{e:?}"
+    );
+    // A rule broken by defaults alone names no line.
+    let e = parse("[queue]\nstore = \"postgres\"\n").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { line: None, .. }),
+        "{e:?}"
+    );
+}
