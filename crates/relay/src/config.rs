@@ -868,10 +868,21 @@ fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (usize, usize, St
         let key = apply_header(h, &mut counts);
         return (line, column, key);
     }
-    let key = this_line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
-        .filter(|k| !k.is_empty() && !k.starts_with('#'))
+    let key_of = |l: &str| {
+        l.split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+            .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.contains(['"', ',', '[']))
+    };
+    // A value continued over several lines (an array): the key is on the nearest line above
+    // that has one, below the table header.
+    let key = key_of(this_line)
+        .or_else(|| {
+            text[..line_start]
+                .lines()
+                .rev()
+                .take_while(|l| header_of(l).is_none())
+                .find_map(key_of)
+        })
         .unwrap_or_default();
     let full = match (header.is_empty(), key.is_empty()) {
         (_, true) => header,

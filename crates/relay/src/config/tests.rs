@@ -547,3 +547,21 @@ fn rule_errors_carry_the_line() {
         "{e:?}"
     );
 }
+
+#[test]
+fn value_errors_in_multi_line_arrays_name_the_key() {
+    let text = "[server]\nrelay_networks = [\n  \"127.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n";
+    let e = parse(text).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains(" server.relay_networks: "), "{m}");
+    assert!(m.contains("10.0.0.0/33"), "{m}");
+}
+
+#[test]
+fn short_durations_are_accepted() {
+    let c =
+        parse("[queue]\nretry_first = \"1s\"\nretry_max = \"2s\"\nlifetime = \"10s\"\n").unwrap();
+    assert_eq!(c.queue.retry_first, Duration::from_secs(1));
+    assert_eq!(c.queue.retry_max, Duration::from_secs(2));
+    assert_eq!(c.queue.lifetime, Duration::from_secs(10));
+}
