@@ -4,7 +4,8 @@
 //!
 //! [`Config::load`] reads `--config PATH`, else `/etc/danemta/danemta.toml` when it exists,
 //! else uses the embedded defaults. [`Config::effective`] lists the settings in force, one per
-//! line with where each comes from; [`Config::policy_for`] picks a destination's TLS policy.
+//! line with where each comes from; [`Config::warnings`] lists keys that are accepted but have
+//! no effect; [`Config::policy_for`] picks a destination's TLS policy.
 //!
 //! Value syntaxes: durations are `30s`, `5m`, `1h`, `5d` (or combined, `1h30m`), at least
 //! `1s`; sizes are a number of bytes with an optional unit, `kB`/`MB`/`GB` (powers of 1000) or
@@ -523,6 +524,12 @@ impl Config {
             key,
             reason,
         };
+        if self.server.hostname.as_ref().is_some_and(DnsName::is_root) {
+            return Err(invalid(
+                "server.hostname".into(),
+                "the root \".\" is not a host name".into(),
+            ));
+        }
         if self.server.listen.is_empty() {
             return Err(invalid(
                 "server.listen".into(),

@@ -305,6 +305,11 @@ fn errors_name_file_key_and_reason() {
         // rules across values
         ("[server]\nlisten = []\n", "server.listen", "at least one"),
         (
+            "[server]\nhostname = \".\"\n",
+            "server.hostname",
+            "not a host name",
+        ),
+        (
             "[queue]\nretry_first = \"2h\"\n",
             "queue.retry_first",
             "longer than queue.retry_max",
