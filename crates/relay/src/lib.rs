@@ -1,9 +1,11 @@
 //! # danemta-relay: the relay daemon's library
 //!
 //! What `danemta serve` is made of, above the SMTP client and server of `danemta-smtp`:
-//! the configuration ([`config`]: the TOML contract of PRODUCT.md and the embedded defaults)
-//! and the durable queue ([`queue`]: the `Store` trait and its embedded spool + SQLite
-//! implementation). The scheduler and the listener loop come next (issue 10).
+//! the configuration ([`config`]: the TOML contract of PRODUCT.md and the embedded defaults),
+//! the durable queue ([`queue`]: the `Store` trait and its embedded spool + SQLite
+//! implementation) and the accepting side ([`listener`]: relay permission, `Received:`, `250`
+//! only once the store has the message). The scheduler and the daemon's wiring come next
+//! (issue 10).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
