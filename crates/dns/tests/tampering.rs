@@ -900,6 +900,28 @@ fn dnskey_rrset_with_stripped_damaged_or_expired_signatures_is_bogus() {
     forgery("DNSKEY RRset with bad signatures", cases);
 }
 
+/// The same attack one level up, on the proof that a zone is *insecure*: the parent's
+/// (`test.`) DNSKEY RRset without valid signatures. The NSEC that shows `insecure.test` has no
+/// DS is signed with those keys, so a key set whose signatures do not validate proves nothing:
+/// the insecure domain's lookups are bogus (deferred), not insecure.
+#[test]
+fn parent_dnskey_rrset_with_bad_signatures_proves_no_insecure_delegation() {
+    let mut cases = Vec::new();
+    for (label, tampering) in [
+        ("RRSIGs stripped", Tampering::StripRrsigs),
+        ("RRSIG signatures corrupted", Tampering::CorruptRrsigs),
+    ] {
+        cases.push(Case {
+            what: format!("{INSECURE}: the DNSKEY of test. [{label}]"),
+            rules: rule(Target::exact("test", &[rtype::DNSKEY]), tampering),
+            probes: vec![(INSECURE.to_string(), rtype::MX)],
+            lookups: vec![(INSECURE.to_string(), RecordType::Mx)],
+            route: (INSECURE.to_string(), Expect::Defer),
+        });
+    }
+    forgery("parent DNSKEY RRset with bad signatures", cases);
+}
+
 /// The MX, A/AAAA and TLSA cases of a wildcard zone.
 fn wildcard_case(zone: &str, kind: Kind, owner: &str, tampering: Tampering) -> Case {
     let s = |x: &str| x.to_string();
