@@ -2,11 +2,13 @@
 //! `%`/`!` refusal, `250` only once the store accepted, `451` when it fails, and the
 //! `Received:` field in what is stored; against a raw line client and swaks.
 
+mod common;
+
+use common::TempDir;
+
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use relay::config::{self, IpNetwork};
@@ -19,33 +21,6 @@ use smtp::server::{Config, Server, Timeouts};
 use smtp::{Attempt, Envelope, HeloName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A unique directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "danemta-listener-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A store whose every operation fails, as a full or broken disk would.
 struct FailingStore;
@@ -193,7 +168,7 @@ async fn send_one(addr: SocketAddr, rcpt: &str) -> (String, Option<String>) {
 
 #[tokio::test]
 async fn relay_client_is_queued_with_received() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
     let addr = start(store.clone(), true).await;
@@ -227,7 +202,7 @@ async fn relay_client_is_queued_with_received() {
 
 #[tokio::test]
 async fn outsider_to_foreign_domain_is_denied() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
     let addr = start(store.clone(), false).await;
@@ -241,7 +216,7 @@ async fn outsider_to_foreign_domain_is_denied() {
 
 #[tokio::test]
 async fn outsider_to_accept_domain_is_queued() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
     let addr = start(store.clone(), false).await;
@@ -260,7 +235,7 @@ async fn outsider_to_accept_domain_is_queued() {
 
 #[tokio::test]
 async fn percent_and_bang_are_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
     // Even for a client that may relay, and even to an accepted domain.
@@ -300,7 +275,7 @@ async fn swaks_relays_through_the_listener() {
         eprintln!("swaks not installed; skipped");
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
     let addr = start(store.clone(), true).await;

@@ -1,40 +1,15 @@
 //! The durable queue through its `Store` trait, on the embedded `LocalStore`.
 
+mod common;
+
+use common::TempDir;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use relay::queue::{Lease, LocalStore, QueueError, QueueId, QueueName, RecipientState, Store};
 use smtp::Attempt;
 use smtp::Envelope;
 use smtp::outcome::RecipientOutcome;
-
-/// A unique directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "danemta-queue-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const T0: i64 = 1_800_000_000;
 
@@ -81,7 +56,7 @@ fn body_of(store: &LocalStore, id: &QueueId) -> Vec<u8> {
 
 #[test]
 fn a_message_lives_from_accept_to_delivery() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let body = b"Subject: hi\r\n\r\nhello\r\n";
     let id = store
@@ -160,7 +135,7 @@ fn a_message_lives_from_accept_to_delivery() {
 
 #[test]
 fn bounced_recipients_are_done_and_shown() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let id = store
         .accept(&envelope(&["b@example.com"]), b"x", T0)
@@ -188,7 +163,7 @@ fn bounced_recipients_are_done_and_shown() {
 
 #[test]
 fn hold_release_delete_flush() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let a = store
         .accept(&envelope(&["b@example.com"]), b"a", T0)
@@ -245,7 +220,7 @@ fn hold_release_delete_flush() {
 
 #[test]
 fn a_claimed_message_is_not_due_for_another_claimer_until_its_lease_expires() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     store
         .accept(&envelope(&["b@example.com"]), b"x", T0)
@@ -287,7 +262,7 @@ fn a_claimed_message_is_not_due_for_another_claimer_until_its_lease_expires() {
 
 #[test]
 fn due_respects_the_limit() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     for _ in 0..5 {
         store
@@ -301,7 +276,7 @@ fn due_respects_the_limit() {
 
 #[test]
 fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let (kept, lost) = {
         let store = open(&dir, T0);
         let kept = store
@@ -350,7 +325,7 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
 
 #[test]
 fn recovery_releases_expired_leases_only() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     {
         let store = open(&dir, T0);
         store
@@ -381,7 +356,7 @@ fn recovery_releases_expired_leases_only() {
 
 #[test]
 fn the_body_is_complete_whenever_the_row_is_visible() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let ids: Vec<QueueId> = (0..5)
@@ -413,7 +388,7 @@ fn the_body_is_complete_whenever_the_row_is_visible() {
 
 #[test]
 fn the_queue_view_has_the_postqueue_field_names() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let id = store
         .accept(&envelope(&["b@example.com"]), b"hello", T0)
@@ -452,7 +427,7 @@ fn the_queue_view_has_the_postqueue_field_names() {
 
 #[test]
 fn the_null_sender_is_kept() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let env = Envelope::new("<>", ["b@example.com"]).unwrap();
     store.accept(&env, b"dsn", T0).unwrap();
@@ -461,7 +436,7 @@ fn the_null_sender_is_kept() {
 
 #[test]
 fn a_damaged_database_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     drop(open(&dir, T0));
     std::fs::write(
         dir.path().join("queue.sqlite"),
@@ -475,7 +450,7 @@ fn a_damaged_database_is_refused() {
 
 #[test]
 fn only_the_owning_process_scans_the_spool() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let (daemon, recovery) = LocalStore::open(dir.path(), T0).unwrap();
     assert!(recovery.spool_scanned);
     // A body whose row the daemon is about to write, seen by `danemta queue` opening the
@@ -503,7 +478,7 @@ fn only_the_owning_process_scans_the_spool() {
 
 #[test]
 fn a_renewed_lease_keeps_other_claimers_out() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     store
         .accept(&envelope(&["b@example.com"]), b"x", T0)
@@ -527,7 +502,7 @@ fn a_renewed_lease_keeps_other_claimers_out() {
 
 #[test]
 fn concurrent_claimers_never_get_the_same_message() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     for _ in 0..40 {
         store
