@@ -68,10 +68,13 @@ fn spki_of_pem(path: &Path) -> Result<Vec<u8>, CliError> {
         .map_err(|_| usage("holds no certificate, public key or private key in PEM".into()))
 }
 
-fn dane_ee_311(spki: &[u8]) -> Tlsa {
-    let digest = association(Matching::Sha256, spki).unwrap_or_default();
+/// The `3 1 1` record of a public key (its SHA-256 digest can always be made; an error is
+/// reported, never a panic, if it ever cannot).
+fn dane_ee_311(spki: &[u8]) -> Result<Tlsa, CliError> {
+    let digest = association(Matching::Sha256, spki)
+        .ok_or_else(|| CliError::Usage("cannot digest the public key with SHA-256".into()))?;
     Tlsa::new(Usage::DaneEe, Selector::Spki, Matching::Sha256, digest)
-        .expect("a SHA-256 digest is 32 bytes")
+        .map_err(|e| CliError::Usage(format!("cannot make the 3 1 1 record: {e}")))
 }
 
 fn now() -> u64 {
@@ -87,8 +90,8 @@ fn default_state(port: u16, host: &DnsName) -> PathBuf {
 }
 
 pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
-    let current = dane_ee_311(&spki_of_pem(&args.current)?);
-    let next = dane_ee_311(&spki_of_pem(&args.next)?);
+    let current = dane_ee_311(&spki_of_pem(&args.current)?)?;
+    let next = dane_ee_311(&spki_of_pem(&args.next)?)?;
     let owner = args.name.tlsa_owner(args.port).map_err(|e| {
         CliError::Usage(format!(
             "--name {} with --port {}: no TLSA record can exist there: {e}",
