@@ -13,3 +13,4 @@
 pub mod config;
 pub mod listener;
 pub mod queue;
+pub mod users;

@@ -27,7 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, IpNetwork};
-use crate::queue::{self, Store, Timestamp};
+use crate::queue::{self, DsnParams, NewMessage, RecipientDsn, Store, Timestamp};
+use crate::users::Users;
 
 /// The default bound on concurrent SMTP sessions of one [`serve_listener`]: 100, Postfix's
 /// `default_process_limit`. Connections past it wait in the kernel's accept backlog.
@@ -41,6 +42,12 @@ pub struct RelayAcceptor {
     relay_networks: Vec<IpNetwork>,
     /// Lower case, without a trailing dot.
     accept_domains: Vec<String>,
+    /// Submission listeners: MAIL only after AUTH (RFC 6409 §4.3).
+    require_auth: bool,
+    /// Who may authenticate (`[auth] users_file`).
+    users: Option<Arc<Users>>,
+    /// Called after each message is queued (wakes the scheduler).
+    on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for RelayAcceptor {
@@ -76,7 +83,29 @@ impl RelayAcceptor {
                 .iter()
                 .map(|d| canonical_domain(d.as_str()))
                 .collect(),
+            require_auth: false,
+            users: None,
+            on_queued: None,
         }
+    }
+
+    /// A submission listener's acceptor: `MAIL` is refused with `530 5.7.0` until the client
+    /// authenticated (RFC 6409 §4.3, RFC 4954 §6).
+    pub fn requiring_auth(mut self) -> Self {
+        self.require_auth = true;
+        self
+    }
+
+    /// Checks AUTH credentials against `users`.
+    pub fn with_users(mut self, users: Arc<Users>) -> Self {
+        self.users = Some(users);
+        self
+    }
+
+    /// Calls `wake` after each message is on stable storage (the scheduler's doorbell).
+    pub fn on_queued(mut self, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_queued = Some(wake);
+        self
     }
 
     /// Whether `client` may relay to any domain: its address is in `relay_networks`, or it
@@ -146,6 +175,30 @@ fn unix_now() -> Timestamp {
 }
 
 impl Acceptor for RelayAcceptor {
+    /// On a submission listener, `530 5.7.0` until the client authenticated.
+    async fn mail(&self, client: &Client, _: &MailFrom) -> Result<(), Reply> {
+        if self.require_auth && client.user.is_none() {
+            return Err(reply(
+                530,
+                EnhancedStatus::new(5, 7, 0),
+                "Authentication required",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the password against `[auth] users_file` on a blocking thread (password hashes
+    /// are slow on purpose). No users file: nobody authenticates.
+    async fn authenticate(&self, _: &Client, user: &str, password: &str) -> bool {
+        let Some(users) = self.users.clone() else {
+            return false;
+        };
+        let (user, password) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Relay permission (RFC 5321 §3.6.2) and the `%`/`!` refusal; see the module docs.
     async fn rcpt(&self, client: &Client, _: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
         let (local, domain) = rcpt
@@ -169,11 +222,9 @@ impl Acceptor for RelayAcceptor {
         ))
     }
 
-    /// Prepends `Received:` and stores the message; `Ok` only after [`Store::accept`]
-    /// returned `Ok` (the message is on stable storage), `451 4.3.0` otherwise.
-    ///
-    /// The `id` in `Received:` is a trace id made for the transaction before storing: the
-    /// queue id is chosen by the store, after the body (with its `Received:`) is written.
+    /// Prepends `Received:` (with the queue id, as Postfix does) and stores the message with
+    /// its DSN parameters; `Ok` only after [`Store::accept`] returned `Ok` (the message is on
+    /// stable storage), `451 4.3.0` otherwise.
     async fn message(
         &self,
         client: &Client,
@@ -184,19 +235,54 @@ impl Acceptor for RelayAcceptor {
         let date = OffsetDateTime::now_utc()
             .format(&Rfc2822)
             .map_err(|_| temporary_failure())?;
-        let trace_id = queue::QueueId::generate();
-        let received = self.received(client, transaction, trace_id.as_str(), &date);
+        let id = queue::QueueId::generate();
+        let received = self.received(client, transaction, id.as_str(), &date);
         let mut message = Vec::with_capacity(received.len() + body.len());
         message.extend_from_slice(received.as_bytes());
         message.extend_from_slice(&body);
+        let dsn = dsn_params(transaction);
         let store = Arc::clone(&self.store);
         let now = unix_now();
-        let stored =
-            tokio::task::spawn_blocking(move || store.accept(&envelope, &message, now)).await;
+        let queued = id.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.accept(
+                &NewMessage {
+                    id: &queued,
+                    envelope: &envelope,
+                    dsn: &dsn,
+                    body: &message,
+                },
+                now,
+            )
+        })
+        .await;
         match stored {
-            Ok(Ok(id)) => Ok(QueueId(id.to_string())),
+            Ok(Ok(())) => {
+                if let Some(wake) = &self.on_queued {
+                    wake();
+                }
+                Ok(QueueId(id.to_string()))
+            }
             Ok(Err(_)) | Err(_) => Err(temporary_failure()),
         }
+    }
+}
+
+/// The RFC 3461 parameters of a transaction, to store with its message.
+fn dsn_params(transaction: &Transaction) -> DsnParams {
+    DsnParams {
+        ret: transaction.mail.ret,
+        envid: transaction.mail.envid.clone(),
+        recipients: transaction
+            .rcpts
+            .iter()
+            .filter(|r| r.notify.is_some() || r.orcpt.is_some())
+            .map(|r| RecipientDsn {
+                address: r.recipient.clone(),
+                notify: r.notify,
+                orcpt: r.orcpt.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use smtp::outcome::RecipientOutcome;
+use smtp::server::{Notify, Ret};
 use smtp::{Attempt, Envelope, Fate, Security};
 
 /// Unix seconds.
@@ -154,6 +155,9 @@ pub enum QueueError {
     /// No message with this id.
     #[error("no message {0} in the queue")]
     NotFound(QueueId),
+    /// A message with this id is already queued.
+    #[error("a message {0} is already in the queue")]
+    Exists(QueueId),
     /// The claim's lease was taken over by another claimer (it had expired).
     #[error("the lease on {0} was lost to another claimer")]
     LeaseLost(QueueId),
@@ -181,6 +185,55 @@ pub struct Lease {
     pub until: Timestamp,
 }
 
+/// The delivery status notification parameters of a message (RFC 3461), kept with it so
+/// that its DSNs honour them: `RET` and `ENVID` of MAIL, `NOTIFY` and `ORCPT` of each RCPT.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DsnParams {
+    /// `RET=`: what a failure DSN returns (§4.3); absent means the headers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// `ENVID=`, decoded (§4.4): repeated as `Original-Envelope-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// Per recipient that gave parameters (by address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<RecipientDsn>,
+}
+
+/// One recipient's `NOTIFY` and `ORCPT` (RFC 3461 §4.1, §4.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientDsn {
+    /// The recipient (as in the envelope).
+    pub address: String,
+    /// `NOTIFY=`; absent means `FAILURE` (and, at our choice, no delay warnings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// `ORCPT=addr-type;address`, decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<(String, String)>,
+}
+
+impl DsnParams {
+    /// The parameters given for `address`, if any.
+    pub fn recipient(&self, address: &str) -> Option<&RecipientDsn> {
+        self.recipients.iter().find(|r| r.address == address)
+    }
+}
+
+/// A message to queue with [`Store::accept`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewMessage<'a> {
+    /// Its id, chosen by the caller (so that it can appear in the `Received:` field written
+    /// before the message is stored): [`QueueId::generate`].
+    pub id: &'a QueueId,
+    /// The envelope.
+    pub envelope: &'a Envelope,
+    /// Its DSN parameters.
+    pub dsn: &'a DsnParams,
+    /// The content, CRLF line ends.
+    pub body: &'a [u8],
+}
+
 /// A message claimed by [`Store::due`]: what a worker needs to attempt a delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -196,6 +249,8 @@ pub struct Claim {
     pub recipients: Vec<String>,
     /// When the message arrived.
     pub arrival_time: Timestamp,
+    /// Its DSN parameters.
+    pub dsn: DsnParams,
 }
 
 /// Where one recipient stands.
@@ -306,13 +361,9 @@ pub struct QueueEntry {
 /// for why it is synchronous, and how leases work.
 pub trait Store: Send + Sync {
     /// Queues a message. Returns only when the body and the envelope are on stable storage:
-    /// the listener answers `250` to end-of-data after this, never before.
-    fn accept(
-        &self,
-        envelope: &Envelope,
-        body: &[u8],
-        now: Timestamp,
-    ) -> Result<QueueId, QueueError>;
+    /// the listener answers `250` to end-of-data after this, never before. An id already in
+    /// the queue is refused ([`QueueError::Exists`]).
+    fn accept(&self, message: &NewMessage<'_>, now: Timestamp) -> Result<(), QueueError>;
 
     /// Claims up to `limit` messages with a recipient due at `now` that are neither held nor
     /// under a live lease, oldest due first, for `lease`.
@@ -392,6 +443,7 @@ CREATE TABLE messages (
     arrival     INTEGER NOT NULL,
     size        INTEGER NOT NULL,
     hold_reason TEXT,
+    dsn         TEXT NOT NULL DEFAULT '{}',
     lease_owner TEXT,
     lease_token TEXT,
     lease_until INTEGER
@@ -743,22 +795,31 @@ fn new_token(owner: &str) -> String {
 }
 
 impl Store for LocalStore {
-    fn accept(
-        &self,
-        envelope: &Envelope,
-        body: &[u8],
-        now: Timestamp,
-    ) -> Result<QueueId, QueueError> {
-        let id = QueueId::generate();
-        let path = self.body_path(&id);
+    fn accept(&self, message: &NewMessage<'_>, now: Timestamp) -> Result<(), QueueError> {
+        let NewMessage {
+            id,
+            envelope,
+            dsn,
+            body,
+        } = *message;
+        let path = self.body_path(id);
+        if path.exists() {
+            return Err(QueueError::Exists(id.clone()));
+        }
         write_durably(&path, body)?;
         let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let stored = (|| -> Result<(), QueueError> {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
-                "INSERT INTO messages (id, sender, arrival, size) VALUES (?1, ?2, ?3, ?4)",
-                params![id.as_str(), envelope.sender(), now, size],
+                "INSERT INTO messages (id, sender, arrival, size, dsn) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id.as_str(),
+                    envelope.sender(),
+                    now,
+                    size,
+                    serde_json::to_string(dsn)?
+                ],
             )?;
             for (position, rcpt) in envelope.recipients().iter().enumerate() {
                 tx.execute(
@@ -780,15 +841,15 @@ impl Store for LocalStore {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Ok(id)
+        Ok(())
     }
 
     fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let picked: Vec<(String, String, i64)> = {
+        let picked: Vec<(String, String, i64, String)> = {
             let mut stmt = tx.prepare(
-                "SELECT m.id, m.sender, m.arrival FROM messages m \
+                "SELECT m.id, m.sender, m.arrival, m.dsn FROM messages m \
                  JOIN recipients r ON r.message = m.id \
                  WHERE r.state = 'pending' AND r.next_attempt <= ?1 \
                    AND m.hold_reason IS NULL \
@@ -797,12 +858,12 @@ impl Store for LocalStore {
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             stmt.query_map(params![now, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?
         };
         let mut claims = Vec::with_capacity(picked.len());
-        for (id, sender, arrival_time) in picked {
+        for (id, sender, arrival_time, dsn) in picked {
             let token = new_token(&lease.owner);
             tx.execute(
                 "UPDATE messages SET lease_owner = ?2, lease_token = ?3, lease_until = ?4 \
@@ -824,6 +885,7 @@ impl Store for LocalStore {
                 sender,
                 recipients,
                 arrival_time,
+                dsn: serde_json::from_str(&dsn)?,
             });
         }
         tx.commit()?;

@@ -14,11 +14,12 @@ use std::time::Duration;
 use relay::config::{self, IpNetwork};
 use relay::listener::{DEFAULT_MAX_CONNECTIONS, RelayAcceptor, serve_listener};
 use relay::queue::{
-    Claim, Lease, LocalStore, Progress, QueueEntry, QueueError, QueueId, Store, Timestamp,
+    Claim, Lease, LocalStore, NewMessage, Progress, QueueEntry, QueueError, QueueId, Store,
+    Timestamp,
 };
 use smtp::outcome::RecipientOutcome;
 use smtp::server::{Config, Server, Timeouts};
-use smtp::{Attempt, Envelope, HeloName};
+use smtp::{Attempt, HeloName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -30,7 +31,7 @@ fn broken() -> QueueError {
 }
 
 impl Store for FailingStore {
-    fn accept(&self, _: &Envelope, _: &[u8], _: Timestamp) -> Result<QueueId, QueueError> {
+    fn accept(&self, _: &NewMessage<'_>, _: Timestamp) -> Result<(), QueueError> {
         Err(broken())
     }
     fn due(&self, _: Timestamp, _: usize, _: &Lease) -> Result<Vec<Claim>, QueueError> {

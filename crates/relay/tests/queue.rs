@@ -6,7 +6,9 @@ use common::TempDir;
 
 use std::io::Read;
 
-use relay::queue::{Lease, LocalStore, QueueError, QueueId, QueueName, RecipientState, Store};
+use relay::queue::{
+    DsnParams, Lease, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState, Store,
+};
 use smtp::Attempt;
 use smtp::Envelope;
 use smtp::outcome::RecipientOutcome;
@@ -19,6 +21,26 @@ fn open(dir: &TempDir, now: i64) -> LocalStore {
 
 fn envelope(to: &[&str]) -> Envelope {
     Envelope::new("alice@example.org", to.iter().copied()).unwrap()
+}
+
+/// Queues `body` for `envelope` under a fresh id.
+fn put(
+    store: &dyn Store,
+    envelope: &Envelope,
+    body: &[u8],
+    now: i64,
+) -> Result<QueueId, QueueError> {
+    let id = QueueId::generate();
+    store.accept(
+        &NewMessage {
+            id: &id,
+            envelope,
+            dsn: &DsnParams::default(),
+            body,
+        },
+        now,
+    )?;
+    Ok(id)
 }
 
 fn lease(owner: &str, until: i64) -> Lease {
@@ -59,9 +81,13 @@ fn a_message_lives_from_accept_to_delivery() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let body = b"Subject: hi\r\n\r\nhello\r\n";
-    let id = store
-        .accept(&envelope(&["b@example.com", "c@example.com"]), body, T0)
-        .unwrap();
+    let id = put(
+        &store,
+        &envelope(&["b@example.com", "c@example.com"]),
+        body,
+        T0,
+    )
+    .unwrap();
     assert_eq!(body_of(&store, &id), body);
 
     let list = store.list(T0).unwrap();
@@ -137,9 +163,7 @@ fn a_message_lives_from_accept_to_delivery() {
 fn bounced_recipients_are_done_and_shown() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
-    let id = store
-        .accept(&envelope(&["b@example.com"]), b"x", T0)
-        .unwrap();
+    let id = put(&store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
     let p = store
         .record_attempt(
@@ -165,12 +189,8 @@ fn bounced_recipients_are_done_and_shown() {
 fn hold_release_delete_flush() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
-    let a = store
-        .accept(&envelope(&["b@example.com"]), b"a", T0)
-        .unwrap();
-    let b = store
-        .accept(&envelope(&["c@example.com"]), b"b", T0)
-        .unwrap();
+    let a = put(&store, &envelope(&["b@example.com"]), b"a", T0).unwrap();
+    let b = put(&store, &envelope(&["c@example.com"]), b"b", T0).unwrap();
     assert!(a < b, "ids sort by arrival");
 
     store.hold(&a, "operator").unwrap();
@@ -222,9 +242,7 @@ fn hold_release_delete_flush() {
 fn a_claimed_message_is_not_due_for_another_claimer_until_its_lease_expires() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
-    store
-        .accept(&envelope(&["b@example.com"]), b"x", T0)
-        .unwrap();
+    put(&store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     let first = store.due(T0, 10, &lease("node1", T0 + 60)).unwrap();
     assert_eq!(first.len(), 1);
     assert!(
@@ -265,9 +283,7 @@ fn due_respects_the_limit() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     for _ in 0..5 {
-        store
-            .accept(&envelope(&["b@example.com"]), b"x", T0)
-            .unwrap();
+        put(&store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     }
     assert_eq!(store.due(T0, 3, &lease("w", T0 + 60)).unwrap().len(), 3);
     assert_eq!(store.due(T0, 3, &lease("w", T0 + 60)).unwrap().len(), 2);
@@ -279,12 +295,8 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
     let dir = TempDir::new("queue");
     let (kept, lost) = {
         let store = open(&dir, T0);
-        let kept = store
-            .accept(&envelope(&["b@example.com"]), b"k", T0)
-            .unwrap();
-        let lost = store
-            .accept(&envelope(&["c@example.com"]), b"l", T0)
-            .unwrap();
+        let kept = put(&store, &envelope(&["b@example.com"]), b"k", T0).unwrap();
+        let lost = put(&store, &envelope(&["c@example.com"]), b"l", T0).unwrap();
         (kept, lost)
     };
     let spool = dir.path().join("spool");
@@ -328,12 +340,8 @@ fn recovery_releases_expired_leases_only() {
     let dir = TempDir::new("queue");
     {
         let store = open(&dir, T0);
-        store
-            .accept(&envelope(&["b@example.com"]), b"1", T0)
-            .unwrap();
-        store
-            .accept(&envelope(&["c@example.com"]), b"2", T0)
-            .unwrap();
+        put(&store, &envelope(&["b@example.com"]), b"1", T0).unwrap();
+        put(&store, &envelope(&["c@example.com"]), b"2", T0).unwrap();
         let a = store.due(T0, 1, &lease("dead", T0 + 10)).unwrap();
         let b = store.due(T0, 1, &lease("alive", T0 + 1000)).unwrap();
         assert_eq!((a.len(), b.len()), (1, 1));
@@ -360,11 +368,7 @@ fn the_body_is_complete_whenever_the_row_is_visible() {
     let store = open(&dir, T0);
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let ids: Vec<QueueId> = (0..5)
-        .map(|_| {
-            store
-                .accept(&envelope(&["b@example.com"]), &body, T0)
-                .unwrap()
-        })
+        .map(|_| put(&store, &envelope(&["b@example.com"]), &body, T0).unwrap())
         .collect();
     // Another connection (another process: `danemta queue`) sees rows only with full bodies.
     let db = rusqlite::Connection::open(dir.path().join("queue.sqlite")).unwrap();
@@ -390,9 +394,7 @@ fn the_body_is_complete_whenever_the_row_is_visible() {
 fn the_queue_view_has_the_postqueue_field_names() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
-    let id = store
-        .accept(&envelope(&["b@example.com"]), b"hello", T0)
-        .unwrap();
+    let id = put(&store, &envelope(&["b@example.com"]), b"hello", T0).unwrap();
     let claims = store.due(T0, 1, &lease("w", T0 + 60)).unwrap();
     store
         .record_attempt(
@@ -430,7 +432,7 @@ fn the_null_sender_is_kept() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     let env = Envelope::new("<>", ["b@example.com"]).unwrap();
-    store.accept(&env, b"dsn", T0).unwrap();
+    put(&store, &env, b"dsn", T0).unwrap();
     assert_eq!(store.list(T0).unwrap()[0].sender, "");
 }
 
@@ -463,9 +465,7 @@ fn only_the_owning_process_scans_the_spool() {
     assert!(recovery.orphan_bodies.is_empty());
     assert!(spool.join(in_flight.as_str()).exists());
     // Both see the same queue.
-    let id = daemon
-        .accept(&envelope(&["b@example.com"]), b"x", T0)
-        .unwrap();
+    let id = put(&daemon, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     cli.hold(&id, "operator").unwrap();
     assert_eq!(daemon.list(T0).unwrap()[0].queue_name, QueueName::Hold);
     drop(cli);
@@ -480,9 +480,7 @@ fn only_the_owning_process_scans_the_spool() {
 fn a_renewed_lease_keeps_other_claimers_out() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
-    store
-        .accept(&envelope(&["b@example.com"]), b"x", T0)
-        .unwrap();
+    put(&store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     let claim = store.due(T0, 1, &lease("slow", T0 + 60)).unwrap().remove(0);
     let claim = store.renew(&claim, T0 + 600).unwrap();
     assert_eq!(claim.lease.until, T0 + 600);
@@ -505,9 +503,7 @@ fn concurrent_claimers_never_get_the_same_message() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);
     for _ in 0..40 {
-        store
-            .accept(&envelope(&["b@example.com"]), b"x", T0)
-            .unwrap();
+        put(&store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     }
     // Two connections to the same queue (two workers, or two processes), claiming in turns.
     let other = open(&dir, T0);
