@@ -9,8 +9,11 @@ mod dnsopts;
 mod doctor;
 mod error;
 mod escape;
+mod queue;
 mod rollover;
 mod send;
+mod sendmail;
+mod serve;
 mod tlsa;
 
 use std::process::ExitCode;
@@ -31,6 +34,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the relay daemon: accept mail over SMTP, queue it durably, deliver it with DANE.
+    ///
+    /// Without --config it reads /etc/danemta/danemta.toml when present, else runs on the
+    /// embedded defaults (listen on 127.0.0.1:2525, relay for loopback clients, spool in
+    /// /var/spool/danemta as root). SIGHUP reloads policies and certificates; SIGTERM stops.
+    Serve(serve::ServeArgs),
+    /// Inspect and manage the relay's queue (safe while the daemon runs).
+    Queue(queue::QueueArgs),
+    /// sendmail(1)-compatible submission to the local relay: reads the message on standard
+    /// input. Install as /usr/sbin/sendmail for applications.
+    Sendmail(sendmail::SendmailArgs),
     /// Check a domain's DANE health: MX hosts, DNSSEC status, TLSA records, DANE state.
     ///
     /// Exit status: 0 all ok, 1 warnings, 2 failures, 64 usage error.
@@ -69,6 +83,9 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Tlsa(cmd) => tlsa::run(cmd),
+        Command::Serve(args) => serve::run(args),
+        Command::Queue(args) => queue::run(args),
+        Command::Sendmail(args) => sendmail::run(args),
     };
     match result {
         Ok(code) => code,
