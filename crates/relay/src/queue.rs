@@ -251,6 +251,8 @@ pub struct Claim {
     pub arrival_time: Timestamp,
     /// Its DSN parameters.
     pub dsn: DsnParams,
+    /// Tries made so far (the most of any claimed recipient): 0 on the first.
+    pub attempts: u32,
 }
 
 /// Where one recipient stands.
@@ -368,6 +370,11 @@ pub trait Store: Send + Sync {
     /// Claims up to `limit` messages with a recipient due at `now` that are neither held nor
     /// under a live lease, oldest due first, for `lease`.
     fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError>;
+
+    /// When the next message falls due: the earliest `next_attempt` of a pending recipient
+    /// of a message that is not held, or its lease's end if later. `None` when nothing is
+    /// queued. The scheduler sleeps until then (or until woken), never polling.
+    fn next_due(&self) -> Result<Option<Timestamp>, QueueError>;
 
     /// Stores one delivery try of a claimed message: the typed outcomes per recipient and the
     /// attempts (connections) made. Delivered and bounced recipients are done; a deferred one
@@ -568,6 +575,10 @@ impl LocalStore {
         for entry in entries {
             let entry = entry.map_err(io_err(&self.spool))?;
             let path = entry.path();
+            if written_recently(&entry, now) {
+                // `danemta sendmail` may be between this body and its row right now.
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             match is_id(&name) {
                 Some(id) => {
@@ -616,10 +627,13 @@ impl LocalStore {
                 recovery.missing_bodies.push(id);
             }
         }
+        // The owner is the only process that delivers from a local queue, so every lease it
+        // finds was left by a daemon that is gone: those messages go back to the queue now.
+        // Anyone else releases only leases that ran out.
         recovery.expired_leases = tx.execute(
             "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL \
-             WHERE lease_until IS NOT NULL AND lease_until <= ?1",
-            [now],
+             WHERE lease_until IS NOT NULL AND (?2 OR lease_until <= ?1)",
+            params![now, owner],
         )?;
         tx.commit()?;
         Ok(recovery)
@@ -735,6 +749,21 @@ impl LocalStore {
             history,
         }))
     }
+}
+
+/// How long a spool file without a row is left alone by recovery: another process (`danemta
+/// sendmail`) may be about to write its row.
+const WRITER_GRACE: Duration = Duration::from_secs(600);
+
+/// Whether a spool entry was modified less than [`WRITER_GRACE`] before `now`.
+fn written_recently(entry: &fs::DirEntry, now: Timestamp) -> bool {
+    let modified = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    now.saturating_sub(modified) < i64::try_from(WRITER_GRACE.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename, fsync
@@ -870,14 +899,16 @@ impl Store for LocalStore {
                  WHERE id = ?1",
                 params![id, lease.owner, token, lease.until],
             )?;
-            let recipients: Vec<String> = {
+            let due: Vec<(String, u32)> = {
                 let mut stmt = tx.prepare(
-                    "SELECT address FROM recipients WHERE message = ?1 AND state = 'pending' \
-                     AND next_attempt <= ?2 ORDER BY position",
+                    "SELECT address, attempts FROM recipients WHERE message = ?1 \
+                     AND state = 'pending' AND next_attempt <= ?2 ORDER BY position",
                 )?;
-                stmt.query_map(params![id, now], |r| r.get(0))?
+                stmt.query_map(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?
             };
+            let attempts = due.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            let recipients = due.into_iter().map(|(a, _)| a).collect();
             claims.push(Claim {
                 id: QueueId::try_from(id)?,
                 token,
@@ -886,10 +917,22 @@ impl Store for LocalStore {
                 recipients,
                 arrival_time,
                 dsn: serde_json::from_str(&dsn)?,
+                attempts,
             });
         }
         tx.commit()?;
         Ok(claims)
+    }
+
+    fn next_due(&self) -> Result<Option<Timestamp>, QueueError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT min(max(r.next_attempt, coalesce(m.lease_until, 0))) FROM messages m \
+             JOIN recipients r ON r.message = m.id \
+             WHERE r.state = 'pending' AND m.hold_reason IS NULL",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )?)
     }
 
     fn record_attempt(

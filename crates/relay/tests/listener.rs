@@ -37,6 +37,9 @@ impl Store for FailingStore {
     fn due(&self, _: Timestamp, _: usize, _: &Lease) -> Result<Vec<Claim>, QueueError> {
         Err(broken())
     }
+    fn next_due(&self) -> Result<Option<Timestamp>, QueueError> {
+        Err(broken())
+    }
     fn record_attempt(
         &self,
         _: &Claim,

@@ -96,6 +96,7 @@ fn a_message_lives_from_accept_to_delivery() {
     assert_eq!(list[0].queue_name, QueueName::Incoming);
     assert_eq!(list[0].message_size, body.len() as u64);
     assert_eq!(list[0].recipients.len(), 2);
+    assert_eq!(store.next_due().unwrap(), Some(T0));
 
     // First try: b deferred, c delivered.
     let claims = store.due(T0, 10, &lease("w1", T0 + 60)).unwrap();
@@ -115,6 +116,8 @@ fn a_message_lives_from_accept_to_delivery() {
         )
         .unwrap();
     assert_eq!((progress.pending, progress.delivered), (1, 1));
+    // Under the lease, the message is due no earlier than the lease's end.
+    assert_eq!(store.next_due().unwrap(), Some(T0 + 300));
     assert!(!store.complete(claim).unwrap());
 
     let entry = &store.list(T0 + 1).unwrap()[0];
@@ -336,29 +339,34 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
 }
 
 #[test]
-fn recovery_releases_expired_leases_only() {
+fn recovery_by_the_owner_releases_every_lease() {
     let dir = TempDir::new("queue");
-    {
-        let store = open(&dir, T0);
-        put(&store, &envelope(&["b@example.com"]), b"1", T0).unwrap();
-        put(&store, &envelope(&["c@example.com"]), b"2", T0).unwrap();
-        let a = store.due(T0, 1, &lease("dead", T0 + 10)).unwrap();
-        let b = store.due(T0, 1, &lease("alive", T0 + 1000)).unwrap();
-        assert_eq!((a.len(), b.len()), (1, 1));
-        // Dropped without completing: a crash while delivering.
-    }
-    let (store, recovery) = LocalStore::open(dir.path(), T0 + 20).unwrap();
+    let daemon = open(&dir, T0);
+    put(&daemon, &envelope(&["b@example.com"]), b"1", T0).unwrap();
+    put(&daemon, &envelope(&["c@example.com"]), b"2", T0).unwrap();
+    let a = daemon.due(T0, 1, &lease("dead", T0 + 10)).unwrap();
+    let b = daemon.due(T0, 1, &lease("alive", T0 + 1000)).unwrap();
+    assert_eq!((a.len(), b.len()), (1, 1));
+    // Another process opening the queue while the daemon runs releases only what ran out…
+    let (shared, recovery) = LocalStore::open(dir.path(), T0 + 20).unwrap();
+    assert!(!recovery.spool_scanned);
     assert_eq!(recovery.expired_leases, 1);
-    let names: Vec<_> = store
+    let names: Vec<_> = shared
         .list(T0 + 20)
         .unwrap()
         .iter()
         .map(|e| e.queue_name)
         .collect();
     assert_eq!(names, [QueueName::Incoming, QueueName::Active]);
+    // … while the next daemon (the lock holder) knows every lease was left by a dead one:
+    // what was being delivered goes back to the queue at once.
+    drop((shared, daemon));
+    let (store, recovery) = LocalStore::open(dir.path(), T0 + 30).unwrap();
+    assert!(recovery.spool_scanned);
+    assert_eq!(recovery.expired_leases, 1);
     assert_eq!(
-        store.due(T0 + 20, 10, &lease("w", T0 + 80)).unwrap().len(),
-        1
+        store.due(T0 + 30, 10, &lease("w", T0 + 80)).unwrap().len(),
+        2
     );
 }
 

@@ -1,0 +1,725 @@
+//! The scheduler: takes due messages from the [`Store`], delivers them with the DANE client
+//! of `danemta-smtp`, and records what happened: delivered recipients leave the queue,
+//! deferred ones are tried again with exponential back-off ([`retry`]), and permanent
+//! failures and deferrals past the lifetime go back to the sender as RFC 3464 delivery
+//! status notifications ([`crate::dsn`]).
+//!
+//! Rules kept here (PRODUCT.md, "The relay daemon"):
+//! * a deferral, DANE failures included, is only ever a deferral: it becomes a bounce at the
+//!   end of `lifetime`, never earlier, and the DANE client never falls back to plaintext
+//!   where RFC 7672 forbids it (that decision is `danemta-smtp`'s, per destination level);
+//! * never a DSN to the null sender (RFC 5321 §4.5.5, RFC 3464 §2): a failed bounce is
+//!   dropped with a log line, so bounces cannot loop;
+//! * a DSN is queued before the attempt that caused it is recorded: a crash in between
+//!   sends it twice, never zero times (at-least-once, like the rest of the queue);
+//! * recipients are grouped by destination (next hop and policy) so that one connection
+//!   carries several messages; connections are bounded overall (`max_connections`) and per
+//!   destination (`max_connections_per_destination`);
+//! * the scheduler sleeps until the next message is due or a new one is queued
+//!   ([`Scheduler::wake`]); it never polls.
+
+pub mod destination;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dns::{DnsName, Resolver, Route};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use smtp::outcome::{RecipientOutcome, Response};
+use smtp::{
+    Attempt, Delivery, Envelope, Fate, Gate, HeloName, Limits, Message, Outgoing, Security,
+    Timeouts, deliver_batch, dnssec_gate, fingerprint_records,
+};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::dsn::{self, Action};
+use crate::metrics;
+use crate::queue::{Claim, DsnParams, Lease, NewMessage, QueueId, Store, Timestamp};
+use destination::{Destination, Hop, destination, literal_route};
+use retry::Retry;
+
+/// How long a claim is leased. A delivery never takes this long (the SMTP timeouts of RFC
+/// 5321 §4.5.3.2 add up to less), and the daemon that owns a local queue releases every
+/// lease when it starts, so a crash costs no waiting.
+const LEASE: Duration = Duration::from_secs(3600);
+
+/// At most this many messages go over one connection in a row before it is closed and the
+/// rest take another (Postfix's `smtp_connection_reuse_count_limit` is unlimited by default;
+/// a bound keeps one destination's backlog from holding a connection slot for ever).
+const MESSAGES_PER_JOB: usize = 50;
+
+/// On SIGTERM, deliveries in flight get this long to finish; what is still running is then
+/// abandoned and goes back to the queue at the next start.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The fixed settings of a scheduler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our name in EHLO and as the DSN's reporting MTA.
+    pub hostname: HeloName,
+    /// Back-off and lifetime.
+    pub retry: Retry,
+    /// Outgoing connections at once, overall.
+    pub max_connections: usize,
+    /// Outgoing connections at once, per destination.
+    pub max_connections_per_destination: usize,
+    /// SMTP client timeouts.
+    pub timeouts: Timeouts,
+    /// Our name on leases.
+    pub owner: String,
+    /// The start-up probe of DNSSEC validation (`Err` with why it fails): `dane-only`
+    /// destinations are deferred without it (RFC 7672 §2.1.1).
+    pub dnssec: Result<(), String>,
+}
+
+/// What SIGHUP reloads: the policy table and the PKIX roots.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The configuration the policy table and `[delivery]` settings are read from.
+    pub config: Arc<Config>,
+    /// PKIX trust anchors for `verify`/`secure` (system roots plus `[delivery] ca_file`).
+    pub roots: Arc<RootCertStore>,
+}
+
+/// The delivery loop. Share it in an [`Arc`]; [`Scheduler::run`] drives it.
+pub struct Scheduler<R> {
+    store: Arc<dyn Store>,
+    resolver: Arc<R>,
+    settings: Settings,
+    policy: RwLock<Arc<Policy>>,
+    provider: Arc<CryptoProvider>,
+    doorbell: Notify,
+    connections: Arc<Semaphore>,
+    destinations: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Claimed messages not finished yet (bounds how much is claimed at once).
+    in_flight: Arc<Semaphore>,
+}
+
+/// A claimed message while its destinations are being tried.
+struct Tracker {
+    claim: Claim,
+    /// Destinations not finished yet.
+    remaining: AtomicUsize,
+    results: Mutex<(Vec<RecipientOutcome>, Vec<Attempt>)>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Some recipients of one claimed message, for one destination.
+struct Part {
+    tracker: Arc<Tracker>,
+    recipients: Vec<String>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
+    })
+}
+
+/// Seconds since `arrival`, with a tenth, for `delay=` in log lines.
+fn delay_since(arrival: Timestamp) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    (now - arrival as f64).max(0.0)
+}
+
+impl<R: Resolver + 'static> Scheduler<R> {
+    /// A scheduler delivering from `store` with `resolver`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        resolver: Arc<R>,
+        settings: Settings,
+        policy: Policy,
+    ) -> Self {
+        let connections = settings.max_connections.max(1);
+        Scheduler {
+            store,
+            resolver,
+            policy: RwLock::new(Arc::new(policy)),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            doorbell: Notify::new(),
+            connections: Arc::new(Semaphore::new(connections)),
+            destinations: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
+            settings,
+        }
+    }
+
+    /// Wakes the scheduler: a message was queued or flushed. Cheap; a wake with nothing due
+    /// costs one store query.
+    pub fn wake(&self) {
+        self.doorbell.notify_one();
+    }
+
+    /// Replaces the policy table and PKIX roots (SIGHUP). Deliveries already running keep
+    /// the policy they started with; queued mail is untouched.
+    pub fn reload(&self, policy: Policy) {
+        if let Ok(mut p) = self.policy.write() {
+            *p = Arc::new(policy);
+        }
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Runs until `shutdown` turns true: claims due messages, starts their deliveries, and
+    /// sleeps until the next is due or [`Scheduler::wake`] is called. On shutdown it stops
+    /// claiming and waits up to [`SHUTDOWN_GRACE`] for deliveries in flight.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let started = self.pass(&mut tasks).await;
+            while tasks.try_join_next().is_some() {}
+            if started {
+                // More may be due right away (the claim was bounded).
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let wait = self.until_next_due().await;
+            tokio::select! {
+                () = self.doorbell.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                target: "relay",
+                "deliveries still running after {}s were abandoned; they go back to the queue at the next start",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            tasks.abort_all();
+        }
+    }
+
+    /// How long to sleep: until the next message is due, at most an hour (a store error is
+    /// retried after a minute).
+    async fn until_next_due(&self) -> Duration {
+        let store = Arc::clone(&self.store);
+        let next = tokio::task::spawn_blocking(move || store.next_due()).await;
+        let now = unix_now();
+        match next {
+            Ok(Ok(Some(t))) => Duration::from_secs(u64::try_from(t - now).unwrap_or(0).max(1))
+                .min(Duration::from_secs(3600)),
+            Ok(Ok(None)) => Duration::from_secs(3600),
+            Ok(Err(e)) => {
+                tracing::error!(target: "relay", "queue: {e}");
+                Duration::from_secs(60)
+            }
+            Err(_) => Duration::from_secs(60),
+        }
+    }
+
+    /// One pass: claims what is due (as much as there is room for), groups it by
+    /// destination and starts a delivery task per group. `true` when something was claimed.
+    async fn pass(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> bool {
+        let room = self.in_flight.available_permits();
+        if room == 0 {
+            return false;
+        }
+        let now = unix_now();
+        let lease = Lease {
+            owner: self.settings.owner.clone(),
+            until: now + Timestamp::try_from(LEASE.as_secs()).unwrap_or(3600),
+        };
+        let store = Arc::clone(&self.store);
+        let claims = match tokio::task::spawn_blocking(move || store.due(now, room, &lease)).await {
+            Ok(Ok(claims)) => claims,
+            Ok(Err(e)) => {
+                tracing::error!(target: "relay", "queue: cannot claim due mail: {e}");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        if claims.is_empty() {
+            return false;
+        }
+        let policy = self.policy();
+        let mut groups: Vec<(Destination, Vec<Part>)> = Vec::new();
+        for claim in claims {
+            if claim.attempts > 0 {
+                metrics::retry();
+            }
+            let Ok(slot) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                break;
+            };
+            let mut by_destination: Vec<(Destination, Vec<String>)> = Vec::new();
+            let mut unroutable = Vec::new();
+            for rcpt in &claim.recipients {
+                match destination(&policy.config, rcpt) {
+                    Ok(d) => match by_destination.iter_mut().find(|(k, _)| *k == d) {
+                        Some((_, list)) => list.push(rcpt.clone()),
+                        None => by_destination.push((d, vec![rcpt.clone()])),
+                    },
+                    Err(e) => unroutable.push(RecipientOutcome {
+                        address: rcpt.clone(),
+                        outcome: Fate::Bounced,
+                        reply: Response::Local(e.to_string()),
+                    }),
+                }
+            }
+            let tracker = Arc::new(Tracker {
+                remaining: AtomicUsize::new(by_destination.len()),
+                results: Mutex::new((unroutable, Vec::new())),
+                claim,
+                _slot: slot,
+            });
+            if by_destination.is_empty() {
+                let this = Arc::clone(self);
+                tasks.spawn(async move { this.finish(tracker).await });
+                continue;
+            }
+            for (dest, recipients) in by_destination {
+                let part = Part {
+                    tracker: Arc::clone(&tracker),
+                    recipients,
+                };
+                match groups.iter_mut().find(|(k, _)| *k == dest) {
+                    Some((_, parts)) => parts.push(part),
+                    None => groups.push((dest, vec![part])),
+                }
+            }
+        }
+        for (dest, mut parts) in groups {
+            while !parts.is_empty() {
+                let rest = parts.split_off(parts.len().min(MESSAGES_PER_JOB));
+                let job = std::mem::replace(&mut parts, rest);
+                let this = Arc::clone(self);
+                let dest = dest.clone();
+                tasks.spawn(async move { this.deliver(dest, job).await });
+            }
+        }
+        true
+    }
+
+    /// The semaphore bounding connections to `dest`.
+    fn destination_slots(&self, dest: &Destination) -> Arc<Semaphore> {
+        let mut map = match self.destinations.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 10_000 {
+            // Forget idle destinations (no task holds their semaphore).
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        Arc::clone(map.entry(dest.clone()).or_insert_with(|| {
+            Arc::new(Semaphore::new(
+                self.settings.max_connections_per_destination.max(1),
+            ))
+        }))
+    }
+
+    /// Delivers `parts` to `dest` over as few connections as possible, then hands each
+    /// message's part of the result to its tracker.
+    async fn deliver(self: Arc<Self>, dest: Destination, parts: Vec<Part>) {
+        let slots = self.destination_slots(&dest);
+        let (Ok(_dest_permit), Ok(_permit)) = (
+            slots.acquire_owned().await,
+            Arc::clone(&self.connections).acquire_owned().await,
+        ) else {
+            return;
+        };
+        let policy = self.policy();
+        let deliveries = self.attempt(&dest, &parts, &policy).await;
+        for (part, delivery) in parts.into_iter().zip(deliveries) {
+            let tracker = part.tracker;
+            if let Ok(mut results) = tracker.results.lock() {
+                results.0.extend(delivery.recipients);
+                results.1.extend(delivery.attempts);
+            }
+            if tracker.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.finish(tracker).await;
+            }
+        }
+    }
+
+    /// Route discovery and the SMTP deliveries of one job: one [`Delivery`] per part, in
+    /// order.
+    async fn attempt(&self, dest: &Destination, parts: &[Part], policy: &Policy) -> Vec<Delivery> {
+        let deferred =
+            |part: &Part, reason: &str| smtp::dispatch::deferred(&part.recipients, reason);
+        if let Gate::Refuse(why) = dnssec_gate(dest.level, self.settings.dnssec.clone()) {
+            let reason = format!("dane-only refused: {why}");
+            return parts.iter().map(|p| deferred(p, &reason)).collect();
+        }
+        let fingerprints = match fingerprint_records(&dest.fingerprints) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = format!("policy fingerprint: {e}");
+                return parts.iter().map(|p| deferred(p, &reason)).collect();
+            }
+        };
+        let first_domain: DnsName = parts
+            .first()
+            .and_then(|p| p.recipients.first())
+            .and_then(|r| r.rsplit_once('@'))
+            .and_then(|(_, d)| d.parse().ok())
+            .unwrap_or_else(DnsName::root);
+        let route: Route = match (&dest.hop, dest.next_hop()) {
+            (Hop::Address(ip, port), _) => literal_route(*ip, *port),
+            (_, Some(hop)) => dns::discover(&*self.resolver, &hop).await,
+            (_, None) => literal_route([127, 0, 0, 1].into(), dest.hop.port()),
+        };
+        // Bodies and envelopes; a part whose body cannot be read is deferred on its own.
+        let mut loaded: Vec<Result<(Envelope, Message), String>> = Vec::with_capacity(parts.len());
+        for part in parts {
+            loaded.push(self.load(&part.tracker.claim, &part.recipients).await);
+        }
+        let outgoing: Vec<Outgoing<'_>> = loaded
+            .iter()
+            .filter_map(|l| l.as_ref().ok())
+            .map(|(envelope, message)| Outgoing {
+                envelope,
+                body: message,
+            })
+            .collect();
+        let cfg = smtp::Config {
+            helo_name: self.settings.hostname.clone(),
+            level: dest.level,
+            timeouts: self.settings.timeouts.clone(),
+            provider: Arc::clone(&self.provider),
+            fingerprints,
+            roots: Arc::clone(&policy.roots),
+            match_names: dest.reference_names(),
+            credentials: None,
+            limits: Limits::default(),
+        };
+        let next_hop_name = dest.hop.name(&first_domain).clone();
+        let batch = deliver_batch(
+            &route,
+            &next_hop_name,
+            dest.hop.looked_up(),
+            &outgoing,
+            &cfg,
+            None,
+        )
+        .await;
+        if let Some(connection) = batch.connection {
+            connection.close().await;
+        }
+        for attempt in batch.deliveries.iter().flat_map(|d| &d.attempts) {
+            log_attempt(attempt);
+        }
+        let mut delivered = batch.deliveries.into_iter();
+        parts
+            .iter()
+            .zip(&loaded)
+            .map(|(part, l)| match l {
+                Ok(_) => delivered
+                    .next()
+                    .unwrap_or_else(|| deferred(part, "internal: no delivery result")),
+                Err(why) => deferred(part, why),
+            })
+            .collect()
+    }
+
+    /// Reads a claimed message's body and makes the envelope for `recipients`.
+    async fn load(
+        &self,
+        claim: &Claim,
+        recipients: &[String],
+    ) -> Result<(Envelope, Message), String> {
+        let envelope = Envelope::new(claim.sender.clone(), recipients.iter().cloned())
+            .map_err(|e| format!("bad envelope in the queue: {e}"))?;
+        let raw = self.read_body(&claim.id).await?;
+        let message = Message::new(&raw).map_err(|e| format!("queued message unusable: {e}"))?;
+        Ok((envelope, message))
+    }
+
+    async fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, String> {
+        let store = Arc::clone(&self.store);
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut raw = Vec::new();
+            store
+                .body(&id)
+                .and_then(|mut r| {
+                    std::io::Read::read_to_end(&mut r, &mut raw).map_err(|e| {
+                        crate::queue::QueueError::Io {
+                            path: id.as_str().into(),
+                            source: e,
+                        }
+                    })
+                })
+                .map(|_| raw)
+                .map_err(|e| format!("cannot read the queued message: {e}"))
+        })
+        .await
+        .unwrap_or_else(|_| Err("cannot read the queued message".into()))
+    }
+
+    /// Everything about one claimed message is known: expire what is past its lifetime,
+    /// log each recipient, queue the DSNs owed, record the try and end the claim.
+    async fn finish(&self, tracker: Arc<Tracker>) {
+        let claim = &tracker.claim;
+        let (mut outcomes, attempts) = match tracker.results.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(_) => return,
+        };
+        let now = unix_now();
+        let expired = self.settings.retry.expired(claim.arrival_time, now);
+        let mut expired_recipients = Vec::new();
+        for o in &mut outcomes {
+            if o.outcome == Fate::Deferred && expired {
+                o.outcome = Fate::Bounced;
+                expired_recipients.push(o.address.clone());
+            }
+        }
+        let delay = delay_since(claim.arrival_time);
+        for o in &outcomes {
+            let is_expired = expired_recipients.contains(&o.address);
+            log_recipient(claim, o, &attempts, delay, is_expired);
+            let security = o
+                .reply
+                .smtp()
+                .and_then(|r| r.mta.as_ref())
+                .and_then(|mta| {
+                    attempts
+                        .iter()
+                        .rev()
+                        .find(|a| a.address == Some(mta.address))
+                })
+                .or(attempts.last())
+                .map(|a| a.security);
+            metrics::delivery(
+                match (o.outcome, is_expired) {
+                    (Fate::Delivered, _) => metrics::Outcome::Sent,
+                    (Fate::Deferred, _) => metrics::Outcome::Deferred,
+                    (Fate::Bounced, true) => metrics::Outcome::Expired,
+                    (Fate::Bounced, false) => metrics::Outcome::Bounced,
+                },
+                security,
+            );
+        }
+        for a in &attempts {
+            if is_dane_failure(a) {
+                metrics::dane_failure(a.rule);
+            }
+        }
+        self.notify_sender(claim, &outcomes, &expired_recipients, now)
+            .await;
+        let next = self.settings.retry.next_attempt(claim.arrival_time, now);
+        let store = Arc::clone(&self.store);
+        let claim = claim.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.record_attempt(&claim, &outcomes, &attempts, next)?;
+            store.complete(&claim).map(|_| ())
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
+                target: "relay",
+                "{}: cannot record the delivery attempt: {e}; it will be tried again",
+                tracker.claim.id
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// Queues the DSNs owed for this try (RFC 3461 §4.1 NOTIFY decides which): failures
+    /// (bounces and expiries) by default, successes when asked. Never to the null sender.
+    async fn notify_sender(
+        &self,
+        claim: &Claim,
+        outcomes: &[RecipientOutcome],
+        expired: &[String],
+        now: Timestamp,
+    ) {
+        let failed: Vec<&RecipientOutcome> = outcomes
+            .iter()
+            .filter(|o| o.outcome == Fate::Bounced)
+            .collect();
+        if claim.sender.is_empty() {
+            for o in failed {
+                tracing::info!(
+                    target: "relay",
+                    queue_id = %claim.id,
+                    "{}: to=<{}>: undeliverable bounce (null sender) dropped: {}",
+                    claim.id, o.address, o.reply
+                );
+            }
+            return;
+        }
+        let wanted = |o: &&RecipientOutcome, action| dsn::wanted(&claim.dsn, &o.address, action);
+        let failures: Vec<dsn::Reported<'_>> = failed
+            .iter()
+            .filter(|o| wanted(o, Action::Failed))
+            .map(|o| dsn::Reported {
+                outcome: o,
+                action: Action::Failed,
+                expired: expired.contains(&o.address),
+            })
+            .collect();
+        let successes: Vec<dsn::Reported<'_>> = outcomes
+            .iter()
+            .filter(|o| o.outcome == Fate::Delivered)
+            .filter(|o| wanted(o, Action::Relayed))
+            .map(|o| dsn::Reported {
+                outcome: o,
+                action: Action::Relayed,
+                expired: false,
+            })
+            .collect();
+        for reported in [failures, successes] {
+            if reported.is_empty() {
+                continue;
+            }
+            let original = match self.read_body(&claim.id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(target: "relay", "{}: DSN without the original: {e}", claim.id);
+                    Vec::new()
+                }
+            };
+            let hostname = self.settings.hostname.as_str().to_owned();
+            let report = dsn::Report {
+                reporting_mta: &hostname,
+                queue_id: claim.id.as_str(),
+                arrival: claim.arrival_time,
+                sender: &claim.sender,
+                dsn: &claim.dsn,
+                recipients: reported,
+                original: &original,
+                now,
+            };
+            let message = match dsn::build(&report) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(target: "relay", "{}: cannot build a DSN: {e}", claim.id);
+                    continue;
+                }
+            };
+            let id = QueueId::generate();
+            let Ok(envelope) = Envelope::new("", [claim.sender.clone()]) else {
+                tracing::error!(target: "relay", "{}: the sender cannot receive a DSN", claim.id);
+                continue;
+            };
+            let store = Arc::clone(&self.store);
+            let queued = id.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                store.accept(
+                    &NewMessage {
+                        id: &queued,
+                        envelope: &envelope,
+                        dsn: &DsnParams::default(),
+                        body: &message,
+                    },
+                    now,
+                )
+            })
+            .await;
+            match stored {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        target: "relay",
+                        queue_id = %claim.id,
+                        "{}: sender delivery status notification: {id}",
+                        claim.id
+                    );
+                    self.wake();
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(target: "relay", "{}: cannot queue a DSN: {e}", claim.id)
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether an attempt failed on DANE's account: a host skipped or a connection refused by
+/// the RFC 7672 rules (for the DANE failures metric).
+fn is_dane_failure(a: &Attempt) -> bool {
+    use smtp::outcome::Rule;
+    !a.delivered
+        && (a.failure.is_some() || a.address.is_none())
+        && matches!(
+            a.rule,
+            Rule::DaneMandatory
+                | Rule::DaneAuth
+                | Rule::DaneUnusableRecords
+                | Rule::HostUnusable
+                | Rule::DaneOnly
+        )
+}
+
+/// The `Verified TLS connection established to …` line of one connection (Postfix's).
+fn log_attempt(attempt: &Attempt) {
+    tracing::info!(target: "relay", "{}", attempt.log_line());
+}
+
+/// The Postfix-style line of one recipient: `ID: to=<b@x>, relay=mx.x[192.0.2.1]:25,
+/// delay=0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)`.
+fn log_recipient(
+    claim: &Claim,
+    o: &RecipientOutcome,
+    attempts: &[Attempt],
+    delay: f64,
+    expired: bool,
+) {
+    let (status, class) = match o.outcome {
+        Fate::Delivered => ("sent", 2),
+        Fate::Deferred => ("deferred", 4),
+        Fate::Bounced => ("bounced", 5),
+    };
+    let reply = o.reply.smtp();
+    let relay = match reply.and_then(|r| r.mta.as_ref()) {
+        Some(mta) => {
+            let port = attempts
+                .iter()
+                .rev()
+                .find(|a| a.address == Some(mta.address))
+                .map_or(25, |a| a.port);
+            format!("{}[{}]:{port}", mta.host, mta.address)
+        }
+        None => match attempts.last() {
+            Some(a) => match a.address {
+                Some(ip) => format!("{}[{ip}]:{}", a.host, a.port),
+                None => a.host.to_string(),
+            },
+            None => "none".into(),
+        },
+    };
+    let dsn = match reply.and_then(|r| r.enhanced) {
+        Some(e) if !expired => e.to_string(),
+        _ if expired => "4.4.7".into(),
+        _ => format!("{class}.0.0"),
+    };
+    let text = if expired {
+        format!("delivery time expired: {}", o.reply)
+    } else {
+        o.reply.to_string()
+    };
+    let security = attempts.last().map_or(Security::None, |a| a.security);
+    tracing::info!(
+        target: "relay",
+        queue_id = %claim.id,
+        to = %o.address,
+        relay = %relay,
+        delay = delay,
+        dsn = %dsn,
+        status = status,
+        security = %security,
+        "{}: to=<{}>, relay={relay}, delay={delay:.1}, dsn={dsn}, status={status} ({text})",
+        claim.id,
+        o.address,
+    );
+}
