@@ -893,3 +893,60 @@ async fn junk_commands_run_into_the_error_limit() {
     assert!(c.closed().await);
     assert_eq!(s.ends(1).await, [Err("too-many-errors".to_owned())]);
 }
+
+/// RFC 8314 §3.3 (submissions): with implicit TLS the handshake comes first; the greeting
+/// comes over TLS, STARTTLS is not offered again, and a plaintext client gets no greeting.
+#[tokio::test]
+async fn implicit_tls_greets_only_over_tls() {
+    let chains = chains();
+    let mut cfg = tls_config(&chains, true);
+    cfg.implicit_tls = true;
+    let s = start(cfg).await;
+    // A plaintext client: no SMTP greeting, the session ends in a failed handshake.
+    let mut plain = TcpStream::connect(s.addr).await.unwrap();
+    plain.write_all(b"EHLO client.test\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut seen)).await;
+    assert!(
+        !seen.starts_with(b"220"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    // A TLS client trusting mx1's (self-signed) certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(chains.mx1.leaf_der.clone()))
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("mx1.example.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = BufReader::new(tls);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tls, &mut line)
+        .await
+        .unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    tls.get_mut()
+        .write_all(b"EHLO client.test\r\n")
+        .await
+        .unwrap();
+    let mut ehlo = String::new();
+    loop {
+        let mut l = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut tls, &mut l)
+            .await
+            .unwrap();
+        ehlo.push_str(&l);
+        if l.as_bytes().get(3) == Some(&b' ') || l.is_empty() {
+            break;
+        }
+    }
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+}

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine;
@@ -247,6 +248,15 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
     }
 
     pub(super) async fn run(mut self) -> Result<Closed, ServerError> {
+        if self.config.implicit_tls {
+            // RFC 8314 §3.3: TLS first; the greeting and everything after go over it.
+            let Some(tls) = self.config.tls.clone() else {
+                return Err(ServerError::Tls(
+                    "implicit TLS without a certificate".into(),
+                ));
+            };
+            self.handshake(tls).await?;
+        }
         let host = self.host().to_owned();
         let delay = self.config.timeouts.greeting_delay;
         if !delay.is_zero() {
@@ -604,13 +614,22 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
         if let Err(e) = self.flush().await {
             return Some(Err(ServerError::Io(e)));
         }
+        if let Err(e) = self.handshake(tls).await {
+            return Some(Err(e));
+        }
+        None
+    }
+
+    /// The TLS handshake on the plaintext stream (after `220 Ready to start TLS`, or first
+    /// thing for implicit TLS), then the session starts over (RFC 3207 §4.2).
+    async fn handshake(&mut self, tls: Arc<rustls::ServerConfig>) -> Result<(), ServerError> {
         let Stream::Plain(plain) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Some(Err(ServerError::Tls("not a plaintext stream".into())));
+            return Err(ServerError::Tls("not a plaintext stream".into()));
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let stream = match timeout(self.config.timeouts.tls, acceptor.accept(plain)).await {
-            Err(_) => return Some(Err(ServerError::Timeout("in the TLS handshake"))),
-            Ok(Err(e)) => return Some(Err(ServerError::Tls(e.to_string()))),
+            Err(_) => return Err(ServerError::Timeout("in the TLS handshake")),
+            Ok(Err(e)) => return Err(ServerError::Tls(e.to_string())),
             Ok(Ok(s)) => s,
         };
         let (_, conn) = stream.get_ref();
@@ -634,7 +653,7 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
         self.client.esmtp = false;
         self.client.user = None;
         self.client.tls = Some(state);
-        None
+        Ok(())
     }
 
     /// DATA and the message (RFC 5321 §4.1.1.4). `Some` ends the session.

@@ -126,6 +126,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// STARTTLS is offered when set (see [`tls::SniResolver::into_server_config`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Implicit TLS (RFC 8314 §3.3, submissions on port 465): the TLS handshake comes first,
+    /// before the greeting, with [`Config::tls`] (a session without it is refused).
+    pub implicit_tls: bool,
     /// AUTH PLAIN and LOGIN (RFC 4954) are offered, only once TLS is up, when set; the
     /// credentials go to [`Acceptor::authenticate`].
     pub auth: bool,
@@ -149,6 +152,7 @@ impl Config {
             max_junk_commands: 100,
             timeouts: Timeouts::default(),
             tls: None,
+            implicit_tls: false,
             auth: false,
             auth_failure_delay: Duration::from_secs(1),
         }
