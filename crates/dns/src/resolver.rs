@@ -8,6 +8,45 @@ use moka::sync::Cache;
 
 use crate::lookup::{Lookup, RecordType};
 use crate::name::DnsName;
+use crate::status::Status;
+
+/// Counter: lookups answered by the back-end behind a [`Cached`] (cache misses), by DNSSEC
+/// status (label `dnssec`: `secure`, `insecure`, `bogus`, `indeterminate`).
+pub const LOOKUPS_METRIC: &str = "danemta_dns_lookups_total";
+/// Counter: lookups asked of a [`Cached`], by whether the answer was held (label `result`:
+/// `hit`, `miss`). The hit rate is `hit` over both.
+pub const CACHE_REQUESTS_METRIC: &str = "danemta_dns_cache_requests_total";
+
+/// Describes this crate's metrics to the installed `metrics` recorder, and registers every
+/// series of their closed label sets at zero so that rates are defined from the first scrape.
+/// The daemon calls it once its recorder is installed; without a recorder the counters are
+/// no-ops.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        LOOKUPS_METRIC,
+        "DNS lookups answered by the resolver back-end (cache misses), by DNSSEC status"
+    );
+    metrics::describe_counter!(
+        CACHE_REQUESTS_METRIC,
+        "DNS lookups asked of the answer cache, by result (hit or miss)"
+    );
+    for status in Status::ANY {
+        metrics::counter!(LOOKUPS_METRIC, "dnssec" => status_label(*status)).increment(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!(CACHE_REQUESTS_METRIC, "result" => result).increment(0);
+    }
+}
+
+/// The `dnssec` label value of a status: a closed set.
+fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Secure => "secure",
+        Status::Insecure => "insecure",
+        Status::Bogus => "bogus",
+        Status::Indeterminate => "indeterminate",
+    }
+}
 
 /// A source of status-aware lookups. Both back-ends (in-process validation, trusting a local
 /// resolver's AD bit) implement it, and so can test doubles.
@@ -143,9 +182,12 @@ impl<R: Resolver> Resolver for Cached<R> {
     async fn lookup(&self, name: &DnsName, rtype: RecordType) -> Lookup {
         let key = (name.clone(), rtype);
         if let Some(hit) = self.get(&key) {
+            metrics::counter!(CACHE_REQUESTS_METRIC, "result" => "hit").increment(1);
             return hit;
         }
+        metrics::counter!(CACHE_REQUESTS_METRIC, "result" => "miss").increment(1);
         let fresh = self.inner.lookup(name, rtype).await;
+        metrics::counter!(LOOKUPS_METRIC, "dnssec" => status_label(fresh.status())).increment(1);
         self.put(key, &fresh);
         fresh
     }
@@ -340,5 +382,70 @@ mod tests {
         let _ = cache.lookup(&n("a.test"), RecordType::A).await;
         let _ = cache.lookup(&n("a.test"), RecordType::A).await;
         assert_eq!(cache.inner().asked.load(Ordering::Relaxed), 2);
+    }
+
+    /// The counters seen by a debugging recorder: (name, label value) → count.
+    fn counted(
+        snapshot: metrics_util::debugging::Snapshot,
+    ) -> std::collections::HashMap<(String, String), u64> {
+        use metrics_util::debugging::DebugValue;
+        snapshot
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let DebugValue::Counter(count) = value else {
+                    return None;
+                };
+                let key = key.key();
+                let label = key.labels().map(|l| l.value().to_owned()).collect();
+                Some(((key.name().to_owned(), label), count))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lookups_and_cache_requests_are_counted_with_closed_labels() {
+        let table = Table::default()
+            .with(Lookup::new(
+                n("a.test"),
+                RecordType::A,
+                Status::Insecure,
+                Outcome::NoData,
+                vec![],
+                3600,
+            ))
+            .with(Lookup::failed(n("b.test"), RecordType::A, Failure::Timeout));
+        let cache = Cached::new(table, 10, Duration::from_secs(3600));
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            runtime.block_on(async {
+                for name in ["a.test", "a.test", "a.test", "b.test", "c.test"] {
+                    let _ = cache.lookup(&n(name), RecordType::A).await;
+                }
+            });
+        });
+        let counted = counted(snapshotter.snapshot());
+        let count = |name: &str, label: &str| counted.get(&(name.into(), label.into())).copied();
+        assert_eq!(count(CACHE_REQUESTS_METRIC, "hit"), Some(2));
+        assert_eq!(count(CACHE_REQUESTS_METRIC, "miss"), Some(3));
+        assert_eq!(count(LOOKUPS_METRIC, "insecure"), Some(1));
+        assert_eq!(count(LOOKUPS_METRIC, "indeterminate"), Some(1));
+        assert_eq!(count(LOOKUPS_METRIC, "secure"), Some(1));
+        // Registered at zero by `describe_metrics`, so present before any bogus answer.
+        assert_eq!(count(LOOKUPS_METRIC, "bogus"), Some(0));
+        assert_eq!(counted.len(), 6, "{counted:?}");
+    }
+
+    #[test]
+    fn status_labels_are_the_serialized_statuses() {
+        for status in Status::ANY {
+            assert_eq!(status_label(*status), status.to_string());
+        }
     }
 }

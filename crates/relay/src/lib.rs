@@ -12,5 +12,6 @@
 
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod queue;
 pub mod users;
