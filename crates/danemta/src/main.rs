@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Check(args) => check::run(args),
         Command::Send(args) => send::run(args),
@@ -97,30 +97,57 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to standard error: one line per delivery attempt at `info`; `DANEMTA_LOG`
-/// (tracing's env-filter syntax) changes what is shown. Every field is escaped
+/// Logs go to standard error. Commands log one line per delivery attempt at `info`;
+/// `DANEMTA_LOG` (tracing's env-filter syntax) changes what is shown. Every field is escaped
 /// ([`escape::escape`]): attempt lines quote server replies, and CR or ESC in them must not
 /// rewrite the terminal.
-fn init_logging() {
+///
+/// The daemon (`serve`) logs every event at `info` with a timestamp, in Postfix's words
+/// (PRODUCT.md); `DANEMTA_LOG_FORMAT=json` makes each line a JSON object with the event's
+/// fields (`queue_id`, `to`, `relay`, `delay`, `dsn`, `status`, …) instead.
+fn init_logging(daemon: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::field::MakeExt;
-    let filter =
-        EnvFilter::try_from_env("DANEMTA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,smtp=info"));
-    let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = format!("{value:?}");
-        match field.name() {
-            "message" => write!(writer, "{}", escape::escape(&text)),
-            name => write!(writer, "{name}={}", escape::escape(&text)),
-        }
-    })
-    .delimited(" ");
-    let _ = tracing_subscriber::fmt()
-        .fmt_fields(fields)
+    let default = if daemon {
+        "warn,relay=info,smtp=info"
+    } else {
+        "warn,smtp=info"
+    };
+    let filter = EnvFilter::try_from_env("DANEMTA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    if daemon && std::env::var("DANEMTA_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        // JSON strings are escaped by serde_json; no terminal escapes get through.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+        return;
+    }
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: piped logs stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
+        .with_target(false);
+    if daemon {
+        // The daemon's lines are the message alone: its fields are in the text already.
+        let message =
+            tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
+                "message" => write!(writer, "{}", escape::escape(&format!("{value:?}"))),
+                _ => Ok(()),
+            });
+        let _ = builder.fmt_fields(message).try_init();
+    } else {
+        let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+            let text = format!("{value:?}");
+            match field.name() {
+                "message" => write!(writer, "{}", escape::escape(&text)),
+                name => write!(writer, "{name}={}", escape::escape(&text)),
+            }
+        })
+        .delimited(" ");
+        let _ = builder.fmt_fields(fields).without_time().try_init();
+    }
 }

@@ -10,8 +10,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod config;
+pub mod daemon;
+pub mod dsn;
 pub mod listener;
 pub mod metrics;
 pub mod queue;
+pub mod scheduler;
 pub mod users;
+pub mod wake;

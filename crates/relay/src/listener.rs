@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, IpNetwork};
+use crate::metrics::{self, Rejection};
 use crate::queue::{self, DsnParams, NewMessage, RecipientDsn, Store, Timestamp};
 use crate::users::Users;
 
@@ -194,9 +195,13 @@ impl Acceptor for RelayAcceptor {
             return false;
         };
         let (user, password) = (user.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+        let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if !ok {
+            metrics::rejection(Rejection::AuthFailed);
+        }
+        ok
     }
 
     /// Relay permission (RFC 5321 §3.6.2) and the `%`/`!` refusal; see the module docs.
@@ -215,6 +220,7 @@ impl Acceptor for RelayAcceptor {
         if self.may_relay(client) || (!domain.is_empty() && self.accepts_domain(domain)) {
             return Ok(());
         }
+        metrics::rejection(Rejection::RelayDenied);
         Err(reply(
             554,
             EnhancedStatus::new(5, 7, 1),
@@ -241,6 +247,7 @@ impl Acceptor for RelayAcceptor {
         message.extend_from_slice(received.as_bytes());
         message.extend_from_slice(&body);
         let dsn = dsn_params(transaction);
+        let size = message.len() as u64;
         let store = Arc::clone(&self.store);
         let now = unix_now();
         let queued = id.clone();
@@ -258,6 +265,7 @@ impl Acceptor for RelayAcceptor {
         .await;
         match stored {
             Ok(Ok(())) => {
+                metrics::accepted(size);
                 if let Some(wake) = &self.on_queued {
                     wake();
                 }
@@ -295,6 +303,7 @@ pub async fn serve_listener<A>(
     listener: TcpListener,
     server: Arc<Server<A>>,
     max_connections: usize,
+    label: &'static str,
 ) where
     A: Acceptor + 'static,
 {
@@ -306,6 +315,7 @@ pub async fn serve_listener<A>(
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                metrics::session(label);
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {
                     let _ = server.serve(stream, Some(peer)).await;

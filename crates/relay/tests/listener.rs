@@ -98,7 +98,12 @@ async fn start(store: Arc<dyn Store>, loopback_relays: bool) -> SocketAddr {
     config.timeouts = Timeouts::uniform(Duration::from_secs(5));
     let acceptor = RelayAcceptor::new(store, "mx.example.test", &server_config(loopback_relays));
     let server = Arc::new(Server::new(config, Arc::new(acceptor)));
-    tokio::spawn(serve_listener(listener, server, DEFAULT_MAX_CONNECTIONS));
+    tokio::spawn(serve_listener(
+        listener,
+        server,
+        DEFAULT_MAX_CONNECTIONS,
+        "smtp",
+    ));
     addr
 }
 

@@ -1,0 +1,393 @@
+//! The daemon: everything `danemta serve` runs, wired together. Opens the queue (recovering
+//! what a crash left), the certificates, the resolver and the metrics endpoint; starts the
+//! scheduler, the doorbell and a listener per `[[server.listen]]`; then waits for signals:
+//! SIGHUP reloads the policy table and the certificates, SIGTERM (or SIGINT) stops accepting,
+//! lets deliveries in flight finish (or go back to the queue) and returns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dane::pki_types::CertificateDer;
+use dane::pki_types::pem::PemObject;
+use rustls::crypto::CryptoProvider;
+use smtp::HeloName;
+use smtp::server::Server;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::certs::{self, Certs, Source};
+use crate::config::{Config, ListenMode, StoreKind};
+use crate::listener::{DEFAULT_MAX_CONNECTIONS, RelayAcceptor, serve_listener};
+use crate::queue::{LocalStore, QueueError, Store};
+use crate::scheduler::{Policy, Scheduler, Settings, retry::Retry, unix_now};
+use crate::users::{Users, UsersError};
+use crate::{metrics, wake};
+
+/// Why the daemon cannot start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `[server] hostname` is unset and the system's is not a usable name.
+    #[error(
+        "the system host name {0:?} cannot be used in EHLO: set [server] hostname to this host's fully qualified domain name"
+    )]
+    Hostname(String),
+    /// `store = "postgres"` is not available in this build.
+    #[error("[queue] store = \"postgres\" is not implemented yet; use store = \"local\"")]
+    StoreUnsupported,
+    /// The queue cannot be opened.
+    #[error("queue {dir}: {source}")]
+    Queue {
+        /// The queue directory.
+        dir: PathBuf,
+        /// Why.
+        source: QueueError,
+    },
+    /// Another daemon holds the queue's lock.
+    #[error("queue {0}: another danemta serve is running on this queue")]
+    AlreadyRunning(PathBuf),
+    /// Certificates.
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    /// `[auth] users_file`.
+    #[error("[auth] users_file: {0}")]
+    Users(#[from] UsersError),
+    /// `[delivery] ca_file`.
+    #[error("[delivery] ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The resolver cannot be set up.
+    #[error("[dns]: {0}")]
+    Resolver(#[from] dns::SetupError),
+    /// A listening address cannot be bound.
+    #[error("[[server.listen]] {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The doorbell socket.
+    #[error(transparent)]
+    Wake(#[from] wake::WakeError),
+    /// Signal handlers.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The name the daemon uses in its greeting, EHLO, `Received:` and DSNs: `[server]
+/// hostname`, else the system's host name (`/proc/sys/kernel/hostname`).
+pub fn hostname(config: &Config) -> Result<HeloName, DaemonError> {
+    let name = match &config.server.hostname {
+        Some(name) => name.as_str().to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    HeloName::new(name.clone()).map_err(|_| DaemonError::Hostname(name))
+}
+
+/// Where the listeners' certificates come from.
+pub fn cert_source(config: &Config, hostname: &HeloName) -> Source {
+    if config.server.tls.is_empty() {
+        Source::SelfSigned {
+            dir: config.queue.dir.clone(),
+            hostname: hostname.as_str().to_owned(),
+        }
+    } else {
+        Source::Configured(config.server.tls.clone())
+    }
+}
+
+/// The policy table and PKIX roots of `config` (what SIGHUP reloads).
+pub fn policy(config: &Config) -> Result<Policy, DaemonError> {
+    let extra: Vec<CertificateDer<'static>> = match &config.delivery.ca_file {
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| DaemonError::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        None => Vec::new(),
+    };
+    Ok(Policy {
+        config: Arc::new(config.clone()),
+        roots: Arc::new(smtp::tls::roots(&extra)),
+    })
+}
+
+/// Checks what `serve --check-config` can check beyond the file itself: the host name, the
+/// certificates (without making the self-signed one), the users file and the CA file.
+pub fn check(config: &Config) -> Result<(), DaemonError> {
+    let hostname = hostname(config)?;
+    if config.queue.store == StoreKind::Postgres {
+        return Err(DaemonError::StoreUnsupported);
+    }
+    if let Source::Configured(_) = cert_source(config, &hostname) {
+        Certs::load(&cert_source(config, &hostname), provider())?;
+    }
+    if let Some(path) = &config.auth.users_file {
+        Users::load(path)?;
+    }
+    policy(config)?;
+    Ok(())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Runs the daemon on `config` until SIGTERM or SIGINT. `path` is the configuration file
+/// SIGHUP reads again (`None`: the embedded defaults, nothing to reload but certificates).
+pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let hostname = hostname(&config)?;
+    if config.queue.store == StoreKind::Postgres {
+        return Err(DaemonError::StoreUnsupported);
+    }
+    let dir = config.queue.dir.clone();
+    let queue_err = |source| DaemonError::Queue {
+        dir: dir.clone(),
+        source,
+    };
+    let (store, recovery) = LocalStore::open(&dir, unix_now()).map_err(queue_err)?;
+    if !recovery.spool_scanned {
+        return Err(DaemonError::AlreadyRunning(dir));
+    }
+    log_recovery(&recovery);
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let provider = provider();
+    let source = cert_source(&config, &hostname);
+    let (certs, loaded) = Certs::load(&source, Arc::clone(&provider))?;
+    log_certs(&source, &loaded, &hostname);
+    let certs = Arc::new(certs);
+    let tls = certs.server_config()?;
+    let users = match &config.auth.users_file {
+        Some(path) => Some(Arc::new(Users::load(path)?)),
+        None => None,
+    };
+
+    if config.dns.resolver.trusts_ad_off_loopback() {
+        tracing::warn!(
+            target: "relay",
+            "trusting the AD bit of {}, which is not on loopback: anyone on the network path can forge it (RFC 7672 §2.1.1)",
+            config.dns.resolver
+        );
+    }
+    let mut backend = dns::Backend::open(
+        &config.dns.resolver,
+        config.dns.trust_anchor.as_deref(),
+        config.dns.timeout,
+    )
+    .await?;
+    backend.set_negative_trust_anchors(&config.dns.negative_trust_anchors);
+    let dnssec = dns::doctor::root_validates(&backend).await;
+    match &dnssec {
+        Ok(()) => {
+            tracing::info!(target: "relay", "DNSSEC validation works ({})", config.dns.resolver)
+        }
+        Err(why) => tracing::warn!(
+            target: "relay",
+            "DNSSEC validation does not work ({why}): DANE cannot protect anything; dane-only destinations are deferred (run `danemta doctor`)"
+        ),
+    }
+
+    if let Err(e) = metrics::install(config.metrics.listen) {
+        tracing::warn!(target: "relay", "metrics: {e}; running without /metrics");
+    }
+
+    let settings = Settings {
+        hostname: hostname.clone(),
+        retry: Retry {
+            first: config.queue.retry_first,
+            max: config.queue.retry_max,
+            lifetime: config.queue.lifetime,
+        },
+        max_connections: usize::try_from(config.delivery.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_destination: usize::try_from(
+            config.delivery.max_connections_per_destination,
+        )
+        .unwrap_or(usize::MAX),
+        timeouts: smtp::Timeouts::default(),
+        owner: format!("{}/{}", hostname.as_str(), std::process::id()),
+        dnssec,
+    };
+    let scheduler = Arc::new(Scheduler::new(
+        Arc::clone(&store),
+        Arc::new(backend),
+        settings,
+        policy(&config)?,
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let delivering = tokio::spawn(Arc::clone(&scheduler).run(stopped));
+
+    let bell = wake::Doorbell::bind(&dir)?;
+    let ringing = {
+        let scheduler = Arc::clone(&scheduler);
+        tokio::spawn(async move {
+            loop {
+                bell.rung().await;
+                scheduler.wake();
+            }
+        })
+    };
+
+    let wake: Arc<dyn Fn() + Send + Sync> = {
+        let scheduler = Arc::clone(&scheduler);
+        Arc::new(move || scheduler.wake())
+    };
+    let mut listeners = Vec::new();
+    for listen in &config.server.listen {
+        let socket =
+            TcpListener::bind(listen.address)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    address: listen.address,
+                    source,
+                })?;
+        let mut acceptor =
+            RelayAcceptor::new(Arc::clone(&store), hostname.as_str(), &config.server)
+                .on_queued(Arc::clone(&wake));
+        if let Some(users) = &users {
+            acceptor = acceptor.with_users(Arc::clone(users));
+        }
+        let mut server = smtp::server::Config::new(hostname.clone());
+        server.max_message_size = config.server.max_message_size;
+        server.tls = Some(Arc::clone(&tls));
+        match listen.mode {
+            ListenMode::Smtp => {}
+            ListenMode::Submission | ListenMode::Submissions => {
+                acceptor = acceptor.requiring_auth();
+                server.auth = true;
+                server.implicit_tls = listen.mode == ListenMode::Submissions;
+            }
+        }
+        let label = match listen.mode {
+            ListenMode::Smtp => "smtp",
+            ListenMode::Submission => "submission",
+            ListenMode::Submissions => "submissions",
+        };
+        tracing::info!(target: "relay", "listening on {} ({label})", listen.address);
+        let server = Arc::new(Server::new(server, Arc::new(acceptor)));
+        listeners.push(tokio::spawn(serve_listener(
+            socket,
+            server,
+            DEFAULT_MAX_CONNECTIONS,
+            label,
+        )));
+    }
+    tracing::info!(
+        target: "relay",
+        "danemta serve {} started as {}: queue {}",
+        env!("CARGO_PKG_VERSION"),
+        hostname.as_str(),
+        dir.display()
+    );
+
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut queue_gauges = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(path.as_deref(), &hostname, &scheduler, &certs),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = queue_gauges.tick() => record_queue(&store).await,
+        }
+    }
+    tracing::info!(target: "relay", "stopping: no new connections; finishing deliveries in flight");
+    for l in &listeners {
+        l.abort();
+    }
+    ringing.abort();
+    let _ = stop.send(true);
+    let _ = delivering.await;
+    tracing::info!(target: "relay", "stopped");
+    Ok(())
+}
+
+/// SIGHUP: the policy table, `[delivery] ca_file` and the certificates from the file again.
+/// A bad file changes nothing (the error is logged); settings that need a restart
+/// (listeners, queue, DNS) are not re-applied.
+fn reload<R: dns::Resolver + 'static>(
+    path: Option<&Path>,
+    hostname: &HeloName,
+    scheduler: &Scheduler<R>,
+    certs: &Certs,
+) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(target: "relay", "reload refused, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    match policy(&config) {
+        Ok(p) => scheduler.reload(p),
+        Err(e) => {
+            tracing::error!(target: "relay", "reload refused, keeping the running configuration: {e}");
+            return;
+        }
+    }
+    match certs.reload(&cert_source(&config, hostname)) {
+        Ok(loaded) => tracing::info!(
+            target: "relay",
+            "reloaded: policy table ({} entries) and certificates ({})",
+            config.policy.len(),
+            loaded.default_chain.display()
+        ),
+        Err(e) => {
+            tracing::error!(target: "relay", "certificates not reloaded, keeping the old ones: {e}")
+        }
+    }
+}
+
+/// Queue size and oldest message age, for the metrics.
+async fn record_queue(store: &Arc<dyn Store>) {
+    let store = Arc::clone(store);
+    let now = unix_now();
+    if let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.list(now)).await {
+        let oldest = entries.iter().map(|e| e.arrival_time).min().unwrap_or(now);
+        metrics::queue(
+            entries.len() as u64,
+            u64::try_from(now - oldest).unwrap_or(0),
+        );
+    }
+}
+
+fn log_recovery(r: &crate::queue::Recovery) {
+    for id in &r.orphan_bodies {
+        tracing::warn!(target: "relay", "{id}: spool file without a queue entry (never acknowledged) moved to quarantine/");
+    }
+    for id in &r.missing_bodies {
+        tracing::error!(target: "relay", "{id}: queue entry without its spool file: put on hold");
+    }
+    if r.expired_leases > 0 {
+        tracing::info!(
+            target: "relay",
+            "{} message(s) that were being delivered when the last daemon stopped are queued again",
+            r.expired_leases
+        );
+    }
+}
+
+fn log_certs(source: &Source, loaded: &certs::Loaded, hostname: &HeloName) {
+    if let (Source::SelfSigned { .. }, Some(tlsa)) = (source, &loaded.tlsa) {
+        let what = if loaded.made { "made" } else { "using" };
+        tracing::info!(
+            target: "relay",
+            "STARTTLS: {what} self-signed certificate {}; publish its TLSA record: _25._tcp.{}. IN TLSA {tlsa}",
+            loaded.default_chain.display(),
+            hostname.as_str()
+        );
+    } else {
+        tracing::info!(target: "relay", "STARTTLS: default chain {}", loaded.default_chain.display());
+    }
+}
