@@ -23,6 +23,18 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// The configuration is refused (it names the file, the key and the reason).
+    #[error("{0}")]
+    Config(#[from] relay::config::ConfigError),
+    /// The queue cannot be opened, read or written.
+    #[error("{0}")]
+    Queue(#[from] relay::queue::QueueError),
+    /// A feature the configuration asks for is not available in this build.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The message given on input is refused (sendmail).
+    #[error("{0}")]
+    Data(String),
 }
 
 /// sysexits EX_USAGE.
@@ -31,6 +43,14 @@ pub const EX_USAGE: u8 = 64;
 pub const EX_TEMPFAIL: u8 = 75;
 /// sysexits EX_NOINPUT.
 pub const EX_NOINPUT: u8 = 66;
+/// sysexits EX_DATAERR (bad message input).
+pub const EX_DATAERR: u8 = 65;
+/// sysexits EX_NOUSER (`queue`: no message with that id).
+pub const EX_NOUSER: u8 = 67;
+/// sysexits EX_UNAVAILABLE (a configured feature this build does not have).
+pub const EX_UNAVAILABLE: u8 = 69;
+/// sysexits EX_CONFIG.
+pub const EX_CONFIG: u8 = 78;
 
 impl CliError {
     /// The exit status for this error.
@@ -40,6 +60,11 @@ impl CliError {
             CliError::Resolver(_) | CliError::Runtime(_) => EX_TEMPFAIL,
             CliError::Usage(_) => EX_USAGE,
             CliError::Read { .. } => EX_NOINPUT,
+            CliError::Config(_) => EX_CONFIG,
+            CliError::Queue(relay::queue::QueueError::NotFound(_)) => EX_NOUSER,
+            CliError::Queue(_) => EX_TEMPFAIL,
+            CliError::Unavailable(_) => EX_UNAVAILABLE,
+            CliError::Data(_) => EX_DATAERR,
         }
     }
 }

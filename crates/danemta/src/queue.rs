@@ -1,15 +1,367 @@
-//! `danemta queue` (work in progress).
+//! `danemta queue`: look at and manage the relay's queue, as Postfix's `postqueue` and
+//! `postsuper` do. Safe while the daemon runs: the store is opened as a second process
+//! (no spool recovery scan), every change is one short transaction, and the daemon is rung
+//! ([`relay::wake`]) afterwards so that it acts on the change now rather than at its next
+//! scheduled wake-up.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::error::CliError;
+use relay::config::{Config, StoreKind};
+use relay::queue::{LocalStore, QueueEntry, QueueError, QueueId, QueueName, Store, Timestamp};
+use relay::wake;
+
+use crate::error::{CliError, EX_NOUSER};
+use crate::escape::escape;
 
 /// Options of `danemta queue`.
+///
+/// Exit status: 0 done; 67 (EX_NOUSER) some id given is not in the queue (the others were
+/// handled); 64 usage error (including a malformed id: then nothing is done); 69 the
+/// configured store is not available in this build; 75 the queue cannot be opened or
+/// written; 78 the configuration is refused.
 #[derive(Debug, clap::Args)]
-pub struct QueueArgs {}
+#[command(
+    after_help = "Exit status: 0 done; 67 an id is not in the queue (the others were \
+    handled); 64 usage error; 69 store not available in this build; 75 the queue cannot be \
+    read or written; 78 bad configuration."
+)]
+pub struct QueueArgs {
+    /// The configuration file; default /etc/danemta/danemta.toml when present, else the
+    /// embedded defaults (as `serve`).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: QueueCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum QueueCommand {
+    /// List every queued message (like `postqueue -p`): id (`*` being delivered, `!` held),
+    /// size, arrival, sender, then each recipient with why it is still queued.
+    List {
+        /// One JSON object per message and line, with the field names of `postqueue -j`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: every recipient and the history of attempts, as JSON.
+    Show {
+        /// The queue id.
+        id: String,
+    },
+    /// Make messages due now (all of them without ids) and wake the daemon.
+    Flush {
+        /// Queue ids; none for every message.
+        ids: Vec<String>,
+    },
+    /// Remove messages without delivering them (no bounce is sent).
+    Delete {
+        /// Queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Hold messages: they are not delivered until released.
+    Hold {
+        /// Queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Release held messages.
+    Release {
+        /// Queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// The reason `hold` records.
+const HOLD_REASON: &str = "held by the operator (danemta queue hold)";
 
 /// Runs `danemta queue`.
 pub fn run(args: QueueArgs) -> Result<ExitCode, CliError> {
-    let _ = args;
-    Err(CliError::Usage("not implemented yet".into()))
+    let config = Config::load(args.config.as_deref())?;
+    let dir = config.queue.dir.clone();
+    let store = open_store(&config)?;
+    let now = now();
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        QueueCommand::List { json } => {
+            let entries = store.list(now)?;
+            if json {
+                for entry in &entries {
+                    let line = serde_json::to_string(entry).map_err(QueueError::Json)?;
+                    let _ = writeln!(out, "{line}");
+                }
+            } else {
+                let _ = out.write_all(table(&entries).as_bytes());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let entry = store.show(&id, now)?;
+            let text = serde_json::to_string_pretty(&entry).map_err(QueueError::Json)?;
+            let _ = writeln!(out, "{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Flush { ids } => {
+            let ids = parse_ids(&ids)?;
+            let mut failed = false;
+            let flushed = if ids.is_empty() {
+                store.flush(&[], now)?
+            } else {
+                let mut known = Vec::with_capacity(ids.len());
+                for id in ids {
+                    match store.show(&id, now) {
+                        Ok(entry) if entry.queue_name == QueueName::Hold => {
+                            eprintln!("danemta: {id} is held: release it to deliver it");
+                        }
+                        Ok(_) => known.push(id),
+                        Err(e @ QueueError::NotFound(_)) => {
+                            eprintln!("danemta: error: {e}");
+                            failed = true;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if known.is_empty() {
+                    return Ok(exit(failed));
+                }
+                store.flush(&known, now)?
+            };
+            let plural = if flushed == 1 { "" } else { "s" };
+            let _ = writeln!(out, "{flushed} message{plural} flushed; {}", doorbell(&dir));
+            Ok(exit(failed))
+        }
+        QueueCommand::Delete { ids } => each(&store, &dir, &ids, "deleted", |s, id| s.delete(id)),
+        QueueCommand::Hold { ids } => {
+            each(&store, &dir, &ids, "held", |s, id| s.hold(id, HOLD_REASON))
+        }
+        QueueCommand::Release { ids } => {
+            each(&store, &dir, &ids, "released", |s, id| s.release(id))
+        }
+    }
+}
+
+fn exit(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::from(EX_NOUSER)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Applies `action` to each id, reports each, rings the daemon once.
+fn each(
+    store: &LocalStore,
+    dir: &Path,
+    ids: &[String],
+    done: &str,
+    action: impl Fn(&LocalStore, &QueueId) -> Result<(), QueueError>,
+) -> Result<ExitCode, CliError> {
+    let ids = parse_ids(ids)?;
+    let mut failed = false;
+    let mut changed = 0;
+    for id in &ids {
+        // Existence first: the store's checks differ in order (release looks for the body
+        // before the row), and an unknown id must read the same for every command.
+        match store.show(id, now()).and_then(|_| action(store, id)) {
+            Ok(()) => {
+                println!("{id}: {done}");
+                changed += 1;
+            }
+            Err(e @ QueueError::NotFound(_)) => {
+                eprintln!("danemta: error: {e}");
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if changed > 0 {
+        // The daemon learns of the change now (a held message leaves its timers, a released
+        // one is due). Not being able to ring changes nothing about what was done.
+        let _ = wake::ring(dir);
+    }
+    Ok(exit(failed))
+}
+
+/// Opens the configured queue as a client (not the daemon): see [`LocalStore::open`].
+pub(crate) fn open_store(config: &Config) -> Result<LocalStore, CliError> {
+    match config.queue.store {
+        StoreKind::Local => {}
+        StoreKind::Postgres => {
+            return Err(CliError::Unavailable(
+                "[queue] store = \"postgres\" is not implemented in this build yet; use store = \"local\""
+                    .into(),
+            ));
+        }
+    }
+    let (store, _recovery) = LocalStore::open(&config.queue.dir, now())?;
+    Ok(store)
+}
+
+/// Rings the daemon and says what that means for the mail just changed.
+pub(crate) fn doorbell(dir: &Path) -> String {
+    match wake::ring(dir) {
+        Ok(true) => "the daemon was woken".into(),
+        Ok(false) => "no daemon is running: mail goes out when `danemta serve` next starts".into(),
+        Err(e) => format!(
+            "the daemon could not be woken ({}): it delivers at its next scheduled run",
+            escape(&e.to_string())
+        ),
+    }
+}
+
+fn parse_id(id: &str) -> Result<QueueId, CliError> {
+    QueueId::try_from(id.to_owned())
+        .map_err(|_| CliError::Usage(format!("{:?} is not a queue id", escape(id))))
+}
+
+fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, CliError> {
+    ids.iter().map(|id| parse_id(id)).collect()
+}
+
+/// Unix seconds now.
+pub(crate) fn now() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
+        })
+}
+
+/// Width of the id column: the id (24 characters), then its `*`/`!` mark.
+const ID_WIDTH: usize = 24 + 1;
+
+/// The `postqueue -p` style listing.
+fn table(entries: &[QueueEntry]) -> String {
+    if entries.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut text = format!(
+        "{:<ID_WIDTH$} {:>9} {:<23} {}\n",
+        "-Queue ID-", "--Size--", "----Arrival Time (UTC)-", "-Sender/Recipient-------"
+    );
+    let indent = " ".repeat(ID_WIDTH + 1 + 9 + 1 + 23 + 1);
+    let mut bytes: u64 = 0;
+    for entry in entries {
+        bytes = bytes.saturating_add(entry.message_size);
+        let mark = match entry.queue_name {
+            QueueName::Active => "*",
+            QueueName::Hold => "!",
+            QueueName::Deferred | QueueName::Incoming => "",
+        };
+        let sender = if entry.sender.is_empty() {
+            "MAILER-DAEMON".into()
+        } else {
+            escape(&entry.sender)
+        };
+        text.push_str(&format!(
+            "{:<ID_WIDTH$} {:>9} {:<23} {sender}\n",
+            format!("{}{mark}", entry.queue_id),
+            entry.message_size,
+            arrival(entry.arrival_time),
+        ));
+        if let Some(reason) = &entry.hold_reason {
+            text.push_str(&format!("{indent}(held: {})\n", escape(reason)));
+        }
+        for rcpt in &entry.recipients {
+            if let Some(reason) = &rcpt.delay_reason {
+                text.push_str(&format!("{indent}({})\n", escape(reason)));
+            }
+            text.push_str(&format!("{indent}{}\n", escape(&rcpt.address)));
+        }
+        text.push('\n');
+    }
+    let kbytes = bytes.div_ceil(1024);
+    let n = entries.len();
+    let plural = if n == 1 { "" } else { "s" };
+    text.push_str(&format!("-- {kbytes} Kbytes in {n} Request{plural}.\n"));
+    text
+}
+
+/// `2026-12-02 06:50:50` (UTC).
+fn arrival(t: Timestamp) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&format).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::queue::{RecipientState, RecipientView};
+
+    fn entry(name: QueueName, sender: &str, reason: Option<&str>) -> QueueEntry {
+        QueueEntry {
+            queue_name: name,
+            queue_id: QueueId::generate(),
+            arrival_time: 1_764_658_250,
+            message_size: 1500,
+            sender: sender.into(),
+            recipients: vec![RecipientView {
+                address: "b@example.com".into(),
+                delay_reason: reason.map(Into::into),
+                state: RecipientState::Pending,
+                attempts: u32::from(reason.is_some()),
+                next_attempt: 0,
+                security: None,
+            }],
+            hold_reason: (name == QueueName::Hold).then(|| "because".into()),
+            history: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_says_so() {
+        assert_eq!(table(&[]), "Mail queue is empty\n");
+    }
+
+    #[test]
+    fn the_listing_marks_states_and_escapes_remote_text() {
+        let entries = [
+            entry(QueueName::Active, "a@example.org", None),
+            entry(
+                QueueName::Deferred,
+                "",
+                Some("450 4.2.0 busy\x1b[2K\rdelivered"),
+            ),
+            entry(QueueName::Hold, "c@example.org", None),
+        ];
+        let text = table(&entries);
+        assert!(
+            text.contains(&format!("{}*", entries[0].queue_id)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}!", entries[2].queue_id)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} ", entries[1].queue_id)),
+            "{text}"
+        );
+        assert!(text.contains("MAILER-DAEMON"));
+        assert!(text.contains("2025-12-02 06:50:50"), "{text}");
+        assert!(
+            text.contains("(450 4.2.0 busy\\x1b[2K\\rdelivered)"),
+            "{text}"
+        );
+        assert!(text.contains("(held: because)"));
+        assert!(!text.contains('\x1b'));
+        assert!(text.ends_with("-- 5 Kbytes in 3 Requests.\n"), "{text}");
+    }
+
+    #[test]
+    fn ids_are_checked_before_anything_is_done() {
+        assert!(matches!(
+            parse_ids(&["nope".into()]),
+            Err(CliError::Usage(_))
+        ));
+        let id = QueueId::generate();
+        assert_eq!(parse_ids(&[id.to_string()]).expect("id"), vec![id]);
+    }
 }
