@@ -710,6 +710,29 @@ fn scenario_with(
                 security != "plaintext",
                 "the receiver's view of TLS for a {security} delivery:\n{m}"
             );
+            // The Received: line the daemon added names it and the queue id of the log line.
+            let qid = queue_id_of(&line);
+            let received = unfold(&m);
+            assert!(
+                received.contains(&format!("by relay.lab.test with ESMTP id {qid}")),
+                "a Received: header by relay.lab.test with id {qid}:\n{m}"
+            );
+            // One connection line per connection: the receiver's reply (`queued as …`) is in
+            // exactly one line besides the recipient's status line.
+            let rid = line
+                .split("queued as ")
+                .nth(1)
+                .map(|t| t.trim_end_matches(')').to_owned())
+                .unwrap_or_else(|| panic!("the receiver's queue id in {line}"));
+            let per_connection: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&format!("queued as {rid}")) && !l.contains("status="))
+                .collect();
+            assert_eq!(
+                per_connection.len(),
+                1,
+                "one connection, one `… connection … to {host}` line: {per_connection:#?}"
+            );
             if let Some(id) = s.queue_id().filter(|id| id.len() == 24) {
                 assert!(
                     line.starts_with(&id) || line.contains(&format!("{id}:")),
@@ -910,6 +933,14 @@ fn a_forged_mx_answer_is_deferred() {
 
 // ---------------------------------------------------------------------------------------------
 // 2. DSNs
+
+/// The queue id at the start of a `QUEUEID: to=<…>, …` line (after any timestamp and level).
+fn queue_id_of(line: &str) -> String {
+    let head = &line[..line
+        .find(": to=<")
+        .unwrap_or_else(|| panic!("not a recipient line: {line}"))];
+    head.rsplit(' ').next().unwrap().to_owned()
+}
 
 /// Unfolds header continuation lines and normalises line ends.
 fn unfold(text: &str) -> String {
@@ -1400,6 +1431,13 @@ fn no_dsn_for_the_null_sender() {
     let line = d.wait_line(rcpt, "bounced", WAIT);
     assert!(line.contains("dsn=5."), "{line}");
     d.wait_gone(rcpt, Duration::from_secs(15));
+    assert!(
+        d.lines_for(rcpt)
+            .iter()
+            .any(|l| l.to_ascii_lowercase().contains("dropped")),
+        "a log line says the bounce is dropped: {:#?}",
+        d.lines_for(rcpt)
+    );
     // Give a DSN time to be queued and tried.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
