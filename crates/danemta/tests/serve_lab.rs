@@ -865,7 +865,7 @@ fn the_best_mx_failing_dane_falls_through_to_the_second() {
 #[test]
 fn stripped_starttls_on_a_dane_domain_is_deferred_and_the_attacker_sees_no_mail() {
     let w = world();
-    let (_, r) = scenario(
+    scenario(
         "strip.dane.test",
         Want::Deferred("STARTTLS is required but not offered"),
         None,
