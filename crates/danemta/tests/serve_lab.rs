@@ -184,7 +184,6 @@ struct Opts {
 
 struct Daemon {
     name: String,
-    dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
     listen: SocketAddr,
@@ -262,7 +261,6 @@ impl Daemon {
         let mut d = Daemon {
             name: name.to_owned(),
             log: dir.join("serve.log"),
-            dir,
             config,
             listen,
             child: None,
