@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds danemta (release) and runs it. With arguments, runs `danemta ARGS…`. Without, runs
-# today's main job: a DANE check of the example server chain in examples/ (print the TLSA
-# records to publish for it, then verify the chain against them, as a sending MTA would).
+# Builds danemta (release) and runs it. Without arguments, runs the main job: the relay
+# daemon `danemta serve` on its embedded defaults (listen on 127.0.0.1:2525, relay for
+# loopback clients, spool in /var/spool/danemta as root or ~/.local/state/danemta, a
+# self-signed STARTTLS certificate whose TLSA record it logs, metrics on 127.0.0.1:9325),
+# or on /etc/danemta/danemta.toml when that exists. Stop it with Ctrl-C (SIGINT) or SIGTERM.
+# With arguments, runs `danemta ARGS…` (e.g. `bash scripts/run.sh queue list`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
@@ -10,13 +13,4 @@ bin=target/release/danemta
 if (($#)); then
     exec "$bin" "$@"
 fi
-chain=examples/mx.example.test.chain.pem
-echo "== TLSA records for $chain"
-"$bin" tlsa generate --cert "$chain" --name mx.example.test
-"$bin" tlsa generate --cert "$chain" --name mx.example.test --usage 2 2>/dev/null
-echo "== DANE-EE check"
-"$bin" tlsa verify --chain "$chain" --name mx.example.test \
-    --tlsa "$("$bin" tlsa generate --cert "$chain" 2>/dev/null)"
-echo "== DANE-TA check"
-exec "$bin" tlsa verify --chain "$chain" --name mx.example.test \
-    --tlsa "$("$bin" tlsa generate --cert "$chain" --usage 2 2>/dev/null)"
+exec "$bin" serve

@@ -22,7 +22,7 @@ pub mod destination;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,6 +99,8 @@ pub struct Scheduler<R> {
     destinations: Mutex<HashMap<Destination, Arc<Semaphore>>>,
     /// Claimed messages not finished yet (bounds how much is claimed at once).
     in_flight: Arc<Semaphore>,
+    /// Set on shutdown: jobs not connected yet give their claims back untried.
+    stopping: AtomicBool,
 }
 
 /// A claimed message while its destinations are being tried.
@@ -149,6 +151,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             connections: Arc::new(Semaphore::new(connections)),
             destinations: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
+            stopping: AtomicBool::new(false),
             settings,
         }
     }
@@ -198,6 +201,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
+        self.stopping.store(true, Ordering::Release);
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!(
@@ -336,8 +340,15 @@ impl<R: Resolver + 'static> Scheduler<R> {
         ) else {
             return;
         };
-        let policy = self.policy();
-        let deliveries = self.attempt(&dest, &parts, &policy).await;
+        let deliveries = if self.stopping.load(Ordering::Acquire) {
+            // Shutting down: give the claim back untried (finish records nothing for it).
+            parts
+                .iter()
+                .map(|_| Delivery::new(Vec::new(), Vec::new()))
+                .collect()
+        } else {
+            self.attempt(&dest, &parts, &self.policy()).await
+        };
         for (part, delivery) in parts.into_iter().zip(deliveries) {
             let tracker = part.tracker;
             if let Ok(mut results) = tracker.results.lock() {
@@ -413,9 +424,6 @@ impl<R: Resolver + 'static> Scheduler<R> {
         .await;
         if let Some(connection) = batch.connection {
             connection.close().await;
-        }
-        for attempt in batch.deliveries.iter().flat_map(|d| &d.attempts) {
-            log_attempt(attempt);
         }
         let mut delivered = batch.deliveries.into_iter();
         parts
@@ -659,11 +667,6 @@ fn is_dane_failure(a: &Attempt) -> bool {
                 | Rule::HostUnusable
                 | Rule::DaneOnly
         )
-}
-
-/// The `Verified TLS connection established to …` line of one connection (Postfix's).
-fn log_attempt(attempt: &Attempt) {
-    tracing::info!(target: "relay", "{}", attempt.log_line());
 }
 
 /// The Postfix-style line of one recipient: `ID: to=<b@x>, relay=mx.x[192.0.2.1]:25,
