@@ -108,10 +108,12 @@ fn main() -> ExitCode {
 fn init_logging(daemon: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::field::MakeExt;
+    // hickory's own warnings (e.g. a response without NSEC records) are about answers our
+    // DNSSEC code judges and reports itself, in the lookup's status and reason.
     let default = if daemon {
-        "warn,relay=info,smtp=info"
+        "warn,hickory_proto=error,hickory_net=error,hickory_resolver=error,relay=info,smtp=info"
     } else {
-        "warn,smtp=info"
+        "warn,hickory_proto=error,hickory_net=error,hickory_resolver=error,smtp=info"
     };
     let filter = EnvFilter::try_from_env("DANEMTA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     if daemon && std::env::var("DANEMTA_LOG_FORMAT").is_ok_and(|v| v == "json") {
