@@ -6,12 +6,17 @@
 #         back-ends (routes/s, DNS queries per route);
 #   check: `danemta check --from-file` against Postfix's posttls-finger (xargs -P) on the same
 #         lab domains at the same concurrency (domains/s, ratio, danemta's peak memory).
-#   dns and check need root and nsd, unbound, ldnsutils, postfix (scripts/test.sh installs them).
+#   relay: `danemta serve` against a Postfix 3.7 relay at smtp_tls_security_level = dane, the
+#         same N 2 KiB messages (RELAY_BENCH_MESSAGES, default 2000) submitted over SMTP and
+#         delivered DANE-verified to a lab Postfix receiver (accepted and delivered msgs/s,
+#         ratios, danemta's peak memory).
+#   dns, check and relay need root and nsd, unbound, ldnsutils, postfix (scripts/test.sh installs them).
 #
 #   bash scripts/bench.sh            # both
 #   bash scripts/bench.sh dane [criterion args…]
 #   bash scripts/bench.sh dns
 #   bash scripts/bench.sh check
+#   RELAY_BENCH_MESSAGES=500 bash scripts/bench.sh relay
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,10 +28,12 @@ case "$what" in
     dane) cargo bench -p danemta-dane --bench verify -- "$@" ;;
     dns) cargo bench -p danemta-dns --bench routes ;;
     check) cargo bench -p danemta --bench check_vs_posttls ;;
+    relay) cargo bench -p danemta --bench relay_vs_postfix ;;
     all)
         cargo bench -p danemta-dane --bench verify
         cargo bench -p danemta-dns --bench routes
         cargo bench -p danemta --bench check_vs_posttls
+        cargo bench -p danemta --bench relay_vs_postfix
         ;;
-    *) echo "usage: bash scripts/bench.sh [dane|dns|check] [criterion args…]" >&2; exit 64 ;;
+    *) echo "usage: bash scripts/bench.sh [dane|dns|check|relay] [criterion args…]" >&2; exit 64 ;;
 esac
