@@ -1077,10 +1077,19 @@ impl Store for LocalStore {
     }
 
     fn release(&self, id: &QueueId) -> Result<(), QueueError> {
+        let conn = self.conn()?;
+        let known: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+            [id.as_str()],
+            |r| r.get(0),
+        )?;
+        if !known {
+            return Err(QueueError::NotFound(id.clone()));
+        }
+        // A message held because its body is gone stays held: releasing it would only fail.
         if !self.body_path(id).exists() {
             return Err(QueueError::MissingBody(id.clone()));
         }
-        let conn = self.conn()?;
         let n = conn.execute(
             "UPDATE messages SET hold_reason = NULL WHERE id = ?1",
             [id.as_str()],

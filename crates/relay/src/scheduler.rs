@@ -22,7 +22,7 @@ pub mod destination;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +31,8 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use smtp::outcome::{RecipientOutcome, Response};
 use smtp::{
-    Attempt, Delivery, Envelope, Fate, Gate, HeloName, Limits, Message, Outgoing, Security,
-    Timeouts, deliver_batch, dnssec_gate, fingerprint_records,
+    Attempt, Connection, Delivery, Envelope, Fate, Gate, HeloName, Limits, Message, Outgoing,
+    Security, Timeouts, deliver_batch, dnssec_gate, fingerprint_records,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -53,6 +53,10 @@ const LEASE: Duration = Duration::from_secs(3600);
 /// rest take another (Postfix's `smtp_connection_reuse_count_limit` is unlimited by default;
 /// a bound keeps one destination's backlog from holding a connection slot for ever).
 const MESSAGES_PER_JOB: usize = 50;
+
+/// How long a connection stays open, idle, for the next job to the same destination
+/// (Postfix's `smtp_connection_cache_time_limit` is 2 s).
+const IDLE_TIME: Duration = Duration::from_secs(2);
 
 /// On SIGTERM, deliveries in flight get this long to finish; what is still running is then
 /// abandoned and goes back to the queue at the next start.
@@ -101,6 +105,10 @@ pub struct Scheduler<R> {
     in_flight: Arc<Semaphore>,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
     stopping: AtomicBool,
+    /// Reusable connections between jobs, one per destination, with a generation number.
+    idle: Mutex<HashMap<Destination, (u64, Connection)>>,
+    /// Generations of parked connections.
+    parked: AtomicU64,
 }
 
 /// A claimed message while its destinations are being tried.
@@ -152,6 +160,8 @@ impl<R: Resolver + 'static> Scheduler<R> {
             destinations: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
             stopping: AtomicBool::new(false),
+            idle: Mutex::new(HashMap::new()),
+            parked: AtomicU64::new(0),
             settings,
         }
     }
@@ -211,6 +221,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             );
             tasks.abort_all();
         }
+        self.close_idle().await;
     }
 
     /// How long to sleep: until the next message is due, at most an hour (a store error is
@@ -361,9 +372,64 @@ impl<R: Resolver + 'static> Scheduler<R> {
         }
     }
 
+    /// An idle connection to `dest` left by an earlier job, if one is parked.
+    fn take_idle(&self, dest: &Destination) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.remove(dest).map(|(_, c)| c)
+    }
+
+    /// Keeps a reusable connection for the next job to `dest` for [`IDLE_TIME`] (RFC 5321
+    /// §4.1.1.5: several transactions per connection), then closes it with QUIT. At most one
+    /// per destination; none while shutting down.
+    async fn park(self: &Arc<Self>, dest: &Destination, connection: Connection) {
+        if self.stopping.load(Ordering::Acquire) || !connection.is_reusable() {
+            connection.close().await;
+            return;
+        }
+        let generation = self.parked.fetch_add(1, Ordering::Relaxed);
+        let replaced = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.insert(dest.clone(), (generation, connection))
+        };
+        if let Some((_, old)) = replaced {
+            old.close().await;
+        }
+        let this = Arc::clone(self);
+        let dest = dest.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE_TIME).await;
+            let expired = {
+                let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
+                match idle.get(&dest) {
+                    Some((g, _)) if *g == generation => idle.remove(&dest),
+                    _ => None,
+                }
+            };
+            if let Some((_, connection)) = expired {
+                connection.close().await;
+            }
+        });
+    }
+
+    /// Closes every parked connection (shutdown).
+    async fn close_idle(&self) {
+        let parked: Vec<Connection> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.drain().map(|(_, (_, c))| c).collect()
+        };
+        for connection in parked {
+            connection.close().await;
+        }
+    }
+
     /// Route discovery and the SMTP deliveries of one job: one [`Delivery`] per part, in
     /// order.
-    async fn attempt(&self, dest: &Destination, parts: &[Part], policy: &Policy) -> Vec<Delivery> {
+    async fn attempt(
+        self: &Arc<Self>,
+        dest: &Destination,
+        parts: &[Part],
+        policy: &Policy,
+    ) -> Vec<Delivery> {
         let deferred =
             |part: &Part, reason: &str| smtp::dispatch::deferred(&part.recipients, reason);
         if let Gate::Refuse(why) = dnssec_gate(dest.level, self.settings.dnssec.clone()) {
@@ -413,17 +479,18 @@ impl<R: Resolver + 'static> Scheduler<R> {
             limits: Limits::default(),
         };
         let next_hop_name = dest.hop.name(&first_domain).clone();
+        let reuse = self.take_idle(dest);
         let batch = deliver_batch(
             &route,
             &next_hop_name,
             dest.hop.looked_up(),
             &outgoing,
             &cfg,
-            None,
+            reuse,
         )
         .await;
         if let Some(connection) = batch.connection {
-            connection.close().await;
+            self.park(dest, connection).await;
         }
         let mut delivered = batch.deliveries.into_iter();
         parts

@@ -334,6 +334,10 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
         store.release(&lost),
         Err(QueueError::MissingBody(_))
     ));
+    assert!(matches!(
+        store.release(&QueueId::generate()),
+        Err(QueueError::NotFound(_))
+    ));
     let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
     assert_eq!(claims.iter().map(|c| &c.id).collect::<Vec<_>>(), [&kept]);
 }

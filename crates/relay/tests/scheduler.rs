@@ -40,6 +40,8 @@ type Got = Arc<Mutex<Vec<(String, Vec<String>, String)>>>;
 /// Accepts any recipient except `unknown*` (550 5.1.1) and `later*` (451 4.3.0).
 struct Sink {
     got: Got,
+    /// The client port of each message's connection.
+    ports: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Acceptor for Sink {
@@ -57,7 +59,11 @@ impl Acceptor for Sink {
         Ok(())
     }
 
-    async fn message(&self, _: &Client, t: &Transaction, body: Vec<u8>) -> Result<SinkId, Reply> {
+    async fn message(&self, c: &Client, t: &Transaction, body: Vec<u8>) -> Result<SinkId, Reply> {
+        self.ports
+            .lock()
+            .unwrap()
+            .push(c.addr.map_or(0, |a| a.port()));
         self.got.lock().unwrap().push((
             t.mail.sender.clone(),
             t.rcpts.iter().map(|r| r.recipient.clone()).collect(),
@@ -68,16 +74,26 @@ impl Acceptor for Sink {
 }
 
 async fn sink() -> (SocketAddr, Got) {
+    let (addr, got, _) = sink_with_ports().await;
+    (addr, got)
+}
+
+async fn sink_with_ports() -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Got::default();
+    let ports = Arc::new(Mutex::new(Vec::new()));
     let mut config = smtp::server::Config::new(HeloName::new("sink.test").unwrap());
     config.timeouts = smtp::server::Timeouts::uniform(Duration::from_secs(5));
-    let server = Arc::new(Server::new(config, Arc::new(Sink { got: got.clone() })));
+    let sink = Sink {
+        got: got.clone(),
+        ports: ports.clone(),
+    };
+    let server = Arc::new(Server::new(config, Arc::new(sink)));
     tokio::spawn(relay::listener::serve_listener(
         listener, server, 10, "smtp",
     ));
-    (addr, got)
+    (addr, got, ports)
 }
 
 struct Relay {
@@ -366,4 +382,42 @@ async fn dane_only_without_dnssec_defers_and_never_bounces_early() {
         "{entry:?}"
     );
     assert!(got.lock().unwrap().is_empty());
+}
+
+/// RFC 5321 §4.1.1.5: messages to one destination share connections: those claimed together
+/// go over one connection, and a connection left idle by one job carries the next job's
+/// message (within the idle time) instead of a new one.
+#[tokio::test]
+async fn messages_to_one_destination_share_a_connection() {
+    let (addr, got, ports) = sink_with_ports().await;
+    let r = relay(addr, "may", 60).await;
+    for n in 0..6 {
+        r.queue(
+            "alice@sender.test",
+            &[&format!("b{n}@example.test")],
+            DsnParams::default(),
+        );
+    }
+    assert!(until(10, || got.lock().unwrap().len() == 6).await);
+    let distinct = |p: &[u16]| {
+        let mut p = p.to_vec();
+        p.sort_unstable();
+        p.dedup();
+        p.len()
+    };
+    let first = ports.lock().unwrap().clone();
+    assert!(
+        distinct(&first) <= 2,
+        "at most 2 connections per destination: {first:?}"
+    );
+    // A message soon after rides on a parked connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.queue(
+        "alice@sender.test",
+        &["late@example.test"],
+        DsnParams::default(),
+    );
+    assert!(until(10, || got.lock().unwrap().len() == 7).await);
+    let all = ports.lock().unwrap().clone();
+    assert!(first.contains(all.last().unwrap()), "reused: {all:?}");
 }
