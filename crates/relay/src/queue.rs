@@ -32,10 +32,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+mod group;
+use group::GroupCommit;
 use serde::{Deserialize, Serialize};
 use smtp::outcome::RecipientOutcome;
 use smtp::server::{Notify, Ret};
@@ -155,6 +158,9 @@ pub enum QueueError {
     /// No message with this id.
     #[error("no message {0} in the queue")]
     NotFound(QueueId),
+    /// The group commit this operation was part of failed.
+    #[error("{0}")]
+    Batch(Arc<QueueError>),
     /// A message with this id is already queued.
     #[error("a message {0} is already in the queue")]
     Exists(QueueId),
@@ -480,6 +486,8 @@ CREATE INDEX attempts_message ON attempts (message);
 /// (WAL, `synchronous=FULL`).
 pub struct LocalStore {
     conn: Mutex<Connection>,
+    /// Accepted messages' rows, committed in groups.
+    accepted: GroupCommit<Row>,
     /// `DIR/lock`, held exclusively for the store's lifetime by the owning process.
     _lock: Option<File>,
     spool: PathBuf,
@@ -541,12 +549,42 @@ impl LocalStore {
         let owner = lock.is_some();
         let store = Self {
             conn: Mutex::new(conn),
+            accepted: GroupCommit::new(),
             _lock: lock,
             spool,
             quarantine,
         };
         let recovery = store.recover(now, owner)?;
         Ok((store, recovery))
+    }
+
+    /// Makes accepted messages durable: one fsync of the spool directory (their bodies'
+    /// renames), then their rows in one SQLite transaction (one WAL fsync). A row is never
+    /// committed before its body's name is durable.
+    fn commit_rows(&self, rows: &[Row]) -> Result<(), QueueError> {
+        fsync_dir(&self.spool)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for row in rows {
+            tx.execute(
+                "INSERT INTO messages (id, sender, arrival, size, dsn) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id.as_str(), row.sender, row.arrival, row.size, row.dsn],
+            )?;
+            for (position, rcpt) in row.recipients.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO recipients (message, position, address, next_attempt) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        row.id.as_str(),
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        rcpt,
+                        row.arrival
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, QueueError> {
@@ -766,9 +804,26 @@ fn written_recently(entry: &fs::DirEntry, now: Timestamp) -> bool {
     now.saturating_sub(modified) < i64::try_from(WRITER_GRACE.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// A message's row, waiting for a group commit.
+struct Row {
+    id: QueueId,
+    sender: String,
+    arrival: Timestamp,
+    size: i64,
+    dsn: String,
+    recipients: Vec<String>,
+}
+
 /// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename, fsync
 /// the directory.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
+    write_file(path, bytes)?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename. The
+/// name is durable only once the directory is fsynced (the caller's job).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
@@ -787,7 +842,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
         let _ = fs::remove_file(&tmp);
         return Err(io_err(path)(e));
     }
-    fsync_dir(dir)
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
@@ -824,6 +879,10 @@ fn new_token(owner: &str) -> String {
 }
 
 impl Store for LocalStore {
+    /// The body goes to its spool file (written, fsynced, renamed) by the calling thread;
+    /// the spool directory's fsync and the row's SQLite commit are shared with the other
+    /// messages being accepted at the same moment (group commit), so that concurrent SMTP
+    /// sessions cost one directory fsync and one WAL fsync per batch, not per message.
     fn accept(&self, message: &NewMessage<'_>, now: Timestamp) -> Result<(), QueueError> {
         let NewMessage {
             id,
@@ -835,37 +894,16 @@ impl Store for LocalStore {
         if path.exists() {
             return Err(QueueError::Exists(id.clone()));
         }
-        write_durably(&path, body)?;
-        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
-        let stored = (|| -> Result<(), QueueError> {
-            let mut conn = self.conn()?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO messages (id, sender, arrival, size, dsn) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    id.as_str(),
-                    envelope.sender(),
-                    now,
-                    size,
-                    serde_json::to_string(dsn)?
-                ],
-            )?;
-            for (position, rcpt) in envelope.recipients().iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO recipients (message, position, address, next_attempt) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        id.as_str(),
-                        i64::try_from(position).unwrap_or(i64::MAX),
-                        rcpt,
-                        now
-                    ],
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = stored {
+        write_file(&path, body)?;
+        let row = Row {
+            id: id.clone(),
+            sender: envelope.sender().to_owned(),
+            arrival: now,
+            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+            dsn: serde_json::to_string(dsn)?,
+            recipients: envelope.recipients().to_vec(),
+        };
+        if let Err(e) = self.accepted.submit(row, &|rows| self.commit_rows(rows)) {
             // Not acknowledged: the body must not linger as an orphan.
             let _ = fs::remove_file(&path);
             return Err(e);

@@ -540,3 +540,28 @@ fn concurrent_claimers_never_get_the_same_message() {
     all.dedup();
     assert_eq!(all.len(), 40, "no message claimed twice");
 }
+
+/// Group commit: many threads accepting at once each return only when their message is
+/// stored, and every one of them is (with its body) in the queue afterwards.
+#[test]
+fn concurrent_accepts_are_all_stored() {
+    let dir = TempDir::new("queue");
+    let store = std::sync::Arc::new(open(&dir, T0));
+    let threads: Vec<_> = (0..48)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
+                let id = put(&*store, &envelope(&["b@example.com"]), body.as_bytes(), T0).unwrap();
+                // Visible as soon as accept returned.
+                assert_eq!(store.show(&id, T0).unwrap().queue_id, id);
+                (id, body)
+            })
+        })
+        .collect();
+    let stored: Vec<(QueueId, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(store.list(T0).unwrap().len(), 48);
+    for (id, body) in stored {
+        assert_eq!(body_of(&store, &id), body.as_bytes());
+    }
+}
