@@ -167,6 +167,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         match_names,
         credentials,
         limits: Limits::default(),
+        // One delivery: no session to resume.
+        sessions: None,
     };
 
     let rt = runtime().map_err(CliError::Runtime)?;

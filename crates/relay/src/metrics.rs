@@ -19,6 +19,7 @@
 //! | `danemta_smtp_rejections_total` | counter | `reason` (`relay-denied`, `auth-failed`, `too-big`, `other`) |
 //! | `danemta_messages_accepted_total` | counter | |
 //! | `danemta_messages_accepted_bytes_total` | counter | |
+//! | `danemta_tls_handshakes_total` | counter | `resumed` (`true`, `false`) |
 //! | `danemta_dns_lookups_total` | counter | `dnssec` (`secure`, `insecure`, `bogus`, `indeterminate`) |
 //! | `danemta_dns_cache_requests_total` | counter | `result` (`hit`, `miss`) |
 //!
@@ -50,6 +51,9 @@ pub const REJECTIONS: &str = "danemta_smtp_rejections_total";
 pub const ACCEPTED: &str = "danemta_messages_accepted_total";
 /// Counter: bytes of the messages accepted by a listener.
 pub const ACCEPTED_BYTES: &str = "danemta_messages_accepted_bytes_total";
+/// Counter: outgoing attempts over TLS, by whether the session was resumed (RFC 8446 §2.2,
+/// RFC 5077) or came from a full handshake.
+pub const TLS_HANDSHAKES: &str = "danemta_tls_handshakes_total";
 
 /// Why [`install`] failed.
 #[derive(Debug, Error)]
@@ -153,6 +157,11 @@ fn describe() {
         Unit::Bytes,
         "Bytes of the messages accepted (queued) by a listener"
     );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        Unit::Count,
+        "Outgoing delivery attempts over TLS, by whether the TLS session was resumed"
+    );
     dns::resolver::describe_metrics();
 
     for outcome in Outcome::ALL {
@@ -173,6 +182,13 @@ fn describe() {
     counter!(RETRIES).increment(0);
     counter!(ACCEPTED).increment(0);
     counter!(ACCEPTED_BYTES).increment(0);
+    for resumed in [false, true] {
+        counter!(TLS_HANDSHAKES, "resumed" => resumed_label(resumed)).increment(0);
+    }
+}
+
+fn resumed_label(resumed: bool) -> &'static str {
+    if resumed { "true" } else { "false" }
 }
 
 /// What became of one recipient, as counted in `danemta_deliveries_total`.
@@ -328,6 +344,12 @@ pub fn rejection(kind: Rejection) {
     counter!(REJECTIONS, "reason" => kind.label()).increment(1);
 }
 
+/// An outgoing attempt over TLS: `resumed` when it resumed an earlier session (the peer
+/// authenticated by that session's full handshake), else a full handshake.
+pub fn tls_handshake(resumed: bool) {
+    counter!(TLS_HANDSHAKES, "resumed" => resumed_label(resumed)).increment(1);
+}
+
 /// A message of `bytes` accepted (queued) by a listener.
 pub fn accepted(bytes: u64) {
     counter!(ACCEPTED).increment(1);
@@ -425,6 +447,9 @@ mod tests {
             rejection(Rejection::RelayDenied);
             accepted(1000);
             accepted(24);
+            tls_handshake(true);
+            tls_handshake(false);
+            tls_handshake(false);
         });
         let values = values(snapshotter.snapshot());
         let value = |name: &str, pairs: &[(&str, &str)]| {
@@ -452,6 +477,14 @@ mod tests {
             &DebugValue::Counter(1)
         );
         assert_eq!(value(RETRIES, &[]), &DebugValue::Counter(1));
+        assert_eq!(
+            value(TLS_HANDSHAKES, &[("resumed", "true")]),
+            &DebugValue::Counter(1)
+        );
+        assert_eq!(
+            value(TLS_HANDSHAKES, &[("resumed", "false")]),
+            &DebugValue::Counter(2)
+        );
         assert_eq!(value(QUEUE_MESSAGES, &[]), &DebugValue::Gauge(7.0.into()));
         assert_eq!(
             value(QUEUE_OLDEST_AGE, &[]),
@@ -472,7 +505,7 @@ mod tests {
             &DebugValue::Counter(0)
         );
         // Every series is of a closed set: 4×5 deliveries, 12 rules, 3 listeners, 4
-        // rejections, 3 unlabelled counters, 2 gauges, 4 + 2 DNS series.
-        assert_eq!(values.len(), 20 + 12 + 3 + 4 + 3 + 2 + 4 + 2);
+        // rejections, 3 unlabelled counters, 2 gauges, 4 + 2 DNS series, 2 TLS handshakes.
+        assert_eq!(values.len(), 20 + 12 + 3 + 4 + 3 + 2 + 4 + 2 + 2);
     }
 }

@@ -109,6 +109,8 @@ pub struct Scheduler<R> {
     idle: Mutex<HashMap<Destination, (u64, Connection)>>,
     /// Generations of parked connections.
     parked: AtomicU64,
+    /// TLS sessions to resume, shared by all outgoing connections (smtp::resume).
+    sessions: Arc<smtp::SessionCache>,
 }
 
 /// A claimed message while its destinations are being tried.
@@ -162,6 +164,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             stopping: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
             parked: AtomicU64::new(0),
+            sessions: Arc::new(smtp::SessionCache::default()),
             settings,
         }
     }
@@ -477,6 +480,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             match_names: dest.reference_names(),
             credentials: None,
             limits: Limits::default(),
+            sessions: Some(Arc::clone(&self.sessions)),
         };
         let next_hop_name = dest.hop.name(&first_domain).clone();
         let reuse = self.take_idle(dest);
@@ -586,6 +590,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
         for a in &attempts {
             if is_dane_failure(a) {
                 metrics::dane_failure(a.rule);
+            }
+            if let Some(tls) = &a.tls {
+                metrics::tls_handshake(tls.resumed);
             }
         }
         self.notify_sender(claim, &outcomes, &expired_recipients, now)

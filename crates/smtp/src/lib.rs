@@ -32,7 +32,7 @@ pub mod protocol;
 pub mod server;
 
 // The modules by their short names, as before the split (and as other crates use them).
-pub use client::{deliver, dispatch, outcome, policy, session, tls};
+pub use client::{deliver, dispatch, outcome, policy, resume, session, tls};
 pub use protocol::{ehlo, envelope, message, reply};
 
 pub use deliver::{Batch, Connection, Outgoing, deliver_batch, deliver_many};
@@ -45,4 +45,5 @@ pub use outcome::{
     Attempt, Delivery, Failure, Fate, Outcome, RemoteMta, Response, Rule, Security, ServerReply,
 };
 pub use policy::{Level, fingerprint_records};
+pub use resume::SessionCache;
 pub use session::{Stage, Timeouts};

@@ -86,6 +86,7 @@ fn config(level: Level) -> Config {
         match_names: vec![],
         credentials: None,
         limits: smtp::Limits::default(),
+        sessions: None,
     }
 }
 

@@ -157,6 +157,7 @@ fn config() -> Config {
         match_names: vec![],
         credentials: None,
         limits: smtp::Limits::default(),
+        sessions: None,
     }
 }
 

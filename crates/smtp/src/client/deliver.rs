@@ -20,8 +20,10 @@ use crate::outcome::{
 };
 use crate::policy::Level;
 use crate::reply::Reply;
+use crate::resume::SessionCache;
 use crate::session::{
-    AuthUnavailable, Envelope, Session, SessionError, Stage, Timeouts, TlsInfo, Transaction,
+    AuthUnavailable, Envelope, Resumption, Session, SessionError, Stage, Timeouts, TlsInfo,
+    Transaction,
 };
 use crate::tls::{Auth, Mode, PeerAuth};
 
@@ -95,6 +97,10 @@ pub struct Config {
     pub credentials: Option<(String, String)>,
     /// How many addresses and sessions one delivery may use.
     pub limits: Limits,
+    /// TLS sessions to resume, shared by the connections of a relay (RFC 8446 §2.2, RFC
+    /// 5077), keyed by host, address, port, SNI, mode and everything the authentication
+    /// depends on (RFC 7672 §3.1: the TLSA RRset); `None` resumes nothing.
+    pub sessions: Option<Arc<SessionCache>>,
 }
 
 /// How to treat one host.
@@ -771,13 +777,19 @@ impl Connection {
         let mut attempt = skipped(c, lookups, String::new(), rule);
         attempt.address = Some(address);
         let sock = SocketAddr::new(address, c.port);
-        let opened = Session::open(
+        let host = c.name.to_string();
+        let resumption = cfg
+            .sessions
+            .as_deref()
+            .map(|cache| Resumption { cache, host: &host });
+        let opened = Session::open_resuming(
             sock,
             c.tlsa_base.as_str(),
             cfg.helo_name.as_str(),
             mode,
             &cfg.provider,
             &cfg.timeouts,
+            resumption,
         )
         .await;
         let mut session = match opened {
@@ -1028,6 +1040,7 @@ mod tests {
             match_names: vec![],
             credentials: None,
             limits: Limits::default(),
+            sessions: None,
         }
     }
 
@@ -1107,6 +1120,7 @@ mod tests {
         let tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            resumed: false,
         };
         let dane = || {
             Mode::Required(Auth::Dane {

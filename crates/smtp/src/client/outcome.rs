@@ -462,9 +462,17 @@ impl Attempt {
             None => format!("{}:{}", self.host, self.port),
         };
         let mut line = match (&self.tls, self.security) {
+            // "established" whether or not the session was resumed, as Postfix says it (log
+            // readers count these lines); a resumed one says so after the cipher.
             (Some(tls), s) => format!(
-                "{s} TLS connection established to {peer}: {} with cipher {}",
-                tls.version, tls.cipher
+                "{s} TLS connection established to {peer}: {} with cipher {}{}",
+                tls.version,
+                tls.cipher,
+                if tls.resumed {
+                    " (session resumed)"
+                } else {
+                    ""
+                }
             ),
             (None, Security::Plaintext) => format!("Plaintext connection to {peer}"),
             (None, _) => format!("No connection to {peer}"),
@@ -696,6 +704,7 @@ mod tests {
             tls: Some(TlsInfo {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                resumed: false,
             }),
             dnssec: LookupStatus {
                 mx: Some(Status::Secure),

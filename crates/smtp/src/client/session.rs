@@ -13,19 +13,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::HandshakeKind;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::TlsConnector;
 
 use crate::ehlo::Capabilities;
 pub use crate::envelope::Envelope;
 use crate::envelope::{EnvelopeError, HeloName};
 use crate::message::{Body, Message, MessageError, Stuffer};
 use crate::reply::{Reply, ReplyError};
-use crate::tls::{Mode, PeerAuth, Prepared, prepare};
+use crate::resume::{Entry, SessionCache, SessionKey};
+use crate::tls::{Auth, Mode, PeerAuth, Prepared, prepare, prepare_keyed};
 
 /// RFC 5321 §4.5.3.2 timeouts, and the connect timeout.
 #[derive(Clone, Debug)]
@@ -303,6 +304,11 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
+    /// Whether the handshake resumed an earlier session (RFC 8446 §2.2, RFC 5077): the peer
+    /// was authenticated by that session's full handshake, under the same key (see
+    /// [`crate::resume`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 /// What the server said to each recipient and to the message.
@@ -335,6 +341,23 @@ pub struct Session {
     transactions: usize,
 }
 
+/// Where a connection may resume a TLS session from, and the peer's host name, part of the
+/// session key (see [`crate::resume`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Resumption<'a> {
+    /// The shared cache.
+    pub cache: &'a SessionCache,
+    /// The host name the address belongs to (the MX or SRV target, or the configured host).
+    pub host: &'a str,
+}
+
+/// The session cache's entry for one connection: the key and what it holds.
+struct Keyed<'a> {
+    cache: &'a SessionCache,
+    key: SessionKey,
+    entry: Arc<Entry>,
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -350,6 +373,24 @@ impl Session {
         mode: &Mode,
         provider: &Arc<CryptoProvider>,
         timeouts: &Timeouts,
+    ) -> Result<Session, SessionError> {
+        Self::open_resuming(addr, sni, helo_name, mode, provider, timeouts, None).await
+    }
+
+    /// [`Session::open`], resuming a TLS session from `resumption`'s cache when one was made
+    /// under the same key (host, address, port, SNI, mode and everything its authentication
+    /// depends on; RFC 8446 §2.2, RFC 5077, RFC 7672 §3.1), and storing this connection's
+    /// session there after a full handshake that authenticated the peer as `mode` demands.
+    /// A resumed connection carries the proof of the full handshake that made its session;
+    /// without one, a mode that requires authentication fails ([`SessionError::Tls`]).
+    pub async fn open_resuming(
+        addr: SocketAddr,
+        sni: &str,
+        helo_name: &str,
+        mode: &Mode,
+        provider: &Arc<CryptoProvider>,
+        timeouts: &Timeouts,
+        resumption: Option<Resumption<'_>>,
     ) -> Result<Session, SessionError> {
         let helo_name = HeloName::new(helo_name).map_err(SessionError::InvalidInput)?;
         let tcp = timeout(timeouts.connect, TcpStream::connect(addr))
@@ -387,9 +428,27 @@ impl Session {
             }
             Mode::Required(auth) => Some(auth),
         };
-        let prepared = prepare(auth.unwrap_or(&crate::tls::Auth::None), provider)
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
-        session.starttls(sni, &prepared).await?;
+        let auth = auth.unwrap_or(&Auth::None);
+        let keyed = match resumption
+            .and_then(|r| Some((r.cache, SessionKey::new(r.host, addr, sni, mode)?)))
+        {
+            Some((cache, key)) => Some(Keyed {
+                entry: cache
+                    .entry(&key, provider)
+                    .map_err(|e| SessionError::Tls(e.to_string()))?,
+                cache,
+                key,
+            }),
+            None => None,
+        };
+        let prepared = match &keyed {
+            Some(k) => prepare_keyed(auth, provider, k.entry.config().clone()),
+            None => prepare(auth, provider),
+        }
+        .map_err(|e| SessionError::Tls(e.to_string()))?;
+        session
+            .starttls(sni, mode, &prepared, keyed.as_ref())
+            .await?;
         session.hello().await?;
         Ok(session)
     }
@@ -497,7 +556,17 @@ impl Session {
         Ok(())
     }
 
-    async fn starttls(&mut self, sni: &str, prepared: &Prepared) -> Result<(), SessionError> {
+    /// STARTTLS and the handshake (RFC 3207 §4). A full handshake's proof comes from the
+    /// connection's verifier; a resumed one's (RFC 8446 §2.2: no certificate is sent) from the
+    /// session cache, for the leaf certificate rustls restored with the session. A peer not
+    /// authenticated as `mode` demands fails here, and its key's entry is dropped.
+    async fn starttls(
+        &mut self,
+        sni: &str,
+        mode: &Mode,
+        prepared: &Prepared,
+        keyed: Option<&Keyed<'_>>,
+    ) -> Result<(), SessionError> {
         let reply = self.command("STARTTLS".into(), Stage::StartTls).await?;
         if reply.code() != 220 {
             return Err(SessionError::Refused {
@@ -515,11 +584,18 @@ impl Session {
             &mut self.io,
             BufReader::new(Box::new(tokio::io::duplex(1).0)),
         );
-        let connector = TlsConnector::from(prepared.config.clone());
-        let handshake = connector.connect(server_name, plain.into_inner());
+        let handshake = prepared.connect(server_name, plain.into_inner());
+        let forget = || {
+            if let Some(k) = keyed {
+                k.cache.forget(&k.key, &k.entry);
+            }
+        };
         let stream = match timeout(self.timeouts.tls, handshake).await {
             Err(_) => return Err(SessionError::Timeout(Stage::TlsHandshake)),
             Ok(Err(e)) => {
+                // A rejected certificate (or any failed handshake): nothing the key holds is
+                // to be resumed any more.
+                forget();
                 return Err(match prepared.dane_failure() {
                     Some(failure) => SessionError::Dane(failure),
                     None => SessionError::Tls(e.to_string()),
@@ -528,6 +604,34 @@ impl Session {
             Ok(Ok(stream)) => stream,
         };
         let (_, conn) = stream.get_ref();
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        let peer = match (resumed, keyed, leaf) {
+            (false, _, _) => Some(prepared.peer_auth()),
+            (true, Some(k), Some(leaf)) => k.entry.proof(leaf),
+            // Resumed without a cache (cannot happen: no session is stored then), or without
+            // the certificate of the session: nothing is known about the peer.
+            (true, _, _) => None,
+        };
+        let peer = match peer {
+            Some(peer) if mode.satisfied_by(&peer) => peer,
+            None if !mode.authenticates() => PeerAuth::Unchecked,
+            _ => {
+                forget();
+                return Err(SessionError::Tls(if resumed {
+                    "the resumed TLS session has no proof of the peer's authentication \
+                     from the full handshake that made it"
+                        .into()
+                } else {
+                    "the handshake completed without authenticating the peer".into()
+                }));
+            }
+        };
+        if let (false, Some(k), Some(leaf)) = (resumed, keyed, leaf) {
+            // A full handshake that authenticated the peer as the key's mode demands: its
+            // sessions (TLS 1.3 tickets arrive after the handshake) may now be resumed.
+            k.entry.record(leaf, peer.clone());
+        }
         self.tls = Some(TlsInfo {
             version: conn
                 .protocol_version()
@@ -535,8 +639,9 @@ impl Session {
             cipher: conn
                 .negotiated_cipher_suite()
                 .map_or_else(String::new, |s| format!("{:?}", s.suite())),
+            resumed,
         });
-        self.peer = Some(prepared.peer_auth());
+        self.peer = Some(peer);
         self.peer_chain = conn
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())

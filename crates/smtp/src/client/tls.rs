@@ -1,16 +1,25 @@
 //! How a connection must be secured, and the rustls configuration for each way.
 //!
-//! One `ClientConfig` per connection: the DANE verifier carries that connection's TLSA
-//! records and reference names (see `dane::DaneServerVerifier`).
+//! One certificate verifier per connection: the DANE verifier carries that connection's TLSA
+//! records and reference names (see `dane::DaneServerVerifier`). Without session resumption
+//! the `ClientConfig` is the connection's own too ([`prepare`]); with it, the configuration is
+//! the one of the connection's [`SessionKey`](crate::resume::SessionKey), whose verifier hands
+//! each call to the connection's (`prepare_keyed`, [`Prepared::connect`]).
 
+use std::io;
 use std::sync::{Arc, Mutex};
 
 use dane::{Authenticator, DaneServerVerifier, ReferenceName, Tlsa, Verified};
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::resume::with_verifier;
 
 /// How the peer is authenticated once TLS is up.
 #[derive(Clone, Debug)]
@@ -82,16 +91,41 @@ impl PkixVerified {
     }
 }
 
+impl Mode {
+    /// Whether a completed handshake must have produced a proof of the peer's identity
+    /// ([`PeerAuth::Dane`] or [`PeerAuth::Pkix`]): DANE, fingerprint and PKIX.
+    pub fn authenticates(&self) -> bool {
+        matches!(
+            self,
+            Mode::Required(Auth::Dane { .. } | Auth::Fingerprint(_) | Auth::Pkix { .. })
+        )
+    }
+
+    /// Whether `peer` is the authentication this mode demands: a DANE proof for DANE and
+    /// fingerprint, a PKIX proof for PKIX, anything for the modes that check nothing.
+    pub fn satisfied_by(&self, peer: &PeerAuth) -> bool {
+        match (self, peer) {
+            (Mode::Required(Auth::Dane { .. } | Auth::Fingerprint(_)), PeerAuth::Dane(_)) => true,
+            (Mode::Required(Auth::Pkix { .. }), PeerAuth::Pkix(_)) => true,
+            _ => !self.authenticates(),
+        }
+    }
+}
+
 /// A verifier for one connection, and how to read its verdict afterwards.
 pub struct Prepared {
-    /// The client configuration to use.
+    /// The client configuration to use (through [`Prepared::connect`], which puts this
+    /// connection's verifier in charge).
     pub config: Arc<ClientConfig>,
+    verifier: Arc<dyn ServerCertVerifier>,
     dane: Option<Arc<DaneServerVerifier>>,
     pkix: Option<Arc<AnyName>>,
 }
 
 impl Prepared {
-    /// The authentication result after a successful handshake.
+    /// The authentication result after a successful full handshake. A resumed handshake
+    /// checks no certificate (RFC 8446 §2.2): its proof is the full handshake's, kept by the
+    /// session cache.
     pub fn peer_auth(&self) -> PeerAuth {
         match (&self.dane, &self.pkix) {
             (Some(v), _) => v.verified().map_or(PeerAuth::Unchecked, PeerAuth::Dane),
@@ -104,15 +138,31 @@ impl Prepared {
     pub fn dane_failure(&self) -> Option<dane::VerifyError> {
         self.dane.as_ref()?.outcome()?.err()
     }
+
+    /// The TLS handshake as a client on `io`, sending `name` as SNI, with this connection's
+    /// verifier deciding on the certificate.
+    pub async fn connect<IO>(&self, name: ServerName<'static>, io: IO) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let connector = TlsConnector::from(self.config.clone());
+        with_verifier(self.verifier.clone(), async move {
+            connector.connect(name, io).await
+        })
+        .await
+    }
 }
 
-/// Builds the rustls configuration that implements `auth`.
-pub fn prepare(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Prepared, Error> {
+/// The verifier that implements `auth` for one connection, and its typed halves.
+type Verifiers = (
+    Arc<dyn ServerCertVerifier>,
+    Option<Arc<DaneServerVerifier>>,
+    Option<Arc<AnyName>>,
+);
+
+fn verifiers(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Verifiers, Error> {
     let algorithms = provider.signature_verification_algorithms;
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous();
-    let (verifier, dane, pkix): (Arc<dyn ServerCertVerifier>, _, _) = match auth {
+    Ok(match auth {
         Auth::None => (Arc::new(AnyCertificate(algorithms)), None, None),
         Auth::Dane { records, names } => {
             let v =
@@ -135,13 +185,41 @@ pub fn prepare(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Prepared, 
             });
             (v.clone(), None, Some(v))
         }
-    };
-    let mut config = builder
-        .with_custom_certificate_verifier(verifier)
+    })
+}
+
+/// Builds the rustls configuration that implements `auth`, the connection's own, without
+/// session resumption.
+pub fn prepare(auth: &Auth, provider: &Arc<CryptoProvider>) -> Result<Prepared, Error> {
+    let (verifier, dane, pkix) = verifiers(auth, provider)?;
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     config.enable_sni = true;
+    config.resumption = Resumption::disabled();
     Ok(Prepared {
         config: Arc::new(config),
+        verifier,
+        dane,
+        pkix,
+    })
+}
+
+/// A verifier implementing `auth` for one connection made with `config`, the configuration
+/// of the connection's session-cache key: its sessions may be resumed (RFC 8446 §2.2, RFC
+/// 5077), and [`Prepared::connect`] has this connection's verifier decide on a full
+/// handshake.
+pub(crate) fn prepare_keyed(
+    auth: &Auth,
+    provider: &Arc<CryptoProvider>,
+    config: Arc<ClientConfig>,
+) -> Result<Prepared, Error> {
+    let (verifier, dane, pkix) = verifiers(auth, provider)?;
+    Ok(Prepared {
+        config,
+        verifier,
         dane,
         pkix,
     })
