@@ -22,6 +22,11 @@
 //!   which Postfix always accepts (RFC 5321 §4.5.1); `default_transport`, `relay_transport`
 //!   and `local_transport` are `error:`, so the receiver never sends mail on (such a message
 //!   bounces, and the bounce fails too).
+//! * **Discarding** ([`Receiver::start_discarding`], for benchmarks): the same, except that
+//!   mail for the accepted domains goes to Postfix's `discard` transport (`virtual_transport =
+//!   discard`) instead of the Maildir, so the receiver is not the bottleneck. Each message is
+//!   still confirmed in the log: cleanup's `<queue id>: message-id=<…>` and discard's
+//!   `<queue id>: to=<…>, relay=none, … status=sent (<domain>)`, joined by the queue id.
 //! * **Log**: `maillog_file = <dir>/maillog`, written by Postfix's `postlogd`. [`Receiver::log`]
 //!   first sends a marker line through the same `postlogd` socket and waits until it appears,
 //!   so the text returned holds every line Postfix logged before the call.
@@ -282,6 +287,17 @@ impl Receiver {
     /// Writes the configuration, starts Postfix's `master` and returns once `spec.addr` answers
     /// with a `220` greeting.
     pub fn start(spec: ReceiverSpec) -> Result<Receiver, LabError> {
+        Receiver::start_with(spec, false)
+    }
+
+    /// Like [`start`](Self::start), but mail for the accepted domains is discarded (Postfix's
+    /// `discard` transport) instead of stored: nothing lands in the Maildir, and delivery shows
+    /// only in the log (see the [module documentation](self)).
+    pub fn start_discarding(spec: ReceiverSpec) -> Result<Receiver, LabError> {
+        Receiver::start_with(spec, true)
+    }
+
+    fn start_with(spec: ReceiverSpec, discard: bool) -> Result<Receiver, LabError> {
         let t0 = Instant::now();
         let invalid = |addr: SocketAddr, detail: String| LabError::Receiver {
             addr,
@@ -331,7 +347,7 @@ impl Receiver {
         };
         // From here on, errors drop `receiver`, which cleans up.
         receiver.watchdog = Some(process::spawn_watchdog(&receiver.dir, keep)?);
-        receiver.write_instance(&spec, &accounts)?;
+        receiver.write_instance(&spec, &accounts, discard)?;
         let conf = receiver.dir.join("conf");
         let child = process::spawn_server(
             "master",
@@ -479,7 +495,12 @@ impl Receiver {
         s
     }
 
-    fn write_instance(&self, spec: &ReceiverSpec, accounts: &Accounts) -> Result<(), LabError> {
+    fn write_instance(
+        &self,
+        spec: &ReceiverSpec,
+        accounts: &Accounts,
+        discard: bool,
+    ) -> Result<(), LabError> {
         let dir = &self.dir;
         let (postfix_uid, _) = accounts.postfix;
         let mkdir = |path: &Path, mode: u32, owner: Option<(u32, u32)>| -> Result<(), LabError> {
@@ -539,7 +560,10 @@ impl Receiver {
             tls_files.push(path.display().to_string());
         }
         let tls_file = (!tls_files.is_empty()).then(|| PathBuf::from(tls_files.join(", ")));
-        let main_cf = main_cf(dir, spec, self.addr, accounts.mailbox, tls_file.as_deref());
+        let mut main_cf = main_cf(dir, spec, self.addr, accounts.mailbox, tls_file.as_deref());
+        if discard {
+            main_cf.push_str("virtual_transport = discard\n");
+        }
         write_file(&conf.join("main.cf"), &main_cf, 0o644)?;
         write_file(&conf.join("master.cf"), &master_cf(self.addr), 0o644)?;
         // Postfix reads a configuration file only once it is a second old (a guard against
