@@ -87,14 +87,29 @@ pub fn run(args: QueueArgs) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     match args.command {
         QueueCommand::List { json } => {
-            let entries = store.list(now)?;
-            if json {
-                for entry in &entries {
-                    let line = serde_json::to_string(entry).map_err(QueueError::Json)?;
-                    let _ = writeln!(out, "{line}");
-                }
-            } else {
-                let _ = out.write_all(table(&entries).as_bytes());
+            // Streamed: each message is printed as it is read, so a queue of 100,000
+            // messages is never held in memory.
+            let mut table = Table::default();
+            let mut failed = None;
+            store.scan(now, &mut |entry| {
+                let text = if json {
+                    match serde_json::to_string(&entry) {
+                        Ok(line) => line + "\n",
+                        Err(e) => {
+                            failed.get_or_insert(QueueError::Json(e));
+                            return;
+                        }
+                    }
+                } else {
+                    table.row(&entry)
+                };
+                let _ = out.write_all(text.as_bytes());
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            if !json {
+                let _ = out.write_all(table.footer().as_bytes());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -234,19 +249,27 @@ pub(crate) fn now() -> Timestamp {
 /// Width of the id column: the id (24 characters), then its `*`/`!` mark.
 const ID_WIDTH: usize = 24 + 1;
 
-/// The `postqueue -p` style listing.
-fn table(entries: &[QueueEntry]) -> String {
-    if entries.is_empty() {
-        return "Mail queue is empty\n".into();
-    }
-    let mut text = format!(
-        "{:<ID_WIDTH$} {:>9} {:<23} {}\n",
-        "-Queue ID-", "--Size--", "----Arrival Time (UTC)-", "-Sender/Recipient-------"
-    );
-    let indent = " ".repeat(ID_WIDTH + 1 + 9 + 1 + 23 + 1);
-    let mut bytes: u64 = 0;
-    for entry in entries {
-        bytes = bytes.saturating_add(entry.message_size);
+/// The `postqueue -p` style listing, a row at a time: the header before the first row, the
+/// totals (or "Mail queue is empty") at the end.
+#[derive(Debug, Default)]
+struct Table {
+    messages: usize,
+    bytes: u64,
+}
+
+impl Table {
+    /// The lines of one message (after the header, for the first).
+    fn row(&mut self, entry: &QueueEntry) -> String {
+        let mut text = String::new();
+        if self.messages == 0 {
+            text.push_str(&format!(
+                "{:<ID_WIDTH$} {:>9} {:<23} {}\n",
+                "-Queue ID-", "--Size--", "----Arrival Time (UTC)-", "-Sender/Recipient-------"
+            ));
+        }
+        self.messages += 1;
+        self.bytes = self.bytes.saturating_add(entry.message_size);
+        let indent = " ".repeat(ID_WIDTH + 1 + 9 + 1 + 23 + 1);
         let mark = match entry.queue_name {
             QueueName::Active => "*",
             QueueName::Hold => "!",
@@ -273,11 +296,26 @@ fn table(entries: &[QueueEntry]) -> String {
             text.push_str(&format!("{indent}{}\n", escape(&rcpt.address)));
         }
         text.push('\n');
+        text
     }
-    let kbytes = bytes.div_ceil(1024);
-    let n = entries.len();
-    let plural = if n == 1 { "" } else { "s" };
-    text.push_str(&format!("-- {kbytes} Kbytes in {n} Request{plural}.\n"));
+
+    /// The last line.
+    fn footer(&self) -> String {
+        if self.messages == 0 {
+            return "Mail queue is empty\n".into();
+        }
+        let kbytes = self.bytes.div_ceil(1024);
+        let n = self.messages;
+        let plural = if n == 1 { "" } else { "s" };
+        format!("-- {kbytes} Kbytes in {n} Request{plural}.\n")
+    }
+}
+
+#[cfg(test)]
+fn table(entries: &[QueueEntry]) -> String {
+    let mut t = Table::default();
+    let mut text: String = entries.iter().map(|e| t.row(e)).collect();
+    text.push_str(&t.footer());
     text
 }
 

@@ -353,12 +353,9 @@ fn reload<R: dns::Resolver + 'static>(
 async fn record_queue(store: &Arc<dyn Store>) {
     let store = Arc::clone(store);
     let now = unix_now();
-    if let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.list(now)).await {
-        let oldest = entries.iter().map(|e| e.arrival_time).min().unwrap_or(now);
-        metrics::queue(
-            entries.len() as u64,
-            u64::try_from(now - oldest).unwrap_or(0),
-        );
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
+        let oldest = stats.oldest_arrival.unwrap_or(now);
+        metrics::queue(stats.messages, u64::try_from(now - oldest).unwrap_or(0));
     }
 }
 

@@ -365,6 +365,15 @@ pub struct QueueEntry {
     pub history: Vec<Attempt>,
 }
 
+/// The size of the queue, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages queued.
+    pub messages: u64,
+    /// When the oldest arrived, if any is queued.
+    pub oldest_arrival: Option<Timestamp>,
+}
+
 /// The durable queue, as the daemon and `danemta queue` use it. See the module documentation
 /// for why it is synchronous, and how leases work.
 pub trait Store: Send + Sync {
@@ -403,8 +412,20 @@ pub trait Store: Send + Sync {
     /// at its recipients' next attempt.
     fn complete(&self, claim: &Claim) -> Result<bool, QueueError>;
 
-    /// Every message, in id (arrival) order; the view of `danemta queue list`.
-    fn list(&self, now: Timestamp) -> Result<Vec<QueueEntry>, QueueError>;
+    /// Every message, in id (arrival) order, handed to `visit` one at a time as it is read
+    /// (a queue of 100,000 messages is never held in memory at once); the view of `danemta
+    /// queue list`.
+    fn scan(&self, now: Timestamp, visit: &mut dyn FnMut(QueueEntry)) -> Result<(), QueueError>;
+
+    /// Every message, in id (arrival) order, collected.
+    fn list(&self, now: Timestamp) -> Result<Vec<QueueEntry>, QueueError> {
+        let mut out = Vec::new();
+        self.scan(now, &mut |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// How many messages are queued and when the oldest arrived (cheap: for metrics).
+    fn stats(&self) -> Result<QueueStats, QueueError>;
 
     /// One message with every recipient and the attempt history.
     fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError>;
@@ -445,6 +466,35 @@ pub struct Recovery {
     /// runs (`danemta queue`) must not take a body whose row is being written for an orphan.
     pub spool_scanned: bool,
 }
+
+// Statements about one message's recipients. `+state` keeps SQLite from answering them
+// through the `recipients_due (state, next_attempt)` index, which would read every pending
+// recipient of the whole queue for each message (quadratic in a queue of 100,000): they must
+// go through the primary key `(message, position)`. A test checks the query plans.
+
+/// A claimed message's due recipients.
+const DUE_RECIPIENTS: &str = "SELECT address, attempts FROM recipients WHERE message = ?1 \
+     AND +state = 'pending' AND next_attempt <= ?2 ORDER BY position";
+
+/// One recipient's outcome.
+const RECORD_RECIPIENT: &str = "UPDATE recipients SET state = ?3, attempts = attempts + 1, \
+     next_attempt = ?4, delay_reason = ?5, security = coalesce(?6, security), outcome = ?7 \
+     WHERE message = ?1 AND address = ?2 AND +state = 'pending'";
+
+/// A message's recipients still to deliver.
+const PENDING_COUNT: &str =
+    "SELECT count(*) FROM recipients WHERE message = ?1 AND +state = 'pending'";
+
+/// Makes a message's pending recipients due now, unless it is held.
+const FLUSH_MESSAGE: &str = "UPDATE recipients SET next_attempt = min(next_attempt, ?2) \
+     WHERE message = ?1 AND +state = 'pending' \
+     AND message IN (SELECT id FROM messages WHERE hold_reason IS NULL)";
+
+/// Every message with its recipients, in order, for [`Store::scan`]. The recipients' state
+/// is tested by the caller: in the join it would bring in the `recipients_due` index.
+const SCAN: &str = "SELECT m.id, m.sender, m.arrival, m.size, m.hold_reason, m.lease_until, \
+     r.address, r.attempts, r.next_attempt, r.delay_reason, r.security, r.state \
+     FROM messages m LEFT JOIN recipients r ON r.message = m.id ORDER BY m.id, r.position";
 
 /// The schema version this build writes.
 const SCHEMA_VERSION: i64 = 1;
@@ -759,15 +809,7 @@ impl LocalStore {
                 security,
             });
         }
-        let queue_name = if hold_reason.is_some() {
-            QueueName::Hold
-        } else if lease_until.is_some_and(|t| t > now) {
-            QueueName::Active
-        } else if recipients.iter().any(|r| r.attempts > 0) {
-            QueueName::Deferred
-        } else {
-            QueueName::Incoming
-        };
+        let queue_name = name_of(hold_reason.is_some(), lease_until, &recipients, now);
         let mut history = Vec::new();
         if all {
             let mut stmt =
@@ -812,6 +854,25 @@ struct Row {
     size: i64,
     dsn: String,
     recipients: Vec<String>,
+}
+
+/// The queue a message is in: held, under a live lease (active), tried before (deferred),
+/// or not yet tried (incoming).
+fn name_of(
+    held: bool,
+    lease_until: Option<Timestamp>,
+    recipients: &[RecipientView],
+    now: Timestamp,
+) -> QueueName {
+    if held {
+        QueueName::Hold
+    } else if lease_until.is_some_and(|t| t > now) {
+        QueueName::Active
+    } else if recipients.iter().any(|r| r.attempts > 0) {
+        QueueName::Deferred
+    } else {
+        QueueName::Incoming
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename, fsync
@@ -938,10 +999,7 @@ impl Store for LocalStore {
                 params![id, lease.owner, token, lease.until],
             )?;
             let due: Vec<(String, u32)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT address, attempts FROM recipients WHERE message = ?1 \
-                     AND state = 'pending' AND next_attempt <= ?2 ORDER BY position",
-                )?;
+                let mut stmt = tx.prepare(DUE_RECIPIENTS)?;
                 stmt.query_map(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?
             };
@@ -1000,10 +1058,7 @@ impl Store for LocalStore {
                 Fate::Deferred => RecipientState::Pending,
             };
             tx.execute(
-                "UPDATE recipients SET state = ?3, attempts = attempts + 1, \
-                 next_attempt = ?4, delay_reason = ?5, security = coalesce(?6, security), \
-                 outcome = ?7 \
-                 WHERE message = ?1 AND address = ?2 AND state = 'pending'",
+                RECORD_RECIPIENT,
                 params![
                     claim.id.as_str(),
                     outcome.address,
@@ -1055,11 +1110,7 @@ impl Store for LocalStore {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             Self::check_lease(&tx, claim)?;
-            let pending: i64 = tx.query_row(
-                "SELECT count(*) FROM recipients WHERE message = ?1 AND state = 'pending'",
-                [claim.id.as_str()],
-                |r| r.get(0),
-            )?;
+            let pending: i64 = tx.query_row(PENDING_COUNT, [claim.id.as_str()], |r| r.get(0))?;
             let removed = pending == 0;
             if removed {
                 tx.execute("DELETE FROM messages WHERE id = ?1", [claim.id.as_str()])?;
@@ -1081,20 +1132,83 @@ impl Store for LocalStore {
         Ok(removed)
     }
 
-    fn list(&self, now: Timestamp) -> Result<Vec<QueueEntry>, QueueError> {
+    /// One query over messages and their pending recipients, in id order, grouped as it
+    /// goes.
+    fn scan(&self, now: Timestamp, visit: &mut dyn FnMut(QueueEntry)) -> Result<(), QueueError> {
         let conn = self.conn()?;
-        let ids: Vec<String> = {
-            let mut stmt = conn.prepare("SELECT id FROM messages ORDER BY id")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
+        let mut stmt = conn.prepare(SCAN)?;
+        let mut rows = stmt.query([])?;
+        let mut current: Option<(QueueEntry, Option<Timestamp>)> = None;
+        let finish = |(mut entry, lease_until): (QueueEntry, Option<Timestamp>)| {
+            entry.queue_name = name_of(
+                entry.hold_reason.is_some(),
+                lease_until,
+                &entry.recipients,
+                now,
+            );
+            entry
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(e) = Self::entry(&conn, &id, now, false)? {
-                out.push(e);
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            if current
+                .as_ref()
+                .is_none_or(|(e, _)| e.queue_id.as_str() != id)
+            {
+                if let Some(done) = current.take() {
+                    visit(finish(done));
+                }
+                current = Some((
+                    QueueEntry {
+                        queue_name: QueueName::Incoming,
+                        queue_id: QueueId::try_from(id)?,
+                        arrival_time: r.get(2)?,
+                        message_size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                        sender: r.get(1)?,
+                        recipients: Vec::new(),
+                        hold_reason: r.get(4)?,
+                        history: Vec::new(),
+                    },
+                    r.get(5)?,
+                ));
+            }
+            let Some(address) = r.get::<_, Option<String>>(6)? else {
+                continue;
+            };
+            if r.get::<_, Option<String>>(11)?.as_deref() != Some(RecipientState::Pending.as_str())
+            {
+                continue;
+            }
+            let security = match r.get::<_, Option<String>>(10)? {
+                Some(s) => Some(serde_json::from_str(&s)?),
+                None => None,
+            };
+            if let Some((entry, _)) = current.as_mut() {
+                entry.recipients.push(RecipientView {
+                    address,
+                    delay_reason: r.get(9)?,
+                    state: RecipientState::Pending,
+                    attempts: r.get(7)?,
+                    next_attempt: r.get(8)?,
+                    security,
+                });
             }
         }
-        Ok(out)
+        if let Some(done) = current.take() {
+            visit(finish(done));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<QueueStats, QueueError> {
+        let conn = self.conn()?;
+        let (messages, oldest) =
+            conn.query_row("SELECT count(*), min(arrival) FROM messages", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })?;
+        Ok(QueueStats {
+            messages: u64::try_from(messages).unwrap_or(0),
+            oldest_arrival: oldest,
+        })
     }
 
     fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError> {
@@ -1160,12 +1274,7 @@ impl Store for LocalStore {
         };
         let mut flushed = 0;
         for id in targets {
-            let n = tx.execute(
-                "UPDATE recipients SET next_attempt = min(next_attempt, ?2) \
-                 WHERE message = ?1 AND state = 'pending' \
-                 AND message IN (SELECT id FROM messages WHERE hold_reason IS NULL)",
-                params![id, now],
-            )?;
+            let n = tx.execute(FLUSH_MESSAGE, params![id, now])?;
             if n > 0 {
                 flushed += 1;
             }
@@ -1256,6 +1365,42 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"content");
         let names: Vec<_> = fs::read_dir(&dir.0).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// Each statement about one message's recipients goes through the primary key, never
+    /// a scan of the whole queue's pending recipients (see the statements' comment).
+    #[test]
+    fn per_message_statements_use_the_primary_key() {
+        let dir = Dir::new("plans");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        migrate(&mut conn).unwrap();
+        for sql in [
+            DUE_RECIPIENTS,
+            RECORD_RECIPIENT,
+            PENDING_COUNT,
+            FLUSH_MESSAGE,
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = stmt.parameter_count();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter((0..n).map(|_| 0)), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let recipients: Vec<&String> = plan
+                .iter()
+                .filter(|step| step.contains("recipients"))
+                .collect();
+            assert!(
+                !recipients.is_empty()
+                    && recipients
+                        .iter()
+                        .all(|step| step.contains("sqlite_autoindex_recipients_1")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 
     #[test]

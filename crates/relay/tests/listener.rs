@@ -14,8 +14,8 @@ use std::time::Duration;
 use relay::config::{self, IpNetwork};
 use relay::listener::{DEFAULT_MAX_CONNECTIONS, RelayAcceptor, serve_listener};
 use relay::queue::{
-    Claim, Lease, LocalStore, NewMessage, Progress, QueueEntry, QueueError, QueueId, Store,
-    Timestamp,
+    Claim, Lease, LocalStore, NewMessage, Progress, QueueEntry, QueueError, QueueId, QueueStats,
+    Store, Timestamp,
 };
 use smtp::outcome::RecipientOutcome;
 use smtp::server::{Config, Server, Timeouts};
@@ -55,7 +55,10 @@ impl Store for FailingStore {
     fn complete(&self, _: &Claim) -> Result<bool, QueueError> {
         Err(broken())
     }
-    fn list(&self, _: Timestamp) -> Result<Vec<QueueEntry>, QueueError> {
+    fn scan(&self, _: Timestamp, _: &mut dyn FnMut(QueueEntry)) -> Result<(), QueueError> {
+        Err(broken())
+    }
+    fn stats(&self) -> Result<QueueStats, QueueError> {
         Err(broken())
     }
     fn show(&self, _: &QueueId, _: Timestamp) -> Result<QueueEntry, QueueError> {
