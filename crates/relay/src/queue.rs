@@ -649,6 +649,18 @@ impl LocalStore {
         Ok(())
     }
 
+    /// The connection for a transaction that may be lost in a power failure without harm:
+    /// claims (a lost lease is released at the next start anyway) and delivery records (a
+    /// lost record means one more delivery, never a lost message: at-least-once). It commits
+    /// with `synchronous=NORMAL` (in WAL mode: durable against a crash of the process, and
+    /// made durable by the next FULL commit or checkpoint), saving an fsync per message;
+    /// accepting a message, removing a finished one and operator actions stay FULL.
+    fn conn_relaxed(&self) -> Result<Relaxed<'_>, QueueError> {
+        let conn = self.conn()?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Relaxed(conn))
+    }
+
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, QueueError> {
         self.conn.lock().map_err(|_| QueueError::Poisoned)
     }
@@ -858,6 +870,31 @@ fn written_recently(entry: &fs::DirEntry, now: Timestamp) -> bool {
     now.saturating_sub(modified) < i64::try_from(WRITER_GRACE.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// The store's connection at `synchronous=NORMAL`, back to FULL when dropped.
+struct Relaxed<'a>(MutexGuard<'a, Connection>);
+
+impl std::ops::Deref for Relaxed<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Relaxed<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for Relaxed<'_> {
+    fn drop(&mut self) {
+        // Should this fail, later FULL transactions would run at NORMAL: say so loudly.
+        if let Err(e) = self.0.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(target: "relay", "queue database: cannot restore synchronous=FULL: {e}");
+        }
+    }
+}
+
 /// A message's row, waiting for a group commit.
 struct Row {
     id: QueueId,
@@ -985,7 +1022,7 @@ impl Store for LocalStore {
     }
 
     fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn_relaxed()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Walks the due recipients in `next_attempt` order along the index and stops at
         // `limit` distinct messages: a claim costs what it takes, not a sort of every due
@@ -1051,7 +1088,7 @@ impl Store for LocalStore {
         attempts: &[Attempt],
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn_relaxed()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::check_lease(&tx, claim)?;
         for attempt in attempts {
@@ -1418,6 +1455,35 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
+    }
+
+    /// Claims and delivery records commit at NORMAL; everything else at FULL afterwards.
+    #[test]
+    fn relaxed_transactions_restore_full_sync() {
+        let dir = Dir::new("sync");
+        let (store, _) = LocalStore::open(&dir.0, 0).unwrap();
+        let level = |store: &LocalStore| -> i64 {
+            store
+                .conn()
+                .unwrap()
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(level(&store), 2, "FULL");
+        {
+            let relaxed = store.conn_relaxed().unwrap();
+            let n: i64 = relaxed
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1, "NORMAL");
+        }
+        assert_eq!(level(&store), 2, "FULL again");
+        let lease = Lease {
+            owner: "t".into(),
+            until: 10,
+        };
+        store.due(0, 10, &lease).unwrap();
+        assert_eq!(level(&store), 2);
     }
 
     /// Claiming walks the due index in order and sorts nothing.
