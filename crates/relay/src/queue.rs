@@ -488,6 +488,10 @@ const RECORD_RECIPIENT: &str = "UPDATE recipients SET state = ?3, attempts = att
      next_attempt = ?4, delay_reason = ?5, security = coalesce(?6, security), outcome = ?7 \
      WHERE message = ?1 AND address = ?2 AND +state = 'pending'";
 
+/// A message's recipients by state.
+const STATE_COUNTS: &str =
+    "SELECT state, count(*) FROM recipients WHERE message = ?1 GROUP BY state";
+
 /// A message's recipients still to deliver.
 const PENDING_COUNT: &str =
     "SELECT count(*) FROM recipients WHERE message = ?1 AND +state = 'pending'";
@@ -627,22 +631,30 @@ impl LocalStore {
         fsync_dir(&self.spool)?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for row in rows {
-            tx.execute(
+        {
+            let mut message = tx.prepare_cached(
                 "INSERT INTO messages (id, sender, arrival, size, dsn) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id.as_str(), row.sender, row.arrival, row.size, row.dsn],
             )?;
-            for (position, rcpt) in row.recipients.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO recipients (message, position, address, next_attempt) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![
+            let mut recipient = tx.prepare_cached(
+                "INSERT INTO recipients (message, position, address, next_attempt) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for row in rows {
+                message.execute(params![
+                    row.id.as_str(),
+                    row.sender,
+                    row.arrival,
+                    row.size,
+                    row.dsn
+                ])?;
+                for (position, rcpt) in row.recipients.iter().enumerate() {
+                    recipient.execute(params![
                         row.id.as_str(),
                         i64::try_from(position).unwrap_or(i64::MAX),
                         rcpt,
                         row.arrival
-                    ],
-                )?;
+                    ])?;
+                }
             }
         }
         tx.commit()?;
@@ -1029,7 +1041,7 @@ impl Store for LocalStore {
         // recipient in the queue.
         let mut picked: Vec<(String, String, i64, String)> = Vec::new();
         {
-            let mut stmt = tx.prepare(DUE_MESSAGES)?;
+            let mut stmt = tx.prepare_cached(DUE_MESSAGES)?;
             let mut rows = stmt.query([now])?;
             while picked.len() < limit {
                 let Some(r) = rows.next()? else { break };
@@ -1049,7 +1061,7 @@ impl Store for LocalStore {
                 params![id, lease.owner, token, lease.until],
             )?;
             let due: Vec<(String, u32)> = {
-                let mut stmt = tx.prepare(DUE_RECIPIENTS)?;
+                let mut stmt = tx.prepare_cached(DUE_RECIPIENTS)?;
                 stmt.query_map(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?
             };
@@ -1107,24 +1119,19 @@ impl Store for LocalStore {
                 Fate::Bounced => RecipientState::Bounced,
                 Fate::Deferred => RecipientState::Pending,
             };
-            tx.execute(
-                RECORD_RECIPIENT,
-                params![
-                    claim.id.as_str(),
-                    outcome.address,
-                    state.as_str(),
-                    next_attempt,
-                    outcome.reply.to_string(),
-                    security,
-                    serde_json::to_string(outcome)?,
-                ],
-            )?;
+            tx.prepare_cached(RECORD_RECIPIENT)?.execute(params![
+                claim.id.as_str(),
+                outcome.address,
+                state.as_str(),
+                next_attempt,
+                outcome.reply.to_string(),
+                security,
+                serde_json::to_string(outcome)?,
+            ])?;
         }
         let mut progress = Progress::default();
         {
-            let mut stmt = tx.prepare(
-                "SELECT state, count(*) FROM recipients WHERE message = ?1 GROUP BY state",
-            )?;
+            let mut stmt = tx.prepare_cached(STATE_COUNTS)?;
             for row in stmt.query_map([claim.id.as_str()], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })? {
@@ -1160,7 +1167,9 @@ impl Store for LocalStore {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             Self::check_lease(&tx, claim)?;
-            let pending: i64 = tx.query_row(PENDING_COUNT, [claim.id.as_str()], |r| r.get(0))?;
+            let pending: i64 = tx
+                .prepare_cached(PENDING_COUNT)?
+                .query_row([claim.id.as_str()], |r| r.get(0))?;
             let removed = pending == 0;
             if removed {
                 tx.execute("DELETE FROM messages WHERE id = ?1", [claim.id.as_str()])?;
