@@ -386,9 +386,10 @@ pub trait Store: Send + Sync {
     /// under a live lease, oldest due first, for `lease`.
     fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError>;
 
-    /// When the next message falls due: the earliest `next_attempt` of a pending recipient
-    /// of a message that is not held, or its lease's end if later. `None` when nothing is
-    /// queued. The scheduler sleeps until then (or until woken), never polling.
+    /// When to look for due messages next: the earliest `next_attempt` of a pending
+    /// recipient of a message neither held nor leased, or the earliest end of a lease if
+    /// sooner (never later than the next message falls due). `None` when nothing is queued.
+    /// The scheduler sleeps until then (or until woken), never polling.
     fn next_due(&self) -> Result<Option<Timestamp>, QueueError>;
 
     /// Stores one delivery try of a claimed message: the typed outcomes per recipient and the
@@ -479,6 +480,16 @@ const DUE_MESSAGES: &str = "SELECT m.id, m.sender, m.arrival, m.dsn FROM recipie
      WHERE r.state = 'pending' AND r.next_attempt <= ?1 AND m.hold_reason IS NULL \
      AND (m.lease_until IS NULL OR m.lease_until <= ?1) ORDER BY r.next_attempt";
 
+/// When the earliest pending recipient of a message neither held nor leased is due (along
+/// the `recipients_due` index, stopping at the first).
+const NEXT_FREE: &str = "SELECT r.next_attempt FROM recipients r \
+     JOIN messages m ON m.id = r.message \
+     WHERE r.state = 'pending' AND m.hold_reason IS NULL AND m.lease_until IS NULL \
+     ORDER BY r.next_attempt LIMIT 1";
+
+/// The earliest lease end (the `messages_lease` index).
+const NEXT_LEASE_END: &str = "SELECT min(lease_until) FROM messages WHERE lease_until IS NOT NULL";
+
 /// A claimed message's due recipients.
 const DUE_RECIPIENTS: &str = "SELECT address, attempts FROM recipients WHERE message = ?1 \
      AND +state = 'pending' AND next_attempt <= ?2 ORDER BY position";
@@ -513,7 +524,11 @@ const SCAN: &str = "SELECT m.id, m.sender, m.arrival, m.size, m.hold_reason, m.l
      FROM messages m LEFT JOIN recipients r ON r.message = m.id ORDER BY m.id, r.position";
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: leases found without a scan (for [`Store::next_due`]).
+const SCHEMA_V2: &str =
+    "CREATE INDEX messages_lease ON messages (lease_until) WHERE lease_until IS NOT NULL;";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -981,9 +996,12 @@ fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
             supported: SCHEMA_VERSION,
         });
     }
-    // One step per version; a later schema adds `if found < 2 { … }` here.
+    // One step per version.
     if found < 1 {
         tx.execute_batch(SCHEMA_V1)?;
+    }
+    if found < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
     }
     if found < SCHEMA_VERSION {
         tx.execute("DELETE FROM schema_version", [])?;
@@ -1082,15 +1100,22 @@ impl Store for LocalStore {
         Ok(claims)
     }
 
+    /// Two index walks, never a scan: the earliest pending recipient of a message neither
+    /// held nor leased, and the earliest lease end (a leased message is due again then at the
+    /// latest; one whose claim ends sooner wakes the scheduler itself).
     fn next_due(&self) -> Result<Option<Timestamp>, QueueError> {
         let conn = self.conn()?;
-        Ok(conn.query_row(
-            "SELECT min(max(r.next_attempt, coalesce(m.lease_until, 0))) FROM messages m \
-             JOIN recipients r ON r.message = m.id \
-             WHERE r.state = 'pending' AND m.hold_reason IS NULL",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )?)
+        let free: Option<i64> = conn
+            .prepare_cached(NEXT_FREE)?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let lease: Option<i64> = conn
+            .prepare_cached(NEXT_LEASE_END)?
+            .query_row([], |r| r.get(0))?;
+        Ok(match (free, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     fn record_attempt(
@@ -1513,6 +1538,49 @@ mod tests {
             "{plan:?}"
         );
         assert!(!plan.iter().any(|s| s.contains("TEMP B-TREE")), "{plan:?}");
+        for (sql, index) in [
+            (NEXT_FREE, "recipients_due"),
+            (NEXT_LEASE_END, "messages_lease"),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|s| s.contains(index)), "{sql}: {plan:?}");
+            assert!(
+                !plan.iter().any(|s| s.contains("TEMP B-TREE")),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
+
+    /// A queue written by a version-1 build gains the lease index.
+    #[test]
+    fn a_version_1_queue_is_migrated() {
+        let dir = Dir::new("schema1");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); \
+             INSERT INTO schema_version VALUES (1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'messages_lease'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
+        let v: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
     }
 
     #[test]
