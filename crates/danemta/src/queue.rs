@@ -237,14 +237,7 @@ fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, CliError> {
     ids.iter().map(|id| parse_id(id)).collect()
 }
 
-/// Unix seconds now.
-pub(crate) fn now() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| {
-            Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
-        })
-}
+pub(crate) use relay::queue::now;
 
 /// Width of the id column: the id (24 characters), then its `*`/`!` mark.
 const ID_WIDTH: usize = 24 + 1;

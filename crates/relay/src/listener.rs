@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use smtp::reply::{EnhancedStatus, Reply};
 use smtp::server::{Acceptor, Client, MailFrom, QueueId, RcptTo, Server, Transaction, reply};
@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{self, IpNetwork};
 use crate::metrics::{self, Rejection};
-use crate::queue::{self, DsnParams, NewMessage, RecipientDsn, Store, Timestamp};
+use crate::queue::{self, DsnParams, NewMessage, RecipientDsn, Store};
 use crate::users::Users;
 
 /// The default bound on concurrent SMTP sessions of one [`serve_listener`]: 100, Postfix's
@@ -168,13 +168,6 @@ fn temporary_failure() -> Reply {
     )
 }
 
-/// Unix seconds now (0 if the clock is before 1970).
-fn unix_now() -> Timestamp {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
-    })
-}
-
 impl Acceptor for RelayAcceptor {
     /// On a submission listener, `530 5.7.0` until the client authenticated.
     async fn mail(&self, client: &Client, _: &MailFrom) -> Result<(), Reply> {
@@ -249,7 +242,7 @@ impl Acceptor for RelayAcceptor {
         let dsn = dsn_params(transaction);
         let size = message.len() as u64;
         let store = Arc::clone(&self.store);
-        let now = unix_now();
+        let now = queue::now();
         let queued = id.clone();
         let stored = tokio::task::spawn_blocking(move || {
             store.accept(

@@ -47,6 +47,13 @@ use smtp::{Attempt, Envelope, Fate, Security};
 /// Unix seconds.
 pub type Timestamp = i64;
 
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
+    })
+}
+
 /// A queue id: unique (time in microseconds plus a random part, so that ids made on several
 /// nodes do not collide), sortable by arrival, and safe as a file name (upper-case hex, 24
 /// characters).
@@ -806,7 +813,6 @@ impl LocalStore {
         conn: &Connection,
         id: &str,
         now: Timestamp,
-        all: bool,
     ) -> Result<Option<QueueEntry>, QueueError> {
         let row = conn
             .query_row(
@@ -844,9 +850,6 @@ impl LocalStore {
         })? {
             let (address, state, attempts, next_attempt, delay_reason, security) = row?;
             let state = RecipientState::parse(&state);
-            if !all && state != RecipientState::Pending {
-                continue;
-            }
             let security = match security {
                 Some(s) => Some(serde_json::from_str(&s)?),
                 None => None,
@@ -862,12 +865,10 @@ impl LocalStore {
         }
         let queue_name = name_of(hold_reason.is_some(), lease_until, &recipients, now);
         let mut history = Vec::new();
-        if all {
-            let mut stmt =
-                conn.prepare("SELECT attempt FROM attempts WHERE message = ?1 ORDER BY seq")?;
-            for json in stmt.query_map([id], |r| r.get::<_, String>(0))? {
-                history.push(serde_json::from_str(&json?)?);
-            }
+        let mut stmt =
+            conn.prepare("SELECT attempt FROM attempts WHERE message = ?1 ORDER BY seq")?;
+        for json in stmt.query_map([id], |r| r.get::<_, String>(0))? {
+            history.push(serde_json::from_str(&json?)?);
         }
         Ok(Some(QueueEntry {
             queue_name,
@@ -1297,7 +1298,7 @@ impl Store for LocalStore {
 
     fn show(&self, id: &QueueId, now: Timestamp) -> Result<QueueEntry, QueueError> {
         let conn = self.conn()?;
-        Self::entry(&conn, id.as_str(), now, true)?.ok_or_else(|| QueueError::NotFound(id.clone()))
+        Self::entry(&conn, id.as_str(), now)?.ok_or_else(|| QueueError::NotFound(id.clone()))
     }
 
     fn hold(&self, id: &QueueId, reason: &str) -> Result<(), QueueError> {

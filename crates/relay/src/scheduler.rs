@@ -128,12 +128,7 @@ struct Part {
     recipients: Vec<String>,
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> Timestamp {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        Timestamp::try_from(d.as_secs()).unwrap_or(Timestamp::MAX)
-    })
-}
+pub use crate::queue::now as unix_now;
 
 /// Seconds since `arrival`, with a tenth, for `delay=` in log lines.
 fn delay_since(arrival: Timestamp) -> f64 {
