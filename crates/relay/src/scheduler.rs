@@ -105,8 +105,8 @@ pub struct Scheduler<R> {
     in_flight: Arc<Semaphore>,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
     stopping: AtomicBool,
-    /// Reusable connections between jobs, per destination, each with a generation number.
-    idle: Mutex<HashMap<Destination, Vec<(u64, Connection)>>>,
+    /// Reusable connections between jobs, one per destination, with a generation number.
+    idle: Mutex<HashMap<Destination, (u64, Connection)>>,
     /// Generations of parked connections.
     parked: AtomicU64,
     /// TLS sessions to resume, shared by all outgoing connections (smtp::resume).
@@ -370,35 +370,26 @@ impl<R: Resolver + 'static> Scheduler<R> {
         }
     }
 
-    /// An idle connection to `dest` left by an earlier job, the most recently parked first.
+    /// An idle connection to `dest` left by an earlier job, if one is parked.
     fn take_idle(&self, dest: &Destination) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let parked = idle.get_mut(dest)?;
-        let connection = parked.pop().map(|(_, c)| c);
-        if parked.is_empty() {
-            idle.remove(dest);
-        }
-        connection
+        idle.remove(dest).map(|(_, c)| c)
     }
 
-    /// Keeps a reusable connection for a later job to `dest` for [`IDLE_TIME`] (RFC 5321
-    /// §4.1.1.5: several transactions per connection), then closes it with QUIT. At most
-    /// `max_connections_per_destination` per destination (the oldest goes first); none
-    /// while shutting down.
+    /// Keeps a reusable connection for the next job to `dest` for [`IDLE_TIME`] (RFC 5321
+    /// §4.1.1.5: several transactions per connection), then closes it with QUIT. At most one
+    /// per destination; none while shutting down.
     async fn park(self: &Arc<Self>, dest: &Destination, connection: Connection) {
         if self.stopping.load(Ordering::Acquire) || !connection.is_reusable() {
             connection.close().await;
             return;
         }
         let generation = self.parked.fetch_add(1, Ordering::Relaxed);
-        let evicted = {
+        let replaced = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let parked = idle.entry(dest.clone()).or_default();
-            parked.push((generation, connection));
-            let limit = self.settings.max_connections_per_destination.max(1);
-            (parked.len() > limit).then(|| parked.remove(0).1)
+            idle.insert(dest.clone(), (generation, connection))
         };
-        if let Some(old) = evicted {
+        if let Some((_, old)) = replaced {
             old.close().await;
         }
         let this = Arc::clone(self);
@@ -407,18 +398,12 @@ impl<R: Resolver + 'static> Scheduler<R> {
             tokio::time::sleep(IDLE_TIME).await;
             let expired = {
                 let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let mut expired = None;
-                if let Some(parked) = idle.get_mut(&dest) {
-                    if let Some(i) = parked.iter().position(|(g, _)| *g == generation) {
-                        expired = Some(parked.remove(i).1);
-                    }
-                    if parked.is_empty() {
-                        idle.remove(&dest);
-                    }
+                match idle.get(&dest) {
+                    Some((g, _)) if *g == generation => idle.remove(&dest),
+                    _ => None,
                 }
-                expired
             };
-            if let Some(connection) = expired {
+            if let Some((_, connection)) = expired {
                 connection.close().await;
             }
         });
@@ -428,9 +413,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
     async fn close_idle(&self) {
         let parked: Vec<Connection> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.drain()
-                .flat_map(|(_, parked)| parked.into_iter().map(|(_, c)| c))
-                .collect()
+            idle.drain().map(|(_, (_, c))| c).collect()
         };
         for connection in parked {
             connection.close().await;
