@@ -129,8 +129,9 @@ pub fn check(config: &Config) -> Result<(), DaemonError> {
     if config.queue.store == StoreKind::Postgres {
         return Err(DaemonError::StoreUnsupported);
     }
-    if let Source::Configured(_) = cert_source(config, &hostname) {
-        Certs::load(&cert_source(config, &hostname), provider())?;
+    let source = cert_source(config, &hostname);
+    if let Source::Configured(_) = source {
+        Certs::load(&source, provider())?;
     }
     if let Some(path) = &config.auth.users_file {
         Users::load(path)?;

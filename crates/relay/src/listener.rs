@@ -230,10 +230,14 @@ impl Acceptor for RelayAcceptor {
         transaction: &Transaction,
         body: Vec<u8>,
     ) -> Result<QueueId, Reply> {
-        let envelope = transaction.envelope().map_err(|_| temporary_failure())?;
-        let date = OffsetDateTime::now_utc()
-            .format(&Rfc2822)
-            .map_err(|_| temporary_failure())?;
+        let envelope = transaction.envelope().map_err(|e| {
+            tracing::error!(target: "relay", "refusing a message with an unusable envelope: {e}");
+            temporary_failure()
+        })?;
+        let date = OffsetDateTime::now_utc().format(&Rfc2822).map_err(|e| {
+            tracing::error!(target: "relay", "cannot format the Received: date: {e}");
+            temporary_failure()
+        })?;
         let id = queue::QueueId::generate();
         let received = self.received(client, transaction, id.as_str(), &date);
         let mut message = Vec::with_capacity(received.len() + body.len());
@@ -264,7 +268,15 @@ impl Acceptor for RelayAcceptor {
                 }
                 Ok(QueueId(id.to_string()))
             }
-            Ok(Err(_)) | Err(_) => Err(temporary_failure()),
+            // The client hears 451 and retries; the operator needs to know why.
+            Ok(Err(e)) => {
+                tracing::error!(target: "relay", "{id}: cannot queue the message (451 to the client): {e}");
+                Err(temporary_failure())
+            }
+            Err(e) => {
+                tracing::error!(target: "relay", "{id}: the queue writer failed (451 to the client): {e}");
+                Err(temporary_failure())
+            }
         }
     }
 }

@@ -607,7 +607,11 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 "{}: cannot record the delivery attempt: {e}; it will be tried again",
                 tracker.claim.id
             ),
-            Err(_) => {}
+            Err(e) => tracing::error!(
+                target: "relay",
+                "{}: recording the delivery attempt failed: {e}; it will be tried again",
+                tracker.claim.id
+            ),
         }
     }
 
@@ -716,7 +720,11 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 Ok(Err(e)) => {
                     tracing::error!(target: "relay", "{}: cannot queue a DSN: {e}", claim.id)
                 }
-                Err(_) => {}
+                Err(e) => tracing::error!(
+                    target: "relay",
+                    "{}: the queue writer failed while queuing a DSN: {e}",
+                    claim.id
+                ),
             }
         }
     }
