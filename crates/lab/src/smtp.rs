@@ -24,9 +24,11 @@
 //!   bounces, and the bounce fails too).
 //! * **Discarding** ([`Receiver::start_discarding`], for benchmarks): the same, except that
 //!   mail for the accepted domains goes to Postfix's `discard` transport (`virtual_transport =
-//!   discard`) instead of the Maildir, so the receiver is not the bottleneck. Each message is
-//!   still confirmed in the log: cleanup's `<queue id>: message-id=<…>` and discard's
-//!   `<queue id>: to=<…>, relay=none, … status=sent (<domain>)`, joined by the queue id.
+//!   discard`) instead of the Maildir, and its queue is a tmpfs (mounted in a private mount
+//!   namespace of its `master`, gone with it), so that the receiver is not the bottleneck: a
+//!   sink for benchmarks, not a system under test. Each message is still confirmed in the
+//!   log: cleanup's `<queue id>: message-id=<…>` and discard's `<queue id>: to=<…>,
+//!   relay=none, … status=sent (<domain>)`, joined by the queue id.
 //! * **Log**: `maillog_file = <dir>/maillog`, written by Postfix's `postlogd`. [`Receiver::log`]
 //!   first sends a marker line through the same `postlogd` socket and waits until it appears,
 //!   so the text returned holds every line Postfix logged before the call.
@@ -292,7 +294,7 @@ impl Receiver {
 
     /// Like [`start`](Self::start), but mail for the accepted domains is discarded (Postfix's
     /// `discard` transport) instead of stored: nothing lands in the Maildir, and delivery shows
-    /// only in the log (see the [module documentation](self)).
+    /// only in the log, and its queue is in memory (see the [module documentation](self)).
     pub fn start_discarding(spec: ReceiverSpec) -> Result<Receiver, LabError> {
         Receiver::start_with(spec, true)
     }
@@ -349,16 +351,43 @@ impl Receiver {
         receiver.watchdog = Some(process::spawn_watchdog(&receiver.dir, keep)?);
         receiver.write_instance(&spec, &accounts, discard)?;
         let conf = receiver.dir.join("conf");
-        let child = process::spawn_server(
-            "master",
-            &master,
-            &[
-                std::ffi::OsStr::new("-d"),
-                std::ffi::OsStr::new("-c"),
-                conf.as_os_str(),
-            ],
-            &receiver.dir,
-        )?;
+        let child = if discard {
+            // The queue in memory: a tmpfs with a copy of the queue layout, bound over
+            // `queue/` in a mount namespace of master's own.
+            let memory = receiver.dir.join("queue-tmpfs");
+            fs::create_dir_all(&memory)
+                .map_err(|e| LabError::io(format!("creating {}", memory.display()), e))?;
+            let script = r#"mount -t tmpfs -o mode=0755 danemta-lab-queue "$1" && cp -a "$2"/. "$1"/ && mount --bind "$1" "$2" && exec "$3" -d -c "$4""#;
+            process::spawn_server(
+                "master",
+                Path::new("unshare"),
+                &[
+                    "--mount".as_ref(),
+                    "--propagation".as_ref(),
+                    "private".as_ref(),
+                    "sh".as_ref(),
+                    "-c".as_ref(),
+                    script.as_ref(),
+                    "sh".as_ref(),
+                    memory.as_os_str(),
+                    receiver.dir.join("queue").as_os_str(),
+                    master.as_os_str(),
+                    conf.as_os_str(),
+                ],
+                &receiver.dir,
+            )?
+        } else {
+            process::spawn_server(
+                "master",
+                &master,
+                &[
+                    std::ffi::OsStr::new("-d"),
+                    std::ffi::OsStr::new("-c"),
+                    conf.as_os_str(),
+                ],
+                &receiver.dir,
+            )?
+        };
         let pgid = child.id();
         receiver.master = Some(child);
         process::record_pgid(&receiver.dir, pgid)?;

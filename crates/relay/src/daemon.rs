@@ -362,7 +362,7 @@ async fn record_queue(store: &Arc<dyn Store>) {
 
 fn log_recovery(r: &crate::queue::Recovery) {
     for id in &r.orphan_bodies {
-        tracing::warn!(target: "relay", "{id}: spool file without a queue entry (never acknowledged) moved to quarantine/");
+        tracing::warn!(target: "relay", "{id}: spool file without a queue entry (never acknowledged, or finished just before a crash) moved to quarantine/");
     }
     for id in &r.missing_bodies {
         tracing::error!(target: "relay", "{id}: queue entry without its spool file: put on hold");

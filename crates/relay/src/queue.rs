@@ -29,7 +29,7 @@
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +38,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod group;
+mod spool;
 use group::GroupCommit;
 use serde::{Deserialize, Serialize};
 use smtp::outcome::RecipientOutcome;
 use smtp::server::{Notify, Ret};
 use smtp::{Attempt, Envelope, Fate, Security};
+use spool::{Spool, fsync_dir, write_durably};
 
 /// Unix seconds.
 pub type Timestamp = i64;
@@ -180,6 +182,9 @@ pub enum QueueError {
     /// The store's lock was poisoned by a panic in another thread.
     #[error("queue store lock poisoned")]
     Poisoned,
+    /// A bug in the store: the named invariant did not hold.
+    #[error("internal error in the queue store: {0}")]
+    Internal(&'static str),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
@@ -576,9 +581,11 @@ pub struct LocalStore {
     conn: Mutex<Connection>,
     /// Accepted messages' rows, committed in groups.
     accepted: GroupCommit<Row>,
+    /// Finished claims, committed in groups; the outcome says whether the message is gone.
+    completed: GroupCommit<Claim, bool>,
     /// `DIR/lock`, held exclusively for the store's lifetime by the owning process.
     _lock: Option<File>,
-    spool: PathBuf,
+    spool: Spool,
     quarantine: PathBuf,
 }
 
@@ -588,12 +595,6 @@ impl std::fmt::Debug for LocalStore {
             .field("spool", &self.spool)
             .finish_non_exhaustive()
     }
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 fn is_id(name: &str) -> Option<QueueId> {
@@ -606,9 +607,8 @@ impl LocalStore {
     /// have expired. The first process to open the queue holds `DIR/lock` until the store is
     /// dropped; only that process scans the spool for orphan files.
     pub fn open(dir: &Path, now: Timestamp) -> Result<(Self, Recovery), QueueError> {
-        let spool = dir.join("spool");
         let quarantine = dir.join("quarantine");
-        for d in [dir, &spool, &quarantine] {
+        for d in [dir, &quarantine] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
         let db = dir.join("queue.sqlite");
@@ -633,11 +633,13 @@ impl LocalStore {
             Err(TryLockError::WouldBlock) => None,
             Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         };
-        fsync_dir(dir)?;
         let owner = lock.is_some();
+        let spool = Spool::open(dir, owner)?;
+        fsync_dir(dir)?;
         let store = Self {
             conn: Mutex::new(conn),
             accepted: GroupCommit::new(),
+            completed: GroupCommit::new(),
             _lock: lock,
             spool,
             quarantine,
@@ -649,8 +651,8 @@ impl LocalStore {
     /// Makes accepted messages durable: one fsync of the spool directory (their bodies'
     /// renames), then their rows in one SQLite transaction (one WAL fsync). A row is never
     /// committed before its body's name is durable.
-    fn commit_rows(&self, rows: &[Row]) -> Result<(), QueueError> {
-        fsync_dir(&self.spool)?;
+    fn commit_rows(&self, rows: &[Row]) -> Result<Vec<()>, QueueError> {
+        self.spool.sync()?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
@@ -680,7 +682,34 @@ impl LocalStore {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(vec![(); rows.len()])
+    }
+
+    /// Ends `claims` in one transaction: a message without pending recipients is removed,
+    /// any other goes back to the queue. Returns, per claim, whether its message is gone.
+    fn commit_completions(&self, claims: &[Claim]) -> Result<Vec<bool>, QueueError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            Self::check_lease(&tx, claim)?;
+            let pending: i64 = tx
+                .prepare_cached(PENDING_COUNT)?
+                .query_row([claim.id.as_str()], |r| r.get(0))?;
+            if pending == 0 {
+                tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                    .execute([claim.id.as_str()])?;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE messages SET lease_owner = NULL, lease_token = NULL, \
+                     lease_until = NULL WHERE id = ?1",
+                )?
+                .execute([claim.id.as_str()])?;
+            }
+            removed.push(pending == 0);
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// The connection for a transaction that may be lost in a power failure without harm:
@@ -699,10 +728,6 @@ impl LocalStore {
         self.conn.lock().map_err(|_| QueueError::Poisoned)
     }
 
-    fn body_path(&self, id: &QueueId) -> PathBuf {
-        self.spool.join(id.as_str())
-    }
-
     fn recover(&self, now: Timestamp, owner: bool) -> Result<Recovery, QueueError> {
         let mut recovery = Recovery {
             spool_scanned: owner,
@@ -712,14 +737,14 @@ impl LocalStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Spool files first: a body whose row is missing was never acknowledged.
         let entries = if owner {
-            fs::read_dir(&self.spool)
-                .map_err(io_err(&self.spool))?
+            fs::read_dir(self.spool.dir())
+                .map_err(io_err(self.spool.dir()))?
                 .collect()
         } else {
             Vec::new()
         };
         for entry in entries {
-            let entry = entry.map_err(io_err(&self.spool))?;
+            let entry = entry.map_err(io_err(self.spool.dir()))?;
             let path = entry.path();
             if written_recently(&entry, now) {
                 // `danemta sendmail` may be between this body and its row right now.
@@ -739,7 +764,8 @@ impl LocalStore {
                         let reason = self.quarantine.join(format!("{name}.reason"));
                         write_durably(
                             &reason,
-                            b"spool file without a queue entry: the crash came between the body and the envelope, before 250\n",
+                            b"spool file without a queue entry, left by a crash: either before the message was \
+                              acknowledged (no 250 was given) or just after it was finished\n",
                         )?;
                         recovery.orphan_bodies.push(id);
                     }
@@ -751,7 +777,7 @@ impl LocalStore {
             }
         }
         if owner {
-            fsync_dir(&self.spool)?;
+            self.spool.sync()?;
             fsync_dir(&self.quarantine)?;
         }
         recovery.orphan_bodies.sort();
@@ -764,7 +790,7 @@ impl LocalStore {
         };
         for id in ids {
             let Some(id) = is_id(&id) else { continue };
-            if !self.body_path(&id).exists() {
+            if !self.spool.path(&id).exists() {
                 tx.execute(
                     "UPDATE messages SET hold_reason = 'body file missing from the spool', \
                      lease_owner = NULL, lease_token = NULL, lease_until = NULL WHERE id = ?1",
@@ -797,15 +823,6 @@ impl LocalStore {
             None => Err(QueueError::NotFound(claim.id.clone())),
             Some(Some(t)) if t == claim.token => Ok(()),
             Some(_) => Err(QueueError::LeaseLost(claim.id.clone())),
-        }
-    }
-
-    fn remove_body(&self, id: &QueueId) -> Result<(), QueueError> {
-        let path = self.body_path(id);
-        match fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&self.spool),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path)(e)),
         }
     }
 
@@ -952,37 +969,6 @@ fn name_of(
     }
 }
 
-/// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename, fsync
-/// the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
-    write_file(path, bytes)?;
-    fsync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// Writes `bytes` to `path` through a temporary name: write, fsync the file, rename. The
-/// name is durable only once the directory is fsynced (the caller's job).
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        // A full disk must not leave half a file behind (recovery would remove it anyway).
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    Ok(())
-}
-
 fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
@@ -1031,11 +1017,7 @@ impl Store for LocalStore {
             dsn,
             body,
         } = *message;
-        let path = self.body_path(id);
-        if path.exists() {
-            return Err(QueueError::Exists(id.clone()));
-        }
-        write_file(&path, body)?;
+        self.spool.write(id, body)?;
         let row = Row {
             id: id.clone(),
             sender: envelope.sender().to_owned(),
@@ -1046,7 +1028,7 @@ impl Store for LocalStore {
         };
         if let Err(e) = self.accepted.submit(row, &|rows| self.commit_rows(rows)) {
             // Not acknowledged: the body must not linger as an orphan.
-            let _ = fs::remove_file(&path);
+            let _ = self.spool.remove(id);
             return Err(e);
         }
         Ok(())
@@ -1188,31 +1170,16 @@ impl Store for LocalStore {
         Ok(renewed)
     }
 
+    /// Ends the claims of concurrent workers in one transaction (group commit): one WAL
+    /// fsync for all the messages finished at the same moment, not one each.
     fn complete(&self, claim: &Claim) -> Result<bool, QueueError> {
-        let removed = {
-            let mut conn = self.conn()?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            Self::check_lease(&tx, claim)?;
-            let pending: i64 = tx
-                .prepare_cached(PENDING_COUNT)?
-                .query_row([claim.id.as_str()], |r| r.get(0))?;
-            let removed = pending == 0;
-            if removed {
-                tx.execute("DELETE FROM messages WHERE id = ?1", [claim.id.as_str()])?;
-            } else {
-                tx.execute(
-                    "UPDATE messages SET lease_owner = NULL, lease_token = NULL, \
-                     lease_until = NULL WHERE id = ?1",
-                    [claim.id.as_str()],
-                )?;
-            }
-            tx.commit()?;
-            removed
-        };
+        let removed = self
+            .completed
+            .submit(claim.clone(), &|claims| self.commit_completions(claims))?;
         // The row goes first: a crash in between leaves an orphan body, which recovery
         // quarantines; never a row without its body.
         if removed {
-            self.remove_body(&claim.id)?;
+            self.spool.remove(&claim.id)?;
         }
         Ok(removed)
     }
@@ -1324,7 +1291,7 @@ impl Store for LocalStore {
             return Err(QueueError::NotFound(id.clone()));
         }
         // A message held because its body is gone stays held: releasing it would only fail.
-        if !self.body_path(id).exists() {
+        if !self.spool.path(id).exists() {
             return Err(QueueError::MissingBody(id.clone()));
         }
         let n = conn.execute(
@@ -1344,7 +1311,7 @@ impl Store for LocalStore {
         if n == 0 {
             return Err(QueueError::NotFound(id.clone()));
         }
-        self.remove_body(id)
+        self.spool.remove(id)
     }
 
     fn flush(&self, ids: &[QueueId], now: Timestamp) -> Result<usize, QueueError> {
@@ -1373,7 +1340,7 @@ impl Store for LocalStore {
     }
 
     fn body(&self, id: &QueueId) -> Result<Box<dyn Read + Send>, QueueError> {
-        let path = self.body_path(id);
+        let path = self.spool.path(id);
         match File::open(&path) {
             Ok(f) => Ok(Box::new(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1397,10 +1364,11 @@ impl Store for LocalStore {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
+    /// A scratch directory, removed when dropped.
+    pub(super) struct Dir(pub(super) PathBuf);
 
     impl Dir {
-        fn new(tag: &str) -> Self {
+        pub(super) fn new(tag: &str) -> Self {
             let d = std::env::temp_dir()
                 .join(format!("danemta-queue-unit-{tag}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&d);
@@ -1446,18 +1414,6 @@ mod tests {
         assert!(serde_json::from_str::<QueueId>("\"x/y\"").is_err());
     }
 
-    #[test]
-    fn write_durably_leaves_no_temporary_file() {
-        let dir = Dir::new("write");
-        let path = dir.0.join("f");
-        write_durably(&path, b"content").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"content");
-        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().collect();
-        assert_eq!(names.len(), 1);
-    }
-
-    /// Each statement about one message's recipients goes through the primary key, never
-    /// a scan of the whole queue's pending recipients (see the statements' comment).
     #[test]
     fn per_message_statements_use_the_primary_key() {
         let dir = Dir::new("plans");

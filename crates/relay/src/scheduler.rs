@@ -12,16 +12,19 @@
 //!   dropped with a log line, so bounces cannot loop;
 //! * a DSN is queued before the attempt that caused it is recorded: a crash in between
 //!   sends it twice, never zero times (at-least-once, like the rest of the queue);
-//! * recipients are grouped by destination (next hop and policy) so that one connection
-//!   carries several messages; connections are bounded overall (`max_connections`) and per
-//!   destination (`max_connections_per_destination`);
+//! * recipients are grouped by destination (next hop and policy) into a backlog per
+//!   destination, which delivery jobs drain over one connection each, message after message
+//!   (RFC 5321 §4.1.1.5); another job (another connection) starts only when the backlog grows
+//!   faster than the running jobs take it, as Postfix's connection cache on demand does.
+//!   Connections are bounded overall (`max_connections`) and per destination
+//!   (`max_connections_per_destination`);
 //! * the scheduler sleeps until the next message is due or a new one is queued
 //!   ([`Scheduler::wake`]); it never polls.
 
 pub mod destination;
 pub mod retry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,10 +52,9 @@ use retry::Retry;
 /// lease when it starts, so a crash costs no waiting.
 const LEASE: Duration = Duration::from_secs(3600);
 
-/// At most this many messages go over one connection in a row before it is closed and the
-/// rest take another (Postfix's `smtp_connection_reuse_count_limit` is unlimited by default;
-/// a bound keeps one destination's backlog from holding a connection slot for ever).
-const MESSAGES_PER_JOB: usize = 50;
+/// A delivery job takes at most this many messages from its destination's backlog at once
+/// (their bodies are read before the first is sent).
+const MESSAGES_PER_BATCH: usize = 20;
 
 /// How long a connection stays open, idle, for the next job to the same destination
 /// (Postfix's `smtp_connection_cache_time_limit` is 2 s).
@@ -101,6 +103,8 @@ pub struct Scheduler<R> {
     doorbell: Notify,
     connections: Arc<Semaphore>,
     destinations: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Claimed parts waiting for a delivery job, per destination.
+    backlog: Mutex<HashMap<Destination, Backlog>>,
     /// Claimed messages not finished yet (bounds how much is claimed at once).
     in_flight: Arc<Semaphore>,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
@@ -120,6 +124,13 @@ struct Tracker {
     remaining: AtomicUsize,
     results: Mutex<(Vec<RecipientOutcome>, Vec<Attempt>)>,
     _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One destination's claimed parts not yet taken by a job, and its jobs.
+#[derive(Default)]
+struct Backlog {
+    parts: VecDeque<Part>,
+    jobs: usize,
 }
 
 /// Some recipients of one claimed message, for one destination.
@@ -155,6 +166,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             doorbell: Notify::new(),
             connections: Arc::new(Semaphore::new(connections)),
             destinations: Mutex::new(HashMap::new()),
+            backlog: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
             stopping: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
@@ -310,16 +322,51 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 }
             }
         }
-        for (dest, mut parts) in groups {
-            while !parts.is_empty() {
-                let rest = parts.split_off(parts.len().min(MESSAGES_PER_JOB));
-                let job = std::mem::replace(&mut parts, rest);
+        for (dest, parts) in groups {
+            let new_jobs = self.enqueue(&dest, parts);
+            for _ in 0..new_jobs {
                 let this = Arc::clone(self);
                 let dest = dest.clone();
-                tasks.spawn(async move { this.deliver(dest, job).await });
+                tasks.spawn(async move { this.deliver(dest).await });
             }
         }
         true
+    }
+
+    /// Adds `parts` to `dest`'s backlog; returns how many jobs to start for it. A destination
+    /// without a job gets one; one with jobs gets another only while more than a batch per
+    /// job is waiting (the jobs are falling behind), up to `max_connections_per_destination`.
+    fn enqueue(&self, dest: &Destination, parts: Vec<Part>) -> usize {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let b = backlog.entry(dest.clone()).or_default();
+        b.parts.extend(parts);
+        let limit = self.settings.max_connections_per_destination.max(1);
+        let wanted = b.parts.len().div_ceil(MESSAGES_PER_BATCH).clamp(1, limit);
+        let start = if b.jobs == 0 {
+            1
+        } else {
+            wanted.saturating_sub(b.jobs).min(1)
+        };
+        b.jobs += start;
+        start
+    }
+
+    /// The next batch of `dest`'s backlog for a job; empty when there is none, and then the
+    /// job is counted out (under the same lock, so that no part is left without a job).
+    fn next_batch(&self, dest: &Destination) -> Vec<Part> {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = backlog.get_mut(dest) else {
+            return Vec::new();
+        };
+        let n = b.parts.len().min(MESSAGES_PER_BATCH);
+        if n == 0 {
+            b.jobs = b.jobs.saturating_sub(1);
+            if b.jobs == 0 {
+                backlog.remove(dest);
+            }
+            return Vec::new();
+        }
+        b.parts.drain(..n).collect()
     }
 
     /// The semaphore bounding connections to `dest`.
@@ -339,9 +386,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
         }))
     }
 
-    /// Delivers `parts` to `dest` over as few connections as possible, then hands each
-    /// message's part of the result to its tracker.
-    async fn deliver(self: Arc<Self>, dest: Destination, parts: Vec<Part>) {
+    /// A delivery job: takes batches from `dest`'s backlog until it is empty and delivers
+    /// them, each over the connection the last one left (see [`Scheduler::park`]), then hands
+    /// each message's part of the result to its tracker.
+    async fn deliver(self: Arc<Self>, dest: Destination) {
         let slots = self.destination_slots(&dest);
         let (Ok(_dest_permit), Ok(_permit)) = (
             slots.acquire_owned().await,
@@ -349,25 +397,36 @@ impl<R: Resolver + 'static> Scheduler<R> {
         ) else {
             return;
         };
-        let deliveries = if self.stopping.load(Ordering::Acquire) {
-            // Shutting down: give the claim back untried (finish records nothing for it).
-            parts
-                .iter()
-                .map(|_| Delivery::new(Vec::new(), Vec::new()))
-                .collect()
-        } else {
-            self.attempt(&dest, &parts, &self.policy()).await
-        };
-        for (part, delivery) in parts.into_iter().zip(deliveries) {
-            let tracker = part.tracker;
-            if let Ok(mut results) = tracker.results.lock() {
-                results.0.extend(delivery.recipients);
-                results.1.extend(delivery.attempts);
+        // Messages being finished (recorded, DSNs queued) while the next batch goes out.
+        let mut finishing = JoinSet::new();
+        loop {
+            while finishing.try_join_next().is_some() {}
+            let parts = self.next_batch(&dest);
+            if parts.is_empty() {
+                break;
             }
-            if tracker.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.finish(tracker).await;
+            let deliveries = if self.stopping.load(Ordering::Acquire) {
+                // Shutting down: give the claim back untried (finish records nothing for it).
+                parts
+                    .iter()
+                    .map(|_| Delivery::new(Vec::new(), Vec::new()))
+                    .collect()
+            } else {
+                self.attempt(&dest, &parts, &self.policy()).await
+            };
+            for (part, delivery) in parts.into_iter().zip(deliveries) {
+                let tracker = part.tracker;
+                if let Ok(mut results) = tracker.results.lock() {
+                    results.0.extend(delivery.recipients);
+                    results.1.extend(delivery.attempts);
+                }
+                if tracker.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let this = Arc::clone(&self);
+                    finishing.spawn(async move { this.finish(tracker).await });
+                }
             }
         }
+        while finishing.join_next().await.is_some() {}
     }
 
     /// An idle connection to `dest` left by an earlier job, if one is parked.

@@ -7,21 +7,27 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::QueueError;
 
+/// Commits a batch of items, returning one outcome per item, in order.
+pub(super) type Commit<'a, T, R> = dyn Fn(&[T]) -> Result<Vec<R>, QueueError> + 'a;
+
+const MISCOUNTED: &str = "a group commit returned a different number of outcomes than items";
+
 /// Items waiting for a commit, and the outcome of finished ones.
-struct State<T> {
+struct State<T, R> {
     waiting: Vec<(u64, T)>,
     committing: bool,
     next_ticket: u64,
-    done: HashMap<u64, Result<(), Arc<QueueError>>>,
+    done: HashMap<u64, Result<R, Arc<QueueError>>>,
 }
 
-/// A group committer for items of type `T`; see the module documentation.
-pub(super) struct GroupCommit<T> {
-    state: Mutex<State<T>>,
+/// A group committer for items of type `T`, each committed with an outcome `R`; see the
+/// module documentation.
+pub(super) struct GroupCommit<T, R = ()> {
+    state: Mutex<State<T, R>>,
     finished: Condvar,
 }
 
-impl<T> GroupCommit<T> {
+impl<T, R> GroupCommit<T, R> {
     pub(super) fn new() -> Self {
         GroupCommit {
             state: Mutex::new(State {
@@ -36,20 +42,22 @@ impl<T> GroupCommit<T> {
 
     /// Commits `item` together with whatever other threads submit meanwhile: the first
     /// caller to find no commit running becomes the leader and runs `commit` on every item
-    /// waiting; the others wait for its outcome. A batch that fails is retried item by item,
-    /// so that one bad item does not fail the others. Returns once `item` is committed.
+    /// waiting (it returns one outcome per item, in order); the others wait for its outcome.
+    /// A batch that fails is retried item by item, so that one bad item does not fail the
+    /// others. Returns `item`'s outcome once it is committed.
     pub(super) fn submit(
         &self,
         item: T,
-        commit: &dyn Fn(&[T]) -> Result<(), QueueError>,
-    ) -> Result<(), QueueError> {
+        commit: &Commit<'_, T, R>,
+    ) -> Result<R, QueueError> {
         let mut state = self.state.lock().map_err(|_| QueueError::Poisoned)?;
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.waiting.push((ticket, item));
         loop {
             if let Some(result) = state.done.remove(&ticket) {
-                return result.map_err(QueueError::Batch);
+                // An item's own error comes back as it was; one shared by a batch, wrapped.
+                return result.map_err(|e| Arc::try_unwrap(e).unwrap_or_else(QueueError::Batch));
             }
             if state.committing {
                 state = self
@@ -63,12 +71,22 @@ impl<T> GroupCommit<T> {
             let batch = std::mem::take(&mut state.waiting);
             drop(state);
             let (tickets, items): (Vec<u64>, Vec<T>) = batch.into_iter().unzip();
-            let results: Vec<Result<(), Arc<QueueError>>> = match commit(&items) {
-                Ok(()) => items.iter().map(|_| Ok(())).collect(),
+            let results: Vec<Result<R, Arc<QueueError>>> = match commit(&items) {
+                Ok(outcomes) if outcomes.len() == items.len() => {
+                    outcomes.into_iter().map(Ok).collect()
+                }
+                Ok(_) => {
+                    let e = Arc::new(QueueError::Internal(MISCOUNTED));
+                    items.iter().map(|_| Err(Arc::clone(&e))).collect()
+                }
                 Err(e) if items.len() == 1 => vec![Err(Arc::new(e))],
                 Err(_) => items
                     .chunks(1)
-                    .map(|one| commit(one).map_err(Arc::new))
+                    .map(|one| match commit(one) {
+                        Ok(mut outcome) if outcome.len() == 1 => Ok(outcome.remove(0)),
+                        Ok(_) => Err(Arc::new(QueueError::Internal(MISCOUNTED))),
+                        Err(e) => Err(Arc::new(e)),
+                    })
                     .collect(),
             };
             state = match self.state.lock() {
@@ -94,7 +112,7 @@ mod tests {
 
     #[test]
     fn concurrent_items_share_commits_and_all_return_after_theirs() {
-        let group = Arc::new(GroupCommit::<u32>::new());
+        let group = Arc::new(GroupCommit::<u32, u32>::new());
         let commits = Arc::new(AtomicUsize::new(0));
         let committed = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..32)
@@ -102,14 +120,15 @@ mod tests {
                 let (group, commits, committed) =
                     (group.clone(), commits.clone(), committed.clone());
                 std::thread::spawn(move || {
-                    group
+                    let doubled = group
                         .submit(n, &|items: &[u32]| {
                             std::thread::sleep(Duration::from_millis(20)); // an fsync
                             commits.fetch_add(1, Ordering::SeqCst);
                             committed.lock().unwrap().extend_from_slice(items);
-                            Ok(())
+                            Ok(items.iter().map(|n| n * 2).collect())
                         })
                         .unwrap();
+                    assert_eq!(doubled, n * 2, "each gets its own outcome");
                     // Returned only once committed.
                     assert!(committed.lock().unwrap().contains(&n));
                 })
@@ -140,7 +159,7 @@ mod tests {
                         if items.contains(&3) {
                             Err(QueueError::Poisoned)
                         } else {
-                            Ok(())
+                            Ok(vec![(); items.len()])
                         }
                     });
                     (n, r.is_ok())
