@@ -369,6 +369,11 @@ pub struct Delivery {
     /// `max_connections_per_destination`: outgoing connections at once to one destination.
     /// Default 20.
     pub max_connections_per_destination: u32,
+    /// `paused`: accept and queue mail, but start no deliveries (maintenance, or to fill a
+    /// queue before a measurement); SIGHUP with `paused = false` resumes. Like Postfix's
+    /// `defer_transports = smtp`, except that `danemta queue flush` does not override it.
+    /// Default false.
+    pub paused: bool,
 }
 
 impl Default for Delivery {
@@ -379,6 +384,7 @@ impl Default for Delivery {
             ca_file: None,
             max_connections: 200,
             max_connections_per_destination: 20,
+            paused: false,
         }
     }
 }
@@ -730,6 +736,7 @@ impl Config {
                 "delivery.max_connections_per_destination".into(),
                 dl.max_connections_per_destination.to_string(),
             ),
+            ("delivery.paused".into(), dl.paused.to_string()),
         ]);
         for (i, p) in self.policy.iter().enumerate() {
             let mut v = format!("{} {}", p.domain, p.level);

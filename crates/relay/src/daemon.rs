@@ -290,6 +290,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         hostname.as_str(),
         dir.display()
     );
+    log_paused(&config);
 
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
@@ -331,7 +332,10 @@ fn reload<R: dns::Resolver + 'static>(
         }
     };
     match policy(&config) {
-        Ok(p) => scheduler.reload(p),
+        Ok(p) => {
+            scheduler.reload(p);
+            log_paused(&config);
+        }
         Err(e) => {
             tracing::error!(target: "relay", "reload refused, keeping the running configuration: {e}");
             return;
@@ -357,6 +361,15 @@ async fn record_queue(store: &Arc<dyn Store>) {
     if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
         let oldest = stats.oldest_arrival.unwrap_or(now);
         metrics::queue(stats.messages, u64::try_from(now - oldest).unwrap_or(0));
+    }
+}
+
+fn log_paused(config: &Config) {
+    if config.delivery.paused {
+        tracing::warn!(
+            target: "relay",
+            "deliveries paused ([delivery] paused = true): mail is accepted and queued, nothing is delivered until a reload with paused = false"
+        );
     }
 }
 

@@ -182,12 +182,14 @@ impl<R: Resolver + 'static> Scheduler<R> {
         self.doorbell.notify_one();
     }
 
-    /// Replaces the policy table and PKIX roots (SIGHUP). Deliveries already running keep
-    /// the policy they started with; queued mail is untouched.
+    /// Replaces the policy table and PKIX roots (SIGHUP), and pauses or resumes deliveries
+    /// (`[delivery] paused`). Deliveries already running keep the policy they started with;
+    /// queued mail is untouched.
     pub fn reload(&self, policy: Policy) {
         if let Ok(mut p) = self.policy.write() {
             *p = Arc::new(policy);
         }
+        self.wake();
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -205,6 +207,15 @@ impl<R: Resolver + 'static> Scheduler<R> {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if self.policy().config.delivery.paused {
+                // Nothing starts until a reload resumes (it wakes us).
+                tokio::select! {
+                    () = self.doorbell.notified() => {}
+                    _ = shutdown.changed() => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+                continue;
             }
             let started = self.pass(&mut tasks).await;
             while tasks.try_join_next().is_some() {}

@@ -99,6 +99,7 @@ async fn sink_with_ports() -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
 struct Relay {
     store: Arc<LocalStore>,
     scheduler: Arc<Scheduler<NoDns>>,
+    config: Arc<Config>,
     stop: watch::Sender<bool>,
     _dir: TempDir,
 }
@@ -106,9 +107,14 @@ struct Relay {
 /// A scheduler on a fresh queue; `example.test` and `sender.test` go to the sink at
 /// `level`; retries after 1 s (then 2 s); the lifetime is `lifetime` seconds.
 async fn relay(sink: SocketAddr, level: &str, lifetime: u64) -> Relay {
+    relay_with(sink, level, lifetime, "").await
+}
+
+/// [`relay`] with `extra` TOML at the top of the configuration.
+async fn relay_with(sink: SocketAddr, level: &str, lifetime: u64, extra: &str) -> Relay {
     let dir = TempDir::new("scheduler");
     let toml = format!(
-        r#"
+        r#"{extra}
 [[policy]]
 domain = "example.test"
 level = "{level}"
@@ -121,7 +127,7 @@ next_hop = "[{ip}]:{port}"
         ip = sink.ip(),
         port = sink.port()
     );
-    let config = Config::parse(&toml, std::path::Path::new("test.toml")).unwrap();
+    let config = Arc::new(Config::parse(&toml, std::path::Path::new("test.toml")).unwrap());
     let store = Arc::new(LocalStore::open(dir.path(), unix_now()).unwrap().0);
     let settings = Settings {
         hostname: HeloName::new("relay.test").unwrap(),
@@ -137,7 +143,7 @@ next_hop = "[{ip}]:{port}"
         dnssec: Err("no DNS in this test".into()),
     };
     let policy = Policy {
-        config: Arc::new(config),
+        config: Arc::clone(&config),
         roots: Arc::new(rustls::RootCertStore::empty()),
     };
     let scheduler = Arc::new(Scheduler::new(
@@ -151,6 +157,7 @@ next_hop = "[{ip}]:{port}"
     Relay {
         store,
         scheduler,
+        config,
         stop,
         _dir: dir,
     }
@@ -176,6 +183,11 @@ impl Relay {
             .unwrap();
         self.scheduler.wake();
         id
+    }
+
+    /// The configuration the scheduler runs on.
+    fn scheduler_config(&self) -> Config {
+        (*self.config).clone()
     }
 
     fn queued(&self) -> usize {
@@ -420,4 +432,27 @@ async fn messages_to_one_destination_share_a_connection() {
     assert!(until(10, || got.lock().unwrap().len() == 7).await);
     let all = ports.lock().unwrap().clone();
     assert!(first.contains(all.last().unwrap()), "reused: {all:?}");
+}
+
+#[tokio::test]
+async fn a_paused_relay_queues_and_delivers_only_once_resumed() {
+    let (addr, got) = sink().await;
+    let r = relay_with(addr, "may", 60, "[delivery]\npaused = true\n").await;
+    for _ in 0..3 {
+        r.queue("alice@sender.test", &["b@example.test"], DsnParams::default());
+    }
+    assert!(
+        !until(2, || !got.lock().unwrap().is_empty()).await,
+        "nothing is delivered while paused"
+    );
+    assert_eq!(r.queued(), 3);
+    // SIGHUP with paused = false.
+    let mut config = r.scheduler_config();
+    config.delivery.paused = false;
+    r.scheduler.reload(Policy {
+        config: Arc::new(config),
+        roots: Arc::new(rustls::RootCertStore::empty()),
+    });
+    assert!(until(10, || got.lock().unwrap().len() == 3).await);
+    assert!(until(5, || r.queued() == 0).await);
 }
