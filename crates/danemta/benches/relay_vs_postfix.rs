@@ -20,31 +20,40 @@
 //! The DNSSEC lab serves a signed zone `bench.test` with 20 destination domains
 //! `d0.bench.test` … `d19.bench.test`, each with an MX host of its own (`d7 MX 10 mx.d7`,
 //! `mx.d7 A …`, `_25._tcp.mx.d7 TLSA 3 1 1 …`); every MX host is the same lab Postfix receiver
-//! with the discard transport (`Receiver::start_discarding`, so that the receiver is not the
-//! bottleneck; `RELAY_BENCH_RECEIVER=maildir` makes it store every message in a Maildir
-//! instead). With D destinations, message i goes to `rcpt<i>@d<i mod D>.bench.test`.
+//! with the discard transport and its queue on a tmpfs (`Receiver::start_discarding`, so
+//! that the receiver, which shares the machine's cores with the relay under test, costs
+//! little; `RELAY_BENCH_RECEIVER=maildir` makes it store every message in a Maildir instead). With D destinations, message i goes to `rcpt<i>@d<i mod D>.bench.test`.
 //!
 //! The load: one small async SMTP client, `SESSIONS` concurrent sessions, one transaction after
 //! another per session (no pipelining), one recipient per message.
 //!
-//! What is printed per system and case:
-//! * accepted msgs/s: N / (first connection … the last `250` after DATA);
-//! * delivered msgs/s: N / (first connection … the receiver's receipt of the last message);
-//! * latency p50 / p99 from the `250` after DATA (the client notes the wall-clock time of each,
-//!   per Message-ID) to the receipt of that message by the receiver: when the bench first
-//!   reads the receiver's cleanup line `<queue id>: message-id=<…>` (logged while the receiver
-//!   takes the message in) in its log, which a thread polls every 2 ms (Postfix 3.7 stamps
-//!   its log lines to the second only). A message counts as delivered once the receiver also
-//!   logs `status=sent` for that queue id (its discard, or Maildir, delivery);
+//! Each system runs three phases per case, started with deliveries paused (danemta:
+//! `[delivery] paused = true`; Postfix: `smtpd_data_restrictions = check_client_access
+//! static:HOLD`, so that cleanup puts each message straight on hold and nothing else touches
+//! it):
+//! 1. accept: N messages submitted; accepted msgs/s = N / (first connection … the last `250`
+//!    after DATA), every one durable in the relay's queue;
+//! 2. deliver from the full queue: deliveries resumed (danemta: `paused = false` and SIGHUP;
+//!    Postfix: the hold rule removed, `postfix reload`, `postsuper -H ALL`, `postqueue -f`);
+//!    delivered msgs/s = N / (resumption … the receiver's receipt of the last message);
+//! 3. live: N/2 more messages with deliveries running; live msgs/s = N/2 / (first connection
+//!    … last receipt), and the latency p50 / p99 from the `250` after DATA (the client notes
+//!    the wall-clock time of each, per Message-ID) to the receipt of that message by the
+//!    receiver: when the bench first reads the receiver's cleanup line `<queue id>:
+//!    message-id=<…>` (logged while the receiver takes the message in) in its log, which a
+//!    thread polls every 2 ms (Postfix 3.7 stamps its log lines to the second only).
+//!
+//! A message counts as delivered once the receiver also logs `status=sent` for that queue id
+//! (its discard, or Maildir, delivery). Also printed:
 //! * peak RSS: danemta, the daemon's `VmHWM`; Postfix, the largest sum over the instance's live
 //!   processes of their `VmHWM`, sampled every 100 ms (shared pages, e.g. libraries, count once
 //!   per process, so this overstates Postfix's real footprint); and peak PSS, the largest
 //!   sampled sum of `Pss` (/proc/PID/smaps_rollup: each shared page divided among the
 //!   processes mapping it), the fairer footprint of a multi-process system (a sample, so it
 //!   may miss a short peak);
-//! * CPU seconds per 1,000 messages: the difference, between the start of the load and the
-//!   last delivery, of utime + stime (/proc/PID/stat) of danemta's daemon; for Postfix, of the
-//!   sum over every live process of the instance's process group plus `master`'s cutime +
+//! * CPU seconds per 1,000 messages (the three phases, N + N/2 messages): the difference,
+//!   between the start of phase 1 and the end of phase 3, of utime + stime (/proc/PID/stat)
+//!   of danemta's daemon; for Postfix, of the sum over every live process of the instance's process group plus `master`'s cutime +
 //!   cstime (Postfix daemons that exited meanwhile: master reaps them all);
 //! * `Verified TLS connection established` lines in the relay's log (danemta logs one per
 //!   delivery, Postfix one per TLS handshake: fewer than N when it reuses connections);
@@ -63,6 +72,7 @@
 #[path = "relay_vs_postfix/measure.rs"]
 mod measure;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -218,6 +228,7 @@ struct Danemta {
     child: Option<Child>,
     listen: SocketAddr,
     log: PathBuf,
+    config: PathBuf,
     _addr: LabAddr,
 }
 
@@ -242,6 +253,7 @@ dir = "{queue}"
 [delivery]
 policy = "dane"
 port = 25
+paused = true
 [metrics]
 listen = "{metrics}"
 "#,
@@ -267,6 +279,7 @@ listen = "{metrics}"
             child: Some(child),
             listen,
             log,
+            config,
             _addr: addr,
         };
         let child = d.child.as_mut().expect("child");
@@ -281,6 +294,19 @@ listen = "{metrics}"
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Resumes deliveries: `paused = false`, then SIGHUP.
+    fn resume(&self) -> Result<(), String> {
+        let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        fs::write(
+            &self.config,
+            text.replace("paused = true", "paused = false"),
+        )
+        .map_err(|e| e.to_string())?;
+        let pid = self.pid().ok_or("danemta serve is not running")?;
+        signal("-HUP", &pid.to_string());
+        Ok(())
     }
 
     fn stop(&mut self) {
@@ -307,6 +333,25 @@ struct PostfixRelay {
     listen: SocketAddr,
     dir: PathBuf,
     _addr: LabAddr,
+}
+
+/// What a Postfix relay's main.cf adds while deliveries are paused: every message goes
+/// straight to the hold queue (cleanup writes it there; qmgr never sees it), the cheapest
+/// way for Postfix to take mail without delivering it.
+const POSTFIX_HOLD: &str = "smtpd_data_restrictions = check_client_access static:HOLD\n";
+
+/// Writes a Postfix configuration file, backdated: Postfix reads a file only once it is a
+/// second old.
+fn write_postfix_file(path: &Path, text: &str) -> Result<(), String> {
+    let past = SystemTime::now()
+        .checked_sub(Duration::from_secs(60))
+        .unwrap_or(UNIX_EPOCH);
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(past))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn ids(file: &str, name: &str) -> Option<(u32, u32)> {
@@ -389,12 +434,13 @@ impl PostfixRelay {
              smtp_dns_support_level = dnssec\n\
              smtp_tls_security_level = dane\n\
              smtp_tls_loglevel = 1\n\
-             {tuning}",
+             {tuning}{POSTFIX_HOLD}",
             tuning = if tuned { TUNED_MAIN_CF } else { "" },
         );
         let master_cf = format!(
             "# service type private unpriv chroot wakeup maxproc command\n\
              {listen} inet n - n - - smtpd\n\
+             pickup fifo n - n 60 1 pickup\n\
              cleanup unix n - n - 0 cleanup\n\
              qmgr unix n - n 300 1 qmgr\n\
              tlsmgr unix - - n 1000? 1 tlsmgr\n\
@@ -420,18 +466,8 @@ impl PostfixRelay {
                 ""
             },
         );
-        // Postfix reads a configuration file only once it is a second old: backdate ours.
-        let past = SystemTime::now()
-            .checked_sub(Duration::from_secs(60))
-            .unwrap_or(UNIX_EPOCH);
         for (name, text) in [("main.cf", main_cf), ("master.cf", master_cf)] {
-            let path = conf.join(name);
-            fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-            File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(past))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            write_postfix_file(&conf.join(name), &text)?;
         }
         let resolv = home.join("resolv.conf");
         fs::write(
@@ -481,6 +517,33 @@ impl PostfixRelay {
 
     fn pid(&self) -> Option<u32> {
         self.master.as_ref().map(Child::id)
+    }
+
+    /// Resumes deliveries: main.cf without the hold rule, `postfix reload` (SIGHUP to
+    /// master), then the held mail released (`postsuper -H ALL`) and the deferred queue
+    /// flushed (`postqueue -f`).
+    fn resume(&self) -> Result<(), String> {
+        let conf = self.dir.join("conf");
+        let main_cf = conf.join("main.cf");
+        let text = fs::read_to_string(&main_cf).map_err(|e| e.to_string())?;
+        write_postfix_file(&main_cf, &text.replace(POSTFIX_HOLD, ""))?;
+        let pid = self.pid().ok_or("Postfix master is not running")?;
+        signal("-HUP", &pid.to_string());
+        for (program, arg) in [("postsuper", "-H"), ("postqueue", "-f")] {
+            let mut command = Command::new(program);
+            command.arg("-c").arg(&conf).arg(arg);
+            if program == "postsuper" {
+                command.arg("ALL");
+            }
+            let out = command.output().map_err(|e| format!("{program}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{program} {arg}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn maillog(&self) -> PathBuf {
@@ -679,10 +742,16 @@ impl Case {
 }
 
 struct Outcome {
+    /// Phase 1, deliveries paused: from the first connection to the last `250` after DATA.
     accepted: Duration,
+    /// Phase 2, from the resumption to the receiver's receipt of the last queued message.
     delivered: Duration,
-    /// Seconds from each message's `250` to its receipt, sorted.
+    /// Phase 3 (`live` messages, deliveries running): first connection to last receipt.
+    live: Duration,
+    live_n: usize,
+    /// Phase 3: seconds from each message's `250` to its receipt, sorted.
     latencies: Vec<f64>,
+    /// All phases.
     cpu_seconds: f64,
     /// Largest sampled sum of `VmHWM` over the relay's processes, KiB.
     peak_kib: u64,
@@ -690,38 +759,26 @@ struct Outcome {
     peak_pss_kib: u64,
 }
 
-/// Submits the case's messages to `relay` (whose processes are `watched`) and waits until the
-/// receiver has confirmed them all.
-#[allow(clippy::too_many_arguments)]
-fn run(
+/// Submits messages `0..n` tagged `tag` to `relay` over `SESSIONS` sessions; how long it took
+/// and when each `250` after DATA came (epoch seconds).
+fn submit(
     rt: &tokio::runtime::Runtime,
-    tag: &str,
     relay: SocketAddr,
-    watched: Watched,
     client: Ipv4Addr,
-    receiver: &Receiver,
+    tag: &str,
     case: Case,
-    ticks: f64,
-) -> Result<Outcome, String> {
-    let n = case.n;
-    let tag = format!("{tag}-{}-{}", case.slug(), std::process::id());
-    let log = ReceiverLogWatch::start(ReceiverLog::new(
-        receiver.dir().join("maillog"),
-        &format!("{tag}."),
-    ));
+    n: usize,
+) -> Result<(Duration, Vec<f64>), String> {
     let load = Arc::new(Load {
         relay,
         from: client,
-        tag: tag.clone(),
+        tag: tag.to_owned(),
         n,
         destinations: case.destinations,
         body: body(case.size),
         next: AtomicUsize::new(0),
         accepted_at: Mutex::new(vec![0.0; n]),
     });
-    let mem = MemSampler::start(watched);
-    let cpu0 = watched.cpu_ticks();
-    let start_wall = measure::now();
     let start = Instant::now();
     let results = rt.block_on(async {
         let tasks: Vec<_> = (0..SESSIONS)
@@ -733,34 +790,35 @@ fn run(
         }
         results
     });
-    let accepted = start.elapsed();
+    let took = start.elapsed();
     let mut sent = 0;
-    let mut failure = None;
     for (k, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(s) => sent += s,
-            Err(e) => failure = Some(format!("submission session {k} failed: {e}")),
-        }
-    }
-    if let Some(why) = failure {
-        mem.stop();
-        return Err(why);
+        sent += r.map_err(|e| format!("{tag}: submission session {k} failed: {e}"))?;
     }
     if sent != n {
-        mem.stop();
-        return Err(format!("only {sent} of {n} messages were accepted"));
+        return Err(format!("{tag}: only {sent} of {n} messages were accepted"));
     }
-    let deadline = start + DELIVERY_TIMEOUT;
-    let mut report = Instant::now() + Duration::from_secs(15);
+    let at = load
+        .accepted_at
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    Ok((took, at))
+}
+
+/// Waits until the receiver has confirmed `n` messages of `log`; returns the receipts
+/// (Message-ID → epoch seconds).
+fn delivered(log: ReceiverLogWatch, n: usize, tag: &str) -> Result<HashMap<String, f64>, String> {
+    let start = Instant::now();
+    let mut report = start + Duration::from_secs(15);
     loop {
         let got = log.sent();
         if got >= n {
-            break;
+            return Ok(log.stop());
         }
-        if Instant::now() > deadline {
-            mem.stop();
+        if start.elapsed() > DELIVERY_TIMEOUT {
             return Err(format!(
-                "the receiver confirms {got} of {n} messages after {DELIVERY_TIMEOUT:?}"
+                "{tag}: the receiver confirms {got} of {n} messages after {DELIVERY_TIMEOUT:?}"
             ));
         }
         if Instant::now() > report {
@@ -772,30 +830,83 @@ fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cpu1 = watched.cpu_ticks();
-    let (peak_kib, peak_pss_kib) = mem.stop();
-    let received = log.stop();
-    let accepted_at = load
-        .accepted_at
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
-    let mut latencies = Vec::with_capacity(n);
-    let mut last = start_wall;
+}
+
+/// The latest receipt of messages `0..n` of `tag`, and each one's latency from its `250`.
+fn receipts(
+    received: &HashMap<String, f64>,
+    tag: &str,
+    accepted_at: &[f64],
+) -> Result<(f64, Vec<f64>), String> {
+    let mut last = 0.0f64;
+    let mut latencies = Vec::with_capacity(accepted_at.len());
     for (i, at) in accepted_at.iter().enumerate() {
-        let id = message_id(&tag, i);
-        let Some(&received) = received.get(&id) else {
+        let id = message_id(tag, i);
+        let Some(&r) = received.get(&id) else {
             return Err(format!("no receipt of <{id}> in the receiver's log"));
         };
-        last = last.max(received);
-        latencies.push(received - at);
+        last = last.max(r);
+        latencies.push(r - at);
     }
     latencies.sort_by(f64::total_cmp);
+    Ok((last, latencies))
+}
+
+/// Runs the three phases against `relay` (whose processes are `watched`), started with
+/// deliveries paused: (1) submit the case's N messages and time the `250`s; (2) `resume` and
+/// time the delivery of the full queue; (3) submit N/2 more with deliveries running and
+/// measure each one's latency from `250` to receipt.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    ctx: &Ctx<'_>,
+    tag: &str,
+    relay: SocketAddr,
+    watched: Watched,
+    case: Case,
+    resume: &dyn Fn() -> Result<(), String>,
+) -> Result<Outcome, String> {
+    let tag = format!("{tag}-{}-{}", case.slug(), std::process::id());
+    let live_tag = format!("{tag}-live");
+    let watch = |tag: &str| {
+        ReceiverLogWatch::start(ReceiverLog::new(
+            ctx.receiver.dir().join("maillog"),
+            &format!("{tag}."),
+        ))
+    };
+    let mem = MemSampler::start(watched);
+    let cpu0 = watched.cpu_ticks();
+    let phases = || -> Result<_, String> {
+        let log = watch(&tag);
+        let (accepted, _) = submit(ctx.rt, relay, ctx.client, &tag, case, case.n)?;
+        let resumed = measure::now();
+        resume()?;
+        let received = delivered(log, case.n, &tag)?;
+        let (last, _) = receipts(&received, &tag, &vec![resumed; case.n])?;
+        let live_n = (case.n / 2).max(1);
+        let log = watch(&live_tag);
+        let live_start = measure::now();
+        let (_, at) = submit(ctx.rt, relay, ctx.client, &live_tag, case, live_n)?;
+        let received = delivered(log, live_n, &live_tag)?;
+        let (live_last, latencies) = receipts(&received, &live_tag, &at)?;
+        Ok((
+            accepted,
+            last - resumed,
+            live_n,
+            live_last - live_start,
+            latencies,
+        ))
+    };
+    let result = phases();
+    let cpu1 = watched.cpu_ticks();
+    let (peak_kib, peak_pss_kib) = mem.stop();
+    let (accepted, delivered, live_n, live, latencies) = result?;
     Ok(Outcome {
         accepted,
-        delivered: Duration::from_secs_f64((last - start_wall).max(1e-6)),
+        delivered: Duration::from_secs_f64(delivered.max(1e-6)),
+        live: Duration::from_secs_f64(live.max(1e-6)),
+        live_n,
         latencies,
-        cpu_seconds: cpu1.saturating_sub(cpu0) as f64 / ticks,
+        cpu_seconds: cpu1.saturating_sub(cpu0) as f64 / ctx.ticks,
         peak_kib,
         peak_pss_kib,
     })
@@ -934,16 +1045,9 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
                 let Some(pid) = d.pid() else {
                     return Row::failed(name, "danemta serve has no pid".into());
                 };
-                let outcome = run(
-                    ctx.rt,
-                    tag,
-                    d.listen,
-                    Watched::Process(pid),
-                    ctx.client,
-                    ctx.receiver,
-                    case,
-                    ctx.ticks,
-                );
+                let outcome = run(ctx, tag, d.listen, Watched::Process(pid), case, &|| {
+                    d.resume()
+                });
                 let outcome = outcome.map_err(|e| {
                     format!(
                         "{e}\n`status=sent` lines: {}, `status=deferred` lines: {}\n--- danemta log tail ---\n{}",
@@ -964,16 +1068,9 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
                 let Some(pid) = p.pid() else {
                     return Row::failed(name, "Postfix master has no pid".into());
                 };
-                let outcome = run(
-                    ctx.rt,
-                    tag,
-                    p.listen,
-                    Watched::Group(pid),
-                    ctx.client,
-                    ctx.receiver,
-                    case,
-                    ctx.ticks,
-                );
+                let outcome = run(ctx, tag, p.listen, Watched::Group(pid), case, &|| {
+                    p.resume()
+                });
                 // The log is written by postlogd; give it a moment to catch up.
                 std::thread::sleep(Duration::from_millis(300));
                 let log = p.maillog();
@@ -1011,10 +1108,11 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
     println!();
     println!("== {} (N = {}) ==", case.label(), case.n);
     println!(
-        "{:<17} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "{:<17} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
         "system",
         "accepted/s",
         "delivered/s",
+        "live/s",
         "p50 ms",
         "p99 ms",
         "RSS MiB",
@@ -1023,21 +1121,24 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
         "verified"
     );
     let rate = |d: Duration| case.n as f64 / d.as_secs_f64();
+    let live_rate = |o: &Outcome| o.live_n as f64 / o.live.as_secs_f64();
+    let cpu_per_1k = |o: &Outcome| o.cpu_seconds * 1000.0 / (case.n + o.live_n) as f64;
     let mut ok = true;
     for row in rows {
         match &row.outcome {
             Ok(o) => {
                 let q = |p| measure::quantile(&o.latencies, p).map_or("-".into(), ms);
                 println!(
-                    "{:<17} {:>11.1} {:>11.1} {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2} {:>9}",
+                    "{:<17} {:>11.1} {:>11.1} {:>9.1} {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2} {:>9}",
                     row.name,
                     rate(o.accepted),
                     rate(o.delivered),
+                    live_rate(o),
                     q(0.5),
                     q(0.99),
                     o.peak_kib as f64 / 1024.0,
                     o.peak_pss_kib as f64 / 1024.0,
-                    o.cpu_seconds * 1000.0 / case.n as f64,
+                    cpu_per_1k(o),
                     row.connections
                 );
                 if row.evidence.is_none() {
@@ -1076,7 +1177,8 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
         let p99 = |o: &Outcome| measure::quantile(&o.latencies, 0.99).unwrap_or(0.0);
         let rss = |o: &Outcome| o.peak_kib as f64;
         let pss = |o: &Outcome| o.peak_pss_kib as f64;
-        let cpu = |o: &Outcome| o.cpu_seconds;
+        let live = |o: &Outcome| live_rate(o);
+        let cpu = |o: &Outcome| cpu_per_1k(o);
         let ratio = |x: f64, y: f64| {
             if y > 0.0 {
                 format!("{:.2}x", x / y)
@@ -1085,10 +1187,11 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
             }
         };
         println!(
-            "danemta / Postfix(best): accepted {}, delivered {}, p50 {}, p99 {}, RSS {}, PSS {}, \
-             CPU {}",
+            "danemta / Postfix(best): accepted {}, delivered {}, live {}, p50 {}, p99 {}, RSS {}, \
+             PSS {}, CPU {}",
             ratio(acc(a), best(&acc, true)),
             ratio(del(a), best(&del, true)),
+            ratio(live(a), best(&live, true)),
             ratio(p50(a), best(&p50, false)),
             ratio(p99(a), best(&p99, false)),
             ratio(rss(a), best(&rss, false)),
@@ -1148,7 +1251,7 @@ fn bench(cases: &[Case]) -> i32 {
         if maildir {
             "Maildir"
         } else {
-            "discard transport"
+            "discard transport, queue on tmpfs"
         },
         lab.validating_resolver()
     );

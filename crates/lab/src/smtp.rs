@@ -24,11 +24,11 @@
 //!   bounces, and the bounce fails too).
 //! * **Discarding** ([`Receiver::start_discarding`], for benchmarks): the same, except that
 //!   mail for the accepted domains goes to Postfix's `discard` transport (`virtual_transport =
-//!   discard`) instead of the Maildir, and its queue is a tmpfs (mounted in a private mount
-//!   namespace of its `master`, gone with it), so that the receiver is not the bottleneck: a
-//!   sink for benchmarks, not a system under test. Each message is still confirmed in the
-//!   log: cleanup's `<queue id>: message-id=<…>` and discard's `<queue id>: to=<…>,
-//!   relay=none, … status=sent (<domain>)`, joined by the queue id.
+//!   discard`) instead of the Maildir, and the queue is a tmpfs (mounted in a private mount
+//!   namespace of its `master`, gone with it), so that the receiver costs little: a sink for
+//!   benchmarks, not a system under test. Each message is still confirmed in the log:
+//!   cleanup's `<queue id>: message-id=<…>` and discard's `<queue id>: to=<…>, relay=none, …
+//!   status=sent (<domain>)`, joined by the queue id.
 //! * **Log**: `maillog_file = <dir>/maillog`, written by Postfix's `postlogd`. [`Receiver::log`]
 //!   first sends a marker line through the same `postlogd` socket and waits until it appears,
 //!   so the text returned holds every line Postfix logged before the call.
@@ -293,8 +293,8 @@ impl Receiver {
     }
 
     /// Like [`start`](Self::start), but mail for the accepted domains is discarded (Postfix's
-    /// `discard` transport) instead of stored: nothing lands in the Maildir, and delivery shows
-    /// only in the log, and its queue is in memory (see the [module documentation](self)).
+    /// `discard` transport) instead of stored: nothing lands in the Maildir, delivery shows
+    /// only in the log, and the queue is in memory (see the [module documentation](self)).
     pub fn start_discarding(spec: ReceiverSpec) -> Result<Receiver, LabError> {
         Receiver::start_with(spec, true)
     }

@@ -320,6 +320,9 @@ pub async fn serve_listener<A>(
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Replies are written whole and flushed at the end of a reply group: Nagle's
+                // algorithm would only hold one back for the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 metrics::session(label);
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {

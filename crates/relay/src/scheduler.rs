@@ -56,6 +56,12 @@ const LEASE: Duration = Duration::from_secs(3600);
 /// (their bodies are read before the first is sent).
 const MESSAGES_PER_BATCH: usize = 20;
 
+/// A destination gets another delivery job (another connection) for every this many
+/// messages waiting in its backlog, up to `max_connections_per_destination`: one connection
+/// carries a steady stream, more only help a large backlog, and every one costs the receiver
+/// a process (Postfix's smtpd) for as long as it is open.
+const BACKLOG_PER_JOB: usize = 100;
+
 /// How long a connection stays open, idle, for the next job to the same destination
 /// (Postfix's `smtp_connection_cache_time_limit` is 2 s).
 const IDLE_TIME: Duration = Duration::from_secs(2);
@@ -345,14 +351,15 @@ impl<R: Resolver + 'static> Scheduler<R> {
     }
 
     /// Adds `parts` to `dest`'s backlog; returns how many jobs to start for it. A destination
-    /// without a job gets one; one with jobs gets another only while more than a batch per
-    /// job is waiting (the jobs are falling behind), up to `max_connections_per_destination`.
+    /// without a job gets one; one with jobs gets another only while more than
+    /// [`BACKLOG_PER_JOB`] messages per job wait (the jobs are falling behind), up to
+    /// `max_connections_per_destination`.
     fn enqueue(&self, dest: &Destination, parts: Vec<Part>) -> usize {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
         let b = backlog.entry(dest.clone()).or_default();
         b.parts.extend(parts);
         let limit = self.settings.max_connections_per_destination.max(1);
-        let wanted = b.parts.len().div_ceil(MESSAGES_PER_BATCH).clamp(1, limit);
+        let wanted = b.parts.len().div_ceil(BACKLOG_PER_JOB).clamp(1, limit);
         let start = if b.jobs == 0 {
             1
         } else {

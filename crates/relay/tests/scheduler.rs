@@ -439,7 +439,11 @@ async fn a_paused_relay_queues_and_delivers_only_once_resumed() {
     let (addr, got) = sink().await;
     let r = relay_with(addr, "may", 60, "[delivery]\npaused = true\n").await;
     for _ in 0..3 {
-        r.queue("alice@sender.test", &["b@example.test"], DsnParams::default());
+        r.queue(
+            "alice@sender.test",
+            &["b@example.test"],
+            DsnParams::default(),
+        );
     }
     assert!(
         !until(2, || !got.lock().unwrap().is_empty()).await,

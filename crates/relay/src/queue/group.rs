@@ -45,11 +45,7 @@ impl<T, R> GroupCommit<T, R> {
     /// waiting (it returns one outcome per item, in order); the others wait for its outcome.
     /// A batch that fails is retried item by item, so that one bad item does not fail the
     /// others. Returns `item`'s outcome once it is committed.
-    pub(super) fn submit(
-        &self,
-        item: T,
-        commit: &Commit<'_, T, R>,
-    ) -> Result<R, QueueError> {
+    pub(super) fn submit(&self, item: T, commit: &Commit<'_, T, R>) -> Result<R, QueueError> {
         let mut state = self.state.lock().map_err(|_| QueueError::Poisoned)?;
         let ticket = state.next_ticket;
         state.next_ticket += 1;

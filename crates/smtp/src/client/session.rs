@@ -397,6 +397,10 @@ impl Session {
             .await
             .map_err(|_| SessionError::Timeout(Stage::Connect))?
             .map_err(|e| SessionError::Connect(e.to_string()))?;
+        // Commands, pipelined groups and body blocks are written whole and flushed on
+        // purpose: Nagle's algorithm would hold back the last small segment (the final
+        // `.`, a lone RSET) until the server's delayed ACK, 40 ms per message.
+        let _ = tcp.set_nodelay(true);
         let mut session = Session {
             io: BufReader::new(Box::new(tcp)),
             caps: Capabilities::default(),
