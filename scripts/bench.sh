@@ -15,6 +15,7 @@
 #         quarter of it for messages over 16 KiB), RELAY_BENCH_SIZES (default 2k,100k),
 #         RELAY_BENCH_DESTINATIONS (default 20,1; at most 20), RELAY_BENCH_RECEIVER=maildir
 #         (store instead of discard), RELAY_BENCH_KEEP=1 (keep the relays' directories).
+#         RELAY_BENCH_SESSIONS (client sessions at once, default 32).
 #   dns, check and relay need root and nsd, unbound, ldnsutils, postfix (scripts/test.sh installs them).
 #
 #   bash scripts/bench.sh            # both

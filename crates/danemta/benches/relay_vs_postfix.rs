@@ -24,7 +24,8 @@
 //! that the receiver, which shares the machine's cores with the relay under test, costs
 //! little; `RELAY_BENCH_RECEIVER=maildir` makes it store every message in a Maildir instead). With D destinations, message i goes to `rcpt<i>@d<i mod D>.bench.test`.
 //!
-//! The load: one small async SMTP client, `SESSIONS` concurrent sessions, one transaction after
+//! The load: one small async SMTP client, `RELAY_BENCH_SESSIONS` (default 32) concurrent
+//! sessions, as a busy relay sees from its clients, one transaction after
 //! another per session (no pipelining), one recipient per message.
 //!
 //! Each system runs three phases per case, started with deliveries paused (danemta:
@@ -102,8 +103,8 @@ const MAX_DESTINATIONS: usize = 20;
 /// Messages larger than this are sent `LARGE_DIVISOR` times fewer.
 const LARGE_BYTES: usize = 16 * 1024;
 const LARGE_DIVISOR: usize = 4;
-/// Concurrent SMTP sessions of the client.
-const SESSIONS: usize = 8;
+/// Concurrent SMTP sessions of the client unless `RELAY_BENCH_SESSIONS` says otherwise.
+const DEFAULT_SESSIONS: usize = 32;
 /// How long a relay may take to deliver everything.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the client waits for any one SMTP reply.
@@ -724,6 +725,7 @@ struct Case {
     size: usize,
     destinations: usize,
     n: usize,
+    sessions: usize,
 }
 
 impl Case {
@@ -759,7 +761,7 @@ struct Outcome {
     peak_pss_kib: u64,
 }
 
-/// Submits messages `0..n` tagged `tag` to `relay` over `SESSIONS` sessions; how long it took
+/// Submits messages `0..n` tagged `tag` to `relay` over `sessions`; how long it took
 /// and when each `250` after DATA came (epoch seconds).
 fn submit(
     rt: &tokio::runtime::Runtime,
@@ -781,7 +783,7 @@ fn submit(
     });
     let start = Instant::now();
     let results = rt.block_on(async {
-        let tasks: Vec<_> = (0..SESSIONS)
+        let tasks: Vec<_> = (0..case.sessions)
             .map(|_| tokio::spawn(session(load.clone())))
             .collect();
         let mut results = Vec::new();
@@ -990,6 +992,7 @@ fn parse_size(s: &str) -> Option<usize> {
 
 fn cases() -> Result<Vec<Case>, String> {
     let n = env_number("RELAY_BENCH_MESSAGES", DEFAULT_MESSAGES)?;
+    let sessions = env_number("RELAY_BENCH_SESSIONS", DEFAULT_SESSIONS)?;
     let sizes = env_list("RELAY_BENCH_SIZES", DEFAULT_SIZES, parse_size)?;
     let destinations = env_list("RELAY_BENCH_DESTINATIONS", DEFAULT_DESTINATIONS, |s| {
         s.parse()
@@ -1008,6 +1011,7 @@ fn cases() -> Result<Vec<Case>, String> {
                 size,
                 destinations: d,
                 n,
+                sessions,
             });
         }
     }
@@ -1244,9 +1248,10 @@ fn bench(cases: &[Case]) -> i32 {
     };
 
     println!(
-        "{SESSIONS} client sessions; destinations d<k>.bench.test, each with its own MX host and \
+        "{} client sessions; destinations d<k>.bench.test, each with its own MX host and \
          DANE-EE (3 1 1) TLSA, all served by one Postfix receiver {} ({}) via the lab's \
          validating Unbound {}",
+        cases.first().map_or(DEFAULT_SESSIONS, |c| c.sessions),
         receiver.addr(),
         if maildir {
             "Maildir"
