@@ -142,7 +142,7 @@ impl Sink {
                 config.timeouts = smtp::server::Timeouts::uniform(Duration::from_secs(10));
                 let server = Arc::new(Server::new(config, Arc::new(recorder)));
                 tokio::select! {
-                    _ = relay::listener::serve_listener(listener, server, 10, "smtp") => {}
+                    _ = relay::listener::serve_listener(listener, server, relay::listener::ConnectionLimits::overall(10), "smtp") => {}
                     _ = stopped => {}
                 }
             });

@@ -150,6 +150,14 @@ pub struct Server {
     /// `max_message_size`: the largest message accepted (announced with `SIZE`). Default 50MB.
     #[serde(deserialize_with = "units::size::deserialize")]
     pub max_message_size: u64,
+    /// `max_connections`: SMTP sessions at once, per listener; a connection past it gets
+    /// `421 4.3.2` and is closed. Default 100 (Postfix's `default_process_limit`).
+    pub max_connections: u32,
+    /// `max_connections_per_client`: sessions at once from one client address, per listener;
+    /// past it `421 4.7.0`. Clients in `relay_networks` are exempt (Postfix's
+    /// `smtpd_client_event_limit_exceptions = $mynetworks`). Default 50 (Postfix's
+    /// `smtpd_client_connection_count_limit`).
+    pub max_connections_per_client: u32,
     /// `[[server.listen]]`: the listening sockets. Default: `127.0.0.1:2525`, mode `smtp`.
     pub listen: Vec<Listen>,
     /// `[[server.tls]]`: certificate chains offered with STARTTLS, chosen by SNI; the first is
@@ -173,6 +181,8 @@ impl Default for Server {
             ],
             accept_domains: Vec::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_connections: 100,
+            max_connections_per_client: 50,
             listen: vec![Listen {
                 address: SocketAddr::from(([127, 0, 0, 1], 2525)),
                 mode: ListenMode::Smtp,
@@ -573,6 +583,17 @@ impl Config {
         if q.dir.as_os_str().is_empty() {
             return Err(invalid("queue.dir".into(), "empty path".into()));
         }
+        for (key, n) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_client",
+                self.server.max_connections_per_client,
+            ),
+        ] {
+            if n == 0 {
+                return Err(invalid(key.into(), "must be at least 1".into()));
+            }
+        }
         let d = &self.delivery;
         if d.port == 0 {
             return Err(invalid("delivery.port".into(), "port 0".into()));
@@ -675,6 +696,14 @@ impl Config {
             (
                 "server.max_message_size".into(),
                 format_size(s.max_message_size),
+            ),
+            (
+                "server.max_connections".into(),
+                s.max_connections.to_string(),
+            ),
+            (
+                "server.max_connections_per_client".into(),
+                s.max_connections_per_client.to_string(),
             ),
         ];
         for (i, l) in s.listen.iter().enumerate() {

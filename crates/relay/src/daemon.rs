@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::certs::{self, Certs, Source};
 use crate::config::{Config, ListenMode, StoreKind};
-use crate::listener::{DEFAULT_MAX_CONNECTIONS, RelayAcceptor, serve_listener};
+use crate::listener::{ConnectionLimits, RelayAcceptor, serve_listener};
 use crate::queue::{LocalStore, QueueError, Store};
 use crate::scheduler::{Policy, Scheduler, Settings, retry::Retry, unix_now};
 use crate::users::{Users, UsersError};
@@ -279,7 +279,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         listeners.push(tokio::spawn(serve_listener(
             socket,
             server,
-            DEFAULT_MAX_CONNECTIONS,
+            ConnectionLimits::from_config(&config.server, listen.mode == ListenMode::Submissions),
             label,
         )));
     }
@@ -377,8 +377,8 @@ fn log_recovery(r: &crate::queue::Recovery) {
     for id in &r.orphan_bodies {
         tracing::warn!(target: "relay", "{id}: spool file without a queue entry (never acknowledged, or finished just before a crash) moved to quarantine/");
     }
-    for id in &r.missing_bodies {
-        tracing::error!(target: "relay", "{id}: queue entry without its spool file: put on hold");
+    for (id, why) in &r.damaged_bodies {
+        tracing::error!(target: "relay", "{id}: put on hold: {why} (`danemta queue show {id}`)");
     }
     if r.expired_leases > 0 {
         tracing::info!(

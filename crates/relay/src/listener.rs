@@ -12,10 +12,11 @@
 //!   routes on them. Source routes are already refused by the session (`553`);
 //! * **`250` only after fsync**: [`Acceptor::message`] returns the queue id only once
 //!   [`Store::accept`] returned `Ok`, i.e. once body and envelope are on stable storage; a
-//!   store error is `451 4.3.0` (RFC 3463 §3.4), never `250`;
+//!   store error is `451 4.3.0` (RFC 3463 §3.4), a full file system `452 4.3.1`, never `250`;
 //! * every stored message starts with a `Received:` trace field (RFC 5321 §4.4).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,17 +24,14 @@ use smtp::reply::{EnhancedStatus, Reply};
 use smtp::server::{Acceptor, Client, MailFrom, QueueId, RcptTo, Server, Transaction, reply};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::{self, IpNetwork};
 use crate::metrics::{self, Rejection};
 use crate::queue::{self, DsnParams, NewMessage, RecipientDsn, Store};
 use crate::users::Users;
-
-/// The default bound on concurrent SMTP sessions of one [`serve_listener`]: 100, Postfix's
-/// `default_process_limit`. Connections past it wait in the kernel's accept backlog.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 /// The relay's decisions for the SMTP server session: relay permission per recipient, and
 /// durable storage of each message.
@@ -168,6 +166,16 @@ fn temporary_failure() -> Reply {
     )
 }
 
+/// The queue's file system is full: RFC 3463 §3.4 `4.3.1`, and `452` (RFC 5321 §4.2.2,
+/// insufficient system storage), what Postfix answers too.
+fn insufficient_storage() -> Reply {
+    reply(
+        452,
+        EnhancedStatus::new(4, 3, 1),
+        "Insufficient system storage",
+    )
+}
+
 impl Acceptor for RelayAcceptor {
     /// On a submission listener, `530 5.7.0` until the client authenticated.
     async fn mail(&self, client: &Client, _: &MailFrom) -> Result<(), Reply> {
@@ -223,7 +231,8 @@ impl Acceptor for RelayAcceptor {
 
     /// Prepends `Received:` (with the queue id, as Postfix does) and stores the message with
     /// its DSN parameters; `Ok` only after [`Store::accept`] returned `Ok` (the message is on
-    /// stable storage), `451 4.3.0` otherwise.
+    /// stable storage), `452 4.3.1` when the queue's file system is full, `451 4.3.0` for any
+    /// other failure.
     async fn message(
         &self,
         client: &Client,
@@ -268,7 +277,11 @@ impl Acceptor for RelayAcceptor {
                 }
                 Ok(QueueId(id.to_string()))
             }
-            // The client hears 451 and retries; the operator needs to know why.
+            // The client hears 452 or 451 and retries; the operator needs to know why.
+            Ok(Err(e)) if e.is_storage_full() => {
+                tracing::error!(target: "relay", "{id}: cannot queue the message, the queue's file system is full (452 to the client): {e}");
+                Err(insufficient_storage())
+            }
             Ok(Err(e)) => {
                 tracing::error!(target: "relay", "{id}: cannot queue the message (451 to the client): {e}");
                 Err(temporary_failure())
@@ -299,41 +312,153 @@ fn dsn_params(transaction: &Transaction) -> DsnParams {
     }
 }
 
+/// Bounds on one listener's sessions (RFC 5321 §4.3.2: `421` when the service cannot take
+/// the client now).
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Sessions at once; a connection past it gets `421 4.3.2` and is closed.
+    pub overall: usize,
+    /// Sessions at once from one client address; past it `421 4.7.0`.
+    pub per_client: usize,
+    /// Clients the per-client bound does not apply to (the relay networks).
+    pub exempt: Vec<IpNetwork>,
+    /// Whether a refusal is written in plaintext; not on an implicit-TLS listener, whose
+    /// clients speak TLS first: there the connection is just closed.
+    pub plaintext_refusal: bool,
+}
+
+impl ConnectionLimits {
+    /// At most `n` sessions at once, from any clients (a sink in a test, a private listener).
+    pub fn overall(n: usize) -> Self {
+        ConnectionLimits {
+            overall: n,
+            per_client: n,
+            exempt: Vec::new(),
+            plaintext_refusal: true,
+        }
+    }
+
+    /// The limits `server` configures for a listener (`implicit_tls`: a `submissions` one).
+    pub fn from_config(server: &config::Server, implicit_tls: bool) -> Self {
+        ConnectionLimits {
+            overall: usize::try_from(server.max_connections).unwrap_or(usize::MAX),
+            per_client: usize::try_from(server.max_connections_per_client).unwrap_or(usize::MAX),
+            exempt: server.relay_networks.clone(),
+            plaintext_refusal: !implicit_tls,
+        }
+    }
+}
+
+/// Sessions open per client address, for [`ConnectionLimits::per_client`].
+type PerClient = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One session's place in the per-client count, given back when dropped.
+struct ClientSlot {
+    counts: PerClient,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    /// A place for `ip`, unless it already has `limit` sessions.
+    fn take(counts: &PerClient, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Says `421` (when the listener speaks plaintext first) and closes: the client is to try
+/// again later. A client that does not read gets a second, then is dropped.
+async fn refuse(mut stream: TcpStream, plaintext: bool, line: String) {
+    if plaintext {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(line.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
+
 /// Runs the accept loop on `listener` for ever: one task per connection, each running
-/// [`Server::serve`], at most `max_connections` at once ([`DEFAULT_MAX_CONNECTIONS`] is the
-/// daemon's default; `0` is taken as 1). When the bound is reached, no more connections are
-/// accepted until a session ends. An error from `accept` (e.g. out of file descriptors) is
-/// waited out (100 ms) and the loop goes on.
+/// [`Server::serve`], within `limits`: a connection past the overall bound or past its
+/// client's bound is accepted, told `421` and closed, so that neither thousands of
+/// connections nor one client can take the listener (their cost is one short task each).
+/// An error from `accept` (e.g. out of file descriptors) is waited out (100 ms) and the loop
+/// goes on.
 pub async fn serve_listener<A>(
     listener: TcpListener,
     server: Arc<Server<A>>,
-    max_connections: usize,
+    limits: ConnectionLimits,
     label: &'static str,
 ) where
     A: Acceptor + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(limits.overall.max(1)));
+    let per_client: PerClient = Arc::default();
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            // The semaphore is never closed.
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                // Replies are written whole and flushed at the end of a reply group: Nagle's
-                // algorithm would only hold one back for the client's delayed ACK.
-                let _ = stream.set_nodelay(true);
-                metrics::session(label);
-                let server = Arc::clone(&server);
-                tokio::spawn(async move {
-                    let _ = server.serve(stream, Some(peer)).await;
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(_) => {
-                drop(permit);
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::rejection(Rejection::TooManyConnections);
+            tracing::warn!(target: "relay", "{label}: too many connections ({}): 421 to {}", limits.overall, peer.ip());
+            tokio::spawn(refuse(
+                stream,
+                limits.plaintext_refusal,
+                "421 4.3.2 Too many connections, try again later\r\n".into(),
+            ));
+            continue;
+        };
+        let ip = peer.ip();
+        let slot = if limits.exempt.iter().any(|n| n.contains(ip)) {
+            None
+        } else {
+            match ClientSlot::take(&per_client, ip, limits.per_client.max(1)) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::rejection(Rejection::TooManyConnections);
+                    tracing::warn!(target: "relay", "{label}: too many connections from {ip} ({}): 421", limits.per_client);
+                    drop(permit);
+                    tokio::spawn(refuse(
+                        stream,
+                        limits.plaintext_refusal,
+                        format!("421 4.7.0 Too many connections from {ip}\r\n"),
+                    ));
+                    continue;
+                }
+            }
+        };
+        // Replies are written whole and flushed at the end of a reply group: Nagle's
+        // algorithm would only hold one back for the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        metrics::session(label);
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let _ = server.serve(stream, Some(peer)).await;
+            drop((permit, slot));
+        });
     }
 }

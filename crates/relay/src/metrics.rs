@@ -233,16 +233,19 @@ pub enum Rejection {
     AuthFailed,
     /// The message is larger than `max_message_size` (`552 5.3.4`).
     TooBig,
+    /// A connection past `max_connections` or `max_connections_per_client` (`421`).
+    TooManyConnections,
     /// Any other rejection.
     Other,
 }
 
 impl Rejection {
     /// Every kind of rejection.
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 5] = [
         Rejection::RelayDenied,
         Rejection::AuthFailed,
         Rejection::TooBig,
+        Rejection::TooManyConnections,
         Rejection::Other,
     ];
 
@@ -252,6 +255,7 @@ impl Rejection {
             Rejection::RelayDenied => "relay-denied",
             Rejection::AuthFailed => "auth-failed",
             Rejection::TooBig => "too-big",
+            Rejection::TooManyConnections => "too-many-connections",
             Rejection::Other => "other",
         }
     }
@@ -422,7 +426,13 @@ mod tests {
         let rejections: HashSet<_> = Rejection::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(
             rejections,
-            HashSet::from(["relay-denied", "auth-failed", "too-big", "other"])
+            HashSet::from([
+                "relay-denied",
+                "auth-failed",
+                "too-big",
+                "too-many-connections",
+                "other"
+            ])
         );
         for mode in ["smtp", "submission", "submissions"] {
             assert_eq!(listener_label(mode), mode);
@@ -504,8 +514,8 @@ mod tests {
             value(dns::resolver::CACHE_REQUESTS_METRIC, &[("result", "hit")]),
             &DebugValue::Counter(0)
         );
-        // Every series is of a closed set: 4×5 deliveries, 12 rules, 3 listeners, 4
+        // Every series is of a closed set: 4×5 deliveries, 12 rules, 3 listeners, 5
         // rejections, 3 unlabelled counters, 2 gauges, 4 + 2 DNS series, 2 TLS handshakes.
-        assert_eq!(values.len(), 20 + 12 + 3 + 4 + 3 + 2 + 4 + 2 + 2);
+        assert_eq!(values.len(), 20 + 12 + 3 + 5 + 3 + 2 + 4 + 2 + 2);
     }
 }

@@ -176,8 +176,8 @@ pub enum QueueError {
     /// The claim's lease was taken over by another claimer (it had expired).
     #[error("the lease on {0} was lost to another claimer")]
     LeaseLost(QueueId),
-    /// The message has no body (see [`Recovery::missing_bodies`]).
-    #[error("the body of {0} is missing")]
+    /// The message has no body (see [`Recovery::damaged_bodies`]).
+    #[error("the body of {0} is missing or damaged")]
     MissingBody(QueueId),
     /// The store's lock was poisoned by a panic in another thread.
     #[error("queue store lock poisoned")]
@@ -185,6 +185,25 @@ pub enum QueueError {
     /// A bug in the store: the named invariant did not hold.
     #[error("internal error in the queue store: {0}")]
     Internal(&'static str),
+}
+
+impl QueueError {
+    /// Whether the failure is a full file system (or a full quota): the spool or the
+    /// database could not grow. The listener answers `452 4.3.1` (RFC 3463 §3.4: mail
+    /// system full) instead of a generic `451`, as Postfix does.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            QueueError::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || source.kind() == io::ErrorKind::QuotaExceeded
+            }
+            QueueError::Db(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            QueueError::Batch(inner) => inner.is_storage_full(),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
@@ -468,8 +487,10 @@ pub struct Recovery {
     /// Spool files without a row (a crash between the body and the row: the client never got
     /// `250`), moved to `quarantine/` with a `.reason` file beside them.
     pub orphan_bodies: Vec<QueueId>,
-    /// Rows without a body file, put on hold with a reason (never silently dropped).
-    pub missing_bodies: Vec<QueueId>,
+    /// Rows whose body file is missing or not as long as the message accepted (a crash on a
+    /// file system without a journal, a disk error, someone's hand), put on hold with the
+    /// reason given here: never silently dropped, never delivered cut short.
+    pub damaged_bodies: Vec<(QueueId, String)>,
     /// Half-written temporary files removed.
     pub temporary_files: usize,
     /// Expired leases released (messages that were being delivered go back to the queue).
@@ -781,23 +802,25 @@ impl LocalStore {
             fsync_dir(&self.quarantine)?;
         }
         recovery.orphan_bodies.sort();
-        // Then rows whose body is gone (safe in any process: a body is written before its row
-        // and removed after it): held with a reason, never dropped silently.
-        let ids: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT id FROM messages ORDER BY id")?;
-            stmt.query_map([], |r| r.get(0))?
+        // Then rows whose body is gone or damaged (safe in any process: a body is written
+        // before its row and removed after it): held with a reason, never dropped silently and
+        // never delivered cut short.
+        let rows: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare("SELECT id, size FROM messages ORDER BY id")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
-        for id in ids {
+        for (id, size) in rows {
             let Some(id) = is_id(&id) else { continue };
-            if !self.spool.path(&id).exists() {
-                tx.execute(
-                    "UPDATE messages SET hold_reason = 'body file missing from the spool', \
-                     lease_owner = NULL, lease_token = NULL, lease_until = NULL WHERE id = ?1",
-                    [id.as_str()],
-                )?;
-                recovery.missing_bodies.push(id);
-            }
+            let Some(reason) = self.body_problem(&id, size) else {
+                continue;
+            };
+            tx.execute(
+                "UPDATE messages SET hold_reason = ?2, \
+                 lease_owner = NULL, lease_token = NULL, lease_until = NULL WHERE id = ?1",
+                params![id.as_str(), reason],
+            )?;
+            recovery.damaged_bodies.push((id, reason));
         }
         // The owner is the only process that delivers from a local queue, so every lease it
         // finds was left by a daemon that is gone: those messages go back to the queue now.
@@ -809,6 +832,19 @@ impl LocalStore {
         )?;
         tx.commit()?;
         Ok(recovery)
+    }
+
+    /// What is wrong with the body file of `id`, accepted with `size` bytes: missing, or
+    /// not that long.
+    fn body_problem(&self, id: &QueueId, size: i64) -> Option<String> {
+        match fs::metadata(self.spool.path(id)) {
+            Err(_) => Some("body file missing from the spool".to_owned()),
+            Ok(m) if i64::try_from(m.len()).ok() != Some(size) => Some(format!(
+                "body file damaged: {} bytes in the spool, {size} were accepted",
+                m.len()
+            )),
+            Ok(_) => None,
+        }
     }
 
     fn check_lease(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<(), QueueError> {
@@ -1282,16 +1318,19 @@ impl Store for LocalStore {
 
     fn release(&self, id: &QueueId) -> Result<(), QueueError> {
         let conn = self.conn()?;
-        let known: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-            [id.as_str()],
-            |r| r.get(0),
-        )?;
-        if !known {
+        let size: Option<i64> = conn
+            .query_row(
+                "SELECT size FROM messages WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(size) = size else {
             return Err(QueueError::NotFound(id.clone()));
-        }
-        // A message held because its body is gone stays held: releasing it would only fail.
-        if !self.spool.path(id).exists() {
+        };
+        // A message held because its body is gone or cut short stays held: delivering it would
+        // fail, or send half a message.
+        if self.body_problem(id, size).is_some() {
             return Err(QueueError::MissingBody(id.clone()));
         }
         let n = conn.execute(

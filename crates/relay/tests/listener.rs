@@ -1,5 +1,6 @@
 //! The listener (relay::listener) over loopback: relay permission (never an open relay),
-//! `%`/`!` refusal, `250` only once the store accepted, `451` when it fails, and the
+//! `%`/`!` refusal, `250` only once the store accepted, `451` when it fails, `452 4.3.1` on
+//! a full file system (a small tmpfs) and acceptance again once space returns, and the
 //! `Received:` field in what is stored; against a raw line client and swaks.
 
 mod common;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::config::{self, IpNetwork};
-use relay::listener::{DEFAULT_MAX_CONNECTIONS, RelayAcceptor, serve_listener};
+use relay::listener::{ConnectionLimits, RelayAcceptor, serve_listener};
 use relay::queue::{
     Claim, Lease, LocalStore, NewMessage, Progress, QueueEntry, QueueError, QueueId, QueueStats,
     Store, Timestamp,
@@ -95,6 +96,16 @@ fn server_config(loopback_relays: bool) -> config::Server {
 }
 
 async fn start(store: Arc<dyn Store>, loopback_relays: bool) -> SocketAddr {
+    start_limited(store, loopback_relays, 100, 50).await
+}
+
+/// [`start`] with `overall` and `per_client` connection limits (no client exempt).
+async fn start_limited(
+    store: Arc<dyn Store>,
+    loopback_relays: bool,
+    overall: usize,
+    per_client: usize,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = Config::new(HeloName::new("mx.example.test").unwrap());
@@ -104,7 +115,12 @@ async fn start(store: Arc<dyn Store>, loopback_relays: bool) -> SocketAddr {
     tokio::spawn(serve_listener(
         listener,
         server,
-        DEFAULT_MAX_CONNECTIONS,
+        ConnectionLimits {
+            overall,
+            per_client,
+            exempt: Vec::new(),
+            plaintext_refusal: true,
+        },
         "smtp",
     ));
     addr
@@ -370,4 +386,159 @@ async fn rcpt_decision_for_authenticated_and_mapped_clients() {
         ..outsider
     };
     assert!(acceptor.rcpt(&unknown, &mail, &rcpt).await.is_err());
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped (needs root, as
+/// the rest of the test suite).
+struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = TempDir::new("small-disk");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "danemta-test"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mount -t tmpfs needs root");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: the listener task still holds the store's files until the runtime ends.
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// One transaction with a body of `size` bytes; the reply to end-of-data.
+async fn send_sized(addr: SocketAddr, size: usize) -> String {
+    let mut c = Raw::connect(addr).await;
+    assert!(c.send("EHLO client.example\r\n").await.starts_with("250"));
+    assert!(
+        c.send("MAIL FROM:<alice@client.example>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.send("RCPT TO:<bob@far.example>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.send("DATA\r\n").await.starts_with("354"));
+    let line = format!("{}\r\n", "x".repeat(78));
+    let body = line.repeat(size / line.len());
+    let end = c.send(&format!("Subject: big\r\n\r\n{body}.\r\n")).await;
+    let _ = c.send("QUIT\r\n").await;
+    end
+}
+
+#[tokio::test]
+async fn a_full_file_system_gets_452_never_250_and_acceptance_resumes_by_itself() {
+    let disk = SmallDisk::mount("3m");
+    let (store, _) = LocalStore::open(disk.dir.path(), 0).unwrap();
+    let store = Arc::new(store);
+    let addr = start(store.clone(), true).await;
+
+    let mut accepted = 0;
+    let full = loop {
+        let end = send_sized(addr, 300 * 1024).await;
+        if end.starts_with("250") {
+            accepted += 1;
+            assert!(
+                accepted < 20,
+                "a 3 MB file system took {accepted} messages of 300 KB"
+            );
+            continue;
+        }
+        break end;
+    };
+    assert!(full.starts_with("452 4.3.1"), "{full}");
+    assert!(accepted >= 1, "nothing fitted at all: {full}");
+    // Every message that got 250 is queued whole; the refused one left nothing behind.
+    let entries = queued(&store);
+    assert_eq!(entries.len(), accepted);
+    for e in &entries {
+        let mut body = Vec::new();
+        store
+            .body(&e.queue_id)
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body.len() as u64, e.message_size, "{} is whole", e.queue_id);
+    }
+    let spool: Vec<_> = std::fs::read_dir(disk.dir.path().join("spool"))
+        .unwrap()
+        .collect();
+    assert_eq!(spool.len(), accepted, "no partial body left in the spool");
+
+    // Space comes back (a message is delivered, here deleted): acceptance resumes, nothing
+    // to restart.
+    store.delete(&entries[0].queue_id).unwrap();
+    let end = send_sized(addr, 300 * 1024).await;
+    assert!(end.starts_with("250"), "{end}");
+    assert_eq!(queued(&store).len(), accepted);
+}
+
+/// Reads whatever the server says first on a fresh connection (its greeting or a refusal).
+async fn first_line(addr: SocketAddr) -> (TcpStream, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut io = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    (io.into_inner(), line.trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn connections_past_the_per_client_and_overall_limits_get_421() {
+    let dir = TempDir::new("limits");
+    let store = Arc::new(LocalStore::open(dir.path(), 0).unwrap().0);
+    // Per client: 2 sessions from 127.0.0.1, the third is refused; one ending frees a place.
+    let addr = start_limited(store.clone(), true, 100, 2).await;
+    let (a, greeting) = first_line(addr).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let (_b, greeting) = first_line(addr).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let (_, refused) = first_line(addr).await;
+    assert!(
+        refused.starts_with("421 4.7.0 Too many connections from 127.0.0.1"),
+        "{refused}"
+    );
+    drop(a);
+    let mut greeted = false;
+    for _ in 0..50 {
+        let (_c, line) = first_line(addr).await;
+        if line.starts_with("220") {
+            greeted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(greeted, "a closed session gives its place back");
+
+    // Overall: 3 sessions at once, whoever the clients are.
+    let addr = start_limited(store, true, 3, 50).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (s, greeting) = first_line(addr).await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        open.push(s);
+    }
+    let (_, refused) = first_line(addr).await;
+    assert!(refused.starts_with("421 4.3.2"), "{refused}");
+    // A burst of 200 more is refused as fast as it comes, and the limit still holds.
+    let burst: Vec<_> = (0..200).map(|_| tokio::spawn(first_line(addr))).collect();
+    for b in burst {
+        let (_, line) = b.await.unwrap();
+        assert!(line.starts_with("421"), "{line}");
+    }
 }

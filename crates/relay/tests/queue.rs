@@ -295,13 +295,14 @@ fn due_respects_the_limit() {
 }
 
 #[test]
-fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
+fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_whole_body() {
     let dir = TempDir::new("queue");
-    let (kept, lost) = {
+    let (kept, lost, cut) = {
         let store = open(&dir, T0);
         let kept = put(&store, &envelope(&["b@example.com"]), b"k", T0).unwrap();
         let lost = put(&store, &envelope(&["c@example.com"]), b"l", T0).unwrap();
-        (kept, lost)
+        let cut = put(&store, &envelope(&["d@example.com"]), b"a whole body", T0).unwrap();
+        (kept, lost, cut)
     };
     let spool = dir.path().join("spool");
     // A crash between body and row; a half-written temporary file; a lost body.
@@ -309,10 +310,21 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
     std::fs::write(spool.join(orphan.as_str()), b"never acknowledged").unwrap();
     std::fs::write(spool.join(format!("{}.tmp", QueueId::generate())), b"half").unwrap();
     std::fs::remove_file(spool.join(lost.as_str())).unwrap();
+    // A body cut short (a crash on a file system without a journal, a disk error).
+    std::fs::write(spool.join(cut.as_str()), b"a who").unwrap();
 
     let (store, recovery) = LocalStore::open(dir.path(), T0).unwrap();
     assert_eq!(recovery.orphan_bodies, std::slice::from_ref(&orphan));
-    assert_eq!(recovery.missing_bodies, std::slice::from_ref(&lost));
+    let damaged: Vec<&QueueId> = recovery.damaged_bodies.iter().map(|(id, _)| id).collect();
+    assert_eq!(damaged, [&lost, &cut]);
+    assert!(recovery.damaged_bodies[0].1.contains("missing"));
+    assert!(
+        recovery.damaged_bodies[1]
+            .1
+            .contains("damaged: 5 bytes in the spool, 12 were accepted"),
+        "{:?}",
+        recovery.damaged_bodies
+    );
     assert_eq!(recovery.temporary_files, 1);
     let q = dir.path().join("quarantine");
     assert!(q.join(orphan.as_str()).exists());
@@ -321,7 +333,14 @@ fn recovery_quarantines_orphan_bodies_and_holds_rows_without_a_body() {
     assert!(!spool.join(orphan.as_str()).exists());
 
     let list = store.list(T0).unwrap();
-    assert_eq!(list.len(), 2);
+    assert_eq!(list.len(), 3);
+    let held = list.iter().find(|e| e.queue_id == cut).unwrap();
+    assert_eq!(held.queue_name, QueueName::Hold);
+    // Never released to be delivered cut short.
+    assert!(matches!(
+        store.release(&cut),
+        Err(QueueError::MissingBody(_))
+    ));
     let held = list.iter().find(|e| e.queue_id == lost).unwrap();
     assert_eq!(held.queue_name, QueueName::Hold);
     assert!(

@@ -91,7 +91,10 @@ async fn sink_with_ports() -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
     };
     let server = Arc::new(Server::new(config, Arc::new(sink)));
     tokio::spawn(relay::listener::serve_listener(
-        listener, server, 10, "smtp",
+        listener,
+        server,
+        relay::listener::ConnectionLimits::overall(10),
+        "smtp",
     ));
     (addr, got, ports)
 }
