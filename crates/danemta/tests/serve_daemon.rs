@@ -644,8 +644,8 @@ fn json_logs_carry_the_delivery_fields() {
 }
 
 /// A submission listener: AUTH PLAIN after STARTTLS with the right password is accepted and
-/// delivered; no AUTH gets `530 5.7.0` at MAIL; a wrong password `535`; AUTH is not offered
-/// before STARTTLS. The STARTTLS certificate is the self-signed one made in the queue
+/// delivered; no AUTH gets `530 5.7.0` at MAIL; a wrong password `535`, and after 10 wrong
+/// ones from the address even the right one; AUTH is not offered before STARTTLS. The STARTTLS certificate is the self-signed one made in the queue
 /// directory, and the logged `3 1 1` record is its SPKI digest.
 #[test]
 fn submission_requires_auth_after_starttls() {
@@ -706,12 +706,12 @@ fn submission_requires_auth_after_starttls() {
     // A wrong password.
     let mut wrong = auth;
     wrong[6] = "wrong";
-    let wrong = swaks(listen, "wrong password", &wrong);
-    assert!(!wrong.ok, "{}", wrong.transcript);
+    let wrong_try = swaks(listen, "wrong password", &wrong);
+    assert!(!wrong_try.ok, "{}", wrong_try.transcript);
     assert!(
-        replies(&wrong.transcript).any(|r| r.starts_with("535 ")),
+        replies(&wrong_try.transcript).any(|r| r.starts_with("535 ")),
         "{}",
-        wrong.transcript
+        wrong_try.transcript
     );
 
     // Before STARTTLS, AUTH is not offered: swaks gives up.
@@ -743,6 +743,24 @@ fn submission_requires_auth_after_starttls() {
         "authenticated without TLS:\n{}",
         plain.transcript
     );
+
+    // Guessing: after 10 failures from one address, even the right password fails (it is
+    // not even checked) for the rest of the window.
+    for _ in 1..10 {
+        assert!(!swaks(listen, "guess", &wrong).ok);
+    }
+    let locked = swaks(listen, "right password, locked out", &auth);
+    assert!(
+        !locked.ok,
+        "authenticated after 10 failures:\n{}",
+        locked.transcript
+    );
+    assert!(
+        replies(&locked.transcript).any(|r| r.starts_with("535 ")),
+        "{}",
+        locked.transcript
+    );
+    d.wait_line("refused unchecked", 0);
 
     sleep(Duration::from_millis(300));
     assert_eq!(

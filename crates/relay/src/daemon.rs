@@ -243,6 +243,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         let scheduler = Arc::clone(&scheduler);
         Arc::new(move || scheduler.wake())
     };
+    let auth_failures = Arc::new(crate::listener::AuthFailures::default());
     let mut listeners = Vec::new();
     for listen in &config.server.listen {
         let socket =
@@ -256,7 +257,9 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
             RelayAcceptor::new(Arc::clone(&store), hostname.as_str(), &config.server)
                 .on_queued(Arc::clone(&wake));
         if let Some(users) = &users {
-            acceptor = acceptor.with_users(Arc::clone(users));
+            acceptor = acceptor
+                .with_users(Arc::clone(users))
+                .with_auth_failures(Arc::clone(&auth_failures));
         }
         let mut server = smtp::server::Config::new(hostname.clone());
         server.max_message_size = config.server.max_message_size;

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtp::reply::{EnhancedStatus, Reply};
 use smtp::server::{Acceptor, Client, MailFrom, QueueId, RcptTo, Server, Transaction, reply};
@@ -45,6 +45,8 @@ pub struct RelayAcceptor {
     require_auth: bool,
     /// Who may authenticate (`[auth] users_file`).
     users: Option<Arc<Users>>,
+    /// Failed AUTH attempts per client address, shared by the daemon's listeners.
+    auth_failures: Arc<AuthFailures>,
     /// Called after each message is queued (wakes the scheduler).
     on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -84,6 +86,7 @@ impl RelayAcceptor {
                 .collect(),
             require_auth: false,
             users: None,
+            auth_failures: Arc::default(),
             on_queued: None,
         }
     }
@@ -98,6 +101,13 @@ impl RelayAcceptor {
     /// Checks AUTH credentials against `users`.
     pub fn with_users(mut self, users: Arc<Users>) -> Self {
         self.users = Some(users);
+        self
+    }
+
+    /// Counts failed AUTH attempts in `failures`, shared with other listeners (by default
+    /// each acceptor counts its own).
+    pub fn with_auth_failures(mut self, failures: Arc<AuthFailures>) -> Self {
+        self.auth_failures = failures;
         self
     }
 
@@ -191,16 +201,30 @@ impl Acceptor for RelayAcceptor {
 
     /// Checks the password against `[auth] users_file` on a blocking thread (password hashes
     /// are slow on purpose). No users file: nobody authenticates.
-    async fn authenticate(&self, _: &Client, user: &str, password: &str) -> bool {
+    /// After [`MAX_AUTH_FAILURES`] failures from one address within [`AUTH_FAILURE_WINDOW`],
+    /// every attempt from it fails without a look at the password, so that guessing gains
+    /// nothing (besides the server's delay after each failure).
+    async fn authenticate(&self, client: &Client, user: &str, password: &str) -> bool {
         let Some(users) = self.users.clone() else {
             return false;
         };
+        let ip = client.addr.map(|a| a.ip());
+        if let Some(ip) = ip
+            && self.auth_failures.locked_out(ip, Instant::now())
+        {
+            metrics::rejection(Rejection::AuthFailed);
+            tracing::warn!(target: "relay", "AUTH from {ip} refused unchecked: {MAX_AUTH_FAILURES} failures in {} minutes", AUTH_FAILURE_WINDOW.as_secs() / 60);
+            return false;
+        }
         let (user, password) = (user.to_owned(), password.to_owned());
         let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
             .await
             .unwrap_or(false);
         if !ok {
             metrics::rejection(Rejection::AuthFailed);
+            if let Some(ip) = ip {
+                self.auth_failures.failed(ip, Instant::now());
+            }
         }
         ok
     }
@@ -211,11 +235,14 @@ impl Acceptor for RelayAcceptor {
             .recipient
             .rsplit_once('@')
             .unwrap_or((rcpt.recipient.as_str(), ""));
-        if local.contains('%') || local.contains('!') {
+        // Sender-specified routing (user%remote@site, remote!user@site, "user@remote"@site):
+        // a next hop that honours it would relay for us (Postfix's allow_untrusted_routing =
+        // no, here for every client).
+        if local.contains(['%', '!', '@']) {
             return Err(reply(
                 550,
                 EnhancedStatus::new(5, 7, 1),
-                "Routing with % or ! in the local part is not supported",
+                "Routing with %, ! or @ in the local part is not supported",
             ));
         }
         if self.may_relay(client) || (!domain.is_empty() && self.accepts_domain(domain)) {
@@ -309,6 +336,52 @@ fn dsn_params(transaction: &Transaction) -> DsnParams {
                 orcpt: r.orcpt.clone(),
             })
             .collect(),
+    }
+}
+
+/// Failed AUTH attempts from one address that lock it out for the rest of the window.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+
+/// The window [`MAX_AUTH_FAILURES`] is counted in, from the first failure.
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
+
+/// Addresses tracked at most; past it, expired windows are forgotten first, then the oldest.
+const AUTH_FAILURE_ADDRESSES: usize = 100_000;
+
+/// Failed AUTH attempts per client address: the first failure's time and the count.
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    map: std::sync::Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl AuthFailures {
+    /// Whether `ip` used up its failures in the current window.
+    fn locked_out(&self, ip: IpAddr, now: Instant) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).is_some_and(|(since, n)| {
+            *n >= MAX_AUTH_FAILURES && now.duration_since(*since) < AUTH_FAILURE_WINDOW
+        })
+    }
+
+    /// Counts a failure of `ip`.
+    fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AUTH_FAILURE_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (since, _)| now.duration_since(*since) < AUTH_FAILURE_WINDOW);
+            if map.len() >= AUTH_FAILURE_ADDRESSES
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let entry = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= AUTH_FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
     }
 }
 
@@ -460,5 +533,33 @@ pub async fn serve_listener<A>(
             let _ = server.serve(stream, Some(peer)).await;
             drop((permit, slot));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_locked_out_after_its_failures_until_the_window_ends() {
+        let f = AuthFailures::default();
+        let (a, b): (IpAddr, IpAddr) = ([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        let t0 = Instant::now();
+        for _ in 0..MAX_AUTH_FAILURES - 1 {
+            f.failed(a, t0);
+        }
+        assert!(!f.locked_out(a, t0));
+        f.failed(a, t0);
+        assert!(f.locked_out(a, t0));
+        assert!(!f.locked_out(b, t0), "per address");
+        assert!(
+            !f.locked_out(a, t0 + AUTH_FAILURE_WINDOW),
+            "until the window ends"
+        );
+        f.failed(a, t0 + AUTH_FAILURE_WINDOW);
+        assert!(
+            !f.locked_out(a, t0 + AUTH_FAILURE_WINDOW),
+            "a new window counts anew"
+        );
     }
 }

@@ -262,7 +262,7 @@ async fn outsider_to_accept_domain_is_queued() {
 }
 
 #[tokio::test]
-async fn percent_and_bang_are_refused() {
+async fn sender_specified_routing_is_refused() {
     let dir = TempDir::new("listener");
     let (store, _) = LocalStore::open(dir.path(), 0).unwrap();
     let store = Arc::new(store);
@@ -272,6 +272,8 @@ async fn percent_and_bang_are_refused() {
         for rcpt in [
             "bob%far.example@inbound.example",
             "far.example!bob@inbound.example",
+            "\"bob@far.example\"@inbound.example",
+            "\"far.example!bob\"@inbound.example",
         ] {
             let (to, end) = send_one(addr, rcpt).await;
             assert!(to.starts_with("550 5.7.1"), "{rcpt}: {to}");
@@ -541,4 +543,40 @@ async fn connections_past_the_per_client_and_overall_limits_get_421() {
         let (_, line) = b.await.unwrap();
         assert!(line.starts_with("421"), "{line}");
     }
+}
+
+#[tokio::test]
+async fn an_outsider_cannot_relay_by_any_address_form() {
+    let dir = TempDir::new("listener");
+    let store = Arc::new(LocalStore::open(dir.path(), 0).unwrap().0);
+    let addr = start(store.clone(), false).await;
+    for rcpt in [
+        // Address literals, our own address among them.
+        "bob@[192.0.2.1]",
+        "bob@[127.0.0.1]",
+        "bob@[IPv6:2001:db8::1]",
+        // No domain at all, a foreign one, a subdomain or a look-alike of the accepted one.
+        "bob",
+        "bob@far.example",
+        "bob@sub.inbound.example",
+        "bob@inbound.example.far.example",
+        "bob@xinbound.example",
+    ] {
+        let (to, end) = send_one(addr, rcpt).await;
+        assert!(
+            to.starts_with("554 5.7.1") || to.starts_with("553") || to.starts_with("501"),
+            "{rcpt}: {to}"
+        );
+        assert!(end.is_none(), "{rcpt}");
+    }
+    // Source routes, even ending in the accepted domain, never get past RCPT.
+    for rcpt in [
+        "@far.example:bob@inbound.example",
+        "@inbound.example:bob@far.example",
+        "@a.example,@b.example:bob@inbound.example",
+    ] {
+        let (to, _) = send_one(addr, rcpt).await;
+        assert!(to.starts_with("553"), "{rcpt}: {to}");
+    }
+    assert!(queued(&store).is_empty(), "nothing queued");
 }
