@@ -146,7 +146,9 @@ impl Stage {
             Stage::Rset => "RSET",
             Stage::Data => "DATA",
             Stage::Body => "the server to accept the message",
-            Stage::EndOfData => "the end of DATA",
+            Stage::EndOfData => {
+                "the reply to the final dot (the server may have kept the message: the retry may deliver it twice)"
+            }
             Stage::Quit => "QUIT",
             Stage::Write => "the server to accept our command",
         }
