@@ -926,3 +926,138 @@ fn a_second_daemon_on_the_same_queue_is_refused() {
     let s = first.stop(Duration::from_secs(40));
     assert!(s.is_some_and(|s| s.success()), "{s:?}\n{}", first.log());
 }
+
+// ---------------------------------------------------------------------------------------------
+// DNS faults
+
+/// How a fake DNS server on UDP treats queries.
+#[derive(Clone, Copy, Debug)]
+enum DnsFault {
+    /// Answers every query with SERVFAIL.
+    ServFail,
+    /// Reads every query and never answers.
+    Silent,
+}
+
+/// The end of the question section of a DNS message (after QNAME, QTYPE and QCLASS).
+fn question_end(query: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        at += len;
+    }
+    (at + 4 <= query.len()).then_some(at + 4)
+}
+
+/// A fake DNS server on a free loopback UDP port, counting the queries it gets; it lives as
+/// long as the test process (a thread blocked on its socket).
+fn fake_dns(fault: DnsFault) -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&queries);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let query = &buf[..n];
+            let (DnsFault::ServFail, Some(end)) = (fault, question_end(query)) else {
+                continue;
+            };
+            // Header: the query's id, QR, its opcode and RD, RA, rcode 2; one question, no
+            // records; then the question itself.
+            let mut reply = vec![
+                query[0],
+                query[1],
+                0x80 | (query[2] & 0x79),
+                0x82,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            reply.extend_from_slice(&query[12..end]);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    (addr, queries)
+}
+
+/// The resolver down (nothing listens), SERVFAIL, and no answer at all: mail to a domain
+/// that needs an MX lookup is deferred with a DNS reason, retried with back-off (1 s, then
+/// 2 s here), never bounced, and nothing spins: a handful of attempts and a bounded number of
+/// queries in the time.
+#[test]
+fn dns_faults_defer_with_the_reason_and_back_off() {
+    let dir = TempDir::new("dns-faults");
+    let sink = Sink::start();
+    let closed = free_addr();
+    let faults: Vec<(&str, SocketAddr, Option<Arc<AtomicUsize>>)> = {
+        let (servfail, servfail_queries) = fake_dns(DnsFault::ServFail);
+        let (silent, silent_queries) = fake_dns(DnsFault::Silent);
+        vec![
+            ("down", closed, None),
+            ("servfail", servfail, Some(servfail_queries)),
+            ("timeout", silent, Some(silent_queries)),
+        ]
+    };
+    for (name, resolver, queries) in faults {
+        let (listen, metrics) = (free_addr(), free_addr());
+        let queue = dir.path().join(name);
+        let text = config_text(
+            &queue,
+            &[Listen {
+                addr: listen,
+                mode: "smtp",
+            }],
+            metrics,
+            sink.addr,
+            "",
+        )
+        .replace(
+            "resolver = \"validating@127.0.0.1:9\"",
+            &format!("resolver = \"trust-ad@{resolver}\""),
+        );
+        let d = Daemon::start(dir.path(), name, &text, listen, metrics, &[]);
+        let sent = swaks(listen, "dns fault", &["--to", "bob@far.test"]);
+        assert!(sent.ok, "{name}: {}", sent.transcript);
+        let first = d.wait_line("to=<bob@far.test>", 0);
+        eprintln!("{name}: {first}");
+        assert!(first.contains("status=deferred"), "{name}: {first}");
+        assert!(
+            first.to_ascii_lowercase().contains("dns") || first.contains("MX"),
+            "{name}: the reason names the DNS failure: {first}"
+        );
+        // Over the next 5 seconds: retries at the back-off, not a loop.
+        sleep(Duration::from_secs(5));
+        let log = d.log();
+        let tries = log
+            .lines()
+            .filter(|l| l.contains("to=<bob@far.test>"))
+            .count();
+        assert!(
+            (2..=6).contains(&tries),
+            "{name}: {tries} attempts in about 6 s with retries after 1 s and 2 s:\n{log}"
+        );
+        assert!(
+            !log.contains("status=bounced"),
+            "{name}: never bounced:\n{log}"
+        );
+        if let Some(q) = queries {
+            let n = q.load(Ordering::SeqCst);
+            assert!(
+                (1..200).contains(&n),
+                "{name}: {n} queries for {tries} attempts"
+            );
+        }
+    }
+    assert_eq!(sink.count(), 0);
+}
