@@ -266,6 +266,16 @@ impl Acceptor for RelayAcceptor {
         transaction: &Transaction,
         body: Vec<u8>,
     ) -> Result<QueueId, Reply> {
+        let hops = received_count(&body);
+        if hops >= MAX_HOPS {
+            metrics::rejection(Rejection::Other);
+            tracing::warn!(target: "relay", "refusing a message with {hops} Received: fields (a mail loop?)");
+            return Err(reply(
+                554,
+                EnhancedStatus::new(5, 4, 6),
+                format!("Too many hops ({hops} Received: header fields): mail forwarding loop"),
+            ));
+        }
         let envelope = transaction.envelope().map_err(|e| {
             tracing::error!(target: "relay", "refusing a message with an unusable envelope: {e}");
             temporary_failure()
@@ -337,6 +347,21 @@ fn dsn_params(transaction: &Transaction) -> DsnParams {
             })
             .collect(),
     }
+}
+
+/// A message that already passed this many relays (`Received:` fields) is refused with
+/// `554 5.4.6`: a mail loop between misconfigured relays must end (RFC 5321 §6.3; Postfix's
+/// `hopcount_limit` is 50 too).
+pub const MAX_HOPS: usize = 50;
+
+/// The `Received:` fields in the header section of `message` (up to the first empty line).
+fn received_count(message: &[u8]) -> usize {
+    message
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
 }
 
 /// Failed AUTH attempts from one address that lock it out for the rest of the window.
@@ -539,6 +564,14 @@ pub async fn serve_listener<A>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section_only() {
+        let m = b"Received: from a\r\n\tby b\r\nRECEIVED:from c\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(received_count(m), 2);
+        assert_eq!(received_count(b"Subject: x\n\nReceived: body\n"), 0);
+        assert_eq!(received_count(b"X-Received: no\r\n\r\n"), 0);
+    }
 
     #[test]
     fn an_address_is_locked_out_after_its_failures_until_the_window_ends() {

@@ -580,3 +580,33 @@ async fn an_outsider_cannot_relay_by_any_address_form() {
     }
     assert!(queued(&store).is_empty(), "nothing queued");
 }
+
+#[tokio::test]
+async fn a_message_looping_through_too_many_relays_is_refused() {
+    let dir = TempDir::new("listener");
+    let store = Arc::new(LocalStore::open(dir.path(), 0).unwrap().0);
+    let addr = start(store.clone(), true).await;
+    for (hops, want) in [(49, "250"), (50, "554 5.4.6")] {
+        let mut c = Raw::connect(addr).await;
+        assert!(c.send("EHLO client.example\r\n").await.starts_with("250"));
+        assert!(
+            c.send("MAIL FROM:<a@client.example>\r\n")
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            c.send("RCPT TO:<bob@far.example>\r\n")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.send("DATA\r\n").await.starts_with("354"));
+        let received = "Received: from a.example by b.example; Wed, 2 Dec 2026 10:00:00 +0000\r\n"
+            .repeat(hops);
+        let end = c
+            .send(&format!("{received}Subject: loop\r\n\r\nbody\r\n.\r\n"))
+            .await;
+        assert!(end.starts_with(want), "{hops} hops: {end}");
+        let _ = c.send("QUIT\r\n").await;
+    }
+    assert_eq!(queued(&store).len(), 1, "only the message under the limit");
+}
