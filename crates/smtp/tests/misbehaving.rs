@@ -2,7 +2,8 @@
 //! state (RFC 5321 §4.2.5, §4.5.4.1): a connection dropped in DATA or a `421` defers, no
 //! reply after the final dot defers and says why the retry may duplicate the message, mixed
 //! `5xx`/`4xx`/`250` recipients in one transaction end bounced, deferred and delivered, and
-//! replies slower than the timeout defer while slow ones within it deliver.
+//! replies slower than the timeout defer while slow ones within it deliver, and TLS ended by
+//! the server (a `close_notify` alert) in the middle of a transaction defers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -321,5 +322,78 @@ async fn replies_slower_than_the_timeout_defer_and_slow_ones_within_it_deliver()
         [("b@example.test".into(), Fate::Delivered)],
         "{}",
         reason(&d)
+    );
+}
+
+/// A server that offers STARTTLS, completes the handshake, answers EHLO and MAIL inside
+/// TLS, then ends TLS (a `close_notify` alert) and the connection in the middle of the
+/// transaction.
+async fn tls_server_closing_mid_transaction() -> SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let cert = danemta_lab::pki::TestCert::self_signed(&["mx.example.test"]).unwrap();
+    let chain = vec![CertificateDer::from(cert.leaf_der.clone())];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut plain = BufReader::new(stream);
+        plain
+            .get_mut()
+            .write_all(b"220 mx ESMTP\r\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        plain.read_line(&mut line).await.unwrap(); // EHLO
+        plain
+            .get_mut()
+            .write_all(b"250-mx\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
+        line.clear();
+        plain.read_line(&mut line).await.unwrap(); // STARTTLS
+        plain
+            .get_mut()
+            .write_all(b"220 go ahead\r\n")
+            .await
+            .unwrap();
+        let tls = acceptor.accept(plain.into_inner()).await.unwrap();
+        let mut tls = BufReader::new(tls);
+        for reply in ["250 mx\r\n", "250 ok\r\n"] {
+            line.clear();
+            tls.read_line(&mut line).await.unwrap(); // EHLO, MAIL
+            tls.get_mut().write_all(reply.as_bytes()).await.unwrap();
+        }
+        // RCPT arrives; the answer is a TLS close_notify, then the TCP close.
+        line.clear();
+        let _ = tls.read_line(&mut line).await;
+        let _ = tls.get_mut().shutdown().await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tls_ended_by_the_server_mid_transaction_defers() {
+    let addr = tls_server_closing_mid_transaction().await;
+    let d = deliver(addr, &["b@example.test"]).await;
+    assert_eq!(
+        fates(&d),
+        [("b@example.test".into(), Fate::Deferred)],
+        "{}",
+        reason(&d)
+    );
+    assert!(
+        d.attempts.iter().any(|a| a.tls.is_some()),
+        "the session was in TLS: {:?}",
+        d.attempts
     );
 }
