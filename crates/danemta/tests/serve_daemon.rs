@@ -1061,3 +1061,95 @@ fn dns_faults_defer_with_the_reason_and_back_off() {
     }
     assert_eq!(sink.count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A nearly full disk
+
+/// A tmpfs of `size` mounted on `dir`, unmounted (lazily: the daemon may still hold files)
+/// when dropped. Needs root, as the rest of the suite.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+        fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "danemta-test"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs needs root");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("--lazy").arg(&self.0).status();
+    }
+}
+
+/// The queue on an 8 MB file system keeping 2 MB free (`[queue] min_free`), deliveries
+/// paused: 500 KB messages are taken until the reserve is reached, then MAIL FROM gets
+/// `452 4.3.1` (never a `250` for mail that was not stored). Resumed, the daemon delivers
+/// everything it took (its database writes fit in the reserve) and takes mail again by
+/// itself.
+#[test]
+fn a_nearly_full_queue_disk_refuses_new_mail_and_deliveries_go_on() {
+    let dir = TempDir::new("full-disk");
+    let sink = Sink::start();
+    let queue = dir.path().join("queue");
+    let _disk = SmallDisk::mount(queue.clone(), "8m");
+    let (listen, metrics) = (free_addr(), free_addr());
+    let listeners = [Listen {
+        addr: listen,
+        mode: "smtp",
+    }];
+    let text = |paused: bool| {
+        config_text(&queue, &listeners, metrics, sink.addr, "")
+            .replace(
+                "retry_max = \"2s\"\n",
+                "retry_max = \"2s\"\nmin_free = \"2MB\"\n",
+            )
+            .replace(
+                "[metrics]",
+                &format!("[delivery]\npaused = {paused}\n[metrics]"),
+            )
+    };
+    let d = Daemon::start(dir.path(), "full-disk", &text(true), listen, metrics, &[]);
+    let body = dir.path().join("body.txt");
+    fs::write(
+        &body,
+        format!("{}\n", "x".repeat(76)).repeat(500 * 1024 / 77),
+    )
+    .unwrap();
+    let body = format!("@{}", body.display());
+    let mut accepted = 0;
+    let refused = loop {
+        let s = swaks(listen, &body, &[]);
+        if s.ok {
+            accepted += 1;
+            assert!(
+                accepted < 20,
+                "an 8 MB disk took {accepted} messages of 500 KB"
+            );
+            continue;
+        }
+        break s;
+    };
+    assert!(
+        replies(&refused.transcript).any(|r| r.starts_with("452 4.3.1")),
+        "{}",
+        refused.transcript
+    );
+    assert!(accepted >= 3, "only {accepted} messages before the reserve");
+    d.wait_line("min_free", 0);
+
+    // Resume: everything taken is delivered; then mail is taken again, with no restart.
+    fs::write(&d.config, text(false)).unwrap();
+    d.signal("-HUP");
+    sink.wait_for(accepted, || d.log());
+    let again = submit(&d, "after the disk emptied");
+    assert!(again.ok);
+    sink.wait_for(accepted + 1, || d.log());
+    assert!(!d.log().contains("cannot record"), "{}", d.log());
+}

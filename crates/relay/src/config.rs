@@ -297,6 +297,12 @@ pub struct Queue {
     /// `lifetime`: how long a message is retried before it bounces. Default `5d`.
     #[serde(deserialize_with = "units::duration::deserialize")]
     pub lifetime: Duration,
+    /// `min_free`: the free space the queue's file system must keep; below it new mail gets
+    /// `452 4.3.1` at MAIL FROM, so that deliveries (which write to the queue database) go on
+    /// and free space. Default: 1.5 × `server.max_message_size`, as Postfix's smtpd keeps.
+    /// See [`Config::min_free`].
+    #[serde(deserialize_with = "units::size::option")]
+    pub min_free: Option<u64>,
 }
 
 impl Default for Queue {
@@ -308,6 +314,7 @@ impl Default for Queue {
             retry_first: Duration::from_secs(300),
             retry_max: Duration::from_secs(3600),
             lifetime: Duration::from_secs(5 * 86_400),
+            min_free: None,
         }
     }
 }
@@ -672,6 +679,14 @@ impl Config {
         }
     }
 
+    /// The free space the queue's file system must keep (`queue.min_free`, by default 1.5 ×
+    /// `server.max_message_size`).
+    pub fn min_free(&self) -> u64 {
+        self.queue
+            .min_free
+            .unwrap_or(self.server.max_message_size.saturating_mul(3) / 2)
+    }
+
     /// The settings in force, one per key, with whether the file set them (the daemon prints
     /// them at start and for `serve --check-config`).
     pub fn effective(&self) -> Vec<Setting> {
@@ -751,6 +766,7 @@ impl Config {
             ("queue.retry_first".into(), format_duration(q.retry_first)),
             ("queue.retry_max".into(), format_duration(q.retry_max)),
             ("queue.lifetime".into(), format_duration(q.lifetime)),
+            ("queue.min_free".into(), format_size(self.min_free())),
         ]);
         let dl = &self.delivery;
         out.extend([

@@ -255,7 +255,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
                 })?;
         let mut acceptor =
             RelayAcceptor::new(Arc::clone(&store), hostname.as_str(), &config.server)
-                .on_queued(Arc::clone(&wake));
+                .on_queued(Arc::clone(&wake))
+                .with_min_free(dir.clone(), config.min_free());
         if let Some(users) = &users {
             acceptor = acceptor
                 .with_users(Arc::clone(users))

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub struct RelayAcceptor {
     users: Option<Arc<Users>>,
     /// Failed AUTH attempts per client address, shared by the daemon's listeners.
     auth_failures: Arc<AuthFailures>,
+    /// The queue's directory and the free space its file system must keep.
+    min_free: Option<(PathBuf, u64)>,
     /// Called after each message is queued (wakes the scheduler).
     on_queued: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -87,6 +90,7 @@ impl RelayAcceptor {
             require_auth: false,
             users: None,
             auth_failures: Arc::default(),
+            min_free: None,
             on_queued: None,
         }
     }
@@ -101,6 +105,15 @@ impl RelayAcceptor {
     /// Checks AUTH credentials against `users`.
     pub fn with_users(mut self, users: Arc<Users>) -> Self {
         self.users = Some(users);
+        self
+    }
+
+    /// Refuses new mail with `452 4.3.1` at MAIL FROM while the file system of `queue_dir`
+    /// has less than `bytes` free (Postfix's smtpd does the same with 1.5 × its message size
+    /// limit): the queue never fills its disk, so deliveries, which write to the queue
+    /// database, go on and free space.
+    pub fn with_min_free(mut self, queue_dir: PathBuf, bytes: u64) -> Self {
+        self.min_free = Some((queue_dir, bytes));
         self
     }
 
@@ -176,6 +189,13 @@ fn temporary_failure() -> Reply {
     )
 }
 
+/// The bytes an unprivileged writer may still use on the file system of `dir` (`None` when
+/// it cannot be told: the write itself will say).
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// The queue's file system is full: RFC 3463 §3.4 `4.3.1`, and `452` (RFC 5321 §4.2.2,
 /// insufficient system storage), what Postfix answers too.
 fn insufficient_storage() -> Reply {
@@ -189,6 +209,18 @@ fn insufficient_storage() -> Reply {
 impl Acceptor for RelayAcceptor {
     /// On a submission listener, `530 5.7.0` until the client authenticated.
     async fn mail(&self, client: &Client, _: &MailFrom) -> Result<(), Reply> {
+        if let Some((dir, min_free)) = &self.min_free
+            && let Some(free) = free_space(dir)
+            && free < *min_free
+        {
+            metrics::rejection(Rejection::InsufficientStorage);
+            tracing::warn!(
+                target: "relay",
+                "{}: {free} bytes free, {min_free} needed ([queue] min_free): 452 to new mail",
+                dir.display()
+            );
+            return Err(insufficient_storage());
+        }
         if self.require_auth && client.user.is_none() {
             return Err(reply(
                 530,

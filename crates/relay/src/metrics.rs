@@ -235,17 +235,20 @@ pub enum Rejection {
     TooBig,
     /// A connection past `max_connections` or `max_connections_per_client` (`421`).
     TooManyConnections,
+    /// The queue's file system is (nearly) full (`452 4.3.1`).
+    InsufficientStorage,
     /// Any other rejection.
     Other,
 }
 
 impl Rejection {
     /// Every kind of rejection.
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 6] = [
         Rejection::RelayDenied,
         Rejection::AuthFailed,
         Rejection::TooBig,
         Rejection::TooManyConnections,
+        Rejection::InsufficientStorage,
         Rejection::Other,
     ];
 
@@ -256,6 +259,7 @@ impl Rejection {
             Rejection::AuthFailed => "auth-failed",
             Rejection::TooBig => "too-big",
             Rejection::TooManyConnections => "too-many-connections",
+            Rejection::InsufficientStorage => "insufficient-storage",
             Rejection::Other => "other",
         }
     }
@@ -431,6 +435,7 @@ mod tests {
                 "auth-failed",
                 "too-big",
                 "too-many-connections",
+                "insufficient-storage",
                 "other"
             ])
         );
@@ -514,8 +519,8 @@ mod tests {
             value(dns::resolver::CACHE_REQUESTS_METRIC, &[("result", "hit")]),
             &DebugValue::Counter(0)
         );
-        // Every series is of a closed set: 4×5 deliveries, 12 rules, 3 listeners, 5
+        // Every series is of a closed set: 4×5 deliveries, 12 rules, 3 listeners, 6
         // rejections, 3 unlabelled counters, 2 gauges, 4 + 2 DNS series, 2 TLS handshakes.
-        assert_eq!(values.len(), 20 + 12 + 3 + 5 + 3 + 2 + 4 + 2 + 2);
+        assert_eq!(values.len(), 20 + 12 + 3 + 6 + 3 + 2 + 4 + 2 + 2);
     }
 }

@@ -142,6 +142,11 @@ pub(crate) mod size {
             Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
         }
     }
+
+    /// An optional size.
+    pub(crate) fn option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        deserialize(d).map(Some)
+    }
 }
 
 /// serde glue: any `FromStr` value written as a string.

@@ -6,10 +6,10 @@
 //! inode allocation, which on some file systems is the largest single cost of accepting a
 //! message (ext4 without a journal scans its inode bitmaps for recently deleted inodes on
 //! every create). So the queue's owner, the daemon, does not unlink the bodies of finished
-//! messages: it moves up to [`POOL_FILES`] of them to `DIR/free/` and writes new bodies into
-//! them (overwritten, truncated to length, `fdatasync`, renamed into the spool). At start it
-//! fills the pool up with empty files, so that a burst of mail after a start costs no
-//! creates either. Other processes (`danemta sendmail`, `danemta queue delete`) neither take
+//! messages: it moves up to [`POOL_FILES`] of them to `DIR/free/`, emptied (truncated to
+//! nothing: the pool keeps inodes, never disk space), and writes new bodies into them
+//! (written, `fdatasync`, renamed into the spool). At start it fills the pool up with empty
+//! files, so that a burst of mail after a start costs no creates either. Other processes (`danemta sendmail`, `danemta queue delete`) neither take
 //! from nor feed the pool.
 
 use std::fs::{self, File, OpenOptions};
@@ -22,10 +22,6 @@ use super::{QueueError, QueueId, io_err};
 
 /// At most this many recycled files wait in `DIR/free/`.
 pub(super) const POOL_FILES: usize = 1024;
-
-/// Bodies larger than this are unlinked rather than recycled, so that the pool holds at
-/// most `POOL_FILES × RECYCLE_MAX_BYTES` (128 MiB) of disk, and far less with typical mail.
-const RECYCLE_MAX_BYTES: u64 = 128 * 1024;
 
 /// The spool directory and, in the owning process, the pool of recycled files.
 #[derive(Debug)]
@@ -47,8 +43,8 @@ impl Spool {
     /// Opens `DIR/spool` and `DIR/free`, creating them. The owner takes the files left in
     /// `DIR/free/` into its pool, except any that also has a name elsewhere (a crash between
     /// the two halves of a rename on a file system without a journal): writing into it would
-    /// overwrite a queued body, so that name is removed instead. Then it fills the pool up
-    /// with new empty files.
+    /// overwrite a queued body, so that name is removed instead, as is any file not empty (a
+    /// crash before it was emptied). Then it fills the pool up with new empty files.
     pub(super) fn open(queue_dir: &Path, owner: bool) -> Result<Spool, QueueError> {
         Self::with_pool(queue_dir, owner.then_some(POOL_FILES))
     }
@@ -65,7 +61,7 @@ impl Spool {
             for entry in fs::read_dir(&free).map_err(io_err(&free))? {
                 let path = entry.map_err(io_err(&free))?.path();
                 let usable = fs::symlink_metadata(&path)
-                    .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.len() <= RECYCLE_MAX_BYTES);
+                    .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.len() == 0);
                 if usable && files.len() < capacity {
                     files.push(path);
                 } else {
@@ -111,7 +107,6 @@ impl Spool {
                     .open(&recycled)
                     .and_then(|mut f| {
                         f.write_all(body)?;
-                        f.set_len(body.len() as u64)?;
                         f.sync_data()
                     })
                     .and_then(|()| fs::rename(&recycled, &path));
@@ -131,9 +126,9 @@ impl Spool {
         fsync_dir(&self.dir)
     }
 
-    /// Removes the body of `id` (a missing one is not an error). The owner recycles it. The
-    /// removal is not fsynced: should a crash undo it, recovery finds a body without a row
-    /// and quarantines it, which costs disk, never a message.
+    /// Removes the body of `id` (a missing one is not an error). The owner recycles it,
+    /// emptied. The removal is not fsynced: should a crash undo it, recovery finds a body
+    /// without a row and quarantines it, which costs disk, never a message.
     pub(super) fn remove(&self, id: &QueueId) -> Result<(), QueueError> {
         let path = self.path(id);
         let pool = self
@@ -141,9 +136,12 @@ impl Spool {
             .as_ref()
             .and_then(|p| Some((p.files.lock().ok()?, p.capacity)));
         let result = match pool {
-            Some((mut files, capacity)) if files.len() < capacity && recyclable(&path) => {
+            Some((mut files, capacity)) if files.len() < capacity => {
                 let target = self.free.join(id.as_str());
-                fs::rename(&path, &target).map(|()| files.push(target))
+                fs::rename(&path, &target)
+                    .and_then(|()| OpenOptions::new().write(true).open(&target))
+                    .and_then(|f| f.set_len(0))
+                    .map(|()| files.push(target))
             }
             _ => fs::remove_file(&path),
         };
@@ -167,10 +165,6 @@ impl Spool {
             .and_then(|p| p.files.lock().ok().map(|f| f.len()))
             .unwrap_or(0)
     }
-}
-
-fn recyclable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.len() <= RECYCLE_MAX_BYTES)
 }
 
 pub(super) fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
@@ -241,7 +235,7 @@ mod tests {
         assert!(!spool.path(&id(1)).exists());
         assert_eq!(spool.pooled(), 1);
         spool.write(&id(2), b"short").unwrap();
-        // The same inode, truncated to the new body: no stale tail of the old one.
+        // The same inode, emptied when recycled: no stale tail of the old body.
         assert_eq!(fs::metadata(spool.path(&id(2))).unwrap().ino(), inode);
         assert_eq!(fs::read(spool.path(&id(2))).unwrap(), b"short");
         assert!(matches!(
@@ -285,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_is_bounded_in_files_and_size() {
+    fn the_pool_is_bounded_and_holds_no_disk_space() {
         let dir = Dir::new("spool-5");
         let spool = Spool::with_pool(dir.0.as_path(), Some(3)).unwrap();
         for i in 0..5 {
@@ -299,12 +293,15 @@ mod tests {
             fs::read_dir(dir.0.as_path().join("free")).unwrap().count(),
             3
         );
-        // A large body is unlinked, not kept.
-        let big = vec![b'x'; usize::try_from(RECYCLE_MAX_BYTES).unwrap() + 1];
+        // Recycled files are emptied: the pool holds inodes, never disk space.
+        let big = vec![b'x'; 1 << 20];
         spool.write(&id(9), &big).unwrap();
         assert_eq!(spool.pooled(), 2);
         spool.remove(&id(9)).unwrap();
-        assert_eq!(spool.pooled(), 2);
+        assert_eq!(spool.pooled(), 3);
+        for entry in fs::read_dir(dir.0.as_path().join("free")).unwrap() {
+            assert_eq!(entry.unwrap().metadata().unwrap().len(), 0);
+        }
         // At the next start, only what fits is kept.
         let spool = Spool::with_pool(dir.0.as_path(), Some(1)).unwrap();
         assert_eq!(spool.pooled(), 1);
