@@ -1153,3 +1153,77 @@ fn a_nearly_full_queue_disk_refuses_new_mail_and_deliveries_go_on() {
     sink.wait_for(accepted + 1, || d.log());
     assert!(!d.log().contains("cannot record"), "{}", d.log());
 }
+
+/// `VmHWM` (peak resident memory) of a process, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 3,000 connections at once: the first `max_connections` (100) are greeted and held, every
+/// other one hears `421 4.3.2` at once; the daemon's memory stays small, and once the crowd
+/// is gone mail flows again.
+#[test]
+fn thousands_of_connections_get_421_past_the_limit_and_memory_stays_bounded() {
+    let dir = TempDir::new("crowd");
+    let sink = Sink::start();
+    let (listen, metrics) = (free_addr(), free_addr());
+    let queue = dir.path().join("queue");
+    let listeners = [Listen {
+        addr: listen,
+        mode: "smtp",
+    }];
+    let d = Daemon::start(
+        dir.path(),
+        "crowd",
+        &config_text(&queue, &listeners, metrics, sink.addr, ""),
+        listen,
+        metrics,
+        &[],
+    );
+    let before = peak_kib(d.pid());
+    let mut held = Vec::new();
+    let (mut greeted, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let stream = TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line).unwrap();
+        if line.starts_with("220") {
+            greeted += 1;
+            held.push(stream);
+        } else {
+            assert!(line.starts_with("421 4.3.2"), "{line:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(greeted, 100, "max_connections greeted, {refused} refused");
+    let peak = peak_kib(d.pid());
+    eprintln!(
+        "crowd: {greeted} greeted, {refused} refused; peak RSS {} KiB (before: {before} KiB)",
+        peak
+    );
+    assert!(
+        peak < 100 * 1024,
+        "peak RSS {} MiB (was {} MiB before the crowd)",
+        peak / 1024,
+        before / 1024
+    );
+    drop(held);
+    let mut ok = false;
+    for _ in 0..50 {
+        if swaks(listen, "after the crowd", &[]).ok {
+            ok = true;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "mail flows again after the crowd:\n{}", d.log());
+    sink.wait_for(1, || d.log());
+}
