@@ -3,16 +3,24 @@
 //! and the delivery, in the middle of a delivery, while writing a bounce) and restarted on the
 //! same queue each time.
 //!
+//! The load: 8 SMTP sessions submitting one message after another, each with a Message-ID
+//! `<crash-N@test>` of its own (a new N for every attempt), 5 % of them to refused domains;
+//! failures while the daemon is down are expected (reconnect, go on). The kill moments come
+//! from a xorshift seeded from the clock (printed; `SERVE_CRASH_SEED=…` repeats them).
+//!
 //! The verdict: every message that got `250` after DATA is delivered at least once (its
-//! Message-ID at the receiver), or, for the refused domain, bounced with a DSN that reached the
-//! sender; duplicates only for deliveries in flight at a kill (counted, reported, loosely
-//! bounded); nothing stuck in the queue at the end; the queue database passes SQLite's
-//! integrity check after every kill (checked on a copy while the daemon is down, and by the
-//! daemon itself, which refuses to start on a damaged database).
+//! Message-ID in the receiver's Maildir), or, for a refused domain, bounced (`status=bounced`
+//! in the daemon's log) with a DSN that reached the sender; duplicates only for messages in
+//! delivery at a kill (leased in the queue database then: a message delivered k+1 times must
+//! have been leased at k kills), counted, reported and loosely bounded; nothing stuck in the
+//! queue at the end; the queue database passes SQLite's integrity check after every kill
+//! (checked on a copy while the daemon is down, and by the daemon itself, which refuses to
+//! start on a damaged database).
 //!
 //! The lab: `ee.crash.test` (DANE-EE, `3 1 1`) and `sender.crash.test` (the sender's domain,
 //! where DSNs go) have one Postfix receiver as MX, which stores everything in a Maildir;
-//! `reject.crash.test` has the same MX, which refuses it at RCPT with `554 5.7.1`.
+//! `d0.reject.crash.test` … `d24.reject.crash.test` have the same MX, which refuses them at
+//! RCPT with `554 5.7.1`.
 //!
 //! The daemon is stopped by a Drop guard even when the test fails; the lab servers stop through
 //! their own guards.
@@ -37,7 +45,16 @@ use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const GOOD_DOMAIN: &str = "ee.crash.test";
-const REFUSED_DOMAIN: &str = "reject.crash.test";
+/// The zone of the refused domains `d0.reject.crash.test` … : their MX is the receiver, which
+/// refuses them at RCPT.
+const REFUSED_ZONE: &str = "reject.crash.test";
+/// How many refused domains the refused messages are spread over. One would do, except that
+/// the daemon carries a destination's messages over one connection, and Postfix's smtpd slows
+/// a session down after 10 refused RCPTs (`smtpd_soft_error_limit`, `smtpd_error_sleep_time`)
+/// and drops it after 20: a single refused domain under load delivers one message every few
+/// seconds, and its claimed messages fill the daemon's window of claimed messages (4 per
+/// outgoing connection), which starves every other destination.
+const REFUSED_DOMAINS: u64 = 25;
 const SENDER: &str = "alice@sender.crash.test";
 
 /// Kill-and-restart cycles.
@@ -46,6 +63,11 @@ const KILLS: usize = 10;
 const SESSIONS: usize = 8;
 /// `[delivery] max_connections`: the most deliveries the daemon runs at once.
 const MAX_PARALLEL_DELIVERIES: usize = 8;
+/// The most messages the daemon has claimed (leased) at once: 4 per outgoing connection (its
+/// scheduler's window). A delivery job sends a batch of them over one connection before it
+/// records the outcomes, so every one of these may be delivered and not yet recorded at a
+/// kill, and delivered again after the restart.
+const MAX_IN_FLIGHT: usize = 4 * MAX_PARALLEL_DELIVERIES;
 /// How long the daemon gets to deliver everything after the load stops.
 const DRAIN: Duration = Duration::from_secs(90);
 /// How long a reply of the daemon may take.
@@ -53,6 +75,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn zone(ip: IpAddr, tlsa: &str) -> String {
     format!("@ MX 10 mx\nmx A {ip}\n_25._tcp.mx TLSA {tlsa}\n")
+}
+
+/// Now, as the daemon's log writes it (RFC 3339, UTC).
+fn utc_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn now_epoch() -> Duration {
@@ -98,7 +127,13 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        writeln!(log, "==== serve_crash: start {} ====", self.starts).unwrap();
+        writeln!(
+            log,
+            "==== serve_crash: start {} ({}) ====",
+            self.starts,
+            utc_now()
+        )
+        .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_danemta"))
             .arg("serve")
             .arg("--config")
@@ -150,7 +185,15 @@ impl Daemon {
     fn kill9(&mut self) {
         let mut child = self.child.take().expect("a running daemon");
         child.kill().unwrap();
+        let killed_at = utc_now();
         child.wait().unwrap();
+        if let Ok(mut log) = File::options().append(true).open(&self.log) {
+            let _ = writeln!(
+                log,
+                "==== serve_crash: start {} killed with SIGKILL ({killed_at}) ====",
+                self.starts
+            );
+        }
     }
 
     /// SIGTERM, up to `timeout` for the exit, then SIGKILL.
@@ -209,10 +252,9 @@ impl Daemon {
             .collect()
     }
 
-    /// While the daemon is down: the queue database and its WAL copied aside (so that
-    /// nothing touches the state the next start recovers from), then `PRAGMA integrity_check`
-    /// and a few counts on the copy. Panics unless the check says `ok`.
-    fn check_copy(&self, scratch: &Path) -> String {
+    /// The queue database and its WAL copied to `scratch` (so that nothing touches the state
+    /// the next start recovers from); the copy's path.
+    fn copy_db(&self, scratch: &Path) -> PathBuf {
         let _ = fs::remove_dir_all(scratch);
         fs::create_dir_all(scratch).unwrap();
         for name in ["queue.sqlite", "queue.sqlite-wal"] {
@@ -221,41 +263,74 @@ impl Daemon {
                 fs::copy(&from, scratch.join(name)).unwrap();
             }
         }
-        let db = scratch.join("queue.sqlite");
-        let out = Command::new("sqlite3")
-            .arg(&db)
-            .arg("PRAGMA integrity_check;")
-            .output()
-            .expect("sqlite3 (the sqlite3 package)");
-        let report = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(
-            out.status.success() && report == "ok",
-            "the queue database after kill {} fails its integrity check: {report:?} {}",
-            self.starts,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let counts = Command::new("sqlite3")
-            .arg(&db)
-            .arg(
-                "SELECT count(*), count(lease_owner), sum(sender = '') FROM messages; \
-                 SELECT count(*) FROM recipients;",
-            )
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&counts.stdout);
-        let mut lines = text.lines();
-        let (msgs, leased, dsns) = lines
-            .next()
-            .and_then(|l| {
-                let f: Vec<&str> = l.split('|').collect();
-                Some((*f.first()?, *f.get(1)?, *f.get(2)?))
-            })
-            .unwrap_or(("?", "?", "?"));
-        format!(
-            "queued {msgs} (leased, i.e. in delivery: {leased}; DSNs: {})",
-            if dsns.is_empty() { "0" } else { dsns }
-        )
+        scratch.join("queue.sqlite")
     }
+
+    /// While the daemon is down (killed): `PRAGMA integrity_check` on a copy of the queue
+    /// database (panics unless `ok`), and what the daemon had queued and leased then.
+    fn state_at_kill(&self, scratch: &Path) -> KillState {
+        let db = self.copy_db(scratch);
+        let report = sql(&db, "PRAGMA integrity_check;");
+        assert!(
+            report.trim() == "ok",
+            "the queue database after kill {} fails its integrity check: {report:?}",
+            self.starts
+        );
+        let counts = sql(
+            &db,
+            "SELECT count(*), count(lease_owner), total(sender = '') FROM messages;",
+        );
+        let mut leased = BTreeSet::new();
+        // Leased messages: claimed by the dead daemon for a delivery (possibly done already,
+        // not recorded yet).
+        for address in sql(
+            &db,
+            "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message \
+             WHERE m.lease_owner IS NOT NULL AND m.sender <> '';",
+        )
+        .lines()
+        {
+            leased.extend(number_of(address));
+        }
+        // Leased DSNs: the message numbers they quote.
+        for id in sql(
+            &db,
+            "SELECT id FROM messages WHERE lease_owner IS NOT NULL AND sender = '';",
+        )
+        .lines()
+        {
+            if let Ok(body) = fs::read(self.queue.join("spool").join(id.trim())) {
+                leased.extend(crash_ids(&String::from_utf8_lossy(&body)));
+            }
+        }
+        KillState {
+            summary: format!("queued, leased, DSNs: {}", counts.trim().replace('|', ", ")),
+            leased,
+        }
+    }
+}
+
+/// What the daemon had at a kill.
+struct KillState {
+    summary: String,
+    /// Message numbers whose message (or a DSN about it) was leased, i.e. in delivery.
+    leased: BTreeSet<u64>,
+}
+
+/// `sqlite3 DB QUERY`: its output (rows of `|`-separated fields); panics if it fails.
+fn sql(db: &Path, query: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(query)
+        .output()
+        .expect("sqlite3 (the sqlite3 package)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {} {query:?}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Daemon {
@@ -334,12 +409,16 @@ fn refused(n: u64) -> bool {
 }
 
 fn recipient(n: u64) -> String {
-    let domain = if refused(n) {
-        REFUSED_DOMAIN
+    if refused(n) {
+        format!("r{n}@d{}.{REFUSED_ZONE}", (n / 20) % REFUSED_DOMAINS)
     } else {
-        GOOD_DOMAIN
-    };
-    format!("r{n}@{domain}")
+        format!("r{n}@{GOOD_DOMAIN}")
+    }
+}
+
+/// The message number of a recipient address `rN@…`.
+fn number_of(address: &str) -> Option<u64> {
+    address.strip_prefix('r')?.split('@').next()?.parse().ok()
 }
 
 fn message(n: u64) -> String {
@@ -514,16 +593,17 @@ fn read_mailbox(r: &Receiver) -> Mailbox {
     m
 }
 
-/// The daemon's `status=bounced` lines, by message number (`to=<rN@reject…>`).
+/// The daemon's `status=bounced` lines, by message number (`to=<rN@dK.reject…>`).
 fn bounced_lines(log: &str) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
-    let needle = format!("@{REFUSED_DOMAIN}>");
+    let suffix = format!(".{REFUSED_ZONE}");
     for l in log.lines().filter(|l| l.contains("status=bounced")) {
-        let Some(i) = l.find("to=<r") else { continue };
-        let rest = &l[i + 5..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if rest[digits.len()..].starts_with(&needle)
-            && let Ok(n) = digits.parse::<u64>()
+        let Some(i) = l.find("to=<") else { continue };
+        let Some(address) = l[i + 4..].split('>').next() else {
+            continue;
+        };
+        if address.ends_with(&suffix)
+            && let Some(n) = number_of(address)
         {
             *out.entry(n).or_default() += 1;
         }
@@ -571,11 +651,15 @@ fn kill_9_at_random_moments_loses_nothing() {
     .expect("the Postfix receiver");
     let ip = receiver.addr().ip();
     let tlsa = tlsa_3_1_1(&cert);
+    let mut refused_zone = format!("mx A {ip}\n_25._tcp.mx TLSA {tlsa}\n");
+    for k in 0..REFUSED_DOMAINS {
+        refused_zone.push_str(&format!("d{k} MX 10 mx\n"));
+    }
     let lab = Lab::builder()
         .zones(vec![
             ZoneSpec::secure(GOOD_DOMAIN, zone(ip, &tlsa)),
             // DANE-verified, but the receiver refuses the domain: 554 5.7.1 at RCPT.
-            ZoneSpec::secure(REFUSED_DOMAIN, zone(ip, &tlsa)),
+            ZoneSpec::secure(REFUSED_ZONE, refused_zone),
             ZoneSpec::secure("sender.crash.test", zone(ip, &tlsa)),
         ])
         .start()
@@ -670,17 +754,25 @@ listen = "{metrics}"
     // The killer.
     let scratch = dir.join("integrity-copy");
     let mut restarts = Vec::new();
+    // Message number -> at how many kills it (or a DSN about it) was leased.
+    let mut leased_at_kills: BTreeMap<u64, usize> = BTreeMap::new();
     for k in 1..=KILLS {
         let wait = rng.range(200, 1500);
         sleep(Duration::from_millis(wait));
         let acked = load.acked.lock().unwrap().len();
         let in_data = load.in_data.load(Ordering::Relaxed);
         daemon.kill9();
-        let state = daemon.check_copy(&scratch);
+        let state = daemon.state_at_kill(&scratch);
         eprintln!(
             "serve_crash: kill {k} after {wait} ms: {acked} acknowledged so far, {in_data} \
-             sessions in DATA; at the kill: {state}; integrity ok"
+             sessions in DATA; in the queue then: {} ({} message numbers in delivery); \
+             integrity ok",
+            state.summary,
+            state.leased.len()
         );
+        for n in state.leased {
+            *leased_at_kills.entry(n).or_default() += 1;
+        }
         daemon.spawn();
         restarts.push(daemon.wait_ready());
     }
@@ -722,6 +814,9 @@ listen = "{metrics}"
     // sender) and the queue is empty.
     let drain_start = Instant::now();
     let deadline = drain_start + DRAIN;
+    // Since when everything is delivered and only messages without a pending recipient are
+    // queued (nothing the daemon would ever do anything about).
+    let mut only_finished_since: Option<Instant> = None;
     let (mailbox, queued) = loop {
         let mailbox = read_mailbox(&receiver);
         let missing = acked_good
@@ -735,6 +830,14 @@ listen = "{metrics}"
         let queued = daemon.queue_list();
         if (missing == 0 && no_dsn == 0 && queued.is_empty()) || Instant::now() > deadline {
             break (mailbox, queued);
+        }
+        if missing == 0 && no_dsn == 0 && queued.iter().all(|m| pending(m) == 0) {
+            let since = *only_finished_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(10) {
+                break (mailbox, queued);
+            }
+        } else {
+            only_finished_since = None;
         }
         sleep(Duration::from_millis(500));
     };
@@ -751,6 +854,36 @@ listen = "{metrics}"
     };
     let log = daemon.log_text();
     let bounced = bounced_lines(&log);
+    // What the stuck messages are, from the database (the daemon stopped first).
+    let stuck_detail = if queued.is_empty() {
+        String::new()
+    } else {
+        daemon.stop(Duration::from_secs(30));
+        let db = daemon.copy_db(&scratch);
+        let mut text = String::new();
+        for m in queued.iter().take(10) {
+            let id = m["queue_id"].as_str().unwrap_or("?");
+            let rows = sql(
+                &db,
+                &format!(
+                    "SELECT r.address, r.state, r.attempts, coalesce(m.hold_reason, '') \
+                     FROM messages m LEFT JOIN recipients r ON r.message = m.id \
+                     WHERE m.id = '{id}';"
+                ),
+            );
+            let lines = lines_with_start(&log, id);
+            text.push_str(&format!(
+                "\n{id} ({} pending recipients listed; queue_name {}): recipients in the \
+                 database (address|state|attempts|hold_reason): {:?}\n  log lines with its \
+                 id: {lines:#?}",
+                pending(m),
+                m["queue_name"],
+                rows.trim()
+            ));
+        }
+        text
+    };
+    let finished_but_queued = queued.iter().filter(|m| pending(m) == 0).count();
 
     let missing: Vec<u64> = acked_good
         .iter()
@@ -780,6 +913,17 @@ listen = "{metrics}"
         .collect();
     let duplicates: usize = duplicated.iter().map(|(_, c)| c - 1).sum();
     let dsn_duplicates: usize = mailbox.dsns.values().map(|c| c - 1).sum();
+    // Repeated more often than it was in delivery at a kill: a duplicate without excuse.
+    let unexcused = |copies: &BTreeMap<u64, usize>| -> Vec<(u64, usize, usize)> {
+        copies
+            .iter()
+            .filter(|&(_, &c)| c > 1)
+            .map(|(&n, &c)| (n, c, leased_at_kills.get(&n).copied().unwrap_or(0)))
+            .filter(|&(_, c, leased)| c - 1 > leased)
+            .collect()
+    };
+    let unexcused_deliveries = unexcused(&mailbox.delivered);
+    let unexcused_dsns = unexcused(&mailbox.dsns);
     let unacked_delivered = mailbox
         .delivered
         .keys()
@@ -790,12 +934,13 @@ listen = "{metrics}"
 
     eprintln!(
         "serve_crash: totals after {KILLS} kills (drained in {drained_in:.1?}, whole test \
-         {:.1?}):\n  acknowledged {} ({} to {GOOD_DOMAIN}, {} to {REFUSED_DOMAIN})\n  delivered \
+         {:.1?}):\n  acknowledged {} ({} to {GOOD_DOMAIN}, {} to {REFUSED_ZONE})\n  delivered \
          {} distinct messages in {delivered_copies} copies ({unacked_delivered} of them never \
          acknowledged: the connection broke after the final dot)\n  duplicates {duplicates} \
          ({} messages delivered more than once: {:?})\n  bounced {} distinct, DSNs {} distinct \
-         in {dsn_copies} copies ({dsn_duplicates} duplicate DSNs)\n  mailbox files {}, others \
-         {:?}",
+         in {dsn_copies} copies ({dsn_duplicates} duplicate DSNs)\n  in delivery at a kill: {} \
+         message numbers\n  still queued {} ({finished_but_queued} of them without a pending \
+         recipient)\n  mailbox files {}, others {:?}",
         t_start.elapsed(),
         acked.len(),
         acked_good.len(),
@@ -805,60 +950,150 @@ listen = "{metrics}"
         duplicated.iter().take(30).collect::<Vec<_>>(),
         bounced.len(),
         mailbox.dsns.len(),
+        leased_at_kills.len(),
+        queued.len(),
         mailbox.files,
         mailbox.other.iter().take(5).collect::<Vec<_>>(),
     );
 
-    assert!(
+    let mut failures: Vec<String> = Vec::new();
+    check(
+        &mut failures,
         missing.is_empty(),
-        "LOST: {} acknowledged messages to {GOOD_DOMAIN} never reached the receiver within \
-         {DRAIN:?} after the load stopped: {}\nthe daemon's lines about the first of them:\n{}\n\
-         queue: {:#?}\nlog tail:\n{}\nreceiver:\n{}",
-        missing.len(),
-        abbreviated(&missing),
-        lines_about(&log, &missing, 40),
-        queued.iter().take(10).collect::<Vec<_>>(),
-        daemon.tail(60),
-        receiver.log_tail(20)
+        format!(
+            "LOST: {} acknowledged messages to {GOOD_DOMAIN} never reached the receiver within \
+             {DRAIN:?} after the load stopped: {}\nthe daemon's lines about the first of them:\n{}\n\
+             queue: {:#?}\nlog tail:\n{}\nreceiver:\n{}",
+            missing.len(),
+            abbreviated(&missing),
+            lines_about(&log, &missing, 40),
+            queued.iter().take(10).collect::<Vec<_>>(),
+            daemon.tail(60),
+            receiver.log_tail(20)
+        ),
     );
-    assert!(
+    check(
+        &mut failures,
         refused_delivered.is_empty(),
-        "messages to the refused domain were delivered: {}",
-        abbreviated(&refused_delivered)
+        format!(
+            "messages to the refused domain were delivered: {}",
+            abbreviated(&refused_delivered)
+        ),
     );
-    assert!(
+    check(
+        &mut failures,
         no_bounce_line.is_empty(),
-        "acknowledged messages to {REFUSED_DOMAIN} without a `status=bounced` line: {}\n{}\nlog \
-         tail:\n{}",
-        abbreviated(&no_bounce_line),
-        lines_about(&log, &no_bounce_line, 40),
-        daemon.tail(60)
+        format!(
+            "acknowledged messages to {REFUSED_ZONE} without a `status=bounced` line: {}\n{}\nlog \
+             tail:\n{}",
+            abbreviated(&no_bounce_line),
+            lines_about(&log, &no_bounce_line, 40),
+            daemon.tail(60)
+        ),
     );
-    assert!(
+    check(
+        &mut failures,
         no_dsn.is_empty(),
-        "bounces without a DSN at {SENDER} within {DRAIN:?}: {}\n{}\nqueue: {:#?}\nlog tail:\n{}",
-        abbreviated(&no_dsn),
-        lines_about(&log, &no_dsn, 40),
-        queued.iter().take(10).collect::<Vec<_>>(),
-        daemon.tail(60)
+        format!(
+            "bounces without a DSN at {SENDER} within {DRAIN:?}: {}\n{}\nqueue: {:#?}\nlog tail:\n{}",
+            abbreviated(&no_dsn),
+            lines_about(&log, &no_dsn, 40),
+            queued.iter().take(10).collect::<Vec<_>>(),
+            daemon.tail(60)
+        ),
     );
-    assert!(
+    check(
+        &mut failures,
         queued.is_empty(),
-        "STUCK: {} messages still queued {DRAIN:?} after the load stopped: {:#?}\nlog tail:\n{}",
-        queued.len(),
-        queued.iter().take(20).collect::<Vec<_>>(),
-        daemon.tail(60)
+        format!(
+            "STUCK: {} messages still queued after everything acknowledged was delivered or \
+             bounced ({finished_but_queued} of them with no pending recipient left: every \
+             recipient delivered or bounced, yet the message was never removed, so no delivery \
+             will ever remove it). Daemon starts 1 to {KILLS} ended with kill -9, start {} with \
+             SIGTERM. The first of them:{stuck_detail}\n(DANEMTA_LAB_KEEP=1 keeps the lab \
+             directory {} with the queue and serve.log)",
+            queued.len(),
+            KILLS + 1,
+            lab.dir().display()
+        ),
     );
-    let bound = KILLS * MAX_PARALLEL_DELIVERIES;
-    assert!(
+    check(
+        &mut failures,
+        unexcused_deliveries.is_empty(),
+        format!(
+            "delivered more often than in delivery at a kill (message number, copies, kills at \
+             which it was leased): {unexcused_deliveries:?}"
+        ),
+    );
+    check(
+        &mut failures,
+        unexcused_dsns.is_empty(),
+        format!(
+            "DSNs repeated more often than the message or its DSN was in delivery at a kill \
+             (message number, DSNs, kills at which it was leased): {unexcused_dsns:?}"
+        ),
+    );
+    let bound = KILLS * MAX_IN_FLIGHT;
+    check(
+        &mut failures,
         duplicates <= bound,
-        "{duplicates} duplicate deliveries, more than {KILLS} kills x {MAX_PARALLEL_DELIVERIES} \
-         deliveries in flight = {bound}: {:?}",
-        duplicated.iter().take(50).collect::<Vec<_>>()
+        format!(
+            "{duplicates} duplicate deliveries, more than {KILLS} kills x {MAX_IN_FLIGHT} messages \
+             in delivery = {bound}: {:?}",
+            duplicated.iter().take(50).collect::<Vec<_>>()
+        ),
+    );
+    check(
+        &mut failures,
+        dsn_duplicates <= bound,
+        format!("{dsn_duplicates} duplicate DSNs, more than {bound}"),
     );
     assert!(
-        dsn_duplicates <= bound,
-        "{dsn_duplicates} duplicate DSNs, more than {bound}"
+        failures.is_empty(),
+        "{} of the crash test's checks failed (seed {seed}):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
     );
     daemon.stop(Duration::from_secs(30));
+}
+
+/// The log lines containing `needle`, each with the daemon start that wrote it (`start K`;
+/// every start but the last ended with a kill).
+fn lines_with_start(log: &str, needle: &str) -> Vec<String> {
+    let mut start = 0;
+    let mut out = Vec::new();
+    // Whether a line with `needle` came since the last kill marker.
+    let mut since_kill = false;
+    for l in log.lines() {
+        if let Some(rest) = l.strip_prefix("==== serve_crash: start ") {
+            if rest.contains("killed") {
+                if since_kill {
+                    out.push(l.to_owned());
+                }
+            } else {
+                start = rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+            since_kill = false;
+        } else if l.contains(needle) {
+            out.push(format!("[start {start}] {l}"));
+            since_kill = true;
+        }
+    }
+    out
+}
+
+/// Notes `message` among the failures unless `ok`.
+fn check(failures: &mut Vec<String>, ok: bool, message: String) {
+    if !ok {
+        failures.push(message);
+    }
+}
+
+/// How many recipients `danemta queue list --json` lists for a message (the pending ones).
+fn pending(m: &Value) -> usize {
+    m["recipients"].as_array().map_or(0, Vec::len)
 }
