@@ -384,6 +384,13 @@ fn log_recovery(r: &crate::queue::Recovery) {
     for (id, why) in &r.damaged_bodies {
         tracing::error!(target: "relay", "{id}: put on hold: {why} (`danemta queue show {id}`)");
     }
+    if !r.finished.is_empty() {
+        tracing::info!(
+            target: "relay",
+            "{} message(s) delivered just before the last daemon stopped are removed now",
+            r.finished.len()
+        );
+    }
     if r.expired_leases > 0 {
         tracing::info!(
             target: "relay",

@@ -495,6 +495,9 @@ pub struct Recovery {
     pub temporary_files: usize,
     /// Expired leases released (messages that were being delivered go back to the queue).
     pub expired_leases: usize,
+    /// Messages without a pending recipient that a crash left between their last delivery
+    /// and their removal: removed now (by the owner only).
+    pub finished: Vec<QueueId>,
     /// Whether the spool was scanned for orphan and temporary files: only by the process that
     /// holds the queue's lock (the daemon). Another process opening the same queue while it
     /// runs (`danemta queue`) must not take a body whose row is being written for an orphan.
@@ -537,6 +540,10 @@ const STATE_COUNTS: &str =
     "SELECT state, count(*) FROM recipients WHERE message = ?1 GROUP BY state";
 
 /// A message's recipients still to deliver.
+/// Messages none of whose recipients is pending any more (finished, but not removed).
+const FINISHED_MESSAGES: &str = "SELECT id FROM messages m WHERE NOT EXISTS \
+     (SELECT 1 FROM recipients r WHERE r.message = m.id AND +r.state = 'pending')";
+
 const PENDING_COUNT: &str =
     "SELECT count(*) FROM recipients WHERE message = ?1 AND +state = 'pending'";
 
@@ -802,6 +809,20 @@ impl LocalStore {
             fsync_dir(&self.quarantine)?;
         }
         recovery.orphan_bodies.sort();
+        // Messages whose every recipient is done, left by a crash between recording the last
+        // delivery and removing the message: finish removing them (only the owner, which
+        // delivers: another process could see a message between those two steps).
+        if owner {
+            let finished: Vec<String> = {
+                let mut stmt = tx.prepare(FINISHED_MESSAGES)?;
+                stmt.query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            for id in &finished {
+                tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+            }
+            recovery.finished = finished.iter().filter_map(|id| is_id(id)).collect();
+        }
         // Then rows whose body is gone or damaged (safe in any process: a body is written
         // before its row and removed after it): held with a reason, never dropped silently and
         // never delivered cut short.
@@ -831,6 +852,10 @@ impl LocalStore {
             params![now, owner],
         )?;
         tx.commit()?;
+        drop(conn);
+        for id in &recovery.finished {
+            self.spool.remove(id)?;
+        }
         Ok(recovery)
     }
 

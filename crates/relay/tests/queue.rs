@@ -394,6 +394,54 @@ fn recovery_by_the_owner_releases_every_lease() {
     );
 }
 
+/// A crash between recording the last delivery and removing the message (found by the
+/// crash soak, serve_crash.rs) must not leave it in the queue for ever.
+#[test]
+fn a_message_finished_but_not_removed_before_a_crash_is_removed_at_the_next_start() {
+    let dir = TempDir::new("queue");
+    let daemon = open(&dir, T0);
+    let done = put(&daemon, &envelope(&["b@example.com"]), b"1", T0).unwrap();
+    let pending = put(
+        &daemon,
+        &envelope(&["c@example.com", "d@example.com"]),
+        b"2",
+        T0,
+    )
+    .unwrap();
+    let claims = daemon.due(T0, 10, &lease("dead", T0 + 1000)).unwrap();
+    for claim in &claims {
+        let outcomes = if claim.id == done {
+            vec![outcome("b@example.com", "delivered", "250 ok")]
+        } else {
+            vec![outcome("c@example.com", "delivered", "250 ok")]
+        };
+        daemon
+            .record_attempt(claim, &outcomes, &[attempt("verified")], T0 + 300)
+            .unwrap();
+    }
+    // Another process (the daemon still holds the lock) must not remove it: the daemon may
+    // be between the two steps.
+    let (shared, recovery) = LocalStore::open(dir.path(), T0 + 10).unwrap();
+    assert!(!recovery.spool_scanned);
+    assert!(recovery.finished.is_empty());
+    // The crash: no complete(); the next daemon finishes the job.
+    drop((shared, daemon));
+    let (store, recovery) = LocalStore::open(dir.path(), T0 + 10).unwrap();
+    assert_eq!(recovery.finished, std::slice::from_ref(&done));
+    let left: Vec<_> = store
+        .list(T0 + 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.queue_id)
+        .collect();
+    assert_eq!(
+        left,
+        [pending],
+        "the message with a pending recipient stays"
+    );
+    assert!(!dir.path().join("spool").join(done.as_str()).exists());
+}
+
 #[test]
 fn the_body_is_complete_whenever_the_row_is_visible() {
     let dir = TempDir::new("queue");
