@@ -334,3 +334,31 @@ async fn auth_without_starttls_is_a_missing_capability_not_a_failed_handshake() 
         "no password in the clear"
     );
 }
+
+/// Servers count a client's errors per session and slow down past a limit (Postfix: 10),
+/// then hang up: a session with 10 refused replies is no longer offered for reuse, one with
+/// 9 still is.
+#[tokio::test]
+async fn a_session_with_ten_refusals_is_not_reused() {
+    for (refused, reusable) in [(9, true), (10, false)] {
+        let mut script = vec![
+            ("EHLO client.test", "250-mx\r\n250 PIPELINING\r\n"),
+            ("MAIL FROM:<a@x.test>", "250 2.1.0 Ok\r\n"),
+        ];
+        script.extend(std::iter::repeat_n(
+            ("RCPT TO:", "550 5.1.1 unknown\r\n"),
+            refused,
+        ));
+        script.push(("RCPT TO:", "250 2.1.5 Ok\r\n"));
+        script.push(("DATA", "354 go\r\n"));
+        script.push((".", "250 2.0.0 queued\r\n"));
+        let (addr, _seen) = scripted("220 mx ESMTP\r\n", script).await;
+        let mut session = open(addr, Mode::Opportunistic).await.unwrap();
+        let rcpts: Vec<String> = (0..=refused).map(|i| format!("r{i}@y.test")).collect();
+        let envelope = Envelope::new("a@x.test", rcpts.iter().map(String::as_str)).unwrap();
+        let message = Message::new(b"Subject: t\n\nbody\n").unwrap();
+        let t = session.transact(&envelope, &message).await.unwrap();
+        assert_eq!(t.data.unwrap().code(), 250);
+        assert_eq!(session.is_reusable(), reusable, "{refused} refusals");
+    }
+}

@@ -341,6 +341,8 @@ pub struct Session {
     in_data: bool,
     /// Transactions begun (MAIL sent) on this connection.
     transactions: usize,
+    /// Replies of 400 and above received (see [`Session::is_reusable`]).
+    refusals: usize,
 }
 
 /// Where a connection may resume a TLS session from, and the peer's host name, part of the
@@ -416,6 +418,7 @@ impl Session {
             dirty: false,
             in_data: false,
             transactions: 0,
+            refusals: 0,
         };
         let greeting = session.read(Stage::Greeting, timeouts.greeting).await?;
         if greeting.code() != 220 {
@@ -483,8 +486,13 @@ impl Session {
     /// (the server is closing, RFC 5321 §3.8), a closed connection, a timeout, a protocol
     /// error, a failed write or a body cut short: anything after which the server's state is
     /// not known. A scheduler drops such a session and opens a new one.
+    ///
+    /// A session that collected [`MAX_REFUSALS`] refusals is not reused either: servers count
+    /// a client's errors per session and answer slowly past a limit, then hang up (Postfix's
+    /// `smtpd_soft_error_limit` 10, `smtpd_hard_error_limit` 20), so that a destination
+    /// refusing many recipients would make every later message on the connection slow.
     pub fn is_reusable(&self) -> bool {
-        self.reusable
+        self.reusable && self.refusals < MAX_REFUSALS
     }
 
     /// How many transactions were begun (MAIL sent) on this connection.
@@ -501,6 +509,9 @@ impl Session {
         if reply.code() == 421 {
             // The server is closing the transmission channel (RFC 5321 §3.8, §4.2.2).
             self.reusable = false;
+        }
+        if reply.code() >= 400 {
+            self.refusals += 1;
         }
         self.transcript.push(reply.to_string());
         Ok(reply)
@@ -892,6 +903,9 @@ impl Session {
         let _ = timeout(Duration::from_secs(5), self.io.get_mut().shutdown()).await;
     }
 }
+
+/// Refused replies (4xx, 5xx) after which a session is not reused.
+pub const MAX_REFUSALS: usize = 10;
 
 /// The most bytes of a body read from its source at once: what the session holds of a body
 /// (twice, once read and once prepared), whatever the body's size.
