@@ -73,7 +73,7 @@ echo "==> cargo test"
 cargo test --workspace --locked
 
 if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
-    echo "==> fuzzing the TLSA parser for ${FUZZ_SECONDS:-20} s"
+    echo "==> fuzzing all targets (TLSA parser ${FUZZ_SECONDS:-20} s, the others ${FUZZ_SECONDS_EACH:-10} s each)"
     bash scripts/fuzz.sh
 fi
 echo "==> all tests passed"
