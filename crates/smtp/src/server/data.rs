@@ -90,7 +90,11 @@ pub struct DataReader {
     line_len: usize,
     /// The previous octet was a CR.
     cr: bool,
-    refusal: Option<Refusal>,
+    /// The limits crossed so far; [`DataReader::finish`] reports one in a fixed order, so
+    /// that the reply does not depend on how the content was split into reads.
+    too_big: bool,
+    line_too_long: bool,
+    nul: bool,
 }
 
 impl DataReader {
@@ -107,18 +111,20 @@ impl DataReader {
             dot: false,
             line_len: 0,
             cr: false,
-            refusal: None,
+            too_big: false,
+            line_too_long: false,
+            nul: false,
         }
+    }
+
+    fn refused(&self) -> bool {
+        self.too_big || self.line_too_long || self.nul
     }
 
     fn push(&mut self, bytes: &[u8]) {
         self.size = self.size.saturating_add(bytes.len() as u64);
-        if self.size > self.max_size {
-            self.refusal.get_or_insert(Refusal::TooBig {
-                limit: self.max_size,
-            });
-        }
-        if self.refusal.is_none() {
+        self.too_big |= self.size > self.max_size;
+        if !self.refused() {
             self.body.extend_from_slice(bytes);
         } else {
             // Nothing more is kept: the message is refused at its end.
@@ -171,12 +177,9 @@ impl DataReader {
                         .position(|c| matches!(c, b'\r' | b'\n'))
                         .map_or(input.len(), |p| i + p);
                     let run = &input[i..end];
-                    if run.contains(&0) {
-                        self.refusal.get_or_insert(Refusal::Nul);
-                    }
+                    self.nul |= run.contains(&0);
                     self.bol = false;
                     self.line_len += run.len();
-                    // Size first: of two refusals, the size is the one to report.
                     self.push(run);
                     self.check_line();
                     i = end;
@@ -190,17 +193,26 @@ impl DataReader {
     /// RFC 5321 §4.5.3.1.6: the current line with its CRLF within the limit.
     fn check_line(&mut self) {
         if self.line_len + 2 > self.max_line {
-            self.refusal.get_or_insert(Refusal::LineTooLong {
-                limit: self.max_line,
-            });
+            self.line_too_long = true;
+            self.body = Vec::new();
         }
     }
 
-    /// After [`Progress::Done`]: the body (CRLF line ends, unstuffed) or why it is refused.
+    /// After [`Progress::Done`]: the body (CRLF line ends, unstuffed) or why it is refused:
+    /// of several reasons, the size first (RFC 1870's `552`), then a long line, then a NUL.
     pub fn finish(self) -> Result<Vec<u8>, Refusal> {
-        match self.refusal {
-            Some(r) => Err(r),
-            None => Ok(self.body),
+        if self.too_big {
+            Err(Refusal::TooBig {
+                limit: self.max_size,
+            })
+        } else if self.line_too_long {
+            Err(Refusal::LineTooLong {
+                limit: self.max_line,
+            })
+        } else if self.nul {
+            Err(Refusal::Nul)
+        } else {
+            Ok(self.body)
         }
     }
 
@@ -263,6 +275,40 @@ mod tests {
         assert_eq!((b.unwrap(), used), (b"x\r\n".to_vec(), 6));
         // `. ` is not the end.
         assert_eq!(body(b". \r\n.\r\n"), b" \r\n");
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/smtp_data.rs): with two limits crossed, the reason
+    /// given depended on where TCP split the content.
+    #[test]
+    fn the_reason_given_does_not_depend_on_how_the_content_was_split() {
+        let cases: [(u64, usize, &[u8], usize, Refusal); 3] = [
+            (2, 1000, b"abc\0\r\n.\r\n", 3, Refusal::TooBig { limit: 2 }),
+            (
+                10,
+                8,
+                b"abcdefghijkl\r\n.\r\n",
+                7,
+                Refusal::TooBig { limit: 10 },
+            ),
+            (
+                1000,
+                8,
+                b"abc\0defghij\r\n.\r\n",
+                4,
+                Refusal::LineTooLong { limit: 8 },
+            ),
+        ];
+        for (max_size, max_line, content, split, want) in cases {
+            for reads in [vec![content], vec![&content[..split], &content[split..]]] {
+                let mut r = DataReader::new(max_size, max_line);
+                let done = reads
+                    .iter()
+                    .map(|read| r.feed(read).unwrap())
+                    .any(|p| matches!(p, Progress::Done { .. }));
+                assert!(done);
+                assert_eq!(r.finish(), Err(want), "{content:?} split at {split}");
+            }
+        }
     }
 
     /// Every bare line end of the SMTP smuggling family is refused, wherever it is, whether
