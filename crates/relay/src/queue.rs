@@ -415,7 +415,21 @@ pub trait Store: Send + Sync {
 
     /// Claims up to `limit` messages with a recipient due at `now` that are neither held nor
     /// under a live lease, oldest due first, for `lease`.
-    fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError>;
+    fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError> {
+        self.due_except(now, limit, lease, &[])
+    }
+
+    /// [`Store::due`], except that recipients whose domain (lower case) is in `busy_domains`
+    /// do not make a message due: the scheduler leaves the mail of destinations that already
+    /// hold their share of the claimed messages in the queue, untouched, until they have
+    /// room.
+    fn due_except(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+        busy_domains: &[String],
+    ) -> Result<Vec<Claim>, QueueError>;
 
     /// When to look for due messages next: the earliest `next_attempt` of a pending
     /// recipient of a message neither held nor leased, or the earliest end of a lease if
@@ -438,6 +452,10 @@ pub trait Store: Send + Sync {
     /// Extends a claim's lease to `until` (a long delivery renews before its lease runs
     /// out). Fails with [`QueueError::LeaseLost`] when another claimer has taken it over.
     fn renew(&self, claim: &Claim, until: Timestamp) -> Result<Claim, QueueError>;
+
+    /// Ends a claim untried: its pending recipients are due again at `until`, no attempt is
+    /// counted (the scheduler had no room for its destination, which is busy).
+    fn postpone(&self, claim: &Claim, until: Timestamp) -> Result<(), QueueError>;
 
     /// Ends a claim. A message whose recipients are all done leaves the queue (its body is
     /// removed) and `true` is returned; otherwise its lease is released and it is due again
@@ -514,7 +532,10 @@ pub struct Recovery {
 const DUE_MESSAGES: &str = "SELECT m.id, m.sender, m.arrival, m.dsn FROM recipients r \
      JOIN messages m ON m.id = r.message \
      WHERE r.state = 'pending' AND r.next_attempt <= ?1 AND m.hold_reason IS NULL \
-     AND (m.lease_until IS NULL OR m.lease_until <= ?1) ORDER BY r.next_attempt";
+     AND (m.lease_until IS NULL OR m.lease_until <= ?1) \
+     AND lower(substr(r.address, instr(r.address, '@') + 1)) \
+         NOT IN (SELECT value FROM json_each(?2)) \
+     ORDER BY r.next_attempt";
 
 /// When the earliest pending recipient of a message neither held nor leased is due (along
 /// the `recipients_due` index, stopping at the first).
@@ -540,6 +561,10 @@ const STATE_COUNTS: &str =
     "SELECT state, count(*) FROM recipients WHERE message = ?1 GROUP BY state";
 
 /// A message's recipients still to deliver.
+/// A message's pending recipients due again later, no attempt counted.
+const POSTPONE_RECIPIENTS: &str =
+    "UPDATE recipients SET next_attempt = ?2 WHERE message = ?1 AND +state = 'pending'";
+
 /// Messages none of whose recipients is pending any more (finished, but not removed).
 const FINISHED_MESSAGES: &str = "SELECT id FROM messages m WHERE NOT EXISTS \
      (SELECT 1 FROM recipients r WHERE r.message = m.id AND +r.state = 'pending')";
@@ -1095,7 +1120,14 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn due(&self, now: Timestamp, limit: usize, lease: &Lease) -> Result<Vec<Claim>, QueueError> {
+    fn due_except(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+        busy_domains: &[String],
+    ) -> Result<Vec<Claim>, QueueError> {
+        let busy = serde_json::to_string(busy_domains)?;
         let mut conn = self.conn_relaxed()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Walks the due recipients in `next_attempt` order along the index and stops at
@@ -1104,7 +1136,7 @@ impl Store for LocalStore {
         let mut picked: Vec<(String, String, i64, String)> = Vec::new();
         {
             let mut stmt = tx.prepare_cached(DUE_MESSAGES)?;
-            let mut rows = stmt.query([now])?;
+            let mut rows = stmt.query(params![now, busy])?;
             while picked.len() < limit {
                 let Some(r) = rows.next()? else { break };
                 let id: String = r.get(0)?;
@@ -1229,6 +1261,21 @@ impl Store for LocalStore {
         let mut renewed = claim.clone();
         renewed.lease.until = until;
         Ok(renewed)
+    }
+
+    fn postpone(&self, claim: &Claim, until: Timestamp) -> Result<(), QueueError> {
+        let mut conn = self.conn_relaxed()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::check_lease(&tx, claim)?;
+        tx.prepare_cached(POSTPONE_RECIPIENTS)?
+            .execute(params![claim.id.as_str(), until])?;
+        tx.prepare_cached(
+            "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL \
+             WHERE id = ?1",
+        )?
+        .execute([claim.id.as_str()])?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Ends the claims of concurrent workers in one transaction (group commit): one WAL
@@ -1488,6 +1535,8 @@ mod tests {
             RECORD_RECIPIENT,
             PENDING_COUNT,
             FLUSH_MESSAGE,
+            POSTPONE_RECIPIENTS,
+            FINISHED_MESSAGES,
         ] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let n = stmt.parameter_count();
@@ -1550,7 +1599,7 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {DUE_MESSAGES}"))
             .unwrap()
-            .query_map([0], |r| r.get::<_, String>(3))
+            .query_map(params![0, "[]"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

@@ -24,7 +24,7 @@
 pub mod destination;
 pub mod retry;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,6 +113,8 @@ pub struct Scheduler<R> {
     backlog: Mutex<HashMap<Destination, Backlog>>,
     /// Claimed messages not finished yet (bounds how much is claimed at once).
     in_flight: Arc<Semaphore>,
+    /// The most parts one destination's backlog may hold: half the claimed messages.
+    backlog_cap: usize,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
     stopping: AtomicBool,
     /// Reusable connections between jobs, one per destination, with a generation number.
@@ -137,6 +139,17 @@ struct Tracker {
 struct Backlog {
     parts: VecDeque<Part>,
     jobs: usize,
+    /// Parts taken by jobs and not delivered yet.
+    in_jobs: usize,
+    /// The recipient domains (lower case) its parts went to.
+    domains: HashSet<String>,
+}
+
+impl Backlog {
+    /// Parts claimed and not delivered yet: waiting, or taken by a job.
+    fn claimed(&self) -> usize {
+        self.parts.len() + self.in_jobs
+    }
 }
 
 /// Some recipients of one claimed message, for one destination.
@@ -174,6 +187,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             destinations: Mutex::new(HashMap::new()),
             backlog: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
+            backlog_cap: (connections.saturating_mul(4) / 2).max(1),
             stopping: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
             parked: AtomicU64::new(0),
@@ -270,7 +284,11 @@ impl<R: Resolver + 'static> Scheduler<R> {
     }
 
     /// One pass: claims what is due (as much as there is room for), groups it by
-    /// destination and starts a delivery task per group. `true` when something was claimed.
+    /// destination into the destinations' backlogs and starts delivery jobs. Mail for a
+    /// destination that already holds half the claimed messages is not claimed (it stays in
+    /// the queue, untouched, until the destination has room), so that one slow destination
+    /// cannot take every place (Postfix's queue manager schedules destinations round-robin
+    /// for the same reason). `true` when something was taken into delivery.
     async fn pass(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> bool {
         let room = self.in_flight.available_permits();
         if room == 0 {
@@ -282,26 +300,26 @@ impl<R: Resolver + 'static> Scheduler<R> {
             until: now + Timestamp::try_from(LEASE.as_secs()).unwrap_or(3600),
         };
         let store = Arc::clone(&self.store);
-        let claims = match tokio::task::spawn_blocking(move || store.due(now, room, &lease)).await {
-            Ok(Ok(claims)) => claims,
-            Ok(Err(e)) => {
-                tracing::error!(target: "relay", "queue: cannot claim due mail: {e}");
-                return false;
-            }
-            Err(_) => return false,
-        };
+        let busy = self.busy_domains();
+        let claims =
+            match tokio::task::spawn_blocking(move || store.due_except(now, room, &lease, &busy))
+                .await
+            {
+                Ok(Ok(claims)) => claims,
+                Ok(Err(e)) => {
+                    tracing::error!(target: "relay", "queue: cannot claim due mail: {e}");
+                    return false;
+                }
+                Err(_) => return false,
+            };
         if claims.is_empty() {
             return false;
         }
         let policy = self.policy();
         let mut groups: Vec<(Destination, Vec<Part>)> = Vec::new();
+        let mut postponed: Vec<Claim> = Vec::new();
+        let mut started = false;
         for claim in claims {
-            if claim.attempts > 0 {
-                metrics::retry();
-            }
-            let Ok(slot) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-                break;
-            };
             let mut by_destination: Vec<(Destination, Vec<String>)> = Vec::new();
             let mut unroutable = Vec::new();
             for rcpt in &claim.recipients {
@@ -316,6 +334,25 @@ impl<R: Resolver + 'static> Scheduler<R> {
                         reply: Response::Local(e.to_string()),
                     }),
                 }
+            }
+            // A destination that filled its share in this very pass: the claim goes back to
+            // the queue untried (the next passes leave its mail alone, see busy_domains), as
+            // does one without room after all.
+            let full = !by_destination.is_empty()
+                && by_destination
+                    .iter()
+                    .all(|(d, _)| self.claimed_for(d, &groups) >= self.backlog_cap);
+            let slot = match full {
+                true => None,
+                false => Arc::clone(&self.in_flight).try_acquire_owned().ok(),
+            };
+            let Some(slot) = slot else {
+                postponed.push(claim);
+                continue;
+            };
+            started = true;
+            if claim.attempts > 0 {
+                metrics::retry();
             }
             let tracker = Arc::new(Tracker {
                 remaining: AtomicUsize::new(by_destination.len()),
@@ -339,6 +376,19 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 }
             }
         }
+        if !postponed.is_empty() {
+            let store = Arc::clone(&self.store);
+            let given_back = tokio::task::spawn_blocking(move || {
+                for claim in &postponed {
+                    store.postpone(claim, now)?;
+                }
+                Ok::<_, crate::queue::QueueError>(())
+            })
+            .await;
+            if let Ok(Err(e)) = given_back {
+                tracing::error!(target: "relay", "queue: cannot give claims back: {e}");
+            }
+        }
         for (dest, parts) in groups {
             let new_jobs = self.enqueue(&dest, parts);
             for _ in 0..new_jobs {
@@ -347,7 +397,38 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 tasks.spawn(async move { this.deliver(dest).await });
             }
         }
-        true
+        started
+    }
+
+    /// The recipient domains of the destinations that hold their share of the claimed
+    /// messages ([`Scheduler::backlog_cap`]): their mail stays in the queue until they have
+    /// room.
+    fn busy_domains(&self) -> Vec<String> {
+        let backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy: Vec<String> = backlog
+            .values()
+            .filter(|b| b.claimed() >= self.backlog_cap)
+            .flat_map(|b| b.domains.iter().cloned())
+            .collect();
+        busy.sort_unstable();
+        busy.dedup();
+        busy
+    }
+
+    /// Parts claimed for `dest` and not delivered yet: in its backlog, taken by its jobs, and
+    /// in this pass's `groups`.
+    fn claimed_for(&self, dest: &Destination, groups: &[(Destination, Vec<Part>)]) -> usize {
+        let before = self
+            .backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dest)
+            .map_or(0, Backlog::claimed);
+        let this_pass = groups
+            .iter()
+            .find(|(d, _)| d == dest)
+            .map_or(0, |(_, parts)| parts.len());
+        before + this_pass
     }
 
     /// Adds `parts` to `dest`'s backlog; returns how many jobs to start for it. A destination
@@ -357,6 +438,13 @@ impl<R: Resolver + 'static> Scheduler<R> {
     fn enqueue(&self, dest: &Destination, parts: Vec<Part>) -> usize {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
         let b = backlog.entry(dest.clone()).or_default();
+        for part in &parts {
+            for rcpt in &part.recipients {
+                if let Some((_, domain)) = rcpt.rsplit_once('@') {
+                    b.domains.insert(domain.to_ascii_lowercase());
+                }
+            }
+        }
         b.parts.extend(parts);
         let limit = self.settings.max_connections_per_destination.max(1);
         let wanted = b.parts.len().div_ceil(BACKLOG_PER_JOB).clamp(1, limit);
@@ -369,14 +457,22 @@ impl<R: Resolver + 'static> Scheduler<R> {
         start
     }
 
-    /// The next batch of `dest`'s backlog for a job; empty when there is none, and then the
-    /// job is counted out (under the same lock, so that no part is left without a job).
-    fn next_batch(&self, dest: &Destination) -> Vec<Part> {
+    /// The next batch of `dest`'s backlog for a job that just delivered `delivered` parts;
+    /// empty when there is none, and then the job is counted out (under the same lock, so
+    /// that no part is left without a job).
+    fn next_batch(&self, dest: &Destination, delivered: usize) -> Vec<Part> {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = backlog.get_mut(dest) else {
             return Vec::new();
         };
+        let was_busy = b.claimed() >= self.backlog_cap;
+        b.in_jobs = b.in_jobs.saturating_sub(delivered);
+        if was_busy && b.claimed() < self.backlog_cap {
+            // The destination has room again: its mail may be claimed now.
+            self.doorbell.notify_one();
+        }
         let n = b.parts.len().min(MESSAGES_PER_BATCH);
+        b.in_jobs += n;
         if n == 0 {
             b.jobs = b.jobs.saturating_sub(1);
             if b.jobs == 0 {
@@ -417,12 +513,14 @@ impl<R: Resolver + 'static> Scheduler<R> {
         };
         // Messages being finished (recorded, DSNs queued) while the next batch goes out.
         let mut finishing = JoinSet::new();
+        let mut delivered = 0;
         loop {
             while finishing.try_join_next().is_some() {}
-            let parts = self.next_batch(&dest);
+            let parts = self.next_batch(&dest, delivered);
             if parts.is_empty() {
                 break;
             }
+            delivered = parts.len();
             let deliveries = if self.stopping.load(Ordering::Acquire) {
                 // Shutting down: give the claim back untried (finish records nothing for it).
                 parts

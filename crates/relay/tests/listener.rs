@@ -35,7 +35,13 @@ impl Store for FailingStore {
     fn accept(&self, _: &NewMessage<'_>, _: Timestamp) -> Result<(), QueueError> {
         Err(broken())
     }
-    fn due(&self, _: Timestamp, _: usize, _: &Lease) -> Result<Vec<Claim>, QueueError> {
+    fn due_except(
+        &self,
+        _: Timestamp,
+        _: usize,
+        _: &Lease,
+        _: &[String],
+    ) -> Result<Vec<Claim>, QueueError> {
         Err(broken())
     }
     fn next_due(&self) -> Result<Option<Timestamp>, QueueError> {
@@ -51,6 +57,9 @@ impl Store for FailingStore {
         Err(broken())
     }
     fn renew(&self, _: &Claim, _: Timestamp) -> Result<Claim, QueueError> {
+        Err(broken())
+    }
+    fn postpone(&self, _: &Claim, _: Timestamp) -> Result<(), QueueError> {
         Err(broken())
     }
     fn complete(&self, _: &Claim) -> Result<bool, QueueError> {

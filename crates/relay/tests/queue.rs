@@ -283,6 +283,24 @@ fn a_claimed_message_is_not_due_for_another_claimer_until_its_lease_expires() {
 }
 
 #[test]
+fn busy_domains_do_not_make_a_message_due() {
+    let dir = TempDir::new("queue");
+    let store = open(&dir, T0);
+    let a = put(&store, &envelope(&["x@A.example"]), b"a", T0).unwrap();
+    let b = put(&store, &envelope(&["y@B.Example"]), b"b", T0).unwrap();
+    let both = put(&store, &envelope(&["z@b.example", "w@c.example"]), b"c", T0).unwrap();
+    let busy = ["b.example".to_owned()];
+    let claims = store
+        .due_except(T0, 10, &lease("w", T0 + 60), &busy)
+        .unwrap();
+    let ids: Vec<_> = claims.iter().map(|c| c.id.clone()).collect();
+    // b waits untouched; a message with another, free destination still goes.
+    assert_eq!(ids, [a, both]);
+    let rest = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
+    assert_eq!(rest.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [b]);
+}
+
+#[test]
 fn due_respects_the_limit() {
     let dir = TempDir::new("queue");
     let store = open(&dir, T0);

@@ -42,6 +42,8 @@ struct Sink {
     got: Got,
     /// The client port of each message's connection.
     ports: Arc<Mutex<Vec<u16>>>,
+    /// How long it thinks before answering each message (a slow destination).
+    pause: Duration,
 }
 
 impl Acceptor for Sink {
@@ -60,6 +62,7 @@ impl Acceptor for Sink {
     }
 
     async fn message(&self, c: &Client, t: &Transaction, body: Vec<u8>) -> Result<SinkId, Reply> {
+        tokio::time::sleep(self.pause).await;
         self.ports
             .lock()
             .unwrap()
@@ -79,6 +82,11 @@ async fn sink() -> (SocketAddr, Got) {
 }
 
 async fn sink_with_ports() -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
+    sink_pausing(Duration::ZERO).await
+}
+
+/// A sink that takes `pause` to answer each message.
+async fn sink_pausing(pause: Duration) -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Got::default();
@@ -88,6 +96,7 @@ async fn sink_with_ports() -> (SocketAddr, Got, Arc<Mutex<Vec<u16>>>) {
     let sink = Sink {
         got: got.clone(),
         ports: ports.clone(),
+        pause,
     };
     let server = Arc::new(Server::new(config, Arc::new(sink)));
     tokio::spawn(relay::listener::serve_listener(
@@ -462,4 +471,44 @@ async fn a_paused_relay_queues_and_delivers_only_once_resumed() {
     });
     assert!(until(10, || got.lock().unwrap().len() == 3).await);
     assert!(until(5, || r.queued() == 0).await);
+}
+
+/// One slow destination (half a second per message, one connection) with 30 messages queued
+/// before one for a fast destination: the slow one may hold only half the 16 claimed places
+/// (4 connections × 4), so the fast message goes out at once instead of waiting for 14 slow
+/// deliveries (7 s); the slow mail all arrives, at the slow destination's pace (15 s).
+#[tokio::test]
+async fn a_slow_destination_cannot_hold_every_claimed_place() {
+    let (fast, fast_got) = sink().await;
+    let (slow, slow_got, _) = sink_pausing(Duration::from_millis(500)).await;
+    let extra = format!(
+        "[[policy]]\ndomain = \"slow.test\"\nlevel = \"may\"\nnext_hop = \"[{}]:{}\"\n",
+        slow.ip(),
+        slow.port()
+    );
+    let r = relay_with(fast, "may", 600, &extra).await;
+    for i in 0..30 {
+        r.queue(
+            "alice@sender.test",
+            &[&format!("user{i}@slow.test")],
+            DsnParams::default(),
+        );
+    }
+    r.queue(
+        "alice@sender.test",
+        &["b@example.test"],
+        DsnParams::default(),
+    );
+    assert!(
+        until(4, || !fast_got.lock().unwrap().is_empty()).await,
+        "the fast destination waited behind the slow one"
+    );
+    // The slow destination goes on at its own pace; the messages that waited their turn
+    // were left in the queue untouched (no attempt counted) and all arrive.
+    assert!(
+        until(60, || slow_got.lock().unwrap().len() == 30).await,
+        "{} of 30",
+        slow_got.lock().unwrap().len()
+    );
+    assert!(until(10, || r.queued() == 0).await);
 }
