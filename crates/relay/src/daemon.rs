@@ -215,6 +215,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
             config.delivery.max_connections_per_destination,
         )
         .unwrap_or(usize::MAX),
+        max_claimed: crate::scheduler::DEFAULT_MAX_CLAIMED,
         timeouts: smtp::Timeouts::default(),
         owner: format!("{}/{}", hostname.as_str(), std::process::id()),
         dnssec,

@@ -52,6 +52,10 @@ use retry::Retry;
 /// lease when it starts, so a crash costs no waiting.
 const LEASE: Duration = Duration::from_secs(3600);
 
+/// Messages claimed at once by default: Postfix's `qmgr_message_active_limit` is 20,000; a
+/// claim costs a few hundred bytes (the body is read only when its batch goes out).
+pub const DEFAULT_MAX_CLAIMED: usize = 10_000;
+
 /// A delivery job takes at most this many messages from its destination's backlog at once
 /// (their bodies are read before the first is sent).
 const MESSAGES_PER_BATCH: usize = 20;
@@ -81,6 +85,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Outgoing connections at once, per destination.
     pub max_connections_per_destination: usize,
+    /// Messages claimed from the queue at once (Postfix's active queue,
+    /// `qmgr_message_active_limit`): a destination may hold half of them, so that a slow one
+    /// leaves room for the others. [`DEFAULT_MAX_CLAIMED`] in the daemon.
+    pub max_claimed: usize,
     /// SMTP client timeouts.
     pub timeouts: Timeouts,
     /// Our name on leases.
@@ -113,7 +121,8 @@ pub struct Scheduler<R> {
     backlog: Mutex<HashMap<Destination, Backlog>>,
     /// Claimed messages not finished yet (bounds how much is claimed at once).
     in_flight: Arc<Semaphore>,
-    /// The most parts one destination's backlog may hold: half the claimed messages.
+    /// Parts one destination may hold before its mail is left in the queue: half the claimed
+    /// messages.
     backlog_cap: usize,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
     stopping: AtomicBool,
@@ -186,8 +195,8 @@ impl<R: Resolver + 'static> Scheduler<R> {
             connections: Arc::new(Semaphore::new(connections)),
             destinations: Mutex::new(HashMap::new()),
             backlog: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Semaphore::new(connections.saturating_mul(4))),
-            backlog_cap: (connections.saturating_mul(4) / 2).max(1),
+            in_flight: Arc::new(Semaphore::new(settings.max_claimed.max(1))),
+            backlog_cap: (settings.max_claimed / 2).max(1),
             stopping: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
             parked: AtomicU64::new(0),
@@ -287,10 +296,17 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// destination into the destinations' backlogs and starts delivery jobs. Mail for a
     /// destination that already holds half the claimed messages is not claimed (it stays in
     /// the queue, untouched, until the destination has room), so that one slow destination
-    /// cannot take every place (Postfix's queue manager schedules destinations round-robin
-    /// for the same reason). `true` when something was taken into delivery.
+    /// cannot keep every place: the places it frees go to the others (Postfix's queue
+    /// manager schedules destinations round-robin for the same reason). One pass may still
+    /// claim past the half (what it claims is kept: giving it back would only churn).
+    /// `true` when something was taken into delivery.
     async fn pass(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> bool {
-        let room = self.in_flight.available_permits();
+        // A pass claims at most a quarter of a destination's share: a destination that turns
+        // busy overshoots its share by that much at most.
+        let room = self
+            .in_flight
+            .available_permits()
+            .min((self.backlog_cap / 4).max(1));
         if room == 0 {
             return false;
         }
@@ -335,18 +351,8 @@ impl<R: Resolver + 'static> Scheduler<R> {
                     }),
                 }
             }
-            // A destination that filled its share in this very pass: the claim goes back to
-            // the queue untried (the next passes leave its mail alone, see busy_domains), as
-            // does one without room after all.
-            let full = !by_destination.is_empty()
-                && by_destination
-                    .iter()
-                    .all(|(d, _)| self.claimed_for(d, &groups) >= self.backlog_cap);
-            let slot = match full {
-                true => None,
-                false => Arc::clone(&self.in_flight).try_acquire_owned().ok(),
-            };
-            let Some(slot) = slot else {
+            let Ok(slot) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                // No room after all: the claim goes back to the queue untried.
                 postponed.push(claim);
                 continue;
             };
@@ -413,22 +419,6 @@ impl<R: Resolver + 'static> Scheduler<R> {
         busy.sort_unstable();
         busy.dedup();
         busy
-    }
-
-    /// Parts claimed for `dest` and not delivered yet: in its backlog, taken by its jobs, and
-    /// in this pass's `groups`.
-    fn claimed_for(&self, dest: &Destination, groups: &[(Destination, Vec<Part>)]) -> usize {
-        let before = self
-            .backlog
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(dest)
-            .map_or(0, Backlog::claimed);
-        let this_pass = groups
-            .iter()
-            .find(|(d, _)| d == dest)
-            .map_or(0, |(_, parts)| parts.len());
-        before + this_pass
     }
 
     /// Adds `parts` to `dest`'s backlog; returns how many jobs to start for it. A destination
