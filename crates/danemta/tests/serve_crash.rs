@@ -63,11 +63,11 @@ const KILLS: usize = 10;
 const SESSIONS: usize = 8;
 /// `[delivery] max_connections`: the most deliveries the daemon runs at once.
 const MAX_PARALLEL_DELIVERIES: usize = 8;
-/// The most messages the daemon has claimed (leased) at once: 4 per outgoing connection (its
-/// scheduler's window). A delivery job sends a batch of them over one connection before it
-/// records the outcomes, so every one of these may be delivered and not yet recorded at a
-/// kill, and delivered again after the restart.
-const MAX_IN_FLIGHT: usize = 4 * MAX_PARALLEL_DELIVERIES;
+/// The most messages that can be delivered and not yet recorded at a kill, and so delivered
+/// again after the restart: a delivery job sends a batch of up to
+/// `relay::scheduler::MESSAGES_PER_BATCH` messages over its connection before it records
+/// their outcomes, and at most `max_connections` jobs run at once.
+const MAX_IN_FLIGHT: usize = relay::scheduler::MESSAGES_PER_BATCH * MAX_PARALLEL_DELIVERIES;
 /// How long the daemon gets to deliver everything after the load stops.
 const DRAIN: Duration = Duration::from_secs(90);
 /// How long a reply of the daemon may take.

@@ -215,7 +215,9 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
             config.delivery.max_connections_per_destination,
         )
         .unwrap_or(usize::MAX),
-        max_claimed: crate::scheduler::DEFAULT_MAX_CLAIMED,
+        max_claimed: usize::try_from(config.delivery.max_connections)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(4),
         timeouts: smtp::Timeouts::default(),
         owner: format!("{}/{}", hostname.as_str(), std::process::id()),
         dnssec,

@@ -52,13 +52,11 @@ use retry::Retry;
 /// lease when it starts, so a crash costs no waiting.
 const LEASE: Duration = Duration::from_secs(3600);
 
-/// Messages claimed at once by default: Postfix's `qmgr_message_active_limit` is 20,000; a
-/// claim costs a few hundred bytes (the body is read only when its batch goes out).
-pub const DEFAULT_MAX_CLAIMED: usize = 10_000;
-
-/// A delivery job takes at most this many messages from its destination's backlog at once
-/// (their bodies are read before the first is sent).
-const MESSAGES_PER_BATCH: usize = 20;
+/// A delivery job takes at most this many messages from its destination's backlog at once:
+/// their bodies are read before the first is sent, and their outcomes are recorded after the
+/// last, so this also bounds what a crash can make the daemon deliver twice (this many per
+/// connection).
+pub const MESSAGES_PER_BATCH: usize = 5;
 
 /// A destination gets another delivery job (another connection) for every this many
 /// messages waiting in its backlog, up to `max_connections_per_destination`: one connection
@@ -87,7 +85,8 @@ pub struct Settings {
     pub max_connections_per_destination: usize,
     /// Messages claimed from the queue at once (Postfix's active queue,
     /// `qmgr_message_active_limit`): a destination may hold half of them, so that a slow one
-    /// leaves room for the others. [`DEFAULT_MAX_CLAIMED`] in the daemon.
+    /// leaves room for the others. The daemon claims 4 per connection: each claim pass walks
+    /// the due recipients past the claimed ones, so the window is kept small.
     pub max_claimed: usize,
     /// SMTP client timeouts.
     pub timeouts: Timeouts,
