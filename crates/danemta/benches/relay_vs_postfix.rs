@@ -228,6 +228,7 @@ impl Drop for WorkDir {
 struct Danemta {
     child: Option<Child>,
     listen: SocketAddr,
+    metrics: SocketAddr,
     log: PathBuf,
     config: PathBuf,
     _addr: LabAddr,
@@ -279,6 +280,7 @@ listen = "{metrics}"
         let mut d = Danemta {
             child: Some(child),
             listen,
+            metrics: SocketAddr::new(listen.ip(), 9325),
             log,
             config,
             _addr: addr,
@@ -920,6 +922,8 @@ struct Row {
     evidence: Option<String>,
     /// `Verified TLS connection established` lines in the relay's log.
     connections: usize,
+    /// danemta's TLS handshakes (full, resumed), from its metrics.
+    handshakes: Option<(u64, u64)>,
 }
 
 impl Row {
@@ -929,6 +933,7 @@ impl Row {
             outcome: Err(why),
             evidence: None,
             connections: 0,
+            handshakes: None,
         }
     }
 
@@ -938,8 +943,30 @@ impl Row {
             outcome,
             evidence: first_line_with(log, VERIFIED),
             connections: count_lines_with(log, VERIFIED),
+            handshakes: None,
         }
     }
+}
+
+/// danemta's outgoing TLS handshakes so far, (full, resumed), read from its Prometheus
+/// endpoint (`danemta_tls_handshakes_total{resumed="…"}`).
+fn handshakes(metrics: SocketAddr) -> Option<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let count = |resumed: &str| {
+        let key = format!("danemta_tls_handshakes_total{{resumed=\"{resumed}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((count("false")?, count("true")?))
 }
 
 const DANEMTA: &str = "danemta serve";
@@ -1060,8 +1087,12 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
                         tail(&d.log, 40)
                     )
                 });
+                let handshakes = handshakes(d.metrics);
                 d.stop();
-                Row::from_log(name, outcome, &d.log)
+                Row {
+                    handshakes,
+                    ..Row::from_log(name, outcome, &d.log)
+                }
             }
             Err(e) => Row::failed(name, e),
         }
@@ -1201,6 +1232,22 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
             ratio(rss(a), best(&rss, false)),
             ratio(pss(a), best(&pss, false)),
             ratio(cpu(a), best(&cpu, false)),
+        );
+    }
+    if let Some(((full, resumed), o)) = rows
+        .iter()
+        .find(|r| r.name == DANEMTA)
+        .and_then(|r| Some((r.handshakes?, r.outcome.as_ref().ok()?)))
+    {
+        let all = full + resumed;
+        println!(
+            "danemta TLS handshakes: {all} for {} messages ({full} full, {resumed} resumed: {:.0} % resumed)",
+            case.n + o.live_n,
+            if all > 0 {
+                resumed as f64 * 100.0 / all as f64
+            } else {
+                0.0
+            }
         );
     }
     ok

@@ -352,8 +352,9 @@ pub fn rejection(kind: Rejection) {
     counter!(REJECTIONS, "reason" => kind.label()).increment(1);
 }
 
-/// An outgoing attempt over TLS: `resumed` when it resumed an earlier session (the peer
-/// authenticated by that session's full handshake), else a full handshake.
+/// An outgoing TLS handshake (once per connection, not per message carried over it):
+/// `resumed` when it resumed an earlier session (the peer authenticated by that session's
+/// full handshake), else a full handshake.
 pub fn tls_handshake(resumed: bool) {
     counter!(TLS_HANDSHAKES, "resumed" => resumed_label(resumed)).increment(1);
 }

@@ -750,7 +750,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
             if is_dane_failure(a) {
                 metrics::dane_failure(a.rule);
             }
-            if let Some(tls) = &a.tls {
+            // A handshake per connection, not per message carried over it.
+            if let Some(tls) = &a.tls
+                && !a.reused
+            {
                 metrics::tls_handshake(tls.resumed);
             }
         }

@@ -626,6 +626,9 @@ async fn a_batch_goes_over_one_dane_verified_connection() {
         assert_eq!(a.dane.matched.as_ref(), Some(&tlsa_for(&s.leaf)));
         assert!(a.tls.is_some());
     }
+    // The first message opened the connection; the others reused it (no new handshake).
+    let reused: Vec<bool> = d.iter().map(|d| d.attempts[0].reused).collect();
+    assert_eq!(reused, [false, true, true]);
     let seen = s.inner.seen();
     // One TLS handshake, three messages, RSET between them.
     assert_eq!(seen.server_names.len(), 1, "{seen:#?}");

@@ -704,6 +704,7 @@ fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) ->
         failure: None,
         rule,
         replies: Vec::new(),
+        reused: false,
     }
 }
 
@@ -849,6 +850,7 @@ impl Connection {
         body: &dyn BodySource,
     ) -> (Attempt, Result<Transaction, SessionError>) {
         let mut attempt = self.base.clone();
+        attempt.reused = self.session.transactions() > 0;
         let start = self.session.transcript.len();
         let result = match body.open().await {
             Ok(body) => self.session.transact_body(envelope, body).await,

@@ -451,6 +451,10 @@ pub struct Attempt {
     pub rule: Rule,
     /// The server's replies, in order.
     pub replies: Vec<String>,
+    /// Whether the message went over a connection an earlier message had used (no new
+    /// connection, no new TLS handshake for this one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }
 
 impl Attempt {
@@ -716,6 +720,7 @@ mod tests {
             failure: None,
             rule,
             replies: vec!["220 mx".into(), "250 2.0.0 Ok".into()],
+            reused: false,
         }
     }
 
