@@ -383,15 +383,18 @@ impl<R: Resolver + 'static> Scheduler<R> {
         }
         if !postponed.is_empty() {
             let store = Arc::clone(&self.store);
+            // Each claim on its own: one that cannot be given back (its lease runs out in an
+            // hour, or at the next start) must not keep the others.
             let given_back = tokio::task::spawn_blocking(move || {
                 for claim in &postponed {
-                    store.postpone(claim, now)?;
+                    if let Err(e) = store.postpone(claim, now) {
+                        tracing::error!(target: "relay", "{}: cannot give the claim back: {e}", claim.id);
+                    }
                 }
-                Ok::<_, crate::queue::QueueError>(())
             })
             .await;
-            if let Ok(Err(e)) = given_back {
-                tracing::error!(target: "relay", "queue: cannot give claims back: {e}");
+            if let Err(e) = given_back {
+                tracing::error!(target: "relay", "queue: giving claims back failed: {e}");
             }
         }
         for (dest, parts) in groups {
