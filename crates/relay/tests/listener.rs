@@ -430,22 +430,25 @@ impl Drop for SmallDisk {
 
 /// One transaction with a body of `size` bytes; the reply to end-of-data.
 async fn send_sized(addr: SocketAddr, size: usize) -> String {
-    let mut c = Raw::connect(addr).await;
-    assert!(c.send("EHLO client.example\r\n").await.starts_with("250"));
-    assert!(
-        c.send("MAIL FROM:<alice@client.example>\r\n")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        c.send("RCPT TO:<bob@far.example>\r\n")
-            .await
-            .starts_with("250")
-    );
-    assert!(c.send("DATA\r\n").await.starts_with("354"));
     let line = format!("{}\r\n", "x".repeat(78));
     let body = line.repeat(size / line.len());
-    let end = c.send(&format!("Subject: big\r\n\r\n{body}.\r\n")).await;
+    send_content(addr, &format!("Subject: big\r\n\r\n{body}")).await
+}
+
+/// One transaction from a relay client to `bob@far.example` with `content` (CRLF lines); the
+/// reply to end-of-data.
+async fn send_content(addr: SocketAddr, content: &str) -> String {
+    let mut c = Raw::connect(addr).await;
+    for (command, want) in [
+        ("EHLO client.example\r\n", "250"),
+        ("MAIL FROM:<alice@client.example>\r\n", "250"),
+        ("RCPT TO:<bob@far.example>\r\n", "250"),
+        ("DATA\r\n", "354"),
+    ] {
+        let reply = c.send(command).await;
+        assert!(reply.starts_with(want), "{command:?}: {reply}");
+    }
+    let end = c.send(&format!("{content}.\r\n")).await;
     let _ = c.send("QUIT\r\n").await;
     end
 }
@@ -596,26 +599,10 @@ async fn a_message_looping_through_too_many_relays_is_refused() {
     let store = Arc::new(LocalStore::open(dir.path(), 0).unwrap().0);
     let addr = start(store.clone(), true).await;
     for (hops, want) in [(49, "250"), (50, "554 5.4.6")] {
-        let mut c = Raw::connect(addr).await;
-        assert!(c.send("EHLO client.example\r\n").await.starts_with("250"));
-        assert!(
-            c.send("MAIL FROM:<a@client.example>\r\n")
-                .await
-                .starts_with("250")
-        );
-        assert!(
-            c.send("RCPT TO:<bob@far.example>\r\n")
-                .await
-                .starts_with("250")
-        );
-        assert!(c.send("DATA\r\n").await.starts_with("354"));
         let received = "Received: from a.example by b.example; Wed, 2 Dec 2026 10:00:00 +0000\r\n"
             .repeat(hops);
-        let end = c
-            .send(&format!("{received}Subject: loop\r\n\r\nbody\r\n.\r\n"))
-            .await;
+        let end = send_content(addr, &format!("{received}Subject: loop\r\n\r\nbody\r\n")).await;
         assert!(end.starts_with(want), "{hops} hops: {end}");
-        let _ = c.send("QUIT\r\n").await;
     }
     assert_eq!(queued(&store).len(), 1, "only the message under the limit");
 }
