@@ -437,6 +437,90 @@ async fn line_length_limits() {
     assert!(s.stored().is_empty());
 }
 
+/// Opens a transaction with one recipient and says DATA.
+async fn data_phase(c: &mut Raw) {
+    assert_eq!(c.cmd("EHLO client.test").await.code(), 250);
+    assert_eq!(status(&c.cmd("MAIL FROM:<a@x.test>").await), "250 2.1.0");
+    assert_eq!(status(&c.cmd("RCPT TO:<b@y.test>").await), "250 2.1.5");
+    assert_eq!(c.cmd("DATA").await.code(), 354);
+}
+
+/// A header flood within the size limit is refused whole, and the session goes on.
+#[tokio::test]
+async fn a_header_flood_is_refused() {
+    let mut cfg = config();
+    cfg.max_header_size = 4096;
+    let s = start(cfg).await;
+    let mut c = Raw::greeted(s.addr).await;
+    data_phase(&mut c).await;
+    let flood = b"X-Flood: 0123456789\r\n".repeat(1000);
+    c.send(&[&flood[..], b"\r\nbody\r\n.\r\n"].concat()).await;
+    assert_eq!(status(&c.reply().await), "552 5.6.0");
+    assert!(s.stored().is_empty());
+    // The same octets as a body pass: only the header section is limited.
+    assert_eq!(status(&c.cmd("MAIL FROM:<a@x.test>").await), "250 2.1.0");
+    assert_eq!(status(&c.cmd("RCPT TO:<b@y.test>").await), "250 2.1.5");
+    assert_eq!(c.cmd("DATA").await.code(), 354);
+    c.send(&[&b"Subject: x\r\n\r\n"[..], &flood, b".\r\n"].concat())
+        .await;
+    assert_eq!(status(&c.reply().await), "250 2.0.0");
+}
+
+/// Sessions that stall in DATA cannot hold more memory than the shared budget: past it, a
+/// message is read but not kept and gets `452 4.3.1`; once the others are gone, the room
+/// is back.
+#[tokio::test]
+async fn stalled_messages_cannot_hold_more_memory_than_the_budget() {
+    const UNIT: usize = smtp::server::budget::UNIT;
+    let budget = smtp::server::ContentBudget::new(4 * UNIT as u64);
+    let mut cfg = config();
+    cfg.content_budget = Some(budget.clone());
+    let s = start(cfg).await;
+    let line = [&b"x".repeat(998)[..], b"\r\n"].concat();
+    let chunk = line.repeat(UNIT / 1000 + 1); // just over one unit: two units held
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::greeted(s.addr).await;
+        data_phase(&mut c).await;
+        c.send(&chunk).await;
+        stalled.push(c);
+    }
+    // Both stalled sessions hold their room (up to four units between them).
+    for _ in 0..100 {
+        if budget.available() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget.available(), 0, "{budget:?}");
+    let mut late = Raw::greeted(s.addr).await;
+    data_phase(&mut late).await;
+    late.send(&[&chunk[..], b".\r\n"].concat()).await;
+    assert_eq!(status(&late.reply().await), "452 4.3.1");
+    assert!(s.stored().is_empty());
+    // One stalled client finishes: its message is stored and its room given back, so the
+    // late one gets through on its next try.
+    stalled[0].send(b".\r\n").await;
+    assert_eq!(status(&stalled[0].reply().await), "250 2.0.0");
+    assert_eq!(status(&late.cmd("MAIL FROM:<a@x.test>").await), "250 2.1.0");
+    assert_eq!(status(&late.cmd("RCPT TO:<b@y.test>").await), "250 2.1.5");
+    assert_eq!(late.cmd("DATA").await.code(), 354);
+    late.send(&[&chunk[..], b".\r\n"].concat()).await;
+    assert_eq!(status(&late.reply().await), "250 2.0.0");
+    drop(stalled);
+    for _ in 0..100 {
+        if budget.available() == 4 * UNIT as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        budget.available(),
+        4 * UNIT as u64,
+        "a closed session gives its room back"
+    );
+}
+
 #[tokio::test]
 async fn too_many_errors_end_the_session() {
     let mut cfg = config();

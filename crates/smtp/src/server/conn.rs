@@ -9,6 +9,7 @@ use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::budget::Reservation;
 use super::command::{self, Command, MailFrom, ParseError};
 use super::data::{DataReader, Progress, Refusal};
 use super::{Acceptor, Client, Closed, Config, ServerError, TlsState, Transaction, reply};
@@ -677,10 +678,19 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
             354,
             vec!["End data with <CR><LF>.<CR><LF>".to_owned()],
         ));
-        let mut reader = DataReader::new(self.config.max_message_size, self.config.max_text_line);
+        let mut reader = DataReader::new(self.config.max_message_size, self.config.max_text_line)
+            .with_max_header(self.config.max_header_size);
         let total = Instant::now() + self.config.timeouts.data_total;
+        let mut room = Reservation::default();
         loop {
-            match reader.feed(&self.input) {
+            let fed = reader.feed(&self.input);
+            if let Some(budget) = &self.config.content_budget
+                && !room.cover(budget, reader.kept())
+            {
+                reader.stop_keeping();
+                room.release();
+            }
+            match fed {
                 Ok(Progress::Done { used }) => {
                     self.input.drain(..used);
                     break;
@@ -717,6 +727,11 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                 Es::new(5, 3, 4),
                 format!("Error: message size exceeds the limit of {limit} octets"),
             ),
+            Err(Refusal::HeaderTooBig { limit }) => reply(
+                552,
+                Es::new(5, 6, 0),
+                format!("Error: message header section exceeds the limit of {limit} octets"),
+            ),
             Err(Refusal::Nul) => reply(
                 554,
                 Es::new(5, 6, 0),
@@ -729,6 +744,15 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                     "Error: line too long in the message (RFC 5321 §4.5.3.1.6: at most {limit} octets)"
                 ),
             ),
+            Err(Refusal::NoRoom) => {
+                let from = self.client.addr.map(|a| a.ip());
+                tracing::warn!(target: "smtp", "refusing a message from {from:?} for now: the memory for messages being received is used up");
+                reply(
+                    452,
+                    Es::new(4, 3, 1),
+                    "Error: insufficient system storage, try again later",
+                )
+            }
             Ok(body) => match self
                 .acceptor
                 .message(&self.client, &transaction, body)

@@ -39,11 +39,22 @@ pub enum Refusal {
         /// The limit, CRLF included.
         limit: usize,
     },
+    /// A header section (RFC 5322 §2.1: up to and including the first empty line) longer
+    /// than its limit: a header flood. Refused (`552 5.6.0`, as sendmail's
+    /// `MaxHeadersLength`) rather than truncated, so that nothing of the message is altered.
+    #[error("header section larger than {limit} octets")]
+    HeaderTooBig {
+        /// The limit, the empty line included.
+        limit: u64,
+    },
     /// A NUL octet: no message text may hold one (RFC 5322 §2.3, RFC 2045 §2.8 for 8-bit
     /// data), and the delivery side refuses to send one (`crate::message`), so accepting it
     /// would only turn into a bounce later.
     #[error("a NUL octet in the message")]
     Nul,
+    /// No room to keep the content now ([`DataReader::stop_keeping`]): a temporary failure.
+    #[error("no room to keep the message now")]
+    NoRoom,
 }
 
 /// A content error after which the boundary of the message cannot be trusted: the session
@@ -78,6 +89,9 @@ pub struct DataReader {
     body: Vec<u8>,
     max_size: u64,
     max_line: usize,
+    max_header: u64,
+    /// Still in the header section (no empty line yet).
+    in_header: bool,
     /// Octets of content after unstuffing, CRLFs included (also those not kept).
     size: u64,
     /// Octets of the raw content seen so far.
@@ -93,8 +107,11 @@ pub struct DataReader {
     /// The limits crossed so far; [`DataReader::finish`] reports one in a fixed order, so
     /// that the reply does not depend on how the content was split into reads.
     too_big: bool,
+    header_too_big: bool,
     line_too_long: bool,
     nul: bool,
+    /// The session had no room to keep the content ([`DataReader::stop_keeping`]).
+    no_room: bool,
 }
 
 impl DataReader {
@@ -105,6 +122,8 @@ impl DataReader {
             body: Vec::new(),
             max_size,
             max_line,
+            max_header: u64::MAX,
+            in_header: true,
             size: 0,
             offset: 0,
             bol: true,
@@ -112,18 +131,41 @@ impl DataReader {
             line_len: 0,
             cr: false,
             too_big: false,
+            header_too_big: false,
             line_too_long: false,
             nul: false,
+            no_room: false,
         }
     }
 
+    /// The same reader with a limit on the header section (RFC 5322 §2.1: the lines up to and
+    /// including the first empty one, or the whole content when there is none).
+    pub fn with_max_header(mut self, max_header: u64) -> Self {
+        self.max_header = max_header;
+        self
+    }
+
     fn refused(&self) -> bool {
-        self.too_big || self.line_too_long || self.nul
+        self.too_big || self.header_too_big || self.line_too_long || self.nul || self.no_room
+    }
+
+    /// Octets held for the body now (its allocation, not only its length).
+    pub fn kept(&self) -> usize {
+        self.body.capacity()
+    }
+
+    /// Keeps nothing more of this message: there is no room for it (see
+    /// [`super::budget`]). It is read to its end and refused with [`Refusal::NoRoom`], unless
+    /// it breaks a limit, which is reported first.
+    pub fn stop_keeping(&mut self) {
+        self.no_room = true;
+        self.body = Vec::new();
     }
 
     fn push(&mut self, bytes: &[u8]) {
         self.size = self.size.saturating_add(bytes.len() as u64);
         self.too_big |= self.size > self.max_size;
+        self.header_too_big |= self.in_header && self.size > self.max_header;
         if !self.refused() {
             self.body.extend_from_slice(bytes);
         } else {
@@ -151,6 +193,8 @@ impl DataReader {
                     return Ok(Progress::Done { used: i });
                 }
                 self.push(b"\r\n");
+                // RFC 5322 §2.1: the first empty line ends the header section.
+                self.in_header &= self.line_len > 0;
                 self.bol = true;
                 self.dot = false;
                 self.line_len = 0;
@@ -199,11 +243,16 @@ impl DataReader {
     }
 
     /// After [`Progress::Done`]: the body (CRLF line ends, unstuffed) or why it is refused:
-    /// of several reasons, the size first (RFC 1870's `552`), then a long line, then a NUL.
+    /// of several reasons, the size first (RFC 1870's `552`), then the header section, then a
+    /// long line, then a NUL, and last the lack of room.
     pub fn finish(self) -> Result<Vec<u8>, Refusal> {
         if self.too_big {
             Err(Refusal::TooBig {
                 limit: self.max_size,
+            })
+        } else if self.header_too_big {
+            Err(Refusal::HeaderTooBig {
+                limit: self.max_header,
             })
         } else if self.line_too_long {
             Err(Refusal::LineTooLong {
@@ -211,6 +260,8 @@ impl DataReader {
             })
         } else if self.nul {
             Err(Refusal::Nul)
+        } else if self.no_room {
+            Err(Refusal::NoRoom)
         } else {
             Ok(self.body)
         }
@@ -410,5 +461,40 @@ mod tests {
             read(&[&[b'y'; 99][..], b"\r\n.\r\n"].concat()).unwrap().0,
             Err(Refusal::LineTooLong { limit: 100 })
         );
+    }
+
+    fn with_header_limit(limit: u64, input: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let mut r = DataReader::new(1 << 20, 1000).with_max_header(limit);
+        assert!(matches!(r.feed(input), Ok(Progress::Done { .. })));
+        r.finish()
+    }
+
+    /// A header flood is refused whole; the limit counts the header section only, up to and
+    /// including the first empty line, so a big body passes.
+    #[test]
+    fn the_header_section_has_its_own_limit() {
+        let flood = [&b"X-A: 1\r\n".repeat(100)[..], b"\r\nbody\r\n.\r\n"].concat();
+        assert_eq!(
+            with_header_limit(801, &flood),
+            Err(Refusal::HeaderTooBig { limit: 801 })
+        );
+        assert!(with_header_limit(802, &flood).is_ok());
+        // The body is not the header section, however big.
+        let big_body = [&b"S: x\r\n\r\n"[..], &b"line\r\n".repeat(1000), b".\r\n"].concat();
+        assert!(with_header_limit(8, &big_body).is_ok());
+        // No empty line: all of it is header.
+        assert_eq!(
+            with_header_limit(8, b"S: xx\r\nline\r\n.\r\n"),
+            Err(Refusal::HeaderTooBig { limit: 8 })
+        );
+        // A line holding only a stuffed dot is not the empty line.
+        assert_eq!(
+            with_header_limit(8, b"..\r\nS: xx\r\n\r\n.\r\n"),
+            Err(Refusal::HeaderTooBig { limit: 8 })
+        );
+        // The size limit is reported first.
+        let mut r = DataReader::new(10, 1000).with_max_header(5);
+        assert!(matches!(r.feed(&flood), Ok(Progress::Done { .. })));
+        assert_eq!(r.finish(), Err(Refusal::TooBig { limit: 10 }));
     }
 }

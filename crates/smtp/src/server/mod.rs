@@ -19,7 +19,8 @@
 //! * the certificate chain is chosen by SNI, the first for clients without it ([`tls`]).
 //!
 //! The body is handed to [`Acceptor::message`] whole, as bytes: memory per session is bounded
-//! by [`Config::max_message_size`] (the reader stops keeping content past it). Streaming to the
+//! by [`Config::max_message_size`] (the reader stops keeping content past it), and all
+//! sessions together by a [`ContentBudget`] when one is set ([`budget`]). Streaming to the
 //! spool is a later step.
 //!
 //! # Choices where the RFCs leave room
@@ -40,6 +41,7 @@
 //! * VRFY gets `252` (RFC 5321 §3.5.3); EXPN and BDAT (CHUNKING is not offered) get `502`.
 //! * Enhanced status codes are sent on every reply but the greeting, `354` and EHLO/HELO.
 
+pub mod budget;
 pub mod command;
 mod conn;
 pub mod data;
@@ -51,6 +53,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::ContentBudget;
 pub use command::{Body, MailFrom, Notify, RcptTo, Ret};
 
 use crate::envelope::{Envelope, EnvelopeError, HeloName};
@@ -108,6 +111,13 @@ pub struct Config {
     pub hostname: HeloName,
     /// Largest message, octets, announced with SIZE (RFC 1870).
     pub max_message_size: u64,
+    /// Largest header section, octets (RFC 5322 §2.1: up to the first empty line); a bigger
+    /// one is refused with `552 5.6.0` (a header flood), never truncated.
+    pub max_header_size: u64,
+    /// Memory for the content of messages being received, shared with every session given
+    /// the same budget; a message that finds no room gets `452 4.3.1`. `None`: each session
+    /// is bounded by [`Config::max_message_size`] only.
+    pub content_budget: Option<Arc<ContentBudget>>,
     /// Most recipients per message (RFC 5321 §4.5.3.1.8: at least 100); more get `452 4.5.3`.
     pub max_recipients: usize,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
@@ -139,12 +149,14 @@ pub struct Config {
 
 impl Config {
     /// The RFC defaults (512-octet commands, 1000-octet lines, 100 recipients, RFC 5321
-    /// §4.5.3), 10 MB messages, Postfix's error limits (20 errors, 100 junk commands), a
+    /// §4.5.3), 10 MB messages with at most 1 MB of header section, Postfix's error limits (20 errors, 100 junk commands), a
     /// second after a failed AUTH, RFC 5321 §4.5.3.2 timeouts, no TLS, no AUTH.
     pub fn new(hostname: HeloName) -> Self {
         Self {
             hostname,
             max_message_size: 10 * 1024 * 1024,
+            max_header_size: 1024 * 1024,
+            content_budget: None,
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: 1000,
