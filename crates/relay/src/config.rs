@@ -150,6 +150,17 @@ pub struct Server {
     /// `max_message_size`: the largest message accepted (announced with `SIZE`). Default 50MB.
     #[serde(deserialize_with = "units::size::deserialize")]
     pub max_message_size: u64,
+    /// `max_header_size`: the largest header section (the lines up to the first empty one) of
+    /// a message; a bigger one (a header flood) is refused with `552 5.6.0`, never truncated.
+    /// Default 1MB.
+    #[serde(deserialize_with = "units::size::deserialize")]
+    pub max_header_size: u64,
+    /// `max_content_memory`: memory for the content of messages being received, over all
+    /// sessions of all listeners; a message that finds none left (many clients stalled in
+    /// DATA) gets `452 4.3.1` and is retried by its client. At least `max_message_size`.
+    /// Default: 4 × `max_message_size`, at least 64MiB. See [`Config::max_content_memory`].
+    #[serde(deserialize_with = "units::size::option")]
+    pub max_content_memory: Option<u64>,
     /// `max_connections`: SMTP sessions at once, per listener; a connection past it gets
     /// `421 4.3.2` and is closed. Default 100 (Postfix's `default_process_limit`).
     pub max_connections: u32,
@@ -181,6 +192,8 @@ impl Default for Server {
             ],
             accept_domains: Vec::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_header_size: 1_000_000,
+            max_content_memory: None,
             max_connections: 100,
             max_connections_per_client: 50,
             listen: vec![Listen {
@@ -570,6 +583,16 @@ impl Config {
                 ));
             }
         }
+        if self.max_content_memory() < self.server.max_message_size {
+            return Err(invalid(
+                "server.max_content_memory".into(),
+                format!(
+                    "{} is less than server.max_message_size ({}): the largest message could never be received",
+                    format_size(self.max_content_memory()),
+                    format_size(self.server.max_message_size)
+                ),
+            ));
+        }
         let q = &self.queue;
         if q.retry_first > q.retry_max {
             return Err(invalid(
@@ -687,6 +710,14 @@ impl Config {
             .unwrap_or(self.server.max_message_size.saturating_mul(3) / 2)
     }
 
+    /// The memory for messages being received (`server.max_content_memory`, by default 4 ×
+    /// `server.max_message_size` and at least 64 MiB).
+    pub fn max_content_memory(&self) -> u64 {
+        self.server
+            .max_content_memory
+            .unwrap_or(self.server.max_message_size.saturating_mul(4).max(64 << 20))
+    }
+
     /// The settings in force, one per key, with whether the file set them (the daemon prints
     /// them at start and for `serve --check-config`).
     pub fn effective(&self) -> Vec<Setting> {
@@ -711,6 +742,14 @@ impl Config {
             (
                 "server.max_message_size".into(),
                 format_size(s.max_message_size),
+            ),
+            (
+                "server.max_header_size".into(),
+                format_size(s.max_header_size),
+            ),
+            (
+                "server.max_content_memory".into(),
+                format_size(self.max_content_memory()),
             ),
             (
                 "server.max_connections".into(),

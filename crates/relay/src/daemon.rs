@@ -247,6 +247,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         Arc::new(move || scheduler.wake())
     };
     let auth_failures = Arc::new(crate::listener::AuthFailures::default());
+    let content_budget = smtp::server::ContentBudget::new(config.max_content_memory());
     let mut listeners = Vec::new();
     for listen in &config.server.listen {
         let socket =
@@ -267,6 +268,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         }
         let mut server = smtp::server::Config::new(hostname.clone());
         server.max_message_size = config.server.max_message_size;
+        server.max_header_size = config.server.max_header_size;
+        server.content_budget = Some(Arc::clone(&content_budget));
         server.tls = Some(Arc::clone(&tls));
         match listen.mode {
             ListenMode::Smtp => {}

@@ -318,9 +318,9 @@ impl Acceptor for RelayAcceptor {
         })?;
         let id = queue::QueueId::generate();
         let received = self.received(client, transaction, id.as_str(), &date);
-        let mut message = Vec::with_capacity(received.len() + body.len());
-        message.extend_from_slice(received.as_bytes());
-        message.extend_from_slice(&body);
+        // In place: no second copy of a big message in memory.
+        let mut message = body;
+        message.splice(0..0, received.bytes());
         let dsn = dsn_params(transaction);
         let size = message.len() as u64;
         let store = Arc::clone(&self.store);
@@ -405,15 +405,29 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
 /// Addresses tracked at most; past it, expired windows are forgotten first, then the oldest.
 const AUTH_FAILURE_ADDRESSES: usize = 100_000;
 
-/// Failed AUTH attempts per client address: the first failure's time and the count.
+/// Failed AUTH attempts per client: the first failure's time and the count. An IPv6 client
+/// is its /64 (one host usually holds a whole /64, and would otherwise pick a fresh address
+/// for every ten guesses); an IPv4-mapped address is its IPv4 address.
 #[derive(Debug, Default)]
 pub struct AuthFailures {
     map: std::sync::Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
+/// The key a client's failures are counted under: its address, or its /64 for IPv6.
+fn guesser(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX)).into(),
+        },
+    }
+}
+
 impl AuthFailures {
     /// Whether `ip` used up its failures in the current window.
     fn locked_out(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = guesser(ip);
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip).is_some_and(|(since, n)| {
             *n >= MAX_AUTH_FAILURES && now.duration_since(*since) < AUTH_FAILURE_WINDOW
@@ -422,6 +436,7 @@ impl AuthFailures {
 
     /// Counts a failure of `ip`.
     fn failed(&self, ip: IpAddr, now: Instant) {
+        let ip = guesser(ip);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= AUTH_FAILURE_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, (since, _)| now.duration_since(*since) < AUTH_FAILURE_WINDOW);
@@ -626,5 +641,29 @@ mod tests {
             !f.locked_out(a, t0 + AUTH_FAILURE_WINDOW),
             "a new window counts anew"
         );
+    }
+
+    /// A guesser cannot escape the lockout by moving within its IPv6 /64, and no number of
+    /// guessing addresses grows the table past its bound.
+    #[test]
+    fn ipv6_guessers_are_counted_per_64_and_the_table_is_bounded() {
+        let f = AuthFailures::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_AUTH_FAILURES {
+            let ip: IpAddr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, i as u16).into();
+            f.failed(ip, t0);
+        }
+        let other_host: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(f.locked_out(other_host, t0), "same /64");
+        let next_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(!f.locked_out(next_net, t0));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        f.failed(mapped, t0);
+        assert_eq!(f.map.lock().unwrap()[&IpAddr::from([192, 0, 2, 7])].1, 1);
+
+        for i in 0..AUTH_FAILURE_ADDRESSES as u32 + 10 {
+            f.failed(IpAddr::from(i.to_be_bytes()), t0 + Duration::from_millis(1));
+        }
+        assert_eq!(f.map.lock().unwrap().len(), AUTH_FAILURE_ADDRESSES);
     }
 }

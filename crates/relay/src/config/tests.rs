@@ -10,6 +10,7 @@ hostname = "relay.example.org"                  # greeting, EHLO, Received:, DSN
 relay_networks = ["127.0.0.0/8", "::1/128"]     # clients that may relay anywhere
 accept_domains = ["example.org"]                # mail for these is accepted from anyone (inbound gateway)
 max_message_size = "50MB"
+max_header_size = "256KB"
 [[server.listen]]
 address = "0.0.0.0:25"
 mode = "smtp"                                   # smtp | submission (AUTH required, after STARTTLS) | submissions (implicit TLS)
@@ -91,6 +92,7 @@ fn full_example_parses() {
         vec!["example.org".parse().unwrap()]
     );
     assert_eq!(c.server.max_message_size, 50_000_000);
+    assert_eq!(c.server.max_header_size, 256_000);
     assert_eq!(
         c.server.listen,
         vec![Listen {
@@ -172,6 +174,8 @@ fn defaults() {
     );
     assert!(c.server.accept_domains.is_empty());
     assert_eq!(c.server.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    assert_eq!(c.server.max_header_size, 1_000_000);
+    assert_eq!(c.max_content_memory(), 200_000_000);
     assert_eq!(c.delivery.policy, Level::Dane);
     assert_eq!(c.dns.resolver, ResolverSpec::Validating(None));
     assert_eq!(c.metrics.listen, "127.0.0.1:9325".parse().unwrap());
@@ -265,6 +269,11 @@ fn errors_name_file_key_and_reason() {
             "[server]\nmax_message_size = \"10 parsecs\"\n",
             "server.max_message_size",
             "not a size",
+        ),
+        (
+            "[server]\nmax_message_size = \"100MB\"\nmax_content_memory = \"50MB\"\n",
+            "server.max_content_memory",
+            "could never be received",
         ),
         (
             "[server]\nrelay_networks = [\"10.0.0.0/33\"]\n",
