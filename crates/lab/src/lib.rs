@@ -158,6 +158,9 @@
 //!   `MAIL`/`RCPT`/`DATA`/`BDAT` came through ([`StripStartTls::client_sent_mail`]).
 //! * [`pki`]: [`pki::TestCert`] (self-signed, CA-signed with or without the CA in the chain,
 //!   expired) and [`pki::TestCa`], with [`pki::tlsa_3_1_1`] and [`pki::tlsa_2_x_1`].
+//! * [`https::HttpsServer`] (module [`https`]): an in-process HTTPS server (MTA-STS policy
+//!   hosts) choosing its certificate by SNI, with per-host routes that answer, redirect, send
+//!   an endless body or stall.
 //!
 //! Dropping a receiver kills its processes (by process group; a watchdog does it when the test
 //! process dies without dropping it, as for the DNS lab) and removes its directory
@@ -211,6 +214,7 @@ pub mod attack;
 mod config;
 pub mod dns;
 mod error;
+pub mod https;
 pub mod pki;
 mod process;
 pub mod smtp;
