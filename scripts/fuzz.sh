@@ -7,8 +7,10 @@
 #   relay_config  the relay's configuration (relay::config::Config)    FUZZ_SECONDS_EACH
 #   queue_record  the queue's JSON records (Attempt, RecipientOutcome,
 #                 DsnParams, Security)                                 FUZZ_SECONDS_EACH
+#   sts_policy    MTA-STS policy files, the _mta-sts and _smtp._tls
+#                 TXT records, mx patterns (crate sts)                 FUZZ_SECONDS_EACH
 #
-#   bash scripts/fuzz.sh                  # 20 s + 4 × 10 s
+#   bash scripts/fuzz.sh                  # 20 s + 5 × 10 s
 #   FUZZ_SECONDS=600 FUZZ_SECONDS_EACH=300 bash scripts/fuzz.sh
 #   FUZZ_TARGETS="smtp_data" bash scripts/fuzz.sh    # only these (space-separated)
 #
@@ -26,7 +28,7 @@ cd "$root"
 
 seconds="${FUZZ_SECONDS:-20}"
 seconds_each="${FUZZ_SECONDS_EACH:-10}"
-targets="${FUZZ_TARGETS:-tlsa_parse smtp_command smtp_data relay_config queue_record}"
+targets="${FUZZ_TARGETS:-tlsa_parse smtp_command smtp_data relay_config queue_record sts_policy}"
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 
 # cargo-fuzz wants nightly for its sanitizer flags. Without one (rustup's own servers may be
@@ -55,6 +57,7 @@ options() {
         smtp_data) echo "$seconds_each -dict=fuzz/smtp.dict -max_len=4096" ;;
         relay_config) echo "$seconds_each -dict=fuzz/config.dict -max_len=8192" ;;
         queue_record) echo "$seconds_each -max_len=4096" ;;
+        sts_policy) echo "$seconds_each -max_len=4096" ;;
         *)
             echo "fuzz.sh: unknown target $1" >&2
             return 1
