@@ -574,6 +574,38 @@ mod tests {
         assert_eq!(nowhere.0.load(Ordering::Relaxed), 3);
     }
 
+    /// A store whose reads fail.
+    struct Broken;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Fire;
+
+    impl PolicyStore for Broken {
+        type Error = Fire;
+
+        fn get(&self, _: &DnsName) -> Result<Option<CachedPolicy>, Fire> {
+            Err(Fire)
+        }
+
+        fn put(&self, _: &DnsName, _: &CachedPolicy) -> Result<(), Fire> {
+            Err(Fire)
+        }
+
+        fn remove(&self, _: &DnsName) -> Result<(), Fire> {
+            Err(Fire)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cache_is_an_error_not_an_absent_policy() {
+        let txt = Arc::new(Txt::default());
+        txt.set("_mta-sts.example.com", TxtAnswer::NoRecords);
+        let fetcher = Fetcher::new(RootCertStore::empty()).unwrap();
+        let sts = Sts::new(txt, Arc::new(Nowhere::default()), Broken, fetcher);
+        assert!(matches!(sts.policy_for(&d(), t(0)).await, Err(Fire)));
+    }
+
     #[test]
     fn failure_kinds_map_to_tls_rpt_result_types() {
         let invalid = DiscoveryError::InvalidPolicy(PolicyError::Missing("mode"));
