@@ -1227,3 +1227,113 @@ fn thousands_of_connections_get_421_past_the_limit_and_memory_stays_bounded() {
     assert!(ok, "mail flows again after the crowd:\n{}", d.log());
     sink.wait_for(1, || d.log());
 }
+
+/// The last line of the next reply (`250 2.0.0 Ok: …`), without its CRLF.
+fn last_reply_line(io: &mut std::io::BufReader<TcpStream>) -> String {
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(io, &mut line).unwrap();
+        if line.is_empty() || line.as_bytes().get(3) != Some(&b'-') {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+/// A plain SMTP client on `addr` that has said DATA (and had its `354`).
+fn in_data(addr: SocketAddr) -> std::io::BufReader<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut io = std::io::BufReader::new(stream);
+    let mut expect = |send: &str, code: &str| {
+        if !send.is_empty() {
+            io.get_mut().write_all(send.as_bytes()).unwrap();
+        }
+        let reply = last_reply_line(&mut io);
+        assert!(reply.starts_with(code), "{send:?}: {reply:?}");
+    };
+    expect("", "220");
+    expect("EHLO client.test\r\n", "250");
+    expect("MAIL FROM:<a@sender.test>\r\n", "250");
+    expect("RCPT TO:<b@example.test>\r\n", "250");
+    expect("DATA\r\n", "354");
+    io
+}
+
+/// Clients stalled in DATA with most of a big message (a slow-loris on content), and header
+/// floods: the daemon's memory stays within `max_content_memory` plus a margin, the late
+/// messages get `452 4.3.1` or `552 5.6.0`, and once the clients are gone mail flows again.
+#[test]
+fn stalled_clients_and_header_floods_cannot_grow_memory() {
+    let dir = TempDir::new("hostile-memory");
+    let sink = Sink::start();
+    let (listen, metrics) = (free_addr(), free_addr());
+    let listeners = [Listen {
+        addr: listen,
+        mode: "smtp",
+    }];
+    let limits = "[server]\nmax_message_size = \"4MB\"\nmax_content_memory = \"16MB\"\nmax_header_size = \"64kB\"\n";
+    let text = config_text(
+        &dir.path().join("queue"),
+        &listeners,
+        metrics,
+        sink.addr,
+        "",
+    )
+    .replacen("[server]\n", limits, 1);
+    let d = Daemon::start(dir.path(), "hostile-memory", &text, listen, metrics, &[]);
+    let before = peak_kib(d.pid());
+
+    // 60 clients each send 3 MB and stall: 180 MB (and more with buffer growth) if each kept
+    // its content.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let part = line.repeat(3000);
+    let stalled: Vec<_> = (0..60)
+        .map(|_| {
+            let mut io = in_data(listen);
+            io.get_mut().write_all(b"Subject: stall\r\n\r\n").unwrap();
+            io.get_mut().write_all(part.as_bytes()).unwrap();
+            io
+        })
+        .collect();
+    // 20 header floods of 3 MB each, refused whole.
+    let flood = "X-Flood: 0123456789012345678901234567890123456789\r\n".repeat(60_000);
+    for _ in 0..20 {
+        let mut io = in_data(listen);
+        io.get_mut().write_all(flood.as_bytes()).unwrap();
+        io.get_mut().write_all(b"\r\nbody\r\n.\r\n").unwrap();
+        let reply = last_reply_line(&mut io);
+        assert!(reply.starts_with("552 5.6.0"), "{reply:?}");
+    }
+    // The stalled ones that found no room are refused at their end; at most 16 MB's worth
+    // were kept.
+    let peak = peak_kib(d.pid());
+    eprintln!(
+        "hostile memory: peak RSS {} KiB (before: {before} KiB)",
+        peak
+    );
+    assert!(
+        peak - before < 64 * 1024,
+        "peak RSS grew by {} MiB under 60 stalled 3 MB messages and 20 header floods",
+        (peak - before) / 1024
+    );
+    let (mut stored, mut no_room) = (0, 0);
+    for mut io in stalled {
+        io.get_mut().write_all(b".\r\n").unwrap();
+        let reply = last_reply_line(&mut io);
+        if reply.starts_with("250") {
+            stored += 1;
+        } else {
+            assert!(reply.starts_with("452 4.3.1"), "{reply:?}");
+            no_room += 1;
+        }
+    }
+    eprintln!("hostile memory: {stored} stalled messages kept, {no_room} refused for room");
+    assert!(
+        stored >= 2 && no_room > 0,
+        "{stored} kept, {no_room} refused"
+    );
+    submit(&d, "after the stall");
+    sink.wait_for(stored + 1, || d.log());
+}
