@@ -16,7 +16,10 @@
 #         RELAY_BENCH_DESTINATIONS (default 20,1; at most 20), RELAY_BENCH_RECEIVER=maildir
 #         (store instead of discard), RELAY_BENCH_KEEP=1 (keep the relays' directories).
 #         RELAY_BENCH_SESSIONS (client sessions at once, default 32).
-#   dns, check and relay need root and nsd, unbound, ldnsutils, postfix (scripts/test.sh installs them).
+#   soak: the crash soak of the test suite (crates/danemta/tests/serve_crash.rs) made long:
+#         SOAK_KILLS kill -9 cycles (default 100, about 2 s each) under continuous submission,
+#         release build; prints acknowledged, lost (must be 0), duplicates, bounces.
+#   dns, check, relay and soak need root and nsd, unbound, ldnsutils, postfix (scripts/test.sh installs them).
 #
 #   bash scripts/bench.sh            # both
 #   bash scripts/bench.sh dane [criterion args…]
@@ -24,6 +27,7 @@
 #   bash scripts/bench.sh check
 #   RELAY_BENCH_MESSAGES=500 bash scripts/bench.sh relay
 #   RELAY_BENCH_SIZES=2k RELAY_BENCH_DESTINATIONS=1 bash scripts/bench.sh relay
+#   SOAK_KILLS=300 bash scripts/bench.sh soak
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,11 +40,14 @@ case "$what" in
     dns) cargo bench -p danemta-dns --bench routes ;;
     check) cargo bench -p danemta --bench check_vs_posttls ;;
     relay) cargo bench -p danemta --bench relay_vs_postfix ;;
+    soak)
+        SERVE_CRASH_KILLS="${SOAK_KILLS:-100}" cargo test --release -p danemta --test serve_crash \
+            -- --nocapture 2>&1 | grep -E '^(serve_crash: (seed|totals)|  [a-z])|test result|panicked' ;;
     all)
         cargo bench -p danemta-dane --bench verify
         cargo bench -p danemta-dns --bench routes
         cargo bench -p danemta --bench check_vs_posttls
         cargo bench -p danemta --bench relay_vs_postfix
         ;;
-    *) echo "usage: bash scripts/bench.sh [dane|dns|check|relay] [criterion args…]" >&2; exit 64 ;;
+    *) echo "usage: bash scripts/bench.sh [dane|dns|check|relay|soak] [criterion args…]" >&2; exit 64 ;;
 esac

@@ -7,6 +7,7 @@
 //! `<crash-N@test>` of its own (a new N for every attempt), 5 % of them to refused domains;
 //! failures while the daemon is down are expected (reconnect, go on). The kill moments come
 //! from a xorshift seeded from the clock (printed; `SERVE_CRASH_SEED=…` repeats them).
+//! `SERVE_CRASH_KILLS=N` runs N cycles instead of 10 (`bash scripts/bench.sh soak`).
 //!
 //! The verdict: every message that got `250` after DATA is delivered at least once (its
 //! Message-ID in the receiver's Maildir), or, for a refused domain, bounced (`status=bounced`
@@ -57,8 +58,14 @@ const REFUSED_ZONE: &str = "reject.crash.test";
 const REFUSED_DOMAINS: u64 = 25;
 const SENDER: &str = "alice@sender.crash.test";
 
-/// Kill-and-restart cycles.
-const KILLS: usize = 10;
+/// Kill-and-restart cycles: 10, or `SERVE_CRASH_KILLS` (the long soak of
+/// `bash scripts/bench.sh soak`).
+fn kills() -> usize {
+    std::env::var("SERVE_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(10)
+}
 /// Concurrent submission sessions.
 const SESSIONS: usize = 8;
 /// `[delivery] max_connections`: the most deliveries the daemon runs at once.
@@ -756,7 +763,8 @@ listen = "{metrics}"
     let mut restarts = Vec::new();
     // Message number -> at how many kills it (or a DSN about it) was leased.
     let mut leased_at_kills: BTreeMap<u64, usize> = BTreeMap::new();
-    for k in 1..=KILLS {
+    let kills = kills();
+    for k in 1..=kills {
         let wait = rng.range(200, 1500);
         sleep(Duration::from_millis(wait));
         let acked = load.acked.lock().unwrap().len();
@@ -933,7 +941,7 @@ listen = "{metrics}"
     let dsn_copies: usize = mailbox.dsns.values().sum();
 
     eprintln!(
-        "serve_crash: totals after {KILLS} kills (drained in {drained_in:.1?}, whole test \
+        "serve_crash: totals after {kills} kills (drained in {drained_in:.1?}, whole test \
          {:.1?}):\n  acknowledged {} ({} to {GOOD_DOMAIN}, {} to {REFUSED_ZONE})\n  delivered \
          {} distinct messages in {delivered_copies} copies ({unacked_delivered} of them never \
          acknowledged: the connection broke after the final dot)\n  duplicates {duplicates} \
@@ -1009,11 +1017,11 @@ listen = "{metrics}"
             "STUCK: {} messages still queued after everything acknowledged was delivered or \
              bounced ({finished_but_queued} of them with no pending recipient left: every \
              recipient delivered or bounced, yet the message was never removed, so no delivery \
-             will ever remove it). Daemon starts 1 to {KILLS} ended with kill -9, start {} with \
+             will ever remove it). Daemon starts 1 to {kills} ended with kill -9, start {} with \
              SIGTERM. The first of them:{stuck_detail}\n(DANEMTA_LAB_KEEP=1 keeps the lab \
              directory {} with the queue and serve.log)",
             queued.len(),
-            KILLS + 1,
+            kills + 1,
             lab.dir().display()
         ),
     );
@@ -1033,12 +1041,12 @@ listen = "{metrics}"
              (message number, DSNs, kills at which it was leased): {unexcused_dsns:?}"
         ),
     );
-    let bound = KILLS * MAX_IN_FLIGHT;
+    let bound = kills * MAX_IN_FLIGHT;
     check(
         &mut failures,
         duplicates <= bound,
         format!(
-            "{duplicates} duplicate deliveries, more than {KILLS} kills x {MAX_IN_FLIGHT} messages \
+            "{duplicates} duplicate deliveries, more than {kills} kills x {MAX_IN_FLIGHT} messages \
              in delivery = {bound}: {:?}",
             duplicated.iter().take(50).collect::<Vec<_>>()
         ),
