@@ -28,6 +28,7 @@ impl RecordType {
             RecordType::Dnskey => HType::DNSKEY,
             RecordType::Cname => HType::CNAME,
             RecordType::Ns => HType::NS,
+            RecordType::Txt => HType::TXT,
         }
     }
 }
@@ -85,6 +86,12 @@ fn convert(data: &RData) -> Record {
                 Err(e) => Record::MalformedTlsa(e.to_string()),
             }
         }
+        RData::TXT(txt) => Record::Txt(
+            txt.txt_data
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect(),
+        ),
         _ => Record::Other,
     }
 }

@@ -29,6 +29,8 @@ pub enum RecordType {
     Cname,
     /// Name servers of a zone.
     Ns,
+    /// Text (RFC 1035 §3.3.14), for MTA-STS (RFC 8461 §3.1) and TLS-RPT (RFC 8460 §3).
+    Txt,
 }
 
 /// A mail exchanger.
@@ -69,6 +71,9 @@ pub enum Record {
     Tlsa(Tlsa),
     /// A TLSA record whose RDATA is malformed (RFC 7671 §4: unusable, never fatal).
     MalformedTlsa(String),
+    /// A TXT record: its character-strings joined in order (RFC 7208 §3.3 and RFC 8461
+    /// §3.1 read a record that way).
+    Txt(Vec<u8>),
     /// Any other type that was asked for (e.g. DNSKEY); only counted.
     Other,
 }

@@ -65,4 +65,4 @@ pub use fetch::{
 pub use mx::{MxPattern, MxPatternError};
 pub use policy::{MAX_AGE_LIMIT, Mode, Policy, PolicyError};
 pub use record::{RecordError, ReportUri, StsId, StsRecord, TlsRptRecord};
-pub use txt::{TxtAnswer, TxtResolver};
+pub use txt::{ResolverTxt, TxtAnswer, TxtResolver};
