@@ -1,11 +1,12 @@
 //! The DATA decoder (`smtp::server::data::DataReader`): never panics; gives the same result
 //! however the input is split into reads (TCP decides that, not the client); agrees with a
 //! simple model of its module docs (end at the first `<CRLF>.<CRLF>` only, the first bare CR
-//! or LF refused at its offset, dot-unstuffing, the size and line limits, NUL refused); and a
-//! body it hands on has CRLF line ends only and fits the limits.
+//! or LF refused at its offset, dot-unstuffing, the size, header section and line limits, NUL
+//! refused); and a body it hands on has CRLF line ends only and fits the limits.
 //!
-//! Input: two octets of size limit (little-endian), one octet of line limit (times 8), one
-//! octet `n` and then `n % 16` read lengths (0 included: an empty read), then the content.
+//! Input: two octets of size limit (little-endian; the second, times 16, is also the header
+//! section limit), one octet of line limit (times 8), one octet `n` and then `n % 16` read
+//! lengths (0 included: an empty read), then the content.
 
 #![no_main]
 
@@ -26,8 +27,16 @@ enum End {
     },
 }
 
-fn run(max_size: u64, max_line: usize, input: &[u8], reads: &[usize]) -> End {
-    let mut reader = DataReader::new(max_size, max_line);
+/// The limits of one run.
+#[derive(Clone, Copy)]
+struct Limits {
+    size: u64,
+    header: u64,
+    line: usize,
+}
+
+fn run(limits: Limits, input: &[u8], reads: &[usize]) -> End {
+    let mut reader = DataReader::new(limits.size, limits.line).with_max_header(limits.header);
     let mut at = 0;
     let mut reads = reads.iter().copied();
     loop {
@@ -64,11 +73,12 @@ fn run(max_size: u64, max_line: usize, input: &[u8], reads: &[usize]) -> End {
 /// The module docs as a model: what the reader should find in `input`, fed whole. The
 /// refusal, when there is one, is any of those that apply (the docs do not rank them; that
 /// the reader picks the same one however the input is split is checked separately).
-fn model(
-    max_size: u64,
-    max_line: usize,
-    input: &[u8],
-) -> (Result<Option<usize>, u64>, Vec<Refusal>, Vec<u8>) {
+fn model(limits: Limits, input: &[u8]) -> (Result<Option<usize>, u64>, Vec<Refusal>, Vec<u8>) {
+    let Limits {
+        size: max_size,
+        header: max_header,
+        line: max_line,
+    } = limits;
     // The first <CRLF>.<CRLF>, the DATA command's CRLF counting for an empty message.
     let ext = [b"\r\n", input].concat();
     let end = ext.windows(5).position(|w| w == b"\r\n.\r\n");
@@ -89,6 +99,8 @@ fn model(
     let mut body = Vec::new();
     let mut refusals = Vec::new();
     let mut line_too_long = 1 + 2 > max_line; // the final `.` line
+    // The header section: up to and including the first empty line, or all of it.
+    let mut header = None;
     if !content.is_empty() {
         let lines = content[..content.len() - 2].split(|b| *b == b'\n');
         for line in lines {
@@ -96,7 +108,13 @@ fn model(
             line_too_long |= line.len() + 2 > max_line;
             body.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
             body.extend_from_slice(b"\r\n");
+            if line.is_empty() && header.is_none() {
+                header = Some(body.len());
+            }
         }
+    }
+    if header.unwrap_or(body.len()) as u64 > max_header {
+        refusals.push(Refusal::HeaderTooBig { limit: max_header });
     }
     if content.contains(&0) {
         refusals.push(Refusal::Nul);
@@ -111,8 +129,15 @@ fn model(
 }
 
 /// What a body handed on must be: CRLF line ends only, no NUL, within the limits.
-fn check_body(body: &[u8], max_size: u64, max_line: usize) {
+fn check_body(body: &[u8], limits: Limits) {
+    let (max_size, max_line) = (limits.size, limits.line);
     assert!(body.len() as u64 <= max_size, "{} > {max_size}", body.len());
+    let header = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |p| p + 4);
+    let header = if body.starts_with(b"\r\n") { 2 } else { header };
+    assert!(header as u64 <= limits.header, "header section of {header} octets");
     assert!(!body.contains(&0), "NUL in {body:?}");
     assert!(body.is_empty() || body.ends_with(b"\r\n"), "{body:?}");
     for (i, b) in body.iter().enumerate() {
@@ -134,20 +159,23 @@ fuzz_target!(|data: &[u8]| {
     let [s0, s1, l, n, rest @ ..] = data else {
         return;
     };
-    let max_size = u64::from(u16::from_le_bytes([*s0, *s1]));
-    let max_line = usize::from(*l) * 8;
+    let limits = Limits {
+        size: u64::from(u16::from_le_bytes([*s0, *s1])),
+        header: u64::from(*s1) * 16,
+        line: usize::from(*l) * 8,
+    };
     let n = usize::from(*n % 16).min(rest.len());
     let (reads, input) = rest.split_at(n);
     let reads: Vec<usize> = reads.iter().map(|b| usize::from(*b)).collect();
 
-    let whole = run(max_size, max_line, input, &[]);
+    let whole = run(limits, input, &[]);
     // One read, the fuzzer's reads, one octet at a time: all the same.
-    let split = run(max_size, max_line, input, &reads);
+    let split = run(limits, input, &reads);
     assert_eq!(split, whole, "reads {reads:?}");
-    let bytewise = run(max_size, max_line, input, &vec![1; input.len()]);
+    let bytewise = run(limits, input, &vec![1; input.len()]);
     assert_eq!(bytewise, whole, "one octet at a time");
 
-    let (end, refusals, body) = model(max_size, max_line, input);
+    let (end, refusals, body) = model(limits, input);
     match (&whole, end) {
         (End::Bare(DataError::BareLineEnd { offset }), Err(want)) => assert_eq!(*offset, want),
         (End::More { .. }, Ok(None)) => {}
@@ -157,7 +185,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(got) => {
                     assert!(refusals.is_empty(), "accepted, but {refusals:?}");
                     assert_eq!(*got, body);
-                    check_body(got, max_size, max_line);
+                    check_body(got, limits);
                 }
                 Err(r) => assert!(refusals.contains(r), "{r:?} is not among {refusals:?}"),
             }
