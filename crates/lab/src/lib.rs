@@ -161,6 +161,9 @@
 //! * [`https::HttpsServer`] (module [`https`]): an in-process HTTPS server (MTA-STS policy
 //!   hosts) choosing its certificate by SNI, with per-host routes that answer, redirect, send
 //!   an endless body or stall.
+//! * [`mta_sts::MtaSts`] (module [`mta_sts`]): MTA-STS domains in one call: a private CA with
+//!   its PEM file for `--ca-file`, the policy host of several domains on one HTTPS server, the
+//!   zone records each domain needs, and MX certificates that pass or fail PKIX.
 //!
 //! Dropping a receiver kills its processes (by process group; a watchdog does it when the test
 //! process dies without dropping it, as for the DNS lab) and removes its directory
@@ -215,6 +218,7 @@ mod config;
 pub mod dns;
 mod error;
 pub mod https;
+pub mod mta_sts;
 pub mod pki;
 mod process;
 pub mod smtp;
