@@ -25,6 +25,16 @@
 //! owner's work. In SQLite a claim is one `BEGIN IMMEDIATE` transaction (a single writer); the
 //! PostgreSQL store does the same with `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
 //! RETURNING`.
+//!
+//! # The MTA-STS policy cache
+//!
+//! The store also keeps the MTA-STS policies the scheduler has fetched (RFC 8461 §5.1:
+//! senders SHOULD cache a policy until its `max_age` runs out, and the cache survives
+//! restarts), so that an `enforce` policy still protects mail after the daemon restarts, and
+//! so that nodes sharing one store share the policies they have seen (RFC 8461 §10.2: a
+//! policy once seen cannot be removed by an attacker who blocks its refresh). The store keeps
+//! opaque [`StsPolicyRecord`]s by domain; `crate::sts_cache` turns them into
+//! `sts::CachedPolicy` values and back.
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -35,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dns::DnsName;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod group;
@@ -185,6 +196,10 @@ pub enum QueueError {
     /// A bug in the store: the named invariant did not hold.
     #[error("internal error in the queue store: {0}")]
     Internal(&'static str),
+    /// This store does not implement the named feature (a [`Store`] written before it
+    /// existed): reported, never taken for an empty answer.
+    #[error("the queue store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl QueueError {
@@ -405,6 +420,21 @@ pub struct QueueStats {
     pub oldest_arrival: Option<Timestamp>,
 }
 
+/// One domain's cached MTA-STS policy as the store keeps it (RFC 8461 §5.1). The store does
+/// not interpret `policy`: decoding it, and dropping an entry that no longer decodes, is the
+/// business of `crate::sts_cache`. The times are copies of what `policy` says, in columns of
+/// their own so that the store can find expired entries without reading them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsPolicyRecord {
+    /// The cached policy and the time of its fetch, as JSON (`sts::CachedPolicy`).
+    pub policy: String,
+    /// When the policy was fetched (Unix seconds).
+    pub fetched_at: Timestamp,
+    /// When it stops applying: `fetched_at` plus its `max_age` (RFC 8461 §3.2), Unix
+    /// seconds. [`Store::prune_sts_policies`] removes the entry from then on.
+    pub expires_at: Timestamp,
+}
+
 /// The durable queue, as the daemon and `danemta queue` use it. See the module documentation
 /// for why it is synchronous, and how leases work.
 pub trait Store: Send + Sync {
@@ -497,6 +527,41 @@ pub trait Store: Send + Sync {
 
     /// Reads a message's body.
     fn body(&self, id: &QueueId) -> Result<Box<dyn Read + Send>, QueueError>;
+
+    /// The MTA-STS policy cached for `domain` (RFC 8461 §5.1), expired or not; `None` when
+    /// there is none. A failed read is an error, never `None`: taking a broken store for an
+    /// empty cache would let an attacker who blocks the policy fetch downgrade a domain that
+    /// enforces MTA-STS (RFC 8461 §10.2).
+    ///
+    /// The default, for stores written before the cache existed, fails with
+    /// [`QueueError::Unsupported`]; every real store implements the four cache methods.
+    fn sts_policy(&self, domain: &DnsName) -> Result<Option<StsPolicyRecord>, QueueError> {
+        let _ = domain;
+        Err(QueueError::Unsupported("the MTA-STS policy cache"))
+    }
+
+    /// Caches `record` as the MTA-STS policy of `domain`, replacing any other. One small
+    /// write: the scheduler calls it after each policy fetch, which must not hold up the
+    /// acceptance of messages. The cache is not the queue: a policy lost in a power failure
+    /// is fetched again, so a store may commit it with less than full durability.
+    fn put_sts_policy(&self, domain: &DnsName, record: &StsPolicyRecord) -> Result<(), QueueError> {
+        let _ = (domain, record);
+        Err(QueueError::Unsupported("the MTA-STS policy cache"))
+    }
+
+    /// Forgets the MTA-STS policy of `domain`, if any.
+    fn remove_sts_policy(&self, domain: &DnsName) -> Result<(), QueueError> {
+        let _ = domain;
+        Err(QueueError::Unsupported("the MTA-STS policy cache"))
+    }
+
+    /// Removes the MTA-STS policies expired at `now` (`expires_at <= now`: RFC 8461 §5.1,
+    /// an expired policy is not applied) and returns how many. Cheap (an index walk over the
+    /// expired entries only); called by whoever wants, whenever.
+    fn prune_sts_policies(&self, now: Timestamp) -> Result<usize, QueueError> {
+        let _ = now;
+        Err(QueueError::Unsupported("the MTA-STS policy cache"))
+    }
 }
 
 /// What [`LocalStore::open`] found and repaired after a crash.
@@ -589,7 +654,29 @@ const SCAN: &str = "SELECT m.id, m.sender, m.arrival, m.size, m.hold_reason, m.l
      FROM messages m LEFT JOIN recipients r ON r.message = m.id ORDER BY m.id, r.position";
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3: the MTA-STS policy cache (RFC 8461 §5.1), one row per policy domain (lower
+/// case, no trailing dot: a [`DnsName`]). `policy` is the JSON of `sts::CachedPolicy`;
+/// `fetched_at` and `expires_at` (Unix seconds) repeat its times, the latter indexed so that
+/// pruning reads only the expired rows.
+const SCHEMA_V3: &str = "
+CREATE TABLE sts_policies (
+    domain     TEXT PRIMARY KEY,
+    policy     TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX sts_policies_expiry ON sts_policies (expires_at);
+";
+
+/// Caches a domain's policy, replacing the one before.
+const PUT_STS_POLICY: &str = "INSERT INTO sts_policies (domain, policy, fetched_at, expires_at) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (domain) DO UPDATE SET policy = excluded.policy, \
+     fetched_at = excluded.fetched_at, expires_at = excluded.expires_at";
+
+/// Removes the policies expired at `?1` (along the `sts_policies_expiry` index).
+const PRUNE_STS_POLICIES: &str = "DELETE FROM sts_policies WHERE expires_at <= ?1";
 
 /// Version 2: leases found without a scan (for [`Store::next_due`]).
 const SCHEMA_V2: &str =
@@ -1076,6 +1163,9 @@ fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
     if found < 2 {
         tx.execute_batch(SCHEMA_V2)?;
     }
+    if found < 3 {
+        tx.execute_batch(SCHEMA_V3)?;
+    }
     if found < SCHEMA_VERSION {
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
@@ -1469,6 +1559,54 @@ impl Store for LocalStore {
             Err(e) => Err(io_err(&path)(e)),
         }
     }
+
+    fn sts_policy(&self, domain: &DnsName) -> Result<Option<StsPolicyRecord>, QueueError> {
+        let conn = self.conn()?;
+        let record = conn
+            .prepare_cached(
+                "SELECT policy, fetched_at, expires_at FROM sts_policies WHERE domain = ?1",
+            )?
+            .query_row([domain.as_str()], |r| {
+                Ok(StsPolicyRecord {
+                    policy: r.get(0)?,
+                    fetched_at: r.get(1)?,
+                    expires_at: r.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(record)
+    }
+
+    /// One statement (its own transaction) at `synchronous=NORMAL`, like claims: in WAL mode
+    /// it survives a crash of the process, and a power failure can only lose a policy, which
+    /// is then fetched again; no fsync of its own, so it costs message acceptance no more
+    /// than one small write holding the connection.
+    fn put_sts_policy(&self, domain: &DnsName, record: &StsPolicyRecord) -> Result<(), QueueError> {
+        let conn = self.conn_relaxed()?;
+        conn.prepare_cached(PUT_STS_POLICY)?.execute(params![
+            domain.as_str(),
+            record.policy,
+            record.fetched_at,
+            record.expires_at
+        ])?;
+        Ok(())
+    }
+
+    /// At `synchronous=NORMAL`, as [`LocalStore::put_sts_policy`]: a removal lost in a power
+    /// failure brings back a policy that was superseded or damaged, which discovery replaces
+    /// or drops again.
+    fn remove_sts_policy(&self, domain: &DnsName) -> Result<(), QueueError> {
+        let conn = self.conn_relaxed()?;
+        conn.prepare_cached("DELETE FROM sts_policies WHERE domain = ?1")?
+            .execute([domain.as_str()])?;
+        Ok(())
+    }
+
+    /// One `DELETE` along the `sts_policies_expiry` index, at `synchronous=NORMAL`.
+    fn prune_sts_policies(&self, now: Timestamp) -> Result<usize, QueueError> {
+        let conn = self.conn_relaxed()?;
+        Ok(conn.prepare_cached(PRUNE_STS_POLICIES)?.execute([now])?)
+    }
 }
 
 #[cfg(test)]
@@ -1650,7 +1788,78 @@ mod tests {
         let v: i64 = conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    /// A queue written by a version-2 build keeps its messages and gains the MTA-STS policy
+    /// cache, in one step.
+    #[test]
+    fn a_version_2_queue_is_migrated() {
+        let dir = Dir::new("schema2");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); \
+             INSERT INTO schema_version VALUES (2); \
+             INSERT INTO messages (id, sender, arrival, size) \
+                 VALUES ('0000000000000000000000AA', 'a@example.org', 7, 3); \
+             INSERT INTO recipients (message, position, address, next_attempt) \
+                 VALUES ('0000000000000000000000AA', 0, 'b@example.com', 7);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM messages"), 1);
+        assert_eq!(count("SELECT count(*) FROM recipients"), 1);
+        assert_eq!(count("SELECT count(*) FROM sts_policies"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_master WHERE name = 'sts_policies_expiry'"),
+            1
+        );
+        assert_eq!(count("SELECT version FROM schema_version"), 3);
+        assert_eq!(count("SELECT count(*) FROM schema_version"), 1);
+    }
+
+    /// Pruning reads the expired rows through the expiry index, not the whole table.
+    #[test]
+    fn pruning_walks_the_expiry_index() {
+        let dir = Dir::new("plans-sts");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_STS_POLICIES}"))
+            .unwrap()
+            .query_map([0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|s| s.contains("sts_policies_expiry")),
+            "{plan:?}"
+        );
+    }
+
+    /// Cache writes commit at NORMAL and leave the connection at FULL for the queue.
+    #[test]
+    fn cache_writes_restore_full_sync() {
+        let dir = Dir::new("sts-sync");
+        let (store, _) = LocalStore::open(&dir.0, 0).unwrap();
+        let domain: DnsName = "example.com".parse().unwrap();
+        let record = StsPolicyRecord {
+            policy: "{}".into(),
+            fetched_at: 1,
+            expires_at: 2,
+        };
+        store.put_sts_policy(&domain, &record).unwrap();
+        store.prune_sts_policies(0).unwrap();
+        store.remove_sts_policy(&domain).unwrap();
+        let sync: i64 = store
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
     }
 
     #[test]
