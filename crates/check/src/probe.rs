@@ -8,12 +8,15 @@ use std::time::Duration;
 use dane::cert::CertInfo;
 use dane::pki_types::{CertificateDer, UnixTime};
 use dane::{Authenticator, ReferenceName, Tlsa, VerifyError};
+use dns::DnsName;
 use rustls::SignatureScheme;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use serde::Serialize;
 use smtp::Timeouts;
 use smtp::session::{Session, SessionError, Stage, TlsInfo};
 use smtp::tls::{Auth, Mode};
+
+use crate::mta_sts::Pkix;
 
 /// One certificate of the presented chain, as a report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -244,6 +247,13 @@ pub struct AddressProbe {
     /// The probe of the server's other certificate, when it has one of the other key family.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_certificate: Option<Box<AddressProbe>>,
+    /// Whether the chain passes PKIX for the MX host name (RFC 8461 §4.2): absent when no
+    /// chain was presented or no trust anchors were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkix_valid: Option<bool>,
+    /// Why it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkix_error: Option<String>,
 }
 
 /// What to probe with.
@@ -258,6 +268,8 @@ pub struct ProbeConfig {
     pub helo_name: String,
     /// Evaluate certificate validity this much later than now (`--days`).
     pub ahead: Duration,
+    /// PKIX trust for MTA-STS (the policy fetch and the MX certificates), if any.
+    pkix: Option<Pkix>,
 }
 
 impl ProbeConfig {
@@ -278,7 +290,20 @@ impl ProbeConfig {
             timeouts,
             helo_name,
             ahead,
+            pkix: None,
         }
+    }
+
+    /// The same, fetching MTA-STS policies and judging MX certificates by PKIX with `pkix`
+    /// (RFC 8461 §3.3, §4.2). Without it, MTA-STS policies are not fetched.
+    pub fn with_pkix(mut self, pkix: Pkix) -> Self {
+        self.pkix = Some(pkix);
+        self
+    }
+
+    /// The PKIX trust, if any.
+    pub fn pkix(&self) -> Option<&Pkix> {
+        self.pkix.as_ref()
     }
 
     fn only(&self, family: KeyFamily) -> &Arc<CryptoProvider> {
@@ -395,6 +420,8 @@ pub fn evaluate(
             .other
             .as_ref()
             .map(|o| Box::new(evaluate(o, records, names, when))),
+        pkix_valid: None,
+        pkix_error: None,
     };
     if presented.chain.is_empty() || records.is_empty() {
         return out;
@@ -421,6 +448,28 @@ pub fn evaluate(
         });
     }
     out
+}
+
+/// Judges the chain of `presented` (and of its other certificate) by PKIX for the MX host
+/// `host` at `when` (RFC 8461 §4.2: a trusted chain, in its validity period, naming the MX
+/// host), into `probe`, which [`evaluate`] made from the same `presented`. Nothing is judged
+/// without a chain. The chain is the one the probe captured: it was asked for with the TLSA
+/// base domain as SNI, which is the MX host name unless the MX exchange is a CNAME.
+pub fn judge_pkix(
+    probe: &mut AddressProbe,
+    presented: &Presented,
+    host: &DnsName,
+    pkix: &Pkix,
+    when: UnixTime,
+) {
+    if !presented.chain.is_empty() {
+        let verdict = pkix.verify(&presented.chain, host, when);
+        probe.pkix_valid = Some(verdict.is_ok());
+        probe.pkix_error = verdict.err();
+    }
+    if let (Some(probe), Some(presented)) = (&mut probe.other_certificate, &presented.other) {
+        judge_pkix(probe, presented, host, pkix, when);
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A domain's DANE health report: the route, each host and address, findings with the RFC
-//! behind each, and verdicts (PRODUCT.md `check --json`).
+//! behind each, and verdicts (PRODUCT.md `check --json`); its MTA-STS state next to it
+//! (RFC 8461), each MX host matched against the policy and judged by PKIX.
 //!
 //! In three parts: `model`, what is serialized; `findings`, the pure judgements (tested
 //! beside them); `cache`, the probes shared across a scan. [`check_domain`] gathers (route
@@ -17,15 +18,21 @@ use dns::{DnsName, NextHop, Resolver, Route};
 pub use cache::ProbeCache;
 pub use findings::ns_findings;
 use findings::{
-    bounced, dns_findings, mx_lookup_failed, no_usable_host, probe_findings, too_many_mx,
+    bounced, dns_findings, mx_lookup_failed, no_usable_host, probe_findings, sts_domain_findings,
+    sts_host_findings, too_many_mx,
 };
 use model::verdict;
-pub use model::{AddressReport, DomainReport, Finding, HostReport, Level, RouteAction, Verdict};
+pub use model::{
+    AddressReport, DomainReport, Finding, HostPkix, HostReport, Level, RouteAction, Verdict,
+};
 
-use crate::probe::{AddressProbe, ProbeConfig, evaluate};
+use crate::mta_sts;
+use crate::probe::{AddressProbe, ProbeConfig, evaluate, judge_pkix};
 
 /// Checks one domain: its route, and — unless `probe` is `None` (`--no-connect`) — a STARTTLS
-/// probe of every address of every host.
+/// probe of every address of every host. Its MTA-STS TXT and TLS-RPT records are looked up
+/// alongside; with [`ProbeConfig::with_pkix`], the policy is fetched and each presented chain
+/// judged by PKIX for its MX host name (RFC 8461 §3.3, §4.2).
 pub async fn check_domain<R: Resolver>(
     resolver: &R,
     domain: &DnsName,
@@ -37,7 +44,11 @@ pub async fn check_domain<R: Resolver>(
         port,
     };
     let limits = dns::route::Limits::DEFAULT;
-    let discovery = dns::discover::discover_with(resolver, &hop, &limits).await;
+    let pkix = probe.and_then(|(cfg, _)| cfg.pkix());
+    let (discovery, mta_sts) = futures_util::join!(
+        dns::discover::discover_with(resolver, &hop, &limits),
+        mta_sts::discover(resolver, domain, pkix)
+    );
     let hosts_dropped = discovery.hosts_dropped;
     let (mx_dnssec, candidates) = match discovery.route {
         Route::Deliver {
@@ -45,15 +56,17 @@ pub async fn check_domain<R: Resolver>(
             candidates,
         } => (mx_dnssec, candidates),
         Route::Defer { reason, mx_dnssec } => {
-            let finding = mx_lookup_failed(domain, &reason);
+            let mut findings = vec![mx_lookup_failed(domain, &reason)];
+            findings.extend(sts_domain_findings(domain, &mta_sts, &[]));
             return DomainReport {
                 domain: domain.clone(),
-                verdict: verdict([&finding]),
+                verdict: verdict(&findings),
                 route: RouteAction::Defer,
                 mx_dnssec,
                 reason: Some(reason),
-                findings: vec![finding],
+                findings,
                 hosts: vec![],
+                mta_sts,
             };
         }
         Route::Bounce {
@@ -61,19 +74,22 @@ pub async fn check_domain<R: Resolver>(
             reason,
             mx_dnssec,
         } => {
-            let finding = bounced(why, &reason);
+            let mut findings = vec![bounced(why, &reason)];
+            findings.extend(sts_domain_findings(domain, &mta_sts, &[]));
             return DomainReport {
                 domain: domain.clone(),
-                verdict: verdict([&finding]),
+                verdict: verdict(&findings),
                 route: RouteAction::Bounce,
                 mx_dnssec,
                 reason: Some(reason),
-                findings: vec![finding],
+                findings,
                 hosts: vec![],
+                mta_sts,
             };
         }
     };
     let mut hosts = Vec::with_capacity(candidates.len());
+    let mut pkix_by_host = Vec::with_capacity(candidates.len());
     for c in &candidates {
         let records = match &c.dane {
             DaneState::Usable { records } => records.clone(),
@@ -86,12 +102,12 @@ pub async fn check_domain<R: Resolver>(
                     let presented = cache
                         .get(a.address, c.port, c.tlsa_base.as_str(), cfg)
                         .await;
-                    Some(evaluate(
-                        &presented,
-                        &records,
-                        &c.reference_names,
-                        cfg.when(),
-                    ))
+                    let mut tls = evaluate(&presented, &records, &c.reference_names, cfg.when());
+                    if let Some(pkix) = cfg.pkix() {
+                        // RFC 8461 §4.2: the MX host name, not a CNAME target.
+                        judge_pkix(&mut tls, &presented, &c.name, pkix, cfg.when());
+                    }
+                    Some(tls)
                 }
                 None => None,
             };
@@ -114,6 +130,7 @@ pub async fn check_domain<R: Resolver>(
                 .collect();
             findings.extend(probe_findings(c, &probes, cfg));
         }
+        let host_pkix = pkix.map(|_| HostPkix::of(&addresses));
         hosts.push(HostReport {
             name: c.name.clone(),
             preference: c.preference,
@@ -128,15 +145,35 @@ pub async fn check_domain<R: Resolver>(
             aaaa_dnssec: c.aaaa_dnssec,
             addresses,
             reference_names: c.reference_names.clone(),
+            mta_sts_match: mta_sts
+                .active_policy()
+                .map(|p| p.matches_mx(c.name.as_str())),
+            pkix_valid: host_pkix.as_ref().and_then(HostPkix::summary),
+            pkix_error: host_pkix
+                .as_ref()
+                .and_then(|p| p.failed.first())
+                .map(|(address, why)| format!("{address}: {why}")),
             verdict: verdict(&findings),
             findings,
         });
+        pkix_by_host.push(host_pkix.unwrap_or_default());
+    }
+    if let Some(policy) = mta_sts.active_policy() {
+        let any_match = hosts.iter().any(|h| h.mta_sts_match == Some(true));
+        for (h, host_pkix) in hosts.iter_mut().zip(&pkix_by_host) {
+            let found = sts_host_findings(policy, h, host_pkix, any_match);
+            if !found.is_empty() {
+                h.findings.extend(found);
+                h.verdict = verdict(&h.findings);
+            }
+        }
     }
     let mut findings = Vec::new();
     if hosts_dropped > 0 {
         findings.push(too_many_mx(domain, hosts.len(), hosts_dropped));
     }
     findings.extend(no_usable_host(domain, &candidates));
+    findings.extend(sts_domain_findings(domain, &mta_sts, &hosts));
     let verdict = verdict(
         findings
             .iter()
@@ -150,6 +187,7 @@ pub async fn check_domain<R: Resolver>(
         reason: None,
         findings,
         hosts,
+        mta_sts,
     }
 }
 

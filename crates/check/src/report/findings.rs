@@ -10,7 +10,10 @@ use dane::{Matching, Selector, Usage};
 use dns::route::{Candidate, DaneState};
 use dns::{DnsName, NoMail};
 
-use super::model::{Finding, Level};
+use sts::{Mode, Policy};
+
+use super::model::{Finding, HostPkix, HostReport, Level};
+use crate::mta_sts::{StsReport, StsStatus};
 use crate::probe::{AddressProbe, ProbeConfig, ProbeFailure};
 
 /// Most records a large sender is known to consider at one name.
@@ -421,6 +424,215 @@ pub(crate) fn probe_findings(
     out
 }
 
+/// Domain-wide MTA-STS findings (RFC 8461), from the domain's [`StsReport`] and its MX hosts
+/// (empty when the route defers or bounces):
+///
+/// * `sts-txt-invalid` (`fail`): the `_mta-sts` TXT record is invalid, or there are several:
+///   senders assume there is no policy (RFC 8461 §3.1);
+/// * `sts-txt-without-policy` (`fail`): a TXT record announces a policy that cannot be fetched
+///   or is invalid: new senders apply none, and those that cached one lose it when it expires
+///   (RFC 8461 §3.2, §3.3);
+/// * `sts-txt-lookup-failed` (`warn`): the TXT lookup failed or was bogus (RFC 8461 §3.1);
+/// * `sts-testing` (`info`, RFC 8461 §5), `sts-mode-none` (`info`, a withdrawn policy,
+///   RFC 8461 §8.3);
+/// * `sts-testing-without-tls-rpt` (`warn`): a `testing` policy only makes failures known
+///   through TLS-RPT reports, and the domain publishes no valid `_smtp._tls` record
+///   (RFC 8461 §5, RFC 8460 §3);
+/// * `sts-policy-mx-unused` (`warn`): an `mx` pattern that matches no MX host in DNS, a stale
+///   or mistyped entry (RFC 8461 §4.1);
+/// * `tls-rpt-invalid` (`warn`): the `_smtp._tls` record is unusable (RFC 8460 §3).
+pub(crate) fn sts_domain_findings(
+    domain: &DnsName,
+    sts: &StsReport,
+    hosts: &[HostReport],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let error = sts.error.as_deref().unwrap_or("no detail");
+    match (sts.status, &sts.txt_id) {
+        (StsStatus::Invalid, None) => out.push(Finding {
+            level: Level::Fail,
+            code: "sts-txt-invalid",
+            message: format!(
+                "the MTA-STS TXT record of {domain} is unusable ({error}): senders assume there is no policy"
+            ),
+            rfc: "RFC 8461 §3.1",
+        }),
+        (StsStatus::Invalid | StsStatus::FetchFailed, Some(id)) => out.push(Finding {
+            level: Level::Fail,
+            code: "sts-txt-without-policy",
+            message: format!(
+                "_mta-sts.{domain} announces policy {id}, but {}: {error}; senders apply no MTA-STS policy (and drop a cached one when it expires)",
+                if sts.status == StsStatus::Invalid {
+                    "the policy is invalid"
+                } else {
+                    "it cannot be fetched"
+                }
+            ),
+            rfc: if sts.status == StsStatus::Invalid {
+                "RFC 8461 §3.2"
+            } else {
+                "RFC 8461 §3.3"
+            },
+        }),
+        (StsStatus::FetchFailed, None) => out.push(Finding {
+            level: Level::Warn,
+            code: "sts-txt-lookup-failed",
+            message: format!(
+                "{error}: senders cannot tell whether {domain} publishes MTA-STS"
+            ),
+            rfc: "RFC 8461 §3.1",
+        }),
+        _ => {}
+    }
+    if let Some(e) = &sts.tls_rpt_error {
+        out.push(Finding {
+            level: Level::Warn,
+            code: "tls-rpt-invalid",
+            message: format!("the TLS-RPT record of {domain} is unusable: {e}"),
+            rfc: "RFC 8460 §3",
+        });
+    }
+    let Some(policy) = &sts.policy else {
+        return out;
+    };
+    match policy.mode() {
+        Mode::None => out.push(Finding {
+            level: Level::Info,
+            code: "sts-mode-none",
+            message: format!("{domain} has withdrawn its MTA-STS policy (mode none)"),
+            rfc: "RFC 8461 §8.3",
+        }),
+        Mode::Testing => {
+            out.push(Finding {
+                level: Level::Info,
+                code: "sts-testing",
+                message: format!(
+                    "the MTA-STS policy of {domain} is in testing mode: failures are reported, not enforced"
+                ),
+                rfc: "RFC 8461 §5",
+            });
+            if sts.tls_rpt.is_none() {
+                out.push(Finding {
+                    level: Level::Warn,
+                    code: "sts-testing-without-tls-rpt",
+                    message: format!(
+                        "the MTA-STS policy of {domain} is in testing mode, but no valid TLS-RPT record (_smtp._tls.{domain}) says where to report failures: testing shows nothing"
+                    ),
+                    rfc: "RFC 8460 §3",
+                });
+            }
+        }
+        Mode::Enforce => {}
+    }
+    if policy.mode() != Mode::None && !hosts.is_empty() {
+        for pattern in policy.mx() {
+            if !hosts.iter().any(|h| pattern.matches(h.name.as_str())) {
+                out.push(Finding {
+                    level: Level::Warn,
+                    code: "sts-policy-mx-unused",
+                    message: format!(
+                        "the MTA-STS policy of {domain} lists mx {pattern}, which matches none of its MX hosts"
+                    ),
+                    rfc: "RFC 8461 §4.1",
+                });
+            }
+        }
+    }
+    out
+}
+
+/// MTA-STS findings about one MX host, under a policy in mode `enforce` or `testing`;
+/// `any_match`: whether the policy lists any MX host of the domain.
+///
+/// * `sts-mx-not-in-policy`: the policy lists no pattern matching the host, so senders
+///   applying it do not deliver there (RFC 8461 §4.1, §5): under `enforce` a `warn`, or a
+///   `fail` when it lists none of the domain's hosts (mail is deferred); under `testing`
+///   `info`;
+/// * the host is listed, but an address fails PKIX for its name, offers no STARTTLS or fails
+///   the handshake (RFC 8461 §4.2, §5):
+///   * `sts-enforce-pkix-fail` under `enforce` for a host without usable DANE records: senders
+///     applying MTA-STS do not deliver there; `fail` when no address passes, else `warn`;
+///   * `sts-dane-disagree` (`warn`) under `enforce` for a host with usable DANE records: DANE
+///     senders deliver (DANE takes precedence, RFC 8461 §2), senders using only MTA-STS do
+///     not;
+///   * `sts-testing-pkix-fail` (`warn`) under `testing`: mail would be deferred in `enforce`
+///     mode.
+pub(crate) fn sts_host_findings(
+    policy: &Policy,
+    host: &HostReport,
+    pkix: &HostPkix,
+    any_match: bool,
+) -> Vec<Finding> {
+    let mode = policy.mode();
+    if mode == Mode::None {
+        return Vec::new();
+    }
+    let name = &host.name;
+    if !policy.matches_mx(name.as_str()) {
+        let level = match (mode, any_match) {
+            (Mode::Enforce, true) => Level::Warn,
+            (Mode::Enforce, false) => Level::Fail,
+            _ => Level::Info,
+        };
+        let consequence = match (mode, any_match) {
+            (Mode::Enforce, true) => "senders applying it skip this host",
+            (Mode::Enforce, false) => {
+                "senders applying it skip this host, and the policy lists no other: they defer all mail"
+            }
+            _ => "in enforce mode, senders applying it would skip this host",
+        };
+        return vec![Finding {
+            level,
+            code: "sts-mx-not-in-policy",
+            message: format!(
+                "MX host {name} matches no mx pattern of the MTA-STS policy ({mode}): {consequence}"
+            ),
+            rfc: "RFC 8461 §4.1",
+        }];
+    }
+    if pkix.failed.is_empty() {
+        return Vec::new();
+    }
+    let failures: Vec<String> = pkix
+        .failed
+        .iter()
+        .map(|(address, why)| format!("{address}: {why}"))
+        .collect();
+    let failures = failures.join("; ");
+    let (level, code, consequence) = match mode {
+        Mode::Enforce if host.dane_usable() => (
+            Level::Warn,
+            "sts-dane-disagree",
+            "senders using DANE authenticate it by its TLSA records (DANE takes precedence), but senders using only MTA-STS (enforce) do not deliver to it",
+        ),
+        Mode::Enforce if pkix.valid.is_empty() => (
+            Level::Fail,
+            "sts-enforce-pkix-fail",
+            "senders applying the enforce policy do not deliver to it",
+        ),
+        Mode::Enforce => (
+            Level::Warn,
+            "sts-enforce-pkix-fail",
+            "senders applying the enforce policy do not deliver to those addresses",
+        ),
+        _ => (
+            Level::Warn,
+            "sts-testing-pkix-fail",
+            "senders report it now, and would not deliver to it in enforce mode",
+        ),
+    };
+    vec![Finding {
+        level,
+        code,
+        message: format!("{name} fails PKIX for its name ({failures}): {consequence}"),
+        rfc: if code == "sts-dane-disagree" {
+            "RFC 8461 §2"
+        } else {
+            "RFC 8461 §4.2"
+        },
+    }]
+}
+
 /// Findings from what the authoritative servers answered at `owner`: servers that publish
 /// different RRsets (some senders see one, some the other: a half-finished change), and
 /// servers that did not answer.
@@ -534,6 +746,8 @@ mod tests {
             leaf_not_after: None,
             key: None,
             other_certificate: None,
+            pkix_valid: None,
+            pkix_error: None,
         }
     }
 
@@ -838,5 +1052,299 @@ mod tests {
             f.iter().map(|f| f.code).collect::<Vec<_>>(),
             ["ns-unreachable"]
         );
+    }
+
+    fn policy(mode: &str, mx: &[&str]) -> Policy {
+        let mut text = format!("version: STSv1\nmode: {mode}\nmax_age: 86400\n");
+        for m in mx {
+            text.push_str(&format!("mx: {m}\n"));
+        }
+        Policy::parse(text.as_bytes(), "1".parse().unwrap()).unwrap()
+    }
+
+    fn sts_report(status: StsStatus, policy: Option<Policy>) -> StsReport {
+        StsReport {
+            status,
+            txt_id: Some("1".into()),
+            mode: policy.as_ref().map(Policy::mode),
+            mx: vec![],
+            max_age: None,
+            tls_rpt: Some(vec!["mailto:r@example.test".into()]),
+            tls_rpt_error: None,
+            error: None,
+            result_type: None,
+            policy,
+        }
+    }
+
+    fn host(name: &str, dane: DaneState) -> HostReport {
+        HostReport {
+            name: name.parse().unwrap(),
+            preference: 10,
+            port: 25,
+            tlsa_base: name.parse().unwrap(),
+            tlsa_name: None,
+            dane: dane.code(),
+            dane_detail: dane,
+            tlsa_dnssec: None,
+            tlsa: vec![],
+            a_dnssec: Status::Secure,
+            aaaa_dnssec: Status::Secure,
+            addresses: vec![],
+            reference_names: vec![],
+            mta_sts_match: None,
+            pkix_valid: None,
+            pkix_error: None,
+            findings: vec![],
+            verdict: super::super::model::Verdict::Ok,
+        }
+    }
+
+    fn no_dane() -> DaneState {
+        DaneState::NotApplicable {
+            reason: String::new(),
+        }
+    }
+
+    fn pkix(valid: usize, failed: usize) -> HostPkix {
+        HostPkix {
+            valid: (0..valid)
+                .map(|i| IpAddr::from([192, 0, 2, i as u8]))
+                .collect(),
+            failed: (0..failed)
+                .map(|i| {
+                    (
+                        IpAddr::from([198, 51, 100, i as u8]),
+                        "UnknownIssuer".into(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn host_codes(
+        policy: &Policy,
+        h: &HostReport,
+        p: &HostPkix,
+        any_match: bool,
+    ) -> Vec<(&'static str, Level)> {
+        sts_host_findings(policy, h, p, any_match)
+            .into_iter()
+            .map(|f| (f.code, f.level))
+            .collect()
+    }
+
+    #[test]
+    fn an_mx_host_outside_the_policy_is_skipped_by_sts_senders() {
+        let enforce = policy("enforce", &["mx1.example.test"]);
+        let other = host("mx2.example.test", no_dane());
+        assert_eq!(
+            host_codes(&enforce, &other, &pkix(1, 0), true),
+            [("sts-mx-not-in-policy", Level::Warn)]
+        );
+        // The policy lists none of the domain's hosts: all mail is deferred.
+        assert_eq!(
+            host_codes(&enforce, &other, &pkix(1, 0), false),
+            [("sts-mx-not-in-policy", Level::Fail)]
+        );
+        let testing = policy("testing", &["mx1.example.test"]);
+        assert_eq!(
+            host_codes(&testing, &other, &pkix(1, 0), false),
+            [("sts-mx-not-in-policy", Level::Info)]
+        );
+        // Matched (a wildcard, case-insensitive): nothing to say.
+        let wildcard = policy("enforce", &["*.Example.test"]);
+        assert_eq!(host_codes(&wildcard, &other, &pkix(1, 0), true), []);
+        assert_eq!(
+            host_codes(&policy("none", &[]), &other, &pkix(0, 1), false),
+            []
+        );
+    }
+
+    #[test]
+    fn a_listed_host_failing_pkix_depends_on_mode_and_dane() {
+        let enforce = policy("enforce", &["mx.example.test"]);
+        let plain = host("mx.example.test", no_dane());
+        assert_eq!(host_codes(&enforce, &plain, &pkix(2, 0), true), []);
+        assert_eq!(
+            host_codes(&enforce, &plain, &pkix(0, 1), true),
+            [("sts-enforce-pkix-fail", Level::Fail)]
+        );
+        assert_eq!(
+            host_codes(&enforce, &plain, &pkix(1, 1), true),
+            [("sts-enforce-pkix-fail", Level::Warn)]
+        );
+        let dane = host(
+            "mx.example.test",
+            DaneState::Usable {
+                records: vec![tlsa(A)],
+            },
+        );
+        let f = sts_host_findings(&enforce, &dane, &pkix(0, 1), true);
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.code, f.level, f.rfc))
+                .collect::<Vec<_>>(),
+            [("sts-dane-disagree", Level::Warn, "RFC 8461 §2")]
+        );
+        assert!(
+            f[0].message.contains("198.51.100.0: UnknownIssuer"),
+            "{}",
+            f[0].message
+        );
+        let testing = policy("testing", &["mx.example.test"]);
+        assert_eq!(
+            host_codes(&testing, &plain, &pkix(0, 1), true),
+            [("sts-testing-pkix-fail", Level::Warn)]
+        );
+    }
+
+    fn domain_codes(sts: &StsReport, hosts: &[HostReport]) -> Vec<(&'static str, Level)> {
+        sts_domain_findings(&"example.test".parse().unwrap(), sts, hosts)
+            .into_iter()
+            .map(|f| (f.code, f.level))
+            .collect()
+    }
+
+    #[test]
+    fn a_txt_record_without_a_usable_policy_fails() {
+        let absent = StsReport {
+            txt_id: None,
+            tls_rpt: None,
+            ..sts_report(StsStatus::Absent, None)
+        };
+        assert_eq!(domain_codes(&absent, &[]), []);
+        let fetch = sts_report(StsStatus::FetchFailed, None);
+        let f = sts_domain_findings(&"example.test".parse().unwrap(), &fetch, &[]);
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.code, f.level, f.rfc))
+                .collect::<Vec<_>>(),
+            [("sts-txt-without-policy", Level::Fail, "RFC 8461 §3.3")]
+        );
+        let invalid = sts_report(StsStatus::Invalid, None);
+        let f = sts_domain_findings(&"example.test".parse().unwrap(), &invalid, &[]);
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.code, f.level, f.rfc))
+                .collect::<Vec<_>>(),
+            [("sts-txt-without-policy", Level::Fail, "RFC 8461 §3.2")]
+        );
+        let bad_txt = StsReport {
+            txt_id: None,
+            ..sts_report(StsStatus::Invalid, None)
+        };
+        assert_eq!(
+            domain_codes(&bad_txt, &[]),
+            [("sts-txt-invalid", Level::Fail)]
+        );
+        let lookup = StsReport {
+            txt_id: None,
+            ..sts_report(StsStatus::FetchFailed, None)
+        };
+        assert_eq!(
+            domain_codes(&lookup, &[]),
+            [("sts-txt-lookup-failed", Level::Warn)]
+        );
+        // Not fetched (--no-connect): nothing is claimed either way.
+        assert_eq!(
+            domain_codes(&sts_report(StsStatus::NotFetched, None), &[]),
+            []
+        );
+    }
+
+    #[test]
+    fn policy_modes_patterns_and_tls_rpt_have_their_findings() {
+        let hosts = [host("mx.example.test", no_dane())];
+        let enforce = sts_report(
+            StsStatus::Valid,
+            Some(policy("enforce", &["mx.example.test"])),
+        );
+        assert_eq!(domain_codes(&enforce, &hosts), []);
+        let stale = sts_report(
+            StsStatus::Valid,
+            Some(policy("enforce", &["mx.example.test", "old.example.test"])),
+        );
+        let f = sts_domain_findings(&"example.test".parse().unwrap(), &stale, &hosts);
+        assert_eq!(
+            f.iter().map(|f| (f.code, f.level)).collect::<Vec<_>>(),
+            [("sts-policy-mx-unused", Level::Warn)]
+        );
+        assert!(
+            f[0].message.contains("old.example.test"),
+            "{}",
+            f[0].message
+        );
+        // Without MX hosts (a deferred route) patterns are not judged.
+        assert_eq!(domain_codes(&stale, &[]), []);
+        let testing = sts_report(
+            StsStatus::Valid,
+            Some(policy("testing", &["mx.example.test"])),
+        );
+        assert_eq!(
+            domain_codes(&testing, &hosts),
+            [("sts-testing", Level::Info)]
+        );
+        let unreported = StsReport {
+            tls_rpt: None,
+            ..testing.clone()
+        };
+        assert_eq!(
+            domain_codes(&unreported, &hosts),
+            [
+                ("sts-testing", Level::Info),
+                ("sts-testing-without-tls-rpt", Level::Warn)
+            ]
+        );
+        let none = sts_report(StsStatus::Valid, Some(policy("none", &[])));
+        assert_eq!(
+            domain_codes(&none, &hosts),
+            [("sts-mode-none", Level::Info)]
+        );
+        let bad_rpt = StsReport {
+            tls_rpt: None,
+            tls_rpt_error: Some("no rua".into()),
+            ..enforce
+        };
+        assert_eq!(
+            domain_codes(&bad_rpt, &hosts),
+            [("tls-rpt-invalid", Level::Warn)]
+        );
+    }
+
+    #[test]
+    fn host_pkix_counts_certificates_and_missing_tls_not_unreachable_addresses() {
+        let address = |i: u8, tls: Option<AddressProbe>| super::super::model::AddressReport {
+            address: IpAddr::from([192, 0, 2, i]),
+            dnssec: Status::Secure,
+            tls,
+        };
+        let judged = |valid: bool| AddressProbe {
+            pkix_valid: Some(valid),
+            pkix_error: (!valid).then(|| "expired".to_owned()),
+            ..probe(None)
+        };
+        let addresses = [
+            address(1, Some(judged(true))),
+            address(2, Some(judged(false))),
+            address(3, Some(probe(Some(ProbeFailure::StarttlsMissing)))),
+            address(4, Some(probe(Some(ProbeFailure::Unreachable)))),
+            address(5, None),
+        ];
+        let p = HostPkix::of(&addresses);
+        assert_eq!(p.valid, [IpAddr::from([192, 0, 2, 1])]);
+        assert_eq!(
+            p.failed,
+            [
+                (IpAddr::from([192, 0, 2, 2]), "expired".to_owned()),
+                (
+                    IpAddr::from([192, 0, 2, 3]),
+                    "no STARTTLS offered".to_owned()
+                )
+            ]
+        );
+        assert_eq!(p.summary(), Some(false));
+        assert_eq!(HostPkix::of(&addresses[..1]).summary(), Some(true));
+        assert_eq!(HostPkix::of(&addresses[3..]).summary(), None);
     }
 }

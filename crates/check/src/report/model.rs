@@ -8,7 +8,8 @@ use dns::route::DaneState;
 use dns::{DnsName, Status};
 use serde::Serialize;
 
-use crate::probe::AddressProbe;
+use crate::mta_sts::StsReport;
+use crate::probe::{AddressProbe, ProbeFailure};
 
 /// Severity of a finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -134,6 +135,15 @@ pub struct HostReport {
     pub addresses: Vec<AddressReport>,
     /// Names a DANE-TA certificate may carry.
     pub reference_names: Vec<dane::ReferenceName>,
+    /// Whether the domain's MTA-STS policy (mode `enforce` or `testing`) lists this host
+    /// (RFC 8461 §4.1); `null` without such a policy.
+    pub mta_sts_match: Option<bool>,
+    /// Whether every address that answered presented a certificate valid by PKIX for the host
+    /// name (RFC 8461 §4.2); `null` when nothing was judged (no probe, no trust anchors).
+    pub pkix_valid: Option<bool>,
+    /// Why not, for the first address that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkix_error: Option<String>,
     /// Findings about this host.
     pub findings: Vec<Finding>,
     /// `ok`, `warn` or `fail`.
@@ -166,6 +176,52 @@ pub struct DomainReport {
     pub findings: Vec<Finding>,
     /// The MX hosts, in preference order.
     pub hosts: Vec<HostReport>,
+    /// The domain's MTA-STS state (RFC 8461).
+    pub mta_sts: StsReport,
+}
+
+/// The PKIX verdicts on a host's addresses (RFC 8461 §4.2), from their probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostPkix {
+    /// Addresses whose certificate is valid for the host.
+    pub valid: Vec<IpAddr>,
+    /// Addresses that fail, and why: an invalid certificate, no STARTTLS, a failed handshake.
+    pub failed: Vec<(IpAddr, String)>,
+}
+
+impl HostPkix {
+    /// The verdicts of `addresses`. An address that could not be reached, or whose SMTP
+    /// dialogue failed before STARTTLS, is neither: other findings report it.
+    pub fn of(addresses: &[AddressReport]) -> HostPkix {
+        let mut out = HostPkix::default();
+        for a in addresses {
+            let Some(p) = &a.tls else { continue };
+            match (p.pkix_valid, p.error_kind) {
+                (Some(true), _) => out.valid.push(a.address),
+                (Some(false), _) => out.failed.push((
+                    a.address,
+                    p.pkix_error.clone().unwrap_or_else(|| "invalid".into()),
+                )),
+                (None, Some(ProbeFailure::StarttlsMissing)) => out
+                    .failed
+                    .push((a.address, "no STARTTLS offered".to_owned())),
+                (None, Some(ProbeFailure::TlsHandshakeFailed)) => out.failed.push((
+                    a.address,
+                    format!(
+                        "TLS handshake failed: {}",
+                        p.error.as_deref().unwrap_or("no detail")
+                    ),
+                )),
+                (None, _) => {}
+            }
+        }
+        out
+    }
+
+    /// `pkix_valid` of the host: `null` when no address was judged.
+    pub fn summary(&self) -> Option<bool> {
+        (!self.valid.is_empty() || !self.failed.is_empty()).then_some(self.failed.is_empty())
+    }
 }
 
 /// The verdict of a set of findings: `fail` if any fails, `warn` if any warns, else `ok`.
