@@ -6,6 +6,7 @@
 //! implementation) and the accepting side ([`listener`]: relay permission, `Received:`, `250`
 //! only once the store has the message). The scheduler and the daemon's wiring come next
 //! (issue 10).
+//! The MTA-STS policy cache ([`sts_cache`], RFC 8461 §5.1) lives in the queue store.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,5 +19,6 @@ pub mod listener;
 pub mod metrics;
 pub mod queue;
 pub mod scheduler;
+pub mod sts_cache;
 pub mod users;
 pub mod wake;

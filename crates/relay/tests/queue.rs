@@ -651,3 +651,235 @@ fn concurrent_accepts_are_all_stored() {
         assert_eq!(body_of(&store, &id), body.as_bytes());
     }
 }
+
+// The MTA-STS policy cache (RFC 8461 §5.1) kept in the queue store.
+
+mod sts_policies {
+    use super::*;
+
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use dns::DnsName;
+    use relay::sts_cache::{StorePolicies, StsCacheError};
+    use sts::{CachedPolicy, Mode, Policy, PolicyStore};
+
+    fn domain(name: &str) -> DnsName {
+        name.parse().unwrap()
+    }
+
+    /// An `enforce` policy for `mx.<domain>` fetched at `fetched_at` (with a fraction of a
+    /// second, which must survive the store).
+    fn cached(max_age: u32, fetched_at: i64) -> CachedPolicy {
+        let policy = Policy::new(
+            "20240101T000000".parse().unwrap(),
+            Mode::Enforce,
+            vec![
+                "mx.example.com".parse().unwrap(),
+                "*.example.net".parse().unwrap(),
+            ],
+            max_age,
+        )
+        .unwrap();
+        CachedPolicy {
+            policy,
+            fetched_at: UNIX_EPOCH + Duration::new(u64::try_from(fetched_at).unwrap(), 123_456_789),
+        }
+    }
+
+    fn at(secs: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap())
+    }
+
+    fn cache(dir: &TempDir) -> StorePolicies<LocalStore> {
+        StorePolicies::new(Arc::new(open(dir, T0)))
+    }
+
+    /// A second connection to the queue database, as an operator's `sqlite3` would be.
+    fn raw(dir: &TempDir) -> rusqlite::Connection {
+        rusqlite::Connection::open(dir.path().join("queue.sqlite")).unwrap()
+    }
+
+    fn rows(dir: &TempDir) -> i64 {
+        raw(dir)
+            .query_row("SELECT count(*) FROM sts_policies", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_policy_round_trips_and_is_replaced_and_removed() {
+        let dir = TempDir::new("sts-cache");
+        let policies = cache(&dir);
+        let d = domain("Example.COM.");
+        assert_eq!(policies.get(&d).unwrap(), None);
+        let first = cached(86_400, T0);
+        policies.put(&d, &first).unwrap();
+        assert_eq!(policies.get(&d).unwrap(), Some(first));
+        // The key is the normalised name: lower case, no trailing dot.
+        let key: String = raw(&dir)
+            .query_row("SELECT domain FROM sts_policies", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(key, "example.com");
+        let second = cached(604_800, T0 + 10);
+        policies.put(&domain("example.com"), &second).unwrap();
+        assert_eq!(rows(&dir), 1);
+        assert_eq!(policies.get(&d).unwrap(), Some(second));
+        assert_eq!(policies.get(&domain("example.net")).unwrap(), None);
+        policies.remove(&d).unwrap();
+        assert_eq!(policies.get(&d).unwrap(), None);
+        policies.remove(&d).unwrap();
+    }
+
+    /// The point of keeping it in the store (RFC 8461 §5.1): an `enforce` policy is still
+    /// there after a restart.
+    #[test]
+    fn the_cache_survives_a_restart() {
+        let dir = TempDir::new("sts-cache");
+        let d = domain("example.com");
+        let policy = cached(86_400, T0);
+        {
+            let policies = cache(&dir);
+            policies.put(&d, &policy).unwrap();
+        }
+        let policies = cache(&dir);
+        let got = policies.get(&d).unwrap().unwrap();
+        assert_eq!(got, policy);
+        assert_eq!(got.policy.mode(), Mode::Enforce);
+    }
+
+    /// A queue written by the previous build (schema 2) keeps its messages and gains the
+    /// cache; a queue written by a newer build is refused, as before.
+    #[test]
+    fn a_version_2_queue_is_migrated_and_a_newer_one_refused() {
+        let dir = TempDir::new("sts-cache");
+        let id = {
+            let store = open(&dir, T0);
+            put(&store, &envelope(&["bob@example.com"]), b"hi\r\n", T0).unwrap()
+        };
+        // Back to what a version-2 build left.
+        raw(&dir)
+            .execute_batch("DROP TABLE sts_policies; UPDATE schema_version SET version = 2;")
+            .unwrap();
+        let store = Arc::new(open(&dir, T0));
+        let listed = store.list(T0).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].queue_id, id);
+        let version: i64 = raw(&dir)
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        let policies = StorePolicies::new(Arc::clone(&store));
+        policies
+            .put(&domain("example.com"), &cached(60, T0))
+            .unwrap();
+        drop((policies, store));
+
+        raw(&dir)
+            .execute("UPDATE schema_version SET version = 4", [])
+            .unwrap();
+        assert!(matches!(
+            LocalStore::open(dir.path(), T0),
+            Err(QueueError::SchemaTooNew {
+                found: 4,
+                supported: 3
+            })
+        ));
+    }
+
+    /// A damaged entry is no policy: dropped, and the other domains' entries are untouched.
+    #[test]
+    fn a_damaged_entry_is_dropped() {
+        let dir = TempDir::new("sts-cache");
+        let policies = cache(&dir);
+        let (broken, invalid, fine) = (
+            domain("broken.example"),
+            domain("invalid.example"),
+            domain("fine.example"),
+        );
+        for d in [&broken, &invalid, &fine] {
+            policies.put(d, &cached(86_400, T0)).unwrap();
+        }
+        // Not JSON at all.
+        raw(&dir)
+            .execute(
+                "UPDATE sts_policies SET policy = '{\"policy\": tru' WHERE domain = ?1",
+                [broken.as_str()],
+            )
+            .unwrap();
+        // JSON, but a policy RFC 8461 §3.2 forbids: max_age over a year.
+        let json: String = raw(&dir)
+            .query_row(
+                "SELECT policy FROM sts_policies WHERE domain = ?1",
+                [invalid.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["policy"]["max_age"] = serde_json::json!(31_557_601);
+        raw(&dir)
+            .execute(
+                "UPDATE sts_policies SET policy = ?2 WHERE domain = ?1",
+                [invalid.as_str(), &value.to_string()],
+            )
+            .unwrap();
+
+        assert_eq!(policies.get(&broken).unwrap(), None);
+        assert_eq!(policies.get(&invalid).unwrap(), None);
+        assert_eq!(rows(&dir), 1, "both damaged entries removed");
+        assert_eq!(policies.get(&fine).unwrap(), Some(cached(86_400, T0)));
+        // The domain can be cached again.
+        policies.put(&broken, &cached(60, T0)).unwrap();
+        assert_eq!(policies.get(&broken).unwrap(), Some(cached(60, T0)));
+    }
+
+    /// A store that fails is an error, not an empty cache (which would let a broken disk
+    /// downgrade an enforced domain).
+    #[test]
+    fn a_failing_store_is_an_error_not_an_empty_cache() {
+        let dir = TempDir::new("sts-cache");
+        let policies = cache(&dir);
+        raw(&dir).execute_batch("DROP TABLE sts_policies").unwrap();
+        assert!(matches!(
+            policies.get(&domain("example.com")),
+            Err(StsCacheError::Store(QueueError::Db(_)))
+        ));
+        assert!(
+            policies
+                .put(&domain("example.com"), &cached(60, T0))
+                .is_err()
+        );
+    }
+
+    /// Pruning removes exactly the entries whose `max_age` has run out (RFC 8461 §5.1).
+    #[test]
+    fn expired_entries_are_pruned() {
+        let dir = TempDir::new("sts-cache");
+        let policies = cache(&dir);
+        let (short, long) = (domain("short.example"), domain("long.example"));
+        policies.put(&short, &cached(60, T0)).unwrap();
+        policies.put(&long, &cached(3600, T0)).unwrap();
+        // The short one expires at T0 + 60.123…: not yet at T0 + 60.
+        assert_eq!(policies.prune(at(T0 + 60)).unwrap(), 0);
+        assert!(policies.get(&short).unwrap().is_some());
+        assert_eq!(policies.prune(at(T0 + 61)).unwrap(), 1);
+        assert_eq!(policies.get(&short).unwrap(), None);
+        assert_eq!(policies.get(&long).unwrap(), Some(cached(3600, T0)));
+        assert_eq!(policies.store().prune_sts_policies(T0 + 3601).unwrap(), 1);
+        assert_eq!(rows(&dir), 0);
+        assert_eq!(policies.prune(at(T0 + 7200)).unwrap(), 0);
+    }
+
+    /// The expiry column is what the policy says: `fetched_at + max_age`, rounded up.
+    #[test]
+    fn the_record_carries_the_policy_times() {
+        let dir = TempDir::new("sts-cache");
+        let policies = cache(&dir);
+        let d = domain("example.com");
+        policies.put(&d, &cached(86_400, T0)).unwrap();
+        let record = policies.store().sts_policy(&d).unwrap().unwrap();
+        assert_eq!(record.fetched_at, T0);
+        assert_eq!(record.expires_at, T0 + 86_401);
+        let back: CachedPolicy = serde_json::from_str(&record.policy).unwrap();
+        assert_eq!(back, cached(86_400, T0));
+    }
+}
