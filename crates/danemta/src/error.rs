@@ -35,6 +35,9 @@ pub enum CliError {
     /// The message given on input is refused (sendmail).
     #[error("{0}")]
     Data(String),
+    /// A TLS client configuration cannot be built (no usable trust anchors).
+    #[error("cannot set up TLS: {0}")]
+    Tls(rustls::Error),
 }
 
 /// sysexits EX_USAGE.
@@ -65,6 +68,7 @@ impl CliError {
             CliError::Queue(_) => EX_TEMPFAIL,
             CliError::Unavailable(_) => EX_UNAVAILABLE,
             CliError::Data(_) => EX_DATAERR,
+            CliError::Tls(_) => EX_CONFIG,
         }
     }
 }

@@ -4,18 +4,19 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use dane::ReferenceName;
 use dane::pki_types::CertificateDer;
 use dane::pki_types::pem::PemObject;
-use dns::DnsName;
+use dns::{DnsName, NextHop};
 use serde_json::json;
 use smtp::{
     Config, Delivery, Envelope, Fate, Gate, HeloName, Level, Limits, Message, Timeouts, Via,
     dispatch, dnssec_gate, fingerprint_records, next_hops,
 };
+use sts::{Discovery, Fetcher, MemoryStore, ResolverAddresses, ResolverTxt, Sts};
 
 use crate::dnsopts::{DnsArgs, runtime};
 use crate::error::CliError;
@@ -35,10 +36,11 @@ pub struct SendArgs {
     /// The message (headers and body, RFC 5322) from FILE, or `-` for standard input.
     #[arg(long, value_name = "FILE|-", default_value = "-")]
     message: String,
-    /// TLS policy: none, may, encrypt, dane (default: DANE where secure TLSA records exist,
-    /// else opportunistic TLS), dane-only, fingerprint, verify, secure.
-    #[arg(long, value_name = "LEVEL", default_value = "dane")]
-    policy: Level,
+    /// TLS policy: none, may, encrypt, dane, dane-only, fingerprint, verify, secure. Without
+    /// it: DANE where secure TLSA records exist, else the recipient domain's MTA-STS policy
+    /// (RFC 8461), else opportunistic TLS; a policy given here overrides MTA-STS.
+    #[arg(long, value_name = "LEVEL")]
+    policy: Option<Level>,
     /// SMTP port of the MX hosts.
     #[arg(long, default_value_t = 25, value_name = "N")]
     port: u16,
@@ -63,7 +65,8 @@ pub struct SendArgs {
     /// certificate or public key (repeat for several).
     #[arg(long = "fingerprint", value_name = "HEX")]
     fingerprints: Vec<String>,
-    /// For --policy verify/secure: extra trusted CA certificates (PEM), besides the system's.
+    /// Extra trusted CA certificates (PEM), besides the system's: for --policy verify/secure,
+    /// and for MTA-STS (the policy fetch and the MX certificates).
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
     /// For --policy verify/secure: a name the certificate must carry (repeat for several);
@@ -134,7 +137,10 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         )),
         None => None,
     };
-    if args.policy == Level::Fingerprint && args.fingerprints.is_empty() {
+    let level = args.policy.unwrap_or_default();
+    // MTA-STS applies to MX delivery at the default level (RFC 8461; PRODUCT.md).
+    let mta_sts = args.policy.is_none() && matches!(via, Via::Mx { .. });
+    if level == Level::Fingerprint && args.fingerprints.is_empty() {
         return Err(usage(
             "--policy fingerprint needs at least one --fingerprint".into(),
         ));
@@ -158,7 +164,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
     });
     let config = Config {
         helo_name,
-        level: args.policy,
+        level,
         timeouts,
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         fingerprints: fingerprint_records(&args.fingerprints)
@@ -169,6 +175,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         limits: Limits::default(),
         // One delivery: no session to resume.
         sessions: None,
+        level_configured: args.policy.is_some(),
+        mta_sts: None,
     };
 
     let rt = runtime().map_err(CliError::Runtime)?;
@@ -176,7 +184,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         let backend = args.dns.backend().await?;
         // The start-up probe: without DNSSEC validation, DANE cannot be enforced.
         let probe = dns::doctor::root_validates(&backend).await;
-        match dnssec_gate(args.policy, probe) {
+        match dnssec_gate(level, probe) {
             Gate::Deliver => {}
             Gate::DeliverUnprotected(why) => eprintln!(
                 "danemta: WARNING: {}; delivering without DANE protection",
@@ -192,9 +200,34 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
                 );
             }
         }
-        dispatch(&backend, &hops, &args.from, &message, &config)
+        let backend = Arc::new(backend);
+        let sts = match mta_sts {
+            true => Some(Sts::new(
+                ResolverTxt(Arc::clone(&backend)),
+                ResolverAddresses(Arc::clone(&backend)),
+                MemoryStore::new(),
+                Fetcher::new(Arc::clone(&config.roots)).map_err(CliError::Tls)?,
+            )),
+            false => None,
+        };
+        let mut deliveries = Vec::with_capacity(hops.len());
+        for hop in &hops {
+            let mut config = config.clone();
+            if let (Some(sts), NextHop::Domain { domain, .. }) = (&sts, &hop.0) {
+                config.mta_sts = mta_sts_policy(sts, domain).await;
+            }
+            let delivered = dispatch(
+                &*backend,
+                std::slice::from_ref(hop),
+                &args.from,
+                &message,
+                &config,
+            )
             .await
-            .map_err(|e| usage(e.to_string()))
+            .map_err(|e| usage(e.to_string()))?;
+            deliveries.extend(delivered);
+        }
+        Ok(deliveries)
     })?;
 
     let recipients: Vec<_> = deliveries
@@ -221,6 +254,31 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::from(exit_code(&all)))
+}
+
+/// The MTA-STS policy of `domain` (RFC 8461 §3, §5), if one applies; a failed discovery is
+/// reported and delivery goes on as without a policy (§5: no policy is found).
+async fn mta_sts_policy<T, A, S>(sts: &Sts<T, A, S>, domain: &DnsName) -> Option<Arc<sts::Policy>>
+where
+    T: sts::TxtResolver,
+    A: sts::AddressSource,
+    S: sts::PolicyStore,
+{
+    match sts.policy_for(domain, SystemTime::now()).await {
+        Ok(Discovery::Policy { policy, .. }) => Some(Arc::new(policy)),
+        Ok(Discovery::NoPolicy(sts::DiscoveryError::NoRecord)) => None,
+        Ok(Discovery::NoPolicy(why)) => {
+            eprintln!(
+                "danemta: MTA-STS for {domain}: {}; delivering as without a policy",
+                escape(&why.to_string())
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("danemta: MTA-STS for {domain}: {}", escape(&e.to_string()));
+            None
+        }
+    }
 }
 
 /// sysexits status for `danemta send` (PRODUCT.md): 0 all delivered, 69 (EX_UNAVAILABLE)

@@ -303,6 +303,9 @@ fn rule_id(rule: Rule) -> &'static str {
         Rule::NextMx => "next-mx",
         Rule::Credentials => "credentials",
         Rule::Limits => "limits",
+        Rule::StsEnforce => "sts-enforce",
+        Rule::StsMxMismatch => "sts-mx-mismatch",
+        Rule::StsTesting => "sts-testing",
     }
 }
 

@@ -643,6 +643,8 @@ impl<R: Resolver + 'static> Scheduler<R> {
             credentials: None,
             limits: Limits::default(),
             sessions: Some(Arc::clone(&self.sessions)),
+            level_configured: dest.configured,
+            mta_sts: None,
         };
         let next_hop_name = dest.hop.name(&first_domain).clone();
         let reuse = self.take_idle(dest);

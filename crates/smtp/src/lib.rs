@@ -42,7 +42,8 @@ pub use envelope::{Envelope, EnvelopeError, HeloName};
 pub use message::{Body, BodySource, Stuffer};
 pub use message::{Message, MessageError};
 pub use outcome::{
-    Attempt, Delivery, Failure, Fate, Outcome, RemoteMta, Response, Rule, Security, ServerReply,
+    Attempt, Delivery, Failure, Fate, Mechanism, Outcome, RemoteMta, Response, Rule, Security,
+    ServerReply,
 };
 pub use policy::{Level, fingerprint_records};
 pub use resume::SessionCache;

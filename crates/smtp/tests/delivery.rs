@@ -87,6 +87,8 @@ fn config(level: Level) -> Config {
         credentials: None,
         limits: smtp::Limits::default(),
         sessions: None,
+        level_configured: false,
+        mta_sts: None,
     }
 }
 

@@ -136,6 +136,8 @@ async fn deliver(addr: SocketAddr, rcpts: &[&str]) -> smtp::Delivery {
         credentials: None,
         limits: smtp::Limits::default(),
         sessions: None,
+        level_configured: false,
+        mta_sts: None,
     };
     let envelope = Envelope::new("a@client.test", rcpts.iter().copied()).unwrap();
     let body = format!("Subject: t\n\n{}", "a line of the body\n".repeat(50));

@@ -157,6 +157,8 @@ fn config(level: Level, sessions: Option<&Arc<SessionCache>>) -> Config {
         credentials: None,
         limits: smtp::Limits::default(),
         sessions: sessions.cloned(),
+        level_configured: false,
+        mta_sts: None,
     }
 }
 

@@ -158,6 +158,8 @@ fn config() -> Config {
         credentials: None,
         limits: smtp::Limits::default(),
         sessions: None,
+        level_configured: false,
+        mta_sts: None,
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Destination {
     pub hop: Hop,
     /// The TLS policy level.
     pub level: Level,
+    /// Whether a `[[policy]]` entry set the level: it then overrides MTA-STS (PRODUCT.md).
+    pub configured: bool,
     /// The `[[policy]]` entry's `match` names (for `verify`/`secure`).
     pub match_names: Vec<DnsName>,
     /// The `[[policy]]` entry's fingerprints (for `fingerprint`).
@@ -99,6 +101,7 @@ pub fn destination(config: &Config, recipient: &str) -> Result<Destination, Dest
     Ok(Destination {
         hop,
         level,
+        configured: entry.is_some(),
         match_names: entry.map(|e| e.match_names.clone()).unwrap_or_default(),
         fingerprints: entry
             .map(|e: &PolicyEntry| e.fingerprint.clone())

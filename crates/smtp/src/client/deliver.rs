@@ -15,8 +15,8 @@ use rustls::crypto::CryptoProvider;
 use crate::envelope::HeloName;
 use crate::message::{BodySource, Message};
 use crate::outcome::{
-    Attempt, DaneReport, DaneStatus, Delivery, Failure, Fate, LookupStatus, RecipientOutcome,
-    RemoteMta, Response, Rule, Security, ServerReply,
+    Attempt, DaneReport, DaneStatus, Delivery, Failure, Fate, LookupStatus, Mechanism,
+    RecipientOutcome, RemoteMta, Response, Rule, Security, ServerReply,
 };
 use crate::policy::Level;
 use crate::reply::Reply;
@@ -101,16 +101,33 @@ pub struct Config {
     /// 5077), keyed by host, address, port, SNI, mode and everything the authentication
     /// depends on (RFC 7672 §3.1: the TLSA RRset); `None` resumes nothing.
     pub sessions: Option<Arc<SessionCache>>,
+    /// Whether [`Config::level`] was configured for this destination (a `[[policy]]` entry,
+    /// `send --policy`): it then overrides MTA-STS, as Postfix's policy table does.
+    pub level_configured: bool,
+    /// The recipient domain's MTA-STS policy (RFC 8461), found by the caller. It applies at
+    /// level `dane` when the level is not configured, to hosts without secure TLSA records
+    /// (RFC 8461 §2: where DANE applies, DANE decides).
+    pub mta_sts: Option<Arc<sts::Policy>>,
 }
 
-/// How to treat one host.
+/// How to treat one host: connect under a mode, or skip it; either way the rule and the
+/// mechanism that decided.
 enum Plan {
-    Connect { mode: Mode, rule: Rule },
-    Skip { reason: String, rule: Rule },
+    Connect {
+        mode: Mode,
+        rule: Rule,
+        mechanism: Mechanism,
+    },
+    Skip {
+        reason: String,
+        rule: Rule,
+        mechanism: Mechanism,
+    },
 }
 
-/// Policy level × DANE state → what a connection to this host must do (PRODUCT.md policy
-/// levels; RFC 7672 §2.2 for `dane` and `dane-only`).
+/// Policy level × DANE state × MTA-STS policy → what a connection to this host must do
+/// (PRODUCT.md policy levels; RFC 7672 §2.2 for `dane` and `dane-only`; RFC 8461 §2, §4 and
+/// §5 for MTA-STS, which applies only where DANE does not).
 fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
     let dane = |records: &Vec<Tlsa>| {
         Mode::Required(Auth::Dane {
@@ -118,34 +135,45 @@ fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
             names: c.reference_names.clone(),
         })
     };
-    let pkix = |default: &DnsName| {
-        let names = if cfg.match_names.is_empty() {
-            default.reference_name().into_iter().collect()
-        } else {
-            cfg.match_names.clone()
-        };
+    let pkix = |names: Vec<ReferenceName>| {
         Mode::Required(Auth::Pkix {
             roots: cfg.roots.clone(),
             names,
         })
     };
-    let connect = |mode, rule| Plan::Connect { mode, rule };
+    let configured = |default: &DnsName| {
+        if cfg.match_names.is_empty() {
+            default.reference_name().into_iter().collect()
+        } else {
+            cfg.match_names.clone()
+        }
+    };
+    let table = |mode| Plan::Connect {
+        mode,
+        rule: Rule::Policy,
+        mechanism: Mechanism::PolicyTable,
+    };
+    let by_dane = |mode, rule| Plan::Connect {
+        mode,
+        rule,
+        mechanism: Mechanism::Dane,
+    };
     match (cfg.level, &c.dane) {
-        (Level::None, _) => connect(Mode::Plaintext, Rule::Policy),
-        (Level::May, _) => connect(Mode::Opportunistic, Rule::Policy),
-        (Level::Encrypt, _) => connect(Mode::Required(Auth::None), Rule::Policy),
-        (Level::Fingerprint, _) => connect(
-            Mode::Required(Auth::Fingerprint(cfg.fingerprints.clone())),
-            Rule::Policy,
-        ),
-        (Level::Verify, _) => connect(pkix(&c.name), Rule::Policy),
-        (Level::Secure, _) => connect(pkix(next_hop), Rule::Policy),
+        (Level::None, _) => table(Mode::Plaintext),
+        (Level::May, _) => table(Mode::Opportunistic),
+        (Level::Encrypt, _) => table(Mode::Required(Auth::None)),
+        (Level::Fingerprint, _) => {
+            table(Mode::Required(Auth::Fingerprint(cfg.fingerprints.clone())))
+        }
+        (Level::Verify, _) => table(pkix(configured(&c.name))),
+        (Level::Secure, _) => table(pkix(configured(next_hop))),
         (Level::Dane | Level::DaneOnly, DaneState::HostUnusable { reason }) => Plan::Skip {
             reason: reason.clone(),
             rule: Rule::HostUnusable,
+            mechanism: Mechanism::Dane,
         },
         (Level::Dane | Level::DaneOnly, DaneState::Usable { records }) => {
-            connect(dane(records), Rule::DaneMandatory)
+            by_dane(dane(records), Rule::DaneMandatory)
         }
         (Level::DaneOnly, _) => Plan::Skip {
             reason: format!(
@@ -154,13 +182,64 @@ fn plan(cfg: &Config, c: &Candidate, next_hop: &DnsName) -> Plan {
                 c.dane.code()
             ),
             rule: Rule::DaneOnly,
+            mechanism: Mechanism::Dane,
         },
         (Level::Dane, DaneState::Unusable) => {
-            connect(Mode::Required(Auth::None), Rule::DaneUnusableRecords)
+            by_dane(Mode::Required(Auth::None), Rule::DaneUnusableRecords)
         }
-        (Level::Dane, DaneState::NotApplicable { .. }) => {
-            connect(Mode::Opportunistic, Rule::Opportunistic)
-        }
+        (Level::Dane, DaneState::NotApplicable { .. }) => match cfg.mta_sts.as_deref() {
+            Some(policy) if !cfg.level_configured => by_mta_sts(policy, c, pkix),
+            // The configured level overrides the domain's MTA-STS policy.
+            Some(_) => Plan::Connect {
+                mode: Mode::Opportunistic,
+                rule: Rule::Policy,
+                mechanism: Mechanism::PolicyTable,
+            },
+            None => Plan::Connect {
+                mode: Mode::Opportunistic,
+                rule: Rule::Opportunistic,
+                mechanism: Mechanism::Opportunistic,
+            },
+        },
+    }
+}
+
+/// MTA-STS for a host without secure TLSA records (RFC 8461 §4, §5): in mode `enforce`, a
+/// host that matches no `mx` pattern is not used, and one that does must present a PKIX
+/// certificate valid for its own name (§4.2: the MX host name, not the recipient domain);
+/// in mode `testing` delivery goes on as without a policy; mode `none` is no policy.
+fn by_mta_sts(
+    policy: &sts::Policy,
+    c: &Candidate,
+    pkix: impl Fn(Vec<ReferenceName>) -> Mode,
+) -> Plan {
+    let opportunistic = |rule, mechanism| Plan::Connect {
+        mode: Mode::Opportunistic,
+        rule,
+        mechanism,
+    };
+    match policy.mode() {
+        sts::Mode::None => opportunistic(Rule::Opportunistic, Mechanism::Opportunistic),
+        sts::Mode::Testing => opportunistic(Rule::StsTesting, Mechanism::MtaSts),
+        sts::Mode::Enforce if !policy.matches_mx(c.name.as_str()) => Plan::Skip {
+            reason: format!(
+                "{} matches none of the MTA-STS policy's mx patterns ({})",
+                c.name,
+                policy
+                    .mx()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            rule: Rule::StsMxMismatch,
+            mechanism: Mechanism::MtaSts,
+        },
+        sts::Mode::Enforce => Plan::Connect {
+            mode: pkix(c.name.reference_name().into_iter().collect()),
+            rule: Rule::StsEnforce,
+            mechanism: Mechanism::MtaSts,
+        },
     }
 }
 
@@ -472,21 +551,29 @@ impl Walker<'_> {
                 aaaa: c.aaaa_dnssec,
                 tlsa: c.tlsa_dnssec,
             };
-            let (mode, rule) = match plan(cfg, c, next_hop) {
-                Plan::Skip { reason, rule } => {
-                    let attempt = skipped(c, &lookups, reason, rule);
+            let (mode, rule, mechanism) = match plan(cfg, c, next_hop) {
+                Plan::Skip {
+                    reason,
+                    rule,
+                    mechanism,
+                } => {
+                    let attempt = skipped(c, &lookups, reason, rule, mechanism);
                     tracing::warn!("{}", attempt.log_line());
                     last_reason = attempt.reason.clone();
                     attempts.push(attempt);
                     continue;
                 }
-                Plan::Connect { mode, rule } => (mode, rule),
+                Plan::Connect {
+                    mode,
+                    rule,
+                    mechanism,
+                } => (mode, rule, mechanism),
             };
             if cfg.credentials.is_some()
                 && let Err(why) = credentials_may_go(cfg, c, &mode)
             {
                 let error = SessionError::AuthUnavailable(AuthUnavailable::NotVerified(why));
-                let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials);
+                let attempt = skipped(c, &lookups, error.to_string(), Rule::Credentials, mechanism);
                 tracing::warn!("{}", attempt.log_line());
                 last_reason = format!("{}: {}", c.name, attempt.reason);
                 attempts.push(attempt);
@@ -508,6 +595,7 @@ impl Walker<'_> {
                             candidates.len() - index
                         ),
                         Rule::Limits,
+                        mechanism,
                     );
                     attempt.address = Some(address);
                     tracing::warn!("{}", attempt.log_line());
@@ -516,23 +604,25 @@ impl Walker<'_> {
                     break 'hosts;
                 }
                 tried += 1;
+                let planned = Planned {
+                    mode: &mode,
+                    rule,
+                    mechanism,
+                };
                 let (mut attempt, mut result, mut connection) =
-                    connect(c, address, &mode, rule, &lookups, m, cfg).await;
+                    connect(c, address, planned, &lookups, m, cfg).await;
                 let mta = remote(c, address);
                 let mut next = after_attempt(&mode, &result, envelope.recipients(), &mta);
                 if next == Next::RetryPlaintext {
                     log(&attempt);
                     attempts.push(attempt);
-                    (attempt, result, connection) = connect(
-                        c,
-                        address,
-                        &Mode::Plaintext,
-                        Rule::PlaintextRetry,
-                        &lookups,
-                        m,
-                        cfg,
-                    )
-                    .await;
+                    let retry = Planned {
+                        mode: &Mode::Plaintext,
+                        rule: Rule::PlaintextRetry,
+                        mechanism,
+                    };
+                    (attempt, result, connection) =
+                        connect(c, address, retry, &lookups, m, cfg).await;
                     next = after_attempt(&Mode::Plaintext, &result, envelope.recipients(), &mta);
                 }
                 log(&attempt);
@@ -689,7 +779,13 @@ fn dane_report(c: &Candidate) -> DaneReport {
     }
 }
 
-fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) -> Attempt {
+fn skipped(
+    c: &Candidate,
+    lookups: &LookupStatus,
+    reason: String,
+    rule: Rule,
+    mechanism: Mechanism,
+) -> Attempt {
     Attempt {
         host: c.name.clone(),
         address: None,
@@ -703,14 +799,24 @@ fn skipped(c: &Candidate, lookups: &LookupStatus, reason: String, rule: Rule) ->
         reason,
         failure: None,
         rule,
+        mechanism,
         replies: Vec::new(),
         reused: false,
     }
 }
 
+/// What a connection is opened under: the mode, and the rule and mechanism that chose it.
+#[derive(Clone, Copy)]
+struct Planned<'a> {
+    mode: &'a Mode,
+    rule: Rule,
+    mechanism: Mechanism,
+}
+
 /// The rule behind a connection that failed before its transaction with `e`, under `mode`
 /// planned by `planned`: a DANE mismatch is RFC 7672 §3.1's; no TLS where DANE demands it,
-/// §2.2's; a plaintext retry keeps its own; a failed opportunistic handshake is RFC 7435's;
+/// §2.2's; no TLS or no valid certificate under an MTA-STS enforce policy, RFC 8461 §5's; a
+/// plaintext retry keeps its own; a failed opportunistic handshake is RFC 7435's;
 /// anything else sends the delivery on to the next host (RFC 5321 §5.1).
 pub fn rule_of_failure(e: &SessionError, mode: &Mode, planned: Rule) -> Rule {
     match (e, mode) {
@@ -721,6 +827,13 @@ pub fn rule_of_failure(e: &SessionError, mode: &Mode, planned: Rule) -> Rule {
             | SessionError::StartTlsInjection,
             Mode::Required(Auth::Dane { .. }),
         ) => Rule::DaneMandatory,
+        // RFC 8461 §5: no TLS, or no valid certificate, under an enforce policy.
+        (
+            SessionError::StartTlsNotOffered
+            | SessionError::Tls(_)
+            | SessionError::StartTlsInjection,
+            Mode::Required(Auth::Pkix { .. }),
+        ) if planned == Rule::StsEnforce => Rule::StsEnforce,
         _ if planned == Rule::PlaintextRetry => Rule::PlaintextRetry,
         (SessionError::Tls(_), Mode::Opportunistic) => Rule::Opportunistic,
         _ => Rule::NextMx,
@@ -757,6 +870,9 @@ pub struct Connection {
     fingerprints: Vec<Tlsa>,
     match_names: Vec<ReferenceName>,
     roots: Arc<RootCertStore>,
+    /// Whether the level was configured, and the MTA-STS policy, it was opened under.
+    level_configured: bool,
+    mta_sts: Option<Arc<sts::Policy>>,
     /// The attempt as it stood once the session was up (TLS, DANE match, security, rule).
     base: Attempt,
     /// How many transcript lines the session's set-up took (greeting, EHLO, STARTTLS, AUTH).
@@ -770,12 +886,16 @@ impl Connection {
     async fn open(
         c: &Candidate,
         address: IpAddr,
-        mode: &Mode,
-        rule: Rule,
+        planned: Planned<'_>,
         lookups: &LookupStatus,
         cfg: &Config,
     ) -> Result<Connection, (Attempt, SessionError)> {
-        let mut attempt = skipped(c, lookups, String::new(), rule);
+        let Planned {
+            mode,
+            rule,
+            mechanism,
+        } = planned;
+        let mut attempt = skipped(c, lookups, String::new(), rule, mechanism);
         attempt.address = Some(address);
         let sock = SocketAddr::new(address, c.port);
         let host = c.name.to_string();
@@ -838,6 +958,8 @@ impl Connection {
             fingerprints: cfg.fingerprints.clone(),
             match_names: cfg.match_names.clone(),
             roots: cfg.roots.clone(),
+            level_configured: cfg.level_configured,
+            mta_sts: cfg.mta_sts.clone(),
             base: attempt,
         })
     }
@@ -924,8 +1046,11 @@ impl Connection {
             && self.level == cfg.level
             && self.fingerprints == cfg.fingerprints
             && self.match_names == cfg.match_names
-            // PKIX anchors matter to `verify` and `secure` only: the same store, shared.
-            && (!matches!(cfg.level, Level::Verify | Level::Secure)
+            // The same MTA-STS policy (it decides the mode of hosts without DANE).
+            && self.level_configured == cfg.level_configured
+            && self.mta_sts == cfg.mta_sts
+            // PKIX anchors matter to `verify`, `secure` and MTA-STS only: the same store.
+            && (!(matches!(cfg.level, Level::Verify | Level::Secure) || cfg.mta_sts.is_some())
                 || Arc::ptr_eq(&self.roots, &cfg.roots))
             && cfg.credentials.is_none()
             && candidates.iter().any(|c| {
@@ -944,8 +1069,7 @@ impl Connection {
 async fn connect(
     c: &Candidate,
     address: IpAddr,
-    mode: &Mode,
-    rule_for_mode: Rule,
+    planned: Planned<'_>,
     lookups: &LookupStatus,
     m: &Outgoing<'_>,
     cfg: &Config,
@@ -954,7 +1078,7 @@ async fn connect(
     Result<Transaction, SessionError>,
     Option<Connection>,
 ) {
-    match Connection::open(c, address, mode, rule_for_mode, lookups, cfg).await {
+    match Connection::open(c, address, planned, lookups, cfg).await {
         Err((attempt, e)) => (attempt, Err(e), None),
         Ok(mut connection) => {
             let (attempt, result) = connection.send(m.envelope, m.body).await;
@@ -1043,6 +1167,8 @@ mod tests {
             credentials: None,
             limits: Limits::default(),
             sessions: None,
+            level_configured: false,
+            mta_sts: None,
         }
     }
 
@@ -1097,6 +1223,128 @@ mod tests {
         assert_eq!(mode_of(Level::DaneOnly, DaneState::Unusable), "skip");
         assert_eq!(mode_of(Level::DaneOnly, na()), "skip");
         assert_eq!(mode_of(Level::DaneOnly, bad()), "skip");
+    }
+
+    fn sts_policy(mode: &str) -> Arc<sts::Policy> {
+        let body = format!("version: STSv1\nmode: {mode}\nmx: *.example.test\nmax_age: 86400\n");
+        Arc::new(sts::Policy::parse(body.as_bytes(), "20261202".parse().unwrap()).unwrap())
+    }
+
+    /// The precedence of RFC 8461 §2 (DANE over MTA-STS) and of the policy table over both,
+    /// as (mode, rule, mechanism) per host.
+    #[test]
+    fn dane_takes_precedence_over_mta_sts_and_the_table_over_both() {
+        let usable = || DaneState::Usable {
+            records: vec![EE.parse().unwrap()],
+        };
+        let na = || DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        let bad = || DaneState::HostUnusable {
+            reason: "bogus TLSA".into(),
+        };
+        let decide = |cfg: &Config, dane: DaneState, host: &str| {
+            let mut c = candidate(dane);
+            c.name = n(host);
+            match plan(cfg, &c, &n("example.test")) {
+                Plan::Skip {
+                    rule, mechanism, ..
+                } => ("skip".to_owned(), rule, mechanism),
+                Plan::Connect {
+                    mode,
+                    rule,
+                    mechanism,
+                } => {
+                    let mode = match mode {
+                        Mode::Plaintext => "plaintext".to_owned(),
+                        Mode::Opportunistic => "opportunistic".to_owned(),
+                        Mode::Required(Auth::None) => "required".to_owned(),
+                        Mode::Required(Auth::Dane { .. }) => "dane".to_owned(),
+                        Mode::Required(Auth::Fingerprint(_)) => "fingerprint".to_owned(),
+                        Mode::Required(Auth::Pkix { names, .. }) => format!("pkix {names:?}"),
+                    };
+                    (mode, rule, mechanism)
+                }
+            }
+        };
+        let with = |level: Level, mode: &str, configured: bool| Config {
+            mta_sts: Some(sts_policy(mode)),
+            level_configured: configured,
+            ..config(level)
+        };
+        let enforce = with(Level::Dane, "enforce", false);
+        let host = "mx.example.test";
+        // Where DANE applies, DANE decides, whatever the policy says (and a failing DANE
+        // lookup is never rescued by MTA-STS).
+        assert_eq!(
+            decide(&enforce, usable(), "other.invalid"),
+            ("dane".into(), Rule::DaneMandatory, Mechanism::Dane)
+        );
+        assert_eq!(
+            decide(&enforce, bad(), host),
+            ("skip".into(), Rule::HostUnusable, Mechanism::Dane)
+        );
+        assert_eq!(
+            decide(&enforce, DaneState::Unusable, host),
+            (
+                "required".into(),
+                Rule::DaneUnusableRecords,
+                Mechanism::Dane
+            )
+        );
+        // Without DANE: enforce demands PKIX for the MX name and skips non-matching hosts.
+        assert_eq!(
+            decide(&enforce, na(), host),
+            (
+                "pkix [ReferenceName(\"mx.example.test\")]".into(),
+                Rule::StsEnforce,
+                Mechanism::MtaSts
+            )
+        );
+        assert_eq!(
+            decide(&enforce, na(), "mx.other.test"),
+            ("skip".into(), Rule::StsMxMismatch, Mechanism::MtaSts)
+        );
+        assert_eq!(
+            decide(&enforce, na(), "a.b.example.test"),
+            ("skip".into(), Rule::StsMxMismatch, Mechanism::MtaSts),
+            "a wildcard covers one label"
+        );
+        // testing and none do not change delivery.
+        assert_eq!(
+            decide(&with(Level::Dane, "testing", false), na(), "mx.other.test"),
+            ("opportunistic".into(), Rule::StsTesting, Mechanism::MtaSts)
+        );
+        assert_eq!(
+            decide(&with(Level::Dane, "none", false), na(), "mx.other.test"),
+            (
+                "opportunistic".into(),
+                Rule::Opportunistic,
+                Mechanism::Opportunistic
+            )
+        );
+        // A configured level overrides the policy.
+        assert_eq!(
+            decide(&with(Level::Dane, "enforce", true), na(), "mx.other.test"),
+            ("opportunistic".into(), Rule::Policy, Mechanism::PolicyTable)
+        );
+        assert_eq!(
+            decide(&with(Level::May, "enforce", true), na(), host),
+            ("opportunistic".into(), Rule::Policy, Mechanism::PolicyTable)
+        );
+        assert_eq!(
+            decide(&with(Level::DaneOnly, "enforce", false), na(), host),
+            ("skip".into(), Rule::DaneOnly, Mechanism::Dane)
+        );
+        // No policy: opportunistic, as before.
+        assert_eq!(
+            decide(&config(Level::Dane), na(), host),
+            (
+                "opportunistic".into(),
+                Rule::Opportunistic,
+                Mechanism::Opportunistic
+            )
+        );
     }
 
     #[test]

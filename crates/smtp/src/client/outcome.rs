@@ -48,11 +48,19 @@ pub enum Rule {
     Credentials,
     /// The configured limit on addresses and sessions per delivery (RFC 5321 §5.1).
     Limits,
+    /// An MTA-STS policy in mode `enforce` on a host without secure TLSA records: TLS with a
+    /// PKIX certificate valid for the MX host name is mandatory (RFC 8461 §4.2, §5).
+    StsEnforce,
+    /// An MTA-STS policy in mode `enforce`: an MX host that matches none of its `mx`
+    /// patterns is not used (RFC 8461 §4.1, §5).
+    StsMxMismatch,
+    /// An MTA-STS policy in mode `testing`: delivery goes on as without it (RFC 8461 §5).
+    StsTesting,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 15] = [
         Rule::DaneMandatory,
         Rule::DaneAuth,
         Rule::DaneUnusableRecords,
@@ -65,6 +73,9 @@ impl Rule {
         Rule::NextMx,
         Rule::Credentials,
         Rule::Limits,
+        Rule::StsEnforce,
+        Rule::StsMxMismatch,
+        Rule::StsTesting,
     ];
 
     /// The RFC text behind the rule, as logs and `send --json` show it.
@@ -98,7 +109,53 @@ impl Rule {
             Rule::Limits => {
                 "RFC 5321 §5.1: a configurable limit on the addresses tried (Postfix smtp_mx_address_limit, smtp_mx_session_limit)"
             }
+            Rule::StsEnforce => {
+                "RFC 8461 §4.2, §5: an MTA-STS policy in enforce mode: TLS with a PKIX certificate valid for the MX host name is mandatory"
+            }
+            Rule::StsMxMismatch => {
+                "RFC 8461 §4.1, §5: an MTA-STS policy in enforce mode: an MX host matching none of its mx patterns is not used"
+            }
+            Rule::StsTesting => {
+                "RFC 8461 §5: an MTA-STS policy in testing mode: failures are reported, delivery goes on"
+            }
         }
+    }
+}
+
+/// The mechanism that decided what a connection to a host had to prove (PRODUCT.md: `send
+/// --json` attempts carry it): DANE where the host has secure TLSA records (RFC 7672), else
+/// MTA-STS where the recipient domain publishes a policy (RFC 8461 §2: DANE takes
+/// precedence), else opportunistic TLS; or a policy level configured for the destination,
+/// which overrides both (as Postfix's policy table does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// DANE (RFC 7672): secure TLSA records, or `dane-only` without them.
+    Dane,
+    /// MTA-STS (RFC 8461).
+    MtaSts,
+    /// Opportunistic TLS (RFC 7435): nothing published asks for more.
+    #[default]
+    Opportunistic,
+    /// The destination's configured policy level (`[[policy]]`, `send --policy`).
+    PolicyTable,
+}
+
+impl Mechanism {
+    /// The name in JSON and logs: `dane`, `mta-sts`, `opportunistic`, `policy-table`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Dane => "dane",
+            Mechanism::MtaSts => "mta-sts",
+            Mechanism::Opportunistic => "opportunistic",
+            Mechanism::PolicyTable => "policy-table",
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -449,6 +506,10 @@ pub struct Attempt {
     /// it is read back).
     #[serde(flatten, with = "rule_keys")]
     pub rule: Rule,
+    /// The mechanism that decided what the connection had to prove (attempts stored before
+    /// it existed read back as `opportunistic`).
+    #[serde(default)]
+    pub mechanism: Mechanism,
     /// The server's replies, in order.
     pub replies: Vec<String>,
     /// Whether the message went over a connection an earlier message had used (no new
@@ -721,6 +782,7 @@ mod tests {
             rule,
             replies: vec!["220 mx".into(), "250 2.0.0 Ok".into()],
             reused: false,
+            mechanism: Mechanism::Opportunistic,
         }
     }
 
