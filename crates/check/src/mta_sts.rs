@@ -32,6 +32,9 @@ pub enum PkixError {
     /// The policy fetcher's TLS settings could not be built.
     #[error("MTA-STS policy fetcher: {0}")]
     Fetcher(#[from] rustls::Error),
+    /// The trust anchors cannot be loaded: a bad CA file, or none at all.
+    #[error(transparent)]
+    Trust(#[from] sts::trust::TrustError),
 }
 
 /// PKIX trust for MTA-STS: the anchors that authenticate both the policy host (RFC 8461 §3.3)
@@ -63,6 +66,15 @@ impl Pkix {
             verifier,
             fetcher: Fetcher::new(roots)?,
         })
+    }
+
+    /// Trusts the system's roots plus every certificate of the PEM file `ca_file`
+    /// (`--ca-file`). An error for a bad file, or when there is no anchor at all.
+    pub fn load(
+        ca_file: Option<&std::path::Path>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, PkixError> {
+        Self::new(Arc::new(sts::trust::roots(ca_file)?), provider)
     }
 
     /// The time a whole policy fetch may take.

@@ -1,4 +1,5 @@
-//! `danemta check`: the DANE health of destinations, for domain owners and monitoring.
+//! `danemta check`: the DANE health of destinations, and their MTA-STS state next to it, for
+//! domain owners and monitoring.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use check::probe::ProbeFailure;
 use check::report::{DomainReport, HostReport, Level, Verdict};
-use check::{ProbeCache, ProbeConfig, check_domain};
+use check::{Pkix, ProbeCache, ProbeConfig, StsStatus, check_domain};
 use clap::Args;
 use dns::DnsName;
 use futures_util::StreamExt;
@@ -50,6 +51,10 @@ pub struct CheckArgs {
     /// Our name in EHLO: a domain name or an address literal such as [192.0.2.1].
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     helo: String,
+    /// Extra PKIX trust anchors (PEM), besides the system's, for the MTA-STS policy fetch and
+    /// the MX certificates (RFC 8461 §3.3, §4.2).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     #[command(flatten)]
     dns: DnsArgs,
 }
@@ -297,6 +302,54 @@ fn print_hosts(hosts: &[HostReport], paint: &Paint) {
     }
 }
 
+/// The MTA-STS section: the TXT record and the policy, then each MX host against it.
+fn print_mta_sts(r: &DomainReport) {
+    let sts = &r.mta_sts;
+    // The id, patterns, errors and report addresses come from DNS and the policy host.
+    let id = sts
+        .txt_id
+        .as_deref()
+        .map_or(String::new(), |id| format!(", id {}", escape(id)));
+    let line = match (&sts.status, &sts.policy) {
+        (StsStatus::Absent, _) => "absent (no _mta-sts TXT record)".to_owned(),
+        (StsStatus::NotFetched, _) => format!("TXT record{id}, policy not fetched"),
+        (StsStatus::Valid, Some(p)) => format!(
+            "valid — mode {}{id}, max_age {}, mx {}",
+            p.mode(),
+            p.max_age(),
+            escape(&sts.mx.join(", "))
+        ),
+        (status, _) => format!(
+            "{}{id} — {}",
+            status.as_str().to_ascii_uppercase(),
+            escape(sts.error.as_deref().unwrap_or(""))
+        ),
+    };
+    println!("  MTA-STS: {line}");
+    match (&sts.tls_rpt, &sts.tls_rpt_error) {
+        (Some(rua), _) => println!("    TLS-RPT: {}", escape(&rua.join(", "))),
+        (None, Some(e)) => println!("    TLS-RPT: INVALID — {}", escape(e)),
+        (None, None) if sts.status != StsStatus::Absent => println!("    TLS-RPT: none"),
+        (None, None) => {}
+    }
+    if sts.active_policy().is_none() {
+        return;
+    }
+    for h in &r.hosts {
+        let listed = if h.mta_sts_match == Some(true) {
+            "in policy"
+        } else {
+            "NOT in policy"
+        };
+        let pkix = match (h.pkix_valid, &h.pkix_error) {
+            (Some(true), _) => ", PKIX valid".to_owned(),
+            (Some(false), e) => format!(", PKIX FAILS — {}", escape(e.as_deref().unwrap_or(""))),
+            (None, _) => String::new(),
+        };
+        println!("    {}: {listed}{pkix}", escape(h.name.as_str()));
+    }
+}
+
 fn print_human(r: &DomainReport, paint: &Paint) {
     let mx = r
         .mx_dnssec
@@ -313,6 +366,7 @@ fn print_human(r: &DomainReport, paint: &Paint) {
     if !r.hosts.is_empty() {
         print_hosts(&r.hosts, paint);
     }
+    print_mta_sts(r);
     for f in r.findings.iter().filter(|f| f.level > Level::Info) {
         let level = if f.level == Level::Fail {
             "fail"
@@ -347,12 +401,24 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
     }
     let helo =
         smtp::HeloName::new(&args.helo).map_err(|e| CliError::Usage(format!("--helo: {e}")))?;
-    let probe = ProbeConfig::new(
-        Arc::new(rustls::crypto::ring::default_provider()),
-        Timeouts::uniform(Duration::from_secs(args.smtp_timeout.max(1))),
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let timeout = Duration::from_secs(args.smtp_timeout.max(1));
+    let mut probe = ProbeConfig::new(
+        provider.clone(),
+        Timeouts::uniform(timeout),
         helo.to_string(),
         Duration::from_secs(args.days.saturating_mul(86400)),
     );
+    match Pkix::load(args.ca_file.as_deref(), provider) {
+        Ok(pkix) => probe = probe.with_pkix(pkix.with_fetch_timeout(timeout)),
+        Err(e) if args.ca_file.is_some() => {
+            return Err(CliError::Usage(format!("--ca-file: {e}")));
+        }
+        // No anchors at all: DANE is still checked; MTA-STS policies are not fetched.
+        Err(e) => eprintln!(
+            "danemta check: {e}; MTA-STS policies are not fetched and certificates not judged by PKIX (--ca-file adds anchors)"
+        ),
+    }
     let cache = ProbeCache::default();
     let paint = Paint(std::io::stdout().is_terminal() && !args.json);
     let rt = runtime().map_err(CliError::Runtime)?;
@@ -414,6 +480,9 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
             if report.hosts.iter().any(|h| h.dane_usable()) {
                 *summary.entry("dane").or_default() += 1;
             }
+            if report.mta_sts.active_policy().is_some() {
+                *summary.entry("mta_sts").or_default() += 1;
+            }
             for f in report
                 .findings
                 .iter()
@@ -440,7 +509,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CliError> {
         if args.from_file.is_some() {
             let count = |k| summary.get(k).copied().unwrap_or(0);
             let line = json!({"summary": {
-                "domains": checked, "dane": count("dane"),
+                "domains": checked, "dane": count("dane"), "mta_sts": count("mta_sts"),
                 "ok": count("ok"), "warn": count("warn"), "fail": count("fail"),
                 "probes": cache.len(), "findings": findings,
             }});

@@ -1,5 +1,6 @@
 //! `danemta check` with STARTTLS probes against Postfix receivers in the DNSSEC lab: each
-//! finding is shown present where the setup is wrong and absent where it is right.
+//! finding is shown present where the setup is wrong and absent where it is right; and its
+//! MTA-STS report (RFC 8461) against the lab's policy host, next to DANE.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::sync::OnceLock;
 
 use dane::cert::CertInfo;
 use dane::matching::record_for;
+use danemta_lab::mta_sts::{self, MtaSts, StsDomain};
 use danemta_lab::pki::{TestCa, TestCert, tlsa_2_x_1};
 use danemta_lab::smtp::{PeerAddr, Receiver, ReceiverSpec, ReceiverTls, claim_peer_addr};
 use danemta_lab::{Lab, Signing, ZoneSpec};
@@ -521,4 +523,420 @@ fn a_secure_setup_has_none_of_the_dns_findings() {
         !found.iter().any(|(c, _)| c == "no-usable-host"),
         "{found:?}"
     );
+}
+
+/// MTA-STS domains (RFC 8461) next to DANE: one policy host for all of them, a private CA
+/// (passed with `--ca-file`) that signs it and the "good" MX certificate, and a receiver whose
+/// certificate comes from another CA.
+struct StsWorld {
+    lab: Lab,
+    sts: MtaSts,
+    _receivers: Vec<Receiver>,
+}
+
+/// The MX host of `domain`: `mx.<domain>`.
+fn mx_of(domain: &str) -> String {
+    format!("mx.{domain}")
+}
+
+fn sts_world() -> &'static StsWorld {
+    static WORLD: OnceLock<StsWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let sts = MtaSts::start([
+            StsDomain::enforce("enforce.sts.test", &["mx.enforce.sts.test"])
+                .tls_rpt("mailto:tlsrpt@enforce.sts.test"),
+            StsDomain::enforce("foreign.sts.test", &["mx.foreign.sts.test"]),
+            StsDomain::testing("testing.sts.test", &["mx.testing.sts.test"])
+                .id("20260101")
+                .tls_rpt("mailto:tlsrpt@testing.sts.test"),
+            StsDomain::enforce(
+                "stale.sts.test",
+                &["mx.stale.sts.test", "old-mx.stale.sts.test"],
+            ),
+            StsDomain::enforce("unlisted.sts.test", &["mx.elsewhere.test"]),
+            StsDomain::enforce("dane.sts.test", &["*.dane.sts.test"]),
+            StsDomain::enforce("dane-foreign.sts.test", &["mx.dane-foreign.sts.test"]),
+        ])
+        .expect("MTA-STS policy host");
+        let good_names = [
+            "enforce.sts.test",
+            "testing.sts.test",
+            "stale.sts.test",
+            "unlisted.sts.test",
+            "dane.sts.test",
+            "absent.sts.test",
+            "nopolicy.sts.test",
+        ]
+        .map(mx_of);
+        let good_cert = sts
+            .mx_cert(&good_names.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+        let foreign_cert = sts
+            .foreign_cert(&["mx.foreign.sts.test", "mx.dane-foreign.sts.test"])
+            .unwrap();
+        let good = Receiver::start(
+            ReceiverSpec::new("mx.enforce.sts.test", &["sts.test"]).with_tls(&good_cert),
+        )
+        .unwrap();
+        let foreign = Receiver::start(
+            ReceiverSpec::new("mx.foreign.sts.test", &["sts.test"]).with_tls(&foreign_cert),
+        )
+        .unwrap();
+        let next_key = TestCert::self_signed(&["next-key.example"]).unwrap();
+        let zone = |domain: &str, rx: &Receiver, tlsa: &[String]| {
+            let mut z = zone(&[rx.addr().ip()], tlsa);
+            z.push_str(&sts.zone_records(domain).unwrap_or_default());
+            ZoneSpec::secure(domain, z)
+        };
+        let two_keys = |cert: &TestCert| [tlsa(3, 1, 1, cert), tlsa(3, 1, 1, &next_key)];
+        let zones = vec![
+            zone("enforce.sts.test", &good, &[]),
+            zone("foreign.sts.test", &foreign, &[]),
+            zone("testing.sts.test", &good, &[]),
+            zone("stale.sts.test", &good, &[]),
+            zone("unlisted.sts.test", &good, &[]),
+            zone("absent.sts.test", &good, &[]),
+            zone("dane.sts.test", &good, &two_keys(&good_cert)),
+            zone("dane-foreign.sts.test", &foreign, &two_keys(&foreign_cert)),
+            // A TXT record announcing a policy, and no policy host at all.
+            {
+                let mut z = zone_text(&good);
+                z.push_str(&mta_sts::sts_txt("nopolicy.sts.test", "7"));
+                ZoneSpec::secure("nopolicy.sts.test", z)
+            },
+        ];
+        let lab = Lab::builder().zones(zones).start().expect("lab");
+        StsWorld {
+            lab,
+            sts,
+            _receivers: vec![good, foreign],
+        }
+    })
+}
+
+/// MX `mx` with the address of `rx`, no TLSA records.
+fn zone_text(rx: &Receiver) -> String {
+    zone(&[rx.addr().ip()], &[])
+}
+
+/// `danemta check --json DOMAIN` against [`sts_world`], trusting its CA unless `no_ca`.
+fn sts_check(domain: &str, extra: &[&str], trust_ca: bool) -> (i32, Value) {
+    let w = sts_world();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_danemta"));
+    cmd.args(["check", "--json", "--smtp-timeout", "10", domain])
+        .args(extra)
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            w.lab.validating_resolver()
+        ));
+    if trust_ca {
+        cmd.arg("--ca-file").arg(w.sts.ca_file());
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), r)
+}
+
+/// Every finding of a report, info too, as `(code, level)`.
+fn all_findings(r: &Value) -> Vec<(String, String)> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            r["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|h| h["findings"].as_array().unwrap().iter()),
+        )
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_owned(),
+                f["level"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn sts_codes(r: &Value) -> Vec<(String, String)> {
+    all_findings(r)
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("sts-") || c.starts_with("tls-rpt"))
+        .collect()
+}
+
+#[test]
+fn an_enforce_policy_with_pkix_valid_mx_hosts_is_ok() {
+    let (code, r) = sts_check("enforce.sts.test", &[], true);
+    assert_eq!((code, r["verdict"].as_str()), (0, Some("ok")), "{r:#}");
+    let sts = &r["mta_sts"];
+    assert_eq!(sts["status"], "valid", "{sts:#}");
+    assert_eq!(sts["mode"], "enforce");
+    assert_eq!(sts["txt_id"], "1");
+    assert_eq!(sts["mx"], serde_json::json!(["mx.enforce.sts.test"]));
+    assert_eq!(sts["max_age"], 86400);
+    assert_eq!(
+        sts["tls_rpt"],
+        serde_json::json!(["mailto:tlsrpt@enforce.sts.test"])
+    );
+    let host = &r["hosts"][0];
+    assert_eq!(host["mta_sts_match"], true, "{host:#}");
+    assert_eq!(host["pkix_valid"], true, "{host:#}");
+    assert_eq!(host["addresses"][0]["tls"]["pkix_valid"], true);
+    assert_eq!(sts_codes(&r), [] as [(String, String); 0]);
+    // The policy host was asked with its own name, on the right path.
+    let requests = sts_world().sts.server().requests();
+    assert!(
+        requests.iter().any(
+            |q| q.server_name.as_deref() == Some("mta-sts.enforce.sts.test")
+                && q.path == "/.well-known/mta-sts.txt"
+        ),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn without_the_private_ca_the_policy_host_fails_pkix() {
+    // The same domain, trusting only the system's roots: the policy host is not authenticated
+    // (RFC 8461 §3.3), so there is no policy, and the MX certificate fails PKIX too.
+    let (code, r) = sts_check("enforce.sts.test", &[], false);
+    let sts = &r["mta_sts"];
+    assert_eq!(sts["status"], "fetch-failed", "{sts:#}");
+    assert_eq!(sts["result_type"], "sts-webpki-invalid", "{sts:#}");
+    assert_eq!(sts["txt_id"], "1");
+    assert!(sts["mode"].is_null());
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-txt-without-policy".to_owned(), "fail".to_owned())]
+    );
+    assert_eq!(code, 2);
+    let host = &r["hosts"][0];
+    assert!(
+        host["mta_sts_match"].is_null(),
+        "no policy applies: {host:#}"
+    );
+    assert_eq!(host["pkix_valid"], false, "{host:#}");
+}
+
+#[test]
+fn an_enforce_policy_whose_mx_certificate_fails_pkix_is_a_failure() {
+    let (code, r) = sts_check("foreign.sts.test", &[], true);
+    assert_eq!(r["mta_sts"]["status"], "valid", "{r:#}");
+    let host = &r["hosts"][0];
+    assert_eq!(host["mta_sts_match"], true);
+    assert_eq!(host["pkix_valid"], false, "{host:#}");
+    let why = host["addresses"][0]["tls"]["pkix_error"].as_str().unwrap();
+    assert!(why.contains("UnknownIssuer"), "{why}");
+    assert!(host["pkix_error"].as_str().unwrap().contains(why));
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-enforce-pkix-fail".to_owned(), "fail".to_owned())]
+    );
+    assert_eq!((code, r["verdict"].as_str()), (2, Some("fail")));
+}
+
+#[test]
+fn a_testing_policy_is_reported_but_not_a_fault() {
+    let (code, r) = sts_check("testing.sts.test", &[], true);
+    let sts = &r["mta_sts"];
+    assert_eq!(
+        (&sts["status"], &sts["mode"], &sts["txt_id"]),
+        (
+            &Value::from("valid"),
+            &Value::from("testing"),
+            &Value::from("20260101")
+        ),
+        "{sts:#}"
+    );
+    assert_eq!(r["hosts"][0]["mta_sts_match"], true);
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-testing".to_owned(), "info".to_owned())]
+    );
+    assert_eq!(code, 0, "{r:#}");
+}
+
+#[test]
+fn a_policy_listing_an_mx_host_not_in_dns_is_a_warning() {
+    let (code, r) = sts_check("stale.sts.test", &[], true);
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-policy-mx-unused".to_owned(), "warn".to_owned())],
+        "{r:#}"
+    );
+    let message = r["findings"].to_string();
+    assert!(message.contains("old-mx.stale.sts.test"), "{message}");
+    assert_eq!(r["hosts"][0]["mta_sts_match"], true);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn an_enforce_policy_listing_none_of_the_mx_hosts_defers_all_mail() {
+    let (code, r) = sts_check("unlisted.sts.test", &[], true);
+    assert_eq!(r["hosts"][0]["mta_sts_match"], false, "{r:#}");
+    let found = sts_codes(&r);
+    assert!(
+        found.contains(&("sts-mx-not-in-policy".to_owned(), "fail".to_owned())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("sts-policy-mx-unused".to_owned(), "warn".to_owned())),
+        "{found:?}"
+    );
+    // An unlisted host is not judged for PKIX under the policy: its certificate is fine.
+    assert!(
+        !found.iter().any(|(c, _)| c == "sts-enforce-pkix-fail"),
+        "{found:?}"
+    );
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn a_txt_record_without_a_reachable_policy_fails() {
+    let (code, r) = sts_check("nopolicy.sts.test", &[], true);
+    let sts = &r["mta_sts"];
+    assert_eq!(sts["status"], "fetch-failed", "{sts:#}");
+    assert_eq!(sts["txt_id"], "7");
+    assert_eq!(sts["result_type"], "sts-policy-fetch-error");
+    assert!(
+        sts["error"]
+            .as_str()
+            .unwrap()
+            .contains("mta-sts.nopolicy.sts.test"),
+        "{sts:#}"
+    );
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-txt-without-policy".to_owned(), "fail".to_owned())]
+    );
+    assert_eq!(code, 2);
+    assert!(r["hosts"][0]["mta_sts_match"].is_null());
+}
+
+#[test]
+fn a_domain_without_mta_sts_is_absent_with_no_finding() {
+    let (code, r) = sts_check("absent.sts.test", &[], true);
+    let sts = &r["mta_sts"];
+    assert_eq!(sts["status"], "absent", "{sts:#}");
+    assert!(sts["txt_id"].is_null() && sts["mode"].is_null() && sts["tls_rpt"].is_null());
+    assert_eq!(sts["mx"], serde_json::json!([]));
+    assert!(r["hosts"][0]["mta_sts_match"].is_null());
+    // PKIX is still reported: the certificate is valid for the MX name.
+    assert_eq!(r["hosts"][0]["pkix_valid"], true);
+    assert_eq!(sts_codes(&r), [] as [(String, String); 0]);
+    assert_eq!(code, 0, "{r:#}");
+    // The existing DANE report is unchanged for domains without MTA-STS.
+    let (_, good) = one("good.check.test", &[]);
+    assert_eq!(good["mta_sts"]["status"], "absent");
+}
+
+#[test]
+fn dane_and_mta_sts_consistent_is_ok_and_disagreeing_is_a_warning() {
+    let (code, r) = sts_check("dane.sts.test", &[], true);
+    let host = &r["hosts"][0];
+    assert_eq!(host["dane"], "usable", "{host:#}");
+    assert!(
+        host["addresses"][0]["tls"]["matched"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 1 1 ")
+    );
+    assert_eq!(
+        (&host["mta_sts_match"], &host["pkix_valid"]),
+        (&Value::from(true), &Value::from(true)),
+        "a wildcard pattern matches: {host:#}"
+    );
+    assert_eq!(sts_codes(&r), [] as [(String, String); 0]);
+    assert_eq!((code, r["verdict"].as_str()), (0, Some("ok")), "{r:#}");
+
+    // DANE authenticates the host; MTA-STS senders would defer: a warning, not a failure.
+    let (code, r) = sts_check("dane-foreign.sts.test", &[], true);
+    let host = &r["hosts"][0];
+    assert!(
+        host["addresses"][0]["tls"]["matched"].is_string(),
+        "{host:#}"
+    );
+    assert_eq!(host["pkix_valid"], false);
+    assert_eq!(
+        sts_codes(&r),
+        [("sts-dane-disagree".to_owned(), "warn".to_owned())]
+    );
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn no_connect_reads_the_txt_record_but_fetches_nothing() {
+    let before = sts_world().sts.server().requests().len();
+    let (code, r) = sts_check("testing.sts.test", &["--no-connect"], true);
+    let sts = &r["mta_sts"];
+    assert_eq!(
+        (&sts["status"], &sts["txt_id"]),
+        (&Value::from("not-fetched"), &Value::from("20260101")),
+        "{sts:#}"
+    );
+    assert!(r["hosts"][0]["pkix_valid"].is_null());
+    assert_eq!(code, 0);
+    let after: Vec<_> = sts_world()
+        .sts
+        .server()
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|q| q.server_name.as_deref() == Some("mta-sts.testing.sts.test"))
+        .collect();
+    assert!(after.is_empty(), "{after:?}");
+}
+
+#[test]
+fn the_human_report_has_an_mta_sts_section() {
+    let w = sts_world();
+    let run = |domain: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+            .args(["check", "--smtp-timeout", "10", domain, "--ca-file"])
+            .arg(w.sts.ca_file())
+            .arg(format!(
+                "--resolver=trust-ad@{}",
+                w.lab.validating_resolver()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("foreign.sts.test");
+    assert!(
+        text.contains("MTA-STS: valid — mode enforce, id 1, max_age 86400, mx mx.foreign.sts.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mx.foreign.sts.test: in policy, PKIX FAILS"),
+        "{text}"
+    );
+    assert!(text.contains("fail sts-enforce-pkix-fail: "), "{text}");
+    let text = run("absent.sts.test");
+    assert!(
+        text.contains("MTA-STS: absent (no _mta-sts TXT record)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_ca_file_is_a_usage_error() {
+    let w = sts_world();
+    let bad = w.lab.dir().join("not-a-ca.pem");
+    std::fs::write(&bad, "no certificates here\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["check", "--json", "enforce.sts.test", "--ca-file"])
+        .arg(&bad)
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            w.lab.validating_resolver()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ca-file"), "{stderr}");
 }
