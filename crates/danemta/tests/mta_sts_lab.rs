@@ -1,0 +1,391 @@
+//! MTA-STS (RFC 8461) in `danemta send`, end to end: policies served over HTTPS under a
+//! private CA, real Postfix receivers with certificates that pass or fail PKIX, a STARTTLS
+//! stripper, and DANE next to MTA-STS. Each test checks the precedence rules as the JSON
+//! records them (`mechanism`, `rule_id`) and what the receivers saw.
+//!
+//! | domain | published | MX |
+//! |---|---|---|
+//! | `enforce.sts.test` | enforce, mx `mx.enforce.sts.test` | valid PKIX certificate |
+//! | `badcert.sts.test` | enforce | certificate of another CA |
+//! | `mismatch.sts.test` | enforce, mx `mx.elsewhere.test` | valid, but not in the policy |
+//! | `testing.sts.test` | testing | certificate of another CA |
+//! | `dane.sts.test` | enforce + DANE-EE TLSA | certificate of another CA (DANE matches) |
+//! | `strip.sts.test` | enforce | behind a STARTTLS stripper |
+//! | `broken.sts.test` | TXT, but the policy host answers 404 | certificate of another CA |
+//! | `withdrawn.sts.test` | mode none | certificate of another CA |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use danemta_lab::https::Reply;
+use danemta_lab::mta_sts::{MtaSts, StsDomain};
+use danemta_lab::pki::tlsa_3_1_1;
+use danemta_lab::smtp::{Receiver, ReceiverSpec};
+use danemta_lab::{Lab, Signing, StripStartTls, ZoneSpec};
+use serde_json::Value;
+
+const DOMAINS: &[&str] = &[
+    "enforce.sts.test",
+    "badcert.sts.test",
+    "mismatch.sts.test",
+    "testing.sts.test",
+    "dane.sts.test",
+    "strip.sts.test",
+    "broken.sts.test",
+    "withdrawn.sts.test",
+];
+
+struct World {
+    lab: Lab,
+    _sts: MtaSts,
+    ca_file: PathBuf,
+    valid: Receiver,
+    foreign: Receiver,
+    _strip: StripStartTls,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let sts = MtaSts::start([
+            StsDomain::enforce("enforce.sts.test", &["mx.enforce.sts.test"]),
+            StsDomain::enforce("badcert.sts.test", &["mx.badcert.sts.test"]),
+            StsDomain::enforce("mismatch.sts.test", &["mx.elsewhere.test"]),
+            StsDomain::testing("testing.sts.test", &["mx.testing.sts.test"]),
+            StsDomain::enforce("dane.sts.test", &["mx.dane.sts.test"]),
+            StsDomain::enforce("strip.sts.test", &["*.strip.sts.test"]),
+            StsDomain::serving(
+                "broken.sts.test",
+                Reply::content(404, Some("text/plain"), "no policy here"),
+            ),
+            StsDomain::mode_none("withdrawn.sts.test"),
+        ])
+        .expect("the MTA-STS policy host");
+        let valid_cert = sts
+            .mx_cert(&[
+                "mx.enforce.sts.test",
+                "mx.mismatch.sts.test",
+                "mx.strip.sts.test",
+            ])
+            .unwrap();
+        let foreign_cert = sts
+            .foreign_cert(&[
+                "mx.badcert.sts.test",
+                "mx.testing.sts.test",
+                "mx.dane.sts.test",
+                "mx.broken.sts.test",
+                "mx.withdrawn.sts.test",
+            ])
+            .unwrap();
+        let receiver = |name: &str, cert| {
+            Receiver::start(ReceiverSpec::new(name, DOMAINS).with_tls(cert))
+                .unwrap_or_else(|e| panic!("receiver {name}: {e}"))
+        };
+        let valid = receiver("mx.enforce.sts.test", &valid_cert);
+        let foreign = receiver("mx.badcert.sts.test", &foreign_cert);
+        let strip = StripStartTls::start(SocketAddr::from(([0, 0, 0, 0], 25)), valid.addr())
+            .expect("the STARTTLS stripper");
+        let zone = |domain: &str, mx: SocketAddr, extra: &str| {
+            format!(
+                "@ MX 10 mx\nmx A {}\n{extra}{}",
+                mx.ip(),
+                sts.zone_records(domain).unwrap()
+            )
+        };
+        // MTA-STS needs no DNSSEC: the domains are unsigned, but for the DANE one.
+        let unsigned =
+            |domain: &str, records: String| ZoneSpec::new(domain, records, Signing::Unsigned);
+        let lab = Lab::builder()
+            .zones(vec![
+                unsigned(
+                    "enforce.sts.test",
+                    zone("enforce.sts.test", valid.addr(), ""),
+                ),
+                unsigned(
+                    "badcert.sts.test",
+                    zone("badcert.sts.test", foreign.addr(), ""),
+                ),
+                unsigned(
+                    "mismatch.sts.test",
+                    zone("mismatch.sts.test", valid.addr(), ""),
+                ),
+                unsigned(
+                    "testing.sts.test",
+                    zone("testing.sts.test", foreign.addr(), ""),
+                ),
+                ZoneSpec::secure(
+                    "dane.sts.test",
+                    zone(
+                        "dane.sts.test",
+                        foreign.addr(),
+                        &format!("_25._tcp.mx TLSA {}\n", tlsa_3_1_1(&foreign_cert)),
+                    ),
+                ),
+                unsigned("strip.sts.test", zone("strip.sts.test", strip.addr(), "")),
+                unsigned(
+                    "broken.sts.test",
+                    zone("broken.sts.test", foreign.addr(), ""),
+                ),
+                unsigned(
+                    "withdrawn.sts.test",
+                    zone("withdrawn.sts.test", foreign.addr(), ""),
+                ),
+            ])
+            .start()
+            .expect("the DNSSEC lab");
+        World {
+            lab,
+            ca_file: sts.ca_file().to_owned(),
+            _sts: sts,
+            valid,
+            foreign,
+            _strip: strip,
+        }
+    })
+}
+
+struct Sent {
+    code: i32,
+    json: Value,
+    stderr: String,
+}
+
+fn send(rcpt: &str, extra: &[&str]) -> Sent {
+    let w = world();
+    let message = format!("From: a@client.test\nTo: {rcpt}\nSubject: sts\n\nhello {rcpt}\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["send", "--from", "a@client.test", "--to", rcpt, "--json"])
+        .args(["--smtp-timeout", "10", "--helo", "client.test"])
+        .arg(format!(
+            "--resolver=trust-ad@{}",
+            w.lab.validating_resolver()
+        ))
+        .arg("--ca-file")
+        .arg(&w.ca_file)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out: Output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Sent {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}")),
+        stderr,
+    }
+}
+
+/// Whether `receiver` got the message for `rcpt`, waiting a little for Postfix.
+fn got(receiver: &Receiver, rcpt: &str) -> bool {
+    (0..50).any(|_| {
+        let found = receiver
+            .delivered()
+            .iter()
+            .any(|m| m.contains(&format!("hello {rcpt}")));
+        if !found {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    })
+}
+
+fn nobody_got(rcpt: &str) {
+    let w = world();
+    for r in [&w.valid, &w.foreign] {
+        assert!(
+            !r.delivered()
+                .iter()
+                .any(|m| m.contains(&format!("hello {rcpt}"))),
+            "{} received mail for {rcpt}",
+            r.hostname()
+        );
+    }
+}
+
+/// (outcome, last attempt's security, mechanism, rule_id).
+fn summary(s: &Sent) -> (String, String, String, String) {
+    let last = s.json["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .unwrap_or_else(|| panic!("no attempt: {:#}\n{}", s.json, s.stderr));
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    (
+        text(&s.json["outcome"]),
+        text(&last["security"]),
+        text(&last["mechanism"]),
+        text(&last["rule_id"]),
+    )
+}
+
+fn tuple(
+    outcome: &str,
+    security: &str,
+    mechanism: &str,
+    rule: &str,
+) -> (String, String, String, String) {
+    (
+        outcome.into(),
+        security.into(),
+        mechanism.into(),
+        rule.into(),
+    )
+}
+
+#[test]
+fn an_enforce_policy_delivers_over_pkix_verified_tls() {
+    let rcpt = "u@enforce.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "verified", "mta-sts", "sts-enforce"),
+        "{:#}\n{}",
+        s.json,
+        s.stderr
+    );
+    assert_eq!(s.code, 0);
+    assert!(got(&world().valid, rcpt));
+}
+
+/// RFC 8461 §4.2: under enforce, a certificate that fails PKIX defers; nothing is sent in
+/// plaintext or to the unauthenticated host.
+#[test]
+fn an_enforce_policy_defers_when_the_mx_certificate_fails_pkix() {
+    let rcpt = "u@badcert.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("deferred", "none", "mta-sts", "sts-enforce"),
+        "{:#}\n{}",
+        s.json,
+        s.stderr
+    );
+    assert_eq!(s.code, 75);
+    nobody_got(rcpt);
+}
+
+/// RFC 8461 §4.1: an MX host the enforce policy does not list is not used at all.
+#[test]
+fn an_enforce_policy_skips_mx_hosts_it_does_not_list() {
+    let rcpt = "u@mismatch.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("deferred", "none", "mta-sts", "sts-mx-mismatch"),
+        "{:#}",
+        s.json
+    );
+    assert!(
+        s.json["attempts"][0]["address"].is_null(),
+        "not even connected: {:#}",
+        s.json
+    );
+    nobody_got(rcpt);
+}
+
+/// A STARTTLS stripper on the path gets nothing from an enforce domain.
+#[test]
+fn stripping_starttls_gets_nothing_from_an_enforce_domain() {
+    let rcpt = "u@strip.sts.test";
+    let s = send(rcpt, &[]);
+    let (outcome, _, mechanism, rule) = summary(&s);
+    assert_eq!(
+        (outcome.as_str(), mechanism.as_str(), rule.as_str()),
+        ("deferred", "mta-sts", "sts-enforce"),
+        "{:#}",
+        s.json
+    );
+    for a in s.json["attempts"].as_array().unwrap() {
+        assert_ne!(a["security"], "plaintext", "{a:#}");
+    }
+    nobody_got(rcpt);
+}
+
+/// RFC 8461 §5: a testing policy reports, it does not block.
+#[test]
+fn a_testing_policy_does_not_block_delivery() {
+    let rcpt = "u@testing.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "untrusted", "mta-sts", "sts-testing"),
+        "{:#}",
+        s.json
+    );
+    assert!(got(&world().foreign, rcpt));
+}
+
+/// RFC 8461 §2: where the MX host has secure TLSA records, DANE decides; the certificate
+/// that PKIX would refuse is the one the TLSA record pins.
+#[test]
+fn dane_takes_precedence_over_an_enforce_policy() {
+    let rcpt = "u@dane.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "verified", "dane", "dane-auth"),
+        "{:#}",
+        s.json
+    );
+    assert!(got(&world().foreign, rcpt));
+}
+
+/// A policy level given for the destination overrides MTA-STS, as Postfix's policy table
+/// does.
+#[test]
+fn a_configured_level_overrides_the_policy() {
+    let rcpt = "v@badcert.sts.test";
+    let s = send(rcpt, &["--policy", "may"]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "untrusted", "policy-table", "policy"),
+        "{:#}",
+        s.json
+    );
+    assert!(got(&world().foreign, rcpt));
+}
+
+/// RFC 8461 §5.1: with no cached policy, a policy that cannot be fetched is no policy: the
+/// message goes as it would without MTA-STS, and the failure is reported.
+#[test]
+fn a_policy_that_cannot_be_fetched_is_no_policy() {
+    let rcpt = "u@broken.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "untrusted", "opportunistic", "opportunistic"),
+        "{:#}",
+        s.json
+    );
+    assert!(
+        s.stderr.contains("MTA-STS for broken.sts.test"),
+        "{}",
+        s.stderr
+    );
+}
+
+/// Mode `none` withdraws a policy (RFC 8461 §8.3): opportunistic delivery.
+#[test]
+fn mode_none_is_opportunistic() {
+    let rcpt = "u@withdrawn.sts.test";
+    let s = send(rcpt, &[]);
+    assert_eq!(
+        summary(&s),
+        tuple("delivered", "untrusted", "opportunistic", "opportunistic"),
+        "{:#}",
+        s.json
+    );
+}
