@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::dsn::{self, Action};
 use crate::metrics;
 use crate::queue::{Claim, DsnParams, Lease, NewMessage, QueueId, Store, Timestamp};
+use crate::sts_cache::StorePolicies;
 use destination::{Destination, Hop, destination, literal_route};
 use retry::Retry;
 
@@ -131,6 +132,33 @@ pub struct Scheduler<R> {
     parked: AtomicU64,
     /// TLS sessions to resume, shared by all outgoing connections (smtp::resume).
     sessions: Arc<smtp::SessionCache>,
+    /// MTA-STS discovery (RFC 8461), its policy cache in the queue store; rebuilt with the
+    /// PKIX roots on reload. `None` when no TLS client can be built from the roots.
+    mta_sts: RwLock<Option<Arc<MtaSts<R>>>>,
+}
+
+/// MTA-STS discovery through the daemon's resolver, cached in the queue store (RFC 8461
+/// §5.1: the cache survives restarts).
+type MtaSts<R> = sts::Sts<sts::ResolverTxt<R>, sts::ResolverAddresses<R>, StorePolicies>;
+
+/// MTA-STS discovery over `resolver` and `store`, fetching with `roots`.
+fn mta_sts<R: Resolver>(
+    resolver: &Arc<R>,
+    store: &Arc<dyn Store>,
+    roots: &Arc<RootCertStore>,
+) -> Option<Arc<MtaSts<R>>> {
+    match sts::Fetcher::new(Arc::clone(roots)) {
+        Ok(fetcher) => Some(Arc::new(sts::Sts::new(
+            sts::ResolverTxt(Arc::clone(resolver)),
+            sts::ResolverAddresses(Arc::clone(resolver)),
+            StorePolicies::new(Arc::clone(store)),
+            fetcher,
+        ))),
+        Err(e) => {
+            tracing::error!(target: "relay", "MTA-STS is off: no TLS client for policy fetches: {e}");
+            None
+        }
+    }
 }
 
 /// A claimed message while its destinations are being tried.
@@ -185,9 +213,11 @@ impl<R: Resolver + 'static> Scheduler<R> {
         policy: Policy,
     ) -> Self {
         let connections = settings.max_connections.max(1);
+        let mta_sts = RwLock::new(mta_sts(&resolver, &store, &policy.roots));
         Scheduler {
             store,
             resolver,
+            mta_sts,
             policy: RwLock::new(Arc::new(policy)),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             doorbell: Notify::new(),
@@ -214,6 +244,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// (`[delivery] paused`). Deliveries already running keep the policy they started with;
     /// queued mail is untouched.
     pub fn reload(&self, policy: Policy) {
+        if let Ok(mut sts) = self.mta_sts.write() {
+            *sts = mta_sts(&self.resolver, &self.store, &policy.roots);
+        }
         if let Ok(mut p) = self.policy.write() {
             *p = Arc::new(policy);
         }
@@ -232,6 +265,12 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// claiming and waits up to [`SHUTDOWN_GRACE`] for deliveries in flight.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
+        // Expired MTA-STS policies (RFC 8461 §5.1: max_age) are forgotten at start.
+        match StorePolicies::new(Arc::clone(&self.store)).prune(SystemTime::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "relay", "forgot {n} expired MTA-STS policies"),
+            Err(e) => tracing::warn!(target: "relay", "cannot prune the MTA-STS policy cache: {e}"),
+        }
         loop {
             if *shutdown.borrow() {
                 break;
@@ -614,6 +653,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
             .and_then(|r| r.rsplit_once('@'))
             .and_then(|(_, d)| d.parse().ok())
             .unwrap_or_else(DnsName::root);
+        let mta_sts = match self.mta_sts_policy(dest).await {
+            Ok(policy) => policy,
+            Err(why) => return parts.iter().map(|p| deferred(p, &why)).collect(),
+        };
         let route: Route = match (&dest.hop, dest.next_hop()) {
             (Hop::Address(ip, port), _) => literal_route(*ip, *port),
             (_, Some(hop)) => dns::discover(&*self.resolver, &hop).await,
@@ -644,7 +687,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             limits: Limits::default(),
             sessions: Some(Arc::clone(&self.sessions)),
             level_configured: dest.configured,
-            mta_sts: None,
+            mta_sts,
         };
         let next_hop_name = dest.hop.name(&first_domain).clone();
         let reuse = self.take_idle(dest);
@@ -671,6 +714,33 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 Err(why) => deferred(part, why),
             })
             .collect()
+    }
+
+    /// The MTA-STS policy for a destination it may apply to (RFC 8461; PRODUCT.md): MX
+    /// delivery at level `dane` with no `[[policy]]` entry. A failed discovery is no policy
+    /// (§5.1; a cached policy still applies, see `sts::discover`); a policy cache that cannot
+    /// be read defers, since it may hold an `enforce` policy.
+    async fn mta_sts_policy(&self, dest: &Destination) -> Result<Option<Arc<sts::Policy>>, String> {
+        let Hop::Mx(domain, _) = &dest.hop else {
+            return Ok(None);
+        };
+        if dest.configured || dest.level != smtp::Level::Dane {
+            return Ok(None);
+        }
+        let sts = match self.mta_sts.read() {
+            Ok(sts) => sts.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(sts) = sts else { return Ok(None) };
+        match sts.policy_for(domain, SystemTime::now()).await {
+            Ok(sts::Discovery::Policy { policy, .. }) => Ok(Some(Arc::new(policy))),
+            Ok(sts::Discovery::NoPolicy(sts::DiscoveryError::NoRecord)) => Ok(None),
+            Ok(sts::Discovery::NoPolicy(why)) => {
+                tracing::warn!(target: "relay", "MTA-STS for {domain}: {why}; delivering as without a policy");
+                Ok(None)
+            }
+            Err(e) => Err(format!("MTA-STS policy cache of {domain} unreadable: {e}")),
+        }
     }
 
     /// Reads a claimed message's body and makes the envelope for `recipients`.
