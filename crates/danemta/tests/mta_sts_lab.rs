@@ -13,6 +13,11 @@
 //! | `strip.sts.test` | enforce | behind a STARTTLS stripper |
 //! | `broken.sts.test` | TXT, but the policy host answers 404 | certificate of another CA |
 //! | `withdrawn.sts.test` | mode none | certificate of another CA |
+//! | `cached.sts.test` | enforce (then an attacker blocks the policy host) | certificate of another CA |
+//!
+//! The last one is for `danemta serve`: its policy cache lives in the queue store, so a
+//! cached `enforce` policy still protects mail after a restart while the policy cannot be
+//! fetched (RFC 8461 §5.1, §10.2).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,11 +41,12 @@ const DOMAINS: &[&str] = &[
     "strip.sts.test",
     "broken.sts.test",
     "withdrawn.sts.test",
+    "cached.sts.test",
 ];
 
 struct World {
     lab: Lab,
-    _sts: MtaSts,
+    sts: MtaSts,
     ca_file: PathBuf,
     valid: Receiver,
     foreign: Receiver,
@@ -62,6 +68,7 @@ fn world() -> &'static World {
                 Reply::content(404, Some("text/plain"), "no policy here"),
             ),
             StsDomain::mode_none("withdrawn.sts.test"),
+            StsDomain::enforce("cached.sts.test", &["mx.cached.sts.test"]),
         ])
         .expect("the MTA-STS policy host");
         let valid_cert = sts
@@ -78,6 +85,7 @@ fn world() -> &'static World {
                 "mx.dane.sts.test",
                 "mx.broken.sts.test",
                 "mx.withdrawn.sts.test",
+                "mx.cached.sts.test",
             ])
             .unwrap();
         let receiver = |name: &str, cert| {
@@ -133,13 +141,17 @@ fn world() -> &'static World {
                     "withdrawn.sts.test",
                     zone("withdrawn.sts.test", foreign.addr(), ""),
                 ),
+                unsigned(
+                    "cached.sts.test",
+                    zone("cached.sts.test", foreign.addr(), ""),
+                ),
             ])
             .start()
             .expect("the DNSSEC lab");
         World {
             lab,
             ca_file: sts.ca_file().to_owned(),
-            _sts: sts,
+            sts,
             valid,
             foreign,
             _strip: strip,
@@ -388,4 +400,183 @@ fn mode_none_is_opportunistic() {
         "{:#}",
         s.json
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `danemta serve`
+
+/// A `danemta serve` on a queue directory of its own, killed when dropped.
+struct Serve {
+    child: std::process::Child,
+    listen: SocketAddr,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Starts a daemon on `queue` (created if missing) that relays for loopback clients and
+    /// delivers with the lab's resolver and the MTA-STS CA as an extra PKIX anchor.
+    fn start(queue: &std::path::Path) -> Serve {
+        let w = world();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+        };
+        let (listen, metrics) = (free(), free());
+        std::fs::create_dir_all(queue).unwrap();
+        let config = queue.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+hostname = "relay.sts.test"
+[[server.listen]]
+address = "{listen}"
+mode = "smtp"
+[dns]
+resolver = "trust-ad@{resolver}"
+timeout = "5s"
+[queue]
+dir = "{queue}"
+retry_first = "1s"
+retry_max = "2s"
+[delivery]
+port = 25
+ca_file = "{ca}"
+[metrics]
+listen = "{metrics}"
+"#,
+                resolver = w.lab.validating_resolver(),
+                queue = queue.display(),
+                ca = w.ca_file.display(),
+            ),
+        )
+        .unwrap();
+        let log = queue.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_danemta"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("DANEMTA_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let serve = Serve { child, listen, log };
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(listen).is_ok()
+        });
+        assert!(ready, "serve does not listen:\n{}", serve.log());
+        serve
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `needle` more than `before` times.
+    fn wait_for(&self, needle: &str, before: usize) {
+        let seen = (0..200).any(|_| {
+            let n = self.log().matches(needle).count();
+            if n <= before {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n > before
+        });
+        assert!(seen, "no new {needle:?} in the log:\n{}", self.log());
+    }
+
+    /// Submits one message for `rcpt` over SMTP; asserts `250` after the data.
+    fn submit(&self, rcpt: &str) {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(self.listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut io = BufReader::new(stream);
+        let mut expect = |send: &str, code: &str| {
+            io.get_mut().write_all(send.as_bytes()).unwrap();
+            loop {
+                let mut line = String::new();
+                io.read_line(&mut line).unwrap();
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    assert!(line.starts_with(code), "{send:?}: {line:?}");
+                    return;
+                }
+            }
+        };
+        expect("", "220");
+        expect("EHLO client.test\r\n", "250");
+        expect("MAIL FROM:<a@client.test>\r\n", "250");
+        expect(&format!("RCPT TO:<{rcpt}>\r\n"), "250");
+        expect("DATA\r\n", "354");
+        expect(&format!("Subject: sts\r\n\r\nhello {rcpt}\r\n.\r\n"), "250");
+        expect("QUIT\r\n", "221");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The downgrade attack on a cached policy (RFC 8461 §10.2): once the daemon has an
+/// `enforce` policy in its queue store, an attacker who blocks the policy host cannot make it
+/// deliver to a host that fails PKIX — not even after a restart. A daemon without the cached
+/// policy, under the same attack, delivers opportunistically: the cache is what protects.
+#[test]
+fn serve_keeps_a_cached_enforce_policy_across_a_restart_and_a_blocked_policy_host() {
+    let w = world();
+    let dir = tempdir("serve-cached");
+    let cited = "RFC 8461 §4.2";
+
+    // The policy is fetched and cached; the MX fails PKIX: deferred.
+    let first = Serve::start(&dir.join("queue"));
+    first.submit("u@cached.sts.test");
+    first.wait_for(cited, 0);
+    drop(first);
+
+    // The attacker blocks the policy host; the daemon restarts on the same queue.
+    w.sts.set_policy(
+        "cached.sts.test",
+        Reply::content(503, Some("text/plain"), "blocked"),
+    );
+    let again = Serve::start(&dir.join("queue"));
+    let before = again.log().matches(cited).count();
+    again.wait_for(cited, before);
+    assert!(
+        !got(&w.foreign, "u@cached.sts.test"),
+        "delivered to a host that fails PKIX:\n{}",
+        again.log()
+    );
+
+    // Without the cache, the blocked fetch is no policy: delivered opportunistically.
+    let fresh = Serve::start(&dir.join("fresh"));
+    fresh.submit("v@cached.sts.test");
+    assert!(got(&w.foreign, "v@cached.sts.test"), "{}", fresh.log());
+    assert!(
+        fresh.log().contains("MTA-STS for cached.sts.test"),
+        "{}",
+        fresh.log()
+    );
+    assert!(!got(&w.foreign, "u@cached.sts.test"), "{}", again.log());
+    drop((again, fresh));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory under the lab's temporary root, emptied first.
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("danemta-mta-sts-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
