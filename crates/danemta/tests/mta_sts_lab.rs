@@ -228,45 +228,32 @@ fn nobody_got(rcpt: &str) {
     }
 }
 
-/// (outcome, last attempt's security, mechanism, rule_id).
-fn summary(s: &Sent) -> (String, String, String, String) {
+/// Sends to `rcpt` and asserts the outcome, and the last attempt's security, mechanism and
+/// `rule_id`.
+fn send_expecting(rcpt: &str, extra: &[&str], want: [&str; 4]) -> Sent {
+    let s = send(rcpt, extra);
     let last = s.json["attempts"]
         .as_array()
         .and_then(|a| a.last())
         .unwrap_or_else(|| panic!("no attempt: {:#}\n{}", s.json, s.stderr));
-    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
-    (
-        text(&s.json["outcome"]),
-        text(&last["security"]),
-        text(&last["mechanism"]),
-        text(&last["rule_id"]),
-    )
-}
-
-fn tuple(
-    outcome: &str,
-    security: &str,
-    mechanism: &str,
-    rule: &str,
-) -> (String, String, String, String) {
-    (
-        outcome.into(),
-        security.into(),
-        mechanism.into(),
-        rule.into(),
-    )
+    let got = [
+        &s.json["outcome"],
+        &last["security"],
+        &last["mechanism"],
+        &last["rule_id"],
+    ]
+    .map(|v| v.as_str().unwrap_or("?").to_owned());
+    assert_eq!(got, want, "{:#}\n{}", s.json, s.stderr);
+    s
 }
 
 #[test]
 fn an_enforce_policy_delivers_over_pkix_verified_tls() {
     let rcpt = "u@enforce.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "verified", "mta-sts", "sts-enforce"),
-        "{:#}\n{}",
-        s.json,
-        s.stderr
+    let s = send_expecting(
+        rcpt,
+        &[],
+        ["delivered", "verified", "mta-sts", "sts-enforce"],
     );
     assert_eq!(s.code, 0);
     assert!(got(&world().valid, rcpt));
@@ -277,14 +264,7 @@ fn an_enforce_policy_delivers_over_pkix_verified_tls() {
 #[test]
 fn an_enforce_policy_defers_when_the_mx_certificate_fails_pkix() {
     let rcpt = "u@badcert.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("deferred", "none", "mta-sts", "sts-enforce"),
-        "{:#}\n{}",
-        s.json,
-        s.stderr
-    );
+    let s = send_expecting(rcpt, &[], ["deferred", "none", "mta-sts", "sts-enforce"]);
     assert_eq!(s.code, 75);
     nobody_got(rcpt);
 }
@@ -293,12 +273,10 @@ fn an_enforce_policy_defers_when_the_mx_certificate_fails_pkix() {
 #[test]
 fn an_enforce_policy_skips_mx_hosts_it_does_not_list() {
     let rcpt = "u@mismatch.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("deferred", "none", "mta-sts", "sts-mx-mismatch"),
-        "{:#}",
-        s.json
+    let s = send_expecting(
+        rcpt,
+        &[],
+        ["deferred", "none", "mta-sts", "sts-mx-mismatch"],
     );
     assert!(
         s.json["attempts"][0]["address"].is_null(),
@@ -312,14 +290,7 @@ fn an_enforce_policy_skips_mx_hosts_it_does_not_list() {
 #[test]
 fn stripping_starttls_gets_nothing_from_an_enforce_domain() {
     let rcpt = "u@strip.sts.test";
-    let s = send(rcpt, &[]);
-    let (outcome, _, mechanism, rule) = summary(&s);
-    assert_eq!(
-        (outcome.as_str(), mechanism.as_str(), rule.as_str()),
-        ("deferred", "mta-sts", "sts-enforce"),
-        "{:#}",
-        s.json
-    );
+    let s = send_expecting(rcpt, &[], ["deferred", "none", "mta-sts", "sts-enforce"]);
     for a in s.json["attempts"].as_array().unwrap() {
         assert_ne!(a["security"], "plaintext", "{a:#}");
     }
@@ -330,12 +301,10 @@ fn stripping_starttls_gets_nothing_from_an_enforce_domain() {
 #[test]
 fn a_testing_policy_does_not_block_delivery() {
     let rcpt = "u@testing.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "untrusted", "mta-sts", "sts-testing"),
-        "{:#}",
-        s.json
+    send_expecting(
+        rcpt,
+        &[],
+        ["delivered", "untrusted", "mta-sts", "sts-testing"],
     );
     assert!(got(&world().foreign, rcpt));
 }
@@ -345,13 +314,7 @@ fn a_testing_policy_does_not_block_delivery() {
 #[test]
 fn dane_takes_precedence_over_an_enforce_policy() {
     let rcpt = "u@dane.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "verified", "dane", "dane-auth"),
-        "{:#}",
-        s.json
-    );
+    send_expecting(rcpt, &[], ["delivered", "verified", "dane", "dane-auth"]);
     assert!(got(&world().foreign, rcpt));
 }
 
@@ -360,12 +323,10 @@ fn dane_takes_precedence_over_an_enforce_policy() {
 #[test]
 fn a_configured_level_overrides_the_policy() {
     let rcpt = "v@badcert.sts.test";
-    let s = send(rcpt, &["--policy", "may"]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "untrusted", "policy-table", "policy"),
-        "{:#}",
-        s.json
+    send_expecting(
+        rcpt,
+        &["--policy", "may"],
+        ["delivered", "untrusted", "policy-table", "policy"],
     );
     assert!(got(&world().foreign, rcpt));
 }
@@ -375,12 +336,10 @@ fn a_configured_level_overrides_the_policy() {
 #[test]
 fn a_policy_that_cannot_be_fetched_is_no_policy() {
     let rcpt = "u@broken.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "untrusted", "opportunistic", "opportunistic"),
-        "{:#}",
-        s.json
+    let s = send_expecting(
+        rcpt,
+        &[],
+        ["delivered", "untrusted", "opportunistic", "opportunistic"],
     );
     assert!(
         s.stderr.contains("MTA-STS for broken.sts.test"),
@@ -393,12 +352,10 @@ fn a_policy_that_cannot_be_fetched_is_no_policy() {
 #[test]
 fn mode_none_is_opportunistic() {
     let rcpt = "u@withdrawn.sts.test";
-    let s = send(rcpt, &[]);
-    assert_eq!(
-        summary(&s),
-        tuple("delivered", "untrusted", "opportunistic", "opportunistic"),
-        "{:#}",
-        s.json
+    send_expecting(
+        rcpt,
+        &[],
+        ["delivered", "untrusted", "opportunistic", "opportunistic"],
     );
 }
 
