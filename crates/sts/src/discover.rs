@@ -37,33 +37,9 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 /// Failed fetches remembered at most (older ones are dropped once expired).
 const MAX_RECENT_FAILURES: usize = 4096;
 
-/// The MTA-STS failure kinds of a TLS-RPT report (RFC 8460 §4.3.2.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResultType {
-    /// `sts-policy-fetch-error`: the policy could not be retrieved.
-    StsPolicyFetchError,
-    /// `sts-policy-invalid`: what was retrieved (the TXT record or the policy) is invalid.
-    StsPolicyInvalid,
-    /// `sts-webpki-invalid`: the policy host did not authenticate with PKIX.
-    StsWebpkiInvalid,
-}
-
-impl ResultType {
-    /// The `result-type` string of RFC 8460 §4.3.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
-            ResultType::StsPolicyInvalid => "sts-policy-invalid",
-            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
-        }
-    }
-}
-
-impl fmt::Display for ResultType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The TLS-RPT result types (RFC 8460 §4.3); discovery failures map onto the MTA-STS ones
+/// (§4.3.2.2) through [`DiscoveryError::result_type`].
+pub use crate::report::ResultType;
 
 /// Why live discovery gave no policy.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@
 //! | [`txt`] | the TXT lookup interface discovery needs | 8461 §3.1 |
 //! | [`cache`] | the policy cache interface and an in-memory cache | 8461 §5.1 |
 //! | [`discover`] | discovery: TXT record, cache and fetch together, downgrade-safe | 8461 §3.3, §5.1, §10.2 |
+//! | [`report`] | TLS-RPT reports: JSON, gzip, file name, mail, HTTPS upload | 8460 §4, §5 |
 //!
 //! Parsers take bytes and never panic (fuzzed: `fuzz/fuzz_targets/sts_policy.rs`); every
 //! failure is a typed error that says what is wrong, and discovery failures map onto the
@@ -54,15 +55,17 @@ pub mod fetch;
 pub mod mx;
 pub mod policy;
 pub mod record;
+pub mod report;
 pub mod trust;
 pub mod txt;
 
 pub use cache::{CachedPolicy, MemoryStore, PolicyStore};
-pub use discover::{Discovery, DiscoveryError, ResultType, Source, Sts};
+pub use discover::{Discovery, DiscoveryError, Source, Sts};
 pub use fetch::{
     AddressError, AddressSource, FetchError, Fetcher, FixedAddresses, ResolverAddresses,
 };
 pub use mx::{MxPattern, MxPatternError};
 pub use policy::{MAX_AGE_LIMIT, Mode, Policy, PolicyError};
 pub use record::{RecordError, ReportUri, StsId, StsRecord, TlsRptRecord};
+pub use report::{PolicyType, Report, ReportDay, ResultType, Uploader};
 pub use txt::{ResolverTxt, TxtAnswer, TxtResolver};
