@@ -306,6 +306,8 @@ fn rule_id(rule: Rule) -> &'static str {
         Rule::StsEnforce => "sts-enforce",
         Rule::StsMxMismatch => "sts-mx-mismatch",
         Rule::StsTesting => "sts-testing",
+        Rule::RequireTls => "require-tls",
+        Rule::TlsRequiredNo => "tls-required-no",
     }
 }
 

@@ -33,7 +33,7 @@ pub mod server;
 
 // The modules by their short names, as before the split (and as other crates use them).
 pub use client::{deliver, dispatch, outcome, policy, resume, session, tls};
-pub use protocol::{ehlo, envelope, message, reply};
+pub use protocol::{ehlo, envelope, message, reply, requiretls};
 
 pub use deliver::{Batch, Connection, Outgoing, deliver_batch, deliver_many};
 pub use deliver::{Config, Limits, deliver};
@@ -46,5 +46,6 @@ pub use outcome::{
     ServerReply,
 };
 pub use policy::{Level, fingerprint_records};
+pub use requiretls::TlsRequest;
 pub use resume::SessionCache;
 pub use session::{Stage, Timeouts};

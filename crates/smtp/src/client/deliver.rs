@@ -20,10 +20,11 @@ use crate::outcome::{
 };
 use crate::policy::Level;
 use crate::reply::Reply;
+use crate::requiretls::TlsRequest;
 use crate::resume::SessionCache;
 use crate::session::{
-    AuthUnavailable, Envelope, Resumption, Session, SessionError, Stage, Timeouts, TlsInfo,
-    Transaction,
+    AuthUnavailable, Envelope, RequireTlsRefusal, Resumption, Session, SessionError, Stage,
+    Timeouts, TlsInfo, Transaction,
 };
 use crate::tls::{Auth, Mode, PeerAuth};
 
@@ -243,6 +244,220 @@ fn by_mta_sts(
     }
 }
 
+/// How the sender's RFC 8689 request bears on the plan of one message: the request as
+/// delivery applies it. A REQUIRETLS message from the null sender (the bounce of a REQUIRETLS
+/// message) is planned as any other: RFC 8689 §5 says its REQUIRETLS "SHOULD NOT cause a
+/// bounce message to be discarded even if the next-hop relay does not advertise REQUIRETLS",
+/// so it carries the parameter where the connection allows ([`Connection::send`]), and is
+/// not held back where it does not.
+pub fn effective_request(envelope: &Envelope) -> TlsRequest {
+    match envelope.tls_request() {
+        TlsRequest::Required if envelope.sender().is_empty() => TlsRequest::Default,
+        request => request,
+    }
+}
+
+/// A host's plan for one message: the policy's [`Plan`], adjusted for the sender's request
+/// (RFC 8689), and what it means for REQUIRETLS.
+struct MessagePlan {
+    plan: Plan,
+    /// For a connection: whether a peer authenticated as its mode demands may take a
+    /// REQUIRETLS message (RFC 8689 §4.2.1 steps 2 and 4, before the handshake; the
+    /// handshake's verdict and the EHLO after it are checked on the connection).
+    requiretls: Result<(), RequireTlsRefusal>,
+    /// `TLS-Required: No` changed the policy's plan for this host (RFC 8689 §4.2.2).
+    relaxed: bool,
+    /// For a host skipped on REQUIRETLS's account: why. Such a refusal is a property of the
+    /// host as published (no DANE, no MTA-STS, an unsigned MX name), not of the moment.
+    refusal: Option<RequireTlsRefusal>,
+}
+
+/// The plan of host `c` for a message with the sender's `request` (see
+/// [`effective_request`]):
+///
+/// - [`TlsRequest::Default`]: the policy's [`plan`];
+/// - [`TlsRequest::Required`] (RFC 8689 §4.2.1): the policy's plan when its mode authenticates
+///   the peer and the host's name is vouched for ([`requiretls_vouched`]); a weaker plan
+///   (plaintext, opportunistic, unauthenticated TLS: whether from the domain or from a
+///   configured `[[policy]]` level, which never weakens REQUIRETLS) is raised to DANE where
+///   the host has usable secure TLSA records, else to PKIX for the MX name where the domain's
+///   MTA-STS policy lists it; otherwise the host is skipped with the refusal. A host the
+///   policy skips stays skipped (a failed lookup, `dane-only`, an MTA-STS mismatch);
+/// - [`TlsRequest::Optional`] (`TLS-Required: No`, RFC 8689 §4.2.2): where the recipient
+///   domain's DANE or MTA-STS policy decided (level `dane` not configured for the
+///   destination), opportunistic TLS instead, including for a host DANE or MTA-STS would
+///   have skipped. A configured `[[policy]]` level (or `dane-only`) is the operator's own
+///   policy and is kept, as Postfix keeps it.
+fn plan_for(cfg: &Config, c: &Candidate, next_hop: &DnsName, request: TlsRequest) -> MessagePlan {
+    let base = plan(cfg, c, next_hop);
+    let vouched = |plan: &Plan| match plan {
+        Plan::Connect { mode, .. } => requiretls_vouched(cfg, c, mode),
+        Plan::Skip { .. } => Err(RequireTlsRefusal::NotAuthenticated(format!(
+            "{} is not used",
+            c.name
+        ))),
+    };
+    let keep = |plan: Plan| MessagePlan {
+        requiretls: vouched(&plan),
+        plan,
+        relaxed: false,
+        refusal: None,
+    };
+    match request {
+        TlsRequest::Default => keep(base),
+        TlsRequest::Optional => {
+            let recipient_policy = !cfg.level_configured
+                && cfg.level == Level::Dane
+                && match &base {
+                    Plan::Connect {
+                        mode, mechanism, ..
+                    } => {
+                        !matches!(mode, Mode::Opportunistic)
+                            && matches!(mechanism, Mechanism::Dane | Mechanism::MtaSts)
+                    }
+                    Plan::Skip { mechanism, .. } => {
+                        matches!(mechanism, Mechanism::Dane | Mechanism::MtaSts)
+                    }
+                };
+            if !recipient_policy {
+                return keep(base);
+            }
+            let mechanism = match &base {
+                Plan::Connect { mechanism, .. } | Plan::Skip { mechanism, .. } => *mechanism,
+            };
+            let plan = Plan::Connect {
+                mode: Mode::Opportunistic,
+                rule: Rule::TlsRequiredNo,
+                mechanism,
+            };
+            MessagePlan {
+                requiretls: vouched(&plan),
+                plan,
+                relaxed: true,
+                refusal: None,
+            }
+        }
+        TlsRequest::Required => {
+            let mode = match &base {
+                Plan::Skip { .. } => return keep(base),
+                Plan::Connect { mode, .. } => mode,
+            };
+            let raised = if mode.authenticates() {
+                base
+            } else {
+                match &c.dane {
+                    // A failed lookup: the host is unusable now, not for good (RFC 7672 §2.2).
+                    DaneState::HostUnusable { reason } => {
+                        return keep(Plan::Skip {
+                            reason: reason.clone(),
+                            rule: Rule::HostUnusable,
+                            mechanism: Mechanism::Dane,
+                        });
+                    }
+                    DaneState::Usable { records } => Plan::Connect {
+                        mode: Mode::Required(Auth::Dane {
+                            records: records.clone(),
+                            names: c.reference_names.clone(),
+                        }),
+                        rule: Rule::RequireTls,
+                        mechanism: Mechanism::Dane,
+                    },
+                    DaneState::NotApplicable { .. } if sts_lists(cfg, c) => Plan::Connect {
+                        mode: Mode::Required(Auth::Pkix {
+                            roots: cfg.roots.clone(),
+                            names: c.name.reference_name().into_iter().collect(),
+                        }),
+                        rule: Rule::RequireTls,
+                        mechanism: Mechanism::MtaSts,
+                    },
+                    _ => {
+                        let refusal = RequireTlsRefusal::NotAuthenticated(format!(
+                            "{} has no usable secure TLSA records ({}) and no MTA-STS policy \
+                             lists it",
+                            c.name,
+                            c.dane.code()
+                        ));
+                        return MessagePlan {
+                            plan: Plan::Skip {
+                                reason: SessionError::RequireTls(refusal.clone()).to_string(),
+                                rule: Rule::RequireTls,
+                                mechanism: Mechanism::Dane,
+                            },
+                            requiretls: Err(refusal.clone()),
+                            relaxed: false,
+                            refusal: Some(refusal),
+                        };
+                    }
+                }
+            };
+            match vouched(&raised) {
+                Ok(()) => keep(raised),
+                Err(refusal) => {
+                    let mechanism = match &raised {
+                        Plan::Connect { mechanism, .. } | Plan::Skip { mechanism, .. } => {
+                            *mechanism
+                        }
+                    };
+                    MessagePlan {
+                        plan: Plan::Skip {
+                            reason: SessionError::RequireTls(refusal.clone()).to_string(),
+                            rule: Rule::RequireTls,
+                            mechanism,
+                        },
+                        requiretls: Err(refusal.clone()),
+                        relaxed: false,
+                        refusal: Some(refusal),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the recipient domain's MTA-STS policy (mode `enforce` or `testing`) lists host
+/// `c`: the MX host validation of RFC 8461 §4.1, which RFC 8689 §4.2.1 step 2 accepts in
+/// place of a DNSSEC-signed MX lookup. A policy in mode `none` lists nothing.
+fn sts_lists(cfg: &Config, c: &Candidate) -> bool {
+    cfg.mta_sts.as_deref().is_some_and(|p| {
+        matches!(p.mode(), sts::Mode::Enforce | sts::Mode::Testing) && p.matches_mx(c.name.as_str())
+    })
+}
+
+/// Whether a peer authenticated as `mode` demands may take a REQUIRETLS message (RFC 8689
+/// §4.2.1), as far as can be told before connecting:
+///
+/// - step 4: the mode authenticates the server: DANE (RFC 7672), PKIX (RFC 6125), or a
+///   configured fingerprint (the operator's pin of that very key);
+/// - step 2: the host's name is vouched for: named by a DNSSEC-signed MX lookup or
+///   configured by the operator ([`DaneTrust::Verified`]), or listed by the domain's MTA-STS
+///   policy. PKIX against names the operator configured (`secure`, or `verify` with `match`)
+///   binds the certificate to those names, not to the MX name, so it needs neither.
+pub(crate) fn requiretls_vouched(
+    cfg: &Config,
+    c: &Candidate,
+    mode: &Mode,
+) -> Result<(), RequireTlsRefusal> {
+    let named = c.dane_trust == DaneTrust::Verified || sts_lists(cfg, c);
+    match mode {
+        Mode::Plaintext | Mode::Opportunistic | Mode::Required(Auth::None) => {
+            Err(RequireTlsRefusal::NotAuthenticated(format!(
+                "{} would not be authenticated (policy {}, DANE {})",
+                c.name,
+                cfg.level,
+                c.dane.code()
+            )))
+        }
+        Mode::Required(Auth::Fingerprint(_)) => Ok(()),
+        Mode::Required(Auth::Pkix { .. })
+            if cfg.level == Level::Secure || !cfg.match_names.is_empty() =>
+        {
+            Ok(())
+        }
+        Mode::Required(Auth::Dane { .. } | Auth::Pkix { .. }) if named => Ok(()),
+        Mode::Required(_) => Err(RequireTlsRefusal::NameNotValidated(c.name.to_string())),
+    }
+}
+
 /// The security label of a finished handshake (PRODUCT.md security statuses): `plaintext`
 /// without TLS; `verified` for PKIX with a name check, a configured fingerprint, or DANE on a
 /// host a secure lookup named; `trusted` for DANE on a host an insecure MX/SRV lookup named
@@ -449,10 +664,18 @@ pub async fn deliver_batch(
     loop {
         // Follow on the open connection while it lasts.
         if let Some(mut connection) = open.take() {
+            // Messages this connection may not carry (RFC 8689: REQUIRETLS where it does not
+            // qualify, or any message `TLS-Required: No` does not relax over one it relaxed):
+            // each walks the route for a connection of its own.
+            let mut unfit = VecDeque::new();
             while connection.is_reusable()
                 && let Some(j) = pending.pop_front()
             {
                 let m = &messages[j];
+                if !connection.may_carry(m.envelope) {
+                    unfit.push_back(j);
+                    continue;
+                }
                 let (mut attempt, result) = connection.send(m.envelope, m.body).await;
                 log(&attempt);
                 let mta = remote(&connection.candidate, connection.address);
@@ -476,6 +699,9 @@ pub async fn deliver_batch(
                     }
                 }
             }
+            while let Some(j) = unfit.pop_back() {
+                pending.push_front(j);
+            }
             if connection.is_reusable() && pending.is_empty() {
                 open = Some(connection);
                 break;
@@ -492,14 +718,27 @@ pub async fn deliver_batch(
         if walked.connection.is_none()
             && !walked.attempts.iter().any(|a| a.security != Security::None)
         {
-            // Nothing got through EHLO and TLS anywhere: the same for every message.
-            for j in pending.drain(..) {
+            // Nothing got through EHLO and TLS anywhere: the same for every message planned
+            // as this one was (the same RFC 8689 request); the others walk on their own.
+            let request = effective_request(messages[head].envelope);
+            let (same, others): (VecDeque<usize>, VecDeque<usize>) = pending
+                .drain(..)
+                .partition(|&j| effective_request(messages[j].envelope) == request);
+            for j in same {
                 let mut attempts = std::mem::take(&mut carried[j]);
                 attempts.extend(walked.attempts.iter().cloned());
-                let recipients = gave_up(messages[j].envelope.recipients(), &walked.last_reason);
+                let to = messages[j].envelope.recipients();
+                let recipients = match &walked.requiretls_bounce {
+                    Some(reply) => bounced(to, reply),
+                    None => gave_up(to, &walked.last_reason),
+                };
                 results[j] = Some(Delivery::new(recipients, attempts));
             }
-            break;
+            pending = others;
+            if pending.is_empty() {
+                break;
+            }
+            continue;
         }
         open = walked.connection;
     }
@@ -534,14 +773,22 @@ struct Walked {
     attempts: Vec<Attempt>,
     connection: Option<Connection>,
     last_reason: String,
+    /// The walk gave up because no host can take a REQUIRETLS message, for good (RFC 8689
+    /// §4.2.1): the reply every recipient bounces with.
+    requiretls_bounce: Option<Reply>,
 }
 
 impl Walker<'_> {
     async fn walk(&self, m: &Outgoing<'_>) -> Walked {
         let (cfg, candidates, next_hop) = (self.cfg, self.candidates, self.next_hop);
         let envelope = m.envelope;
+        let request = effective_request(envelope);
         let mut attempts = Vec::new();
         let mut last_reason = format!("no usable host for {next_hop}");
+        // RFC 8689 §4.2.1: hosts refused for REQUIRETLS for good, and whether any other
+        // failure (a lookup, the network, a handshake: all of the moment, or an attacker's
+        // doing) leaves hope for a later try.
+        let mut refusals = RequireTlsTally::default();
         // Addresses connected to, and sessions that got through EHLO and TLS (see Limits).
         let (mut tried, mut sessions) = (0usize, 0usize);
         'hosts: for (index, c) in candidates.iter().enumerate() {
@@ -551,13 +798,20 @@ impl Walker<'_> {
                 aaaa: c.aaaa_dnssec,
                 tlsa: c.tlsa_dnssec,
             };
-            let (mode, rule, mechanism) = match plan(cfg, c, next_hop) {
+            let planned = plan_for(cfg, c, next_hop, request);
+            let (mode, rule, mechanism) = match planned.plan {
                 Plan::Skip {
                     reason,
                     rule,
                     mechanism,
                 } => {
-                    let attempt = skipped(c, &lookups, reason, rule, mechanism);
+                    let mut attempt = skipped(c, &lookups, reason, rule, mechanism);
+                    if request == TlsRequest::Required {
+                        attempt.tls_request = Some(TlsRequest::Required);
+                        refusals.skipped(planned.refusal);
+                    } else if planned.relaxed {
+                        attempt.tls_request = Some(TlsRequest::Optional);
+                    }
                     tracing::warn!("{}", attempt.log_line());
                     last_reason = attempt.reason.clone();
                     attempts.push(attempt);
@@ -569,6 +823,10 @@ impl Walker<'_> {
                     mechanism,
                 } => (mode, rule, mechanism),
             };
+            let fit = Fit {
+                requiretls: planned.requiretls,
+                relaxed: planned.relaxed,
+            };
             if cfg.credentials.is_some()
                 && let Err(why) = credentials_may_go(cfg, c, &mode)
             {
@@ -577,6 +835,7 @@ impl Walker<'_> {
                 tracing::warn!("{}", attempt.log_line());
                 last_reason = format!("{}: {}", c.name, attempt.reason);
                 attempts.push(attempt);
+                refusals.skipped(None);
                 continue;
             }
             for (at, address) in c.addresses.iter().map(|a| a.address).enumerate() {
@@ -601,6 +860,7 @@ impl Walker<'_> {
                     tracing::warn!("{}", attempt.log_line());
                     last_reason = format!("{}: {}", c.name, attempt.reason);
                     attempts.push(attempt);
+                    refusals.skipped(None);
                     break 'hosts;
                 }
                 tried += 1;
@@ -610,7 +870,7 @@ impl Walker<'_> {
                     mechanism,
                 };
                 let (mut attempt, mut result, mut connection) =
-                    connect(c, address, planned, &lookups, m, cfg).await;
+                    connect(c, address, planned, &fit, &lookups, m, cfg).await;
                 let mta = remote(c, address);
                 let mut next = after_attempt(&mode, &result, envelope.recipients(), &mta);
                 if next == Next::RetryPlaintext {
@@ -622,8 +882,11 @@ impl Walker<'_> {
                         mechanism,
                     };
                     (attempt, result, connection) =
-                        connect(c, address, retry, &lookups, m, cfg).await;
+                        connect(c, address, retry, &fit, &lookups, m, cfg).await;
                     next = after_attempt(&Mode::Plaintext, &result, envelope.recipients(), &mta);
+                }
+                if request == TlsRequest::Required && next == Next::NextAddress {
+                    refusals.failed(&result);
                 }
                 log(&attempt);
                 // A session is a connection that got through EHLO and TLS (Postfix 2.3+).
@@ -647,6 +910,7 @@ impl Walker<'_> {
                             attempts,
                             connection,
                             last_reason,
+                            requiretls_bounce: None,
                         };
                     }
                     Next::RetryPlaintext | Next::NextAddress => {
@@ -659,13 +923,90 @@ impl Walker<'_> {
                 }
             }
         }
+        let requiretls_bounce = refusals.bounce();
         Walked {
-            recipients: gave_up(envelope.recipients(), &last_reason),
+            recipients: match &requiretls_bounce {
+                Some(reply) => bounced(envelope.recipients(), reply),
+                None => gave_up(envelope.recipients(), &last_reason),
+            },
             attempts,
             connection: None,
             last_reason,
+            requiretls_bounce,
         }
     }
+}
+
+/// What a REQUIRETLS message's walk met (RFC 8689 §4.2.1): the refusals that are properties
+/// of the hosts as published or as they answered over authenticated TLS, and whether
+/// anything else failed.
+#[derive(Default)]
+struct RequireTlsTally {
+    /// The most telling refusal so far: one for REQUIRETLS (5.7.30) over one for TLS
+    /// (5.7.10).
+    refusal: Option<RequireTlsRefusal>,
+    /// A host or address failed for a reason of the moment: a lookup, the network, a
+    /// refusal, a handshake or an authentication that failed (what an on-path attacker can
+    /// cause, and what DANE never bounces for before the message's lifetime).
+    transient: bool,
+}
+
+impl RequireTlsTally {
+    /// A host skipped before connecting, with the REQUIRETLS refusal that made it, or
+    /// `None` for a skip of the policy's own (a failed lookup, a limit): transient.
+    fn skipped(&mut self, refusal: Option<RequireTlsRefusal>) {
+        match refusal {
+            Some(r) => self.note(r),
+            None => self.transient = true,
+        }
+    }
+
+    /// An address that failed with `result`: a REQUIRETLS refusal on an established,
+    /// authenticated session counts for good; anything else is of the moment.
+    fn failed(&mut self, result: &Result<Transaction, SessionError>) {
+        match result {
+            Err(SessionError::RequireTls(r)) => self.note(r.clone()),
+            _ => self.transient = true,
+        }
+    }
+
+    fn note(&mut self, refusal: RequireTlsRefusal) {
+        if self.refusal.is_none() || matches!(self.refusal, Some(RequireTlsRefusal::NoTls)) {
+            self.refusal = Some(refusal);
+        }
+    }
+
+    /// The bounce when every host refused for good (RFC 8689 §4.2.1: "If there are no more
+    /// MX hosts, the client MUST NOT transmit the message to the domain", and a
+    /// non-delivery notification follows with 5.7.30 or 5.7.10); `None` defers.
+    fn bounce(&self) -> Option<Reply> {
+        match &self.refusal {
+            Some(r) if !self.transient => Some(r.reply()),
+            _ => None,
+        }
+    }
+}
+
+/// Every recipient bounced with `reply`, ours (no MTA sent it).
+fn bounced(recipients: &[String], reply: &Reply) -> Vec<RecipientOutcome> {
+    recipients
+        .iter()
+        .map(|address| RecipientOutcome {
+            address: address.clone(),
+            outcome: Fate::Bounced,
+            reply: Response::Smtp(ServerReply::new(reply, None)),
+        })
+        .collect()
+}
+
+/// What a connection is fit to carry besides the messages of its own plan (RFC 8689).
+#[derive(Clone, Debug)]
+struct Fit {
+    /// REQUIRETLS messages, once the handshake authenticated the peer and the EHLO after it
+    /// advertised REQUIRETLS ([`requiretls_vouched`] before that).
+    requiretls: Result<(), RequireTlsRefusal>,
+    /// Opened under a plan `TLS-Required: No` relaxed: only such messages may follow.
+    relaxed: bool,
 }
 
 /// What the delivery does after one attempt (the async loop only performs it).
@@ -802,6 +1143,7 @@ fn skipped(
         mechanism,
         replies: Vec::new(),
         reused: false,
+        tls_request: None,
     }
 }
 
@@ -873,6 +1215,12 @@ pub struct Connection {
     /// Whether the level was configured, and the MTA-STS policy, it was opened under.
     level_configured: bool,
     mta_sts: Option<Arc<sts::Policy>>,
+    /// Whether REQUIRETLS messages may go over it: TLS, a peer authenticated as RFC 8689
+    /// §4.2.1 demands (the advertisement is read from the session when sending).
+    requiretls: Result<(), RequireTlsRefusal>,
+    /// Opened under a plan `TLS-Required: No` relaxed (RFC 8689 §4.2.2): it carries only
+    /// messages with that header field, never one the policy's plan is owed to.
+    relaxed: bool,
     /// The attempt as it stood once the session was up (TLS, DANE match, security, rule).
     base: Attempt,
     /// How many transcript lines the session's set-up took (greeting, EHLO, STARTTLS, AUTH).
@@ -887,6 +1235,7 @@ impl Connection {
         c: &Candidate,
         address: IpAddr,
         planned: Planned<'_>,
+        fit: &Fit,
         lookups: &LookupStatus,
         cfg: &Config,
     ) -> Result<Connection, (Attempt, SessionError)> {
@@ -960,8 +1309,33 @@ impl Connection {
             roots: cfg.roots.clone(),
             level_configured: cfg.level_configured,
             mta_sts: cfg.mta_sts.clone(),
+            requiretls: requiretls_after_handshake(&fit.requiretls, attempt.security, c),
+            relaxed: fit.relaxed,
             base: attempt,
         })
+    }
+
+    /// Whether a message with `envelope` may go over this connection (RFC 8689): one with
+    /// REQUIRETLS only where the peer is authenticated as §4.2.1 demands and advertised
+    /// REQUIRETLS after STARTTLS; one without `TLS-Required: No` never over a connection that
+    /// header field relaxed. The bounce of a REQUIRETLS message goes over any connection its
+    /// policy allows (§5; see [`effective_request`]).
+    pub fn may_carry(&self, envelope: &Envelope) -> bool {
+        match effective_request(envelope) {
+            TlsRequest::Required => self.requiretls_ready().is_ok(),
+            TlsRequest::Default => !self.relaxed,
+            TlsRequest::Optional => true,
+        }
+    }
+
+    /// RFC 8689 §4.2.1 steps 2, 4 and 5 on this connection: `Ok` when a REQUIRETLS message
+    /// may go over it.
+    fn requiretls_ready(&self) -> Result<(), RequireTlsRefusal> {
+        self.requiretls.clone()?;
+        if !self.session.capabilities().requiretls {
+            return Err(RequireTlsRefusal::NotAdvertised);
+        }
+        Ok(())
     }
 
     /// One message over this connection (RSET first when it is not the first): the attempt
@@ -974,9 +1348,40 @@ impl Connection {
         let mut attempt = self.base.clone();
         attempt.reused = self.session.transactions() > 0;
         let start = self.session.transcript.len();
-        let result = match body.open().await {
-            Ok(body) => self.session.transact_body(envelope, body).await,
-            Err(e) => Err(SessionError::Read(e.to_string())),
+        // RFC 8689: what the sender's request makes of this transaction.
+        let downgraded;
+        let mut envelope = envelope;
+        let refused = match envelope.tls_request() {
+            TlsRequest::Required if envelope.sender().is_empty() => {
+                // §5: the bounce of a REQUIRETLS message carries REQUIRETLS where it can, and
+                // is not held back where it cannot.
+                if self.requiretls_ready().is_ok() {
+                    attempt.tls_request = Some(TlsRequest::Required);
+                } else {
+                    downgraded = envelope.clone().with_tls_request(TlsRequest::Default);
+                    envelope = &downgraded;
+                }
+                None
+            }
+            TlsRequest::Required => {
+                attempt.tls_request = Some(TlsRequest::Required);
+                self.requiretls_ready().err()
+            }
+            TlsRequest::Optional => {
+                if self.relaxed {
+                    attempt.tls_request = Some(TlsRequest::Optional);
+                }
+                None
+            }
+            TlsRequest::Default => None,
+        };
+        let result = match refused {
+            // Nothing of the transaction is sent (§4.2.1: "MUST NOT transmit the message").
+            Some(why) => Err(SessionError::RequireTls(why)),
+            None => match body.open().await {
+                Ok(body) => self.session.transact_body(envelope, body).await,
+                Err(e) => Err(SessionError::Read(e.to_string())),
+            },
         };
         let transcript = &self.session.transcript;
         attempt.replies = transcript[..self.setup.min(start)]
@@ -1053,6 +1458,8 @@ impl Connection {
             && (!(matches!(cfg.level, Level::Verify | Level::Secure) || cfg.mta_sts.is_some())
                 || Arc::ptr_eq(&self.roots, &cfg.roots))
             && cfg.credentials.is_none()
+            // A connection `TLS-Required: No` relaxed serves only the batch it was opened for.
+            && !self.relaxed
             && candidates.iter().any(|c| {
                 *c == self.candidate && c.addresses.iter().any(|a| a.address == self.address)
             })
@@ -1070,6 +1477,7 @@ async fn connect(
     c: &Candidate,
     address: IpAddr,
     planned: Planned<'_>,
+    fit: &Fit,
     lookups: &LookupStatus,
     m: &Outgoing<'_>,
     cfg: &Config,
@@ -1078,12 +1486,31 @@ async fn connect(
     Result<Transaction, SessionError>,
     Option<Connection>,
 ) {
-    match Connection::open(c, address, planned, lookups, cfg).await {
+    match Connection::open(c, address, planned, fit, lookups, cfg).await {
         Err((attempt, e)) => (attempt, Err(e), None),
         Ok(mut connection) => {
             let (attempt, result) = connection.send(m.envelope, m.body).await;
             (attempt, result, Some(connection))
         }
+    }
+}
+
+/// RFC 8689 §4.2.1 step 4 after the handshake: the plan's verdict (`planned`, from
+/// [`requiretls_vouched`]) holds only when the handshake authenticated the peer (`verified`
+/// or `trusted`, [`security`]).
+fn requiretls_after_handshake(
+    planned: &Result<(), RequireTlsRefusal>,
+    security: Security,
+    c: &Candidate,
+) -> Result<(), RequireTlsRefusal> {
+    planned.clone()?;
+    match security {
+        Security::Verified | Security::Trusted => Ok(()),
+        Security::Plaintext | Security::None => Err(RequireTlsRefusal::NoTls),
+        Security::Untrusted => Err(RequireTlsRefusal::NotAuthenticated(format!(
+            "{} is untrusted",
+            c.name
+        ))),
     }
 }
 
@@ -1344,6 +1771,289 @@ mod tests {
                 Rule::Opportunistic,
                 Mechanism::Opportunistic
             )
+        );
+    }
+
+    /// `plan_for` summed up: the mode ("skip" for a skipped host), the rule, whether the
+    /// connection could carry REQUIRETLS, whether the header field relaxed the plan, and the
+    /// REQUIRETLS refusal of a skip.
+    fn plan_of(
+        cfg: &Config,
+        dane: DaneState,
+        trust: DaneTrust,
+        host: &str,
+        request: TlsRequest,
+    ) -> (&'static str, Rule, bool, bool, Option<&'static str>) {
+        let mut c = candidate(dane);
+        c.name = n(host);
+        c.dane_trust = trust;
+        let p = plan_for(cfg, &c, &n("example.test"), request);
+        let refusal = p.refusal.as_ref().map(|r| match r {
+            RequireTlsRefusal::NoTls => "no-tls",
+            RequireTlsRefusal::NotAuthenticated(_) => "not-authenticated",
+            RequireTlsRefusal::NameNotValidated(_) => "name-not-validated",
+            RequireTlsRefusal::NotAdvertised => "not-advertised",
+        });
+        let (mode, rule) = match &p.plan {
+            Plan::Skip { rule, .. } => ("skip", *rule),
+            Plan::Connect { mode, rule, .. } => (
+                match mode {
+                    Mode::Plaintext => "plaintext",
+                    Mode::Opportunistic => "opportunistic",
+                    Mode::Required(Auth::None) => "required",
+                    Mode::Required(Auth::Dane { .. }) => "dane",
+                    Mode::Required(Auth::Fingerprint(_)) => "fingerprint",
+                    Mode::Required(Auth::Pkix { .. }) => "pkix",
+                },
+                *rule,
+            ),
+        };
+        (mode, rule, p.requiretls.is_ok(), p.relaxed, refusal)
+    }
+
+    /// RFC 8689 §4.2.1: a REQUIRETLS message is planned only to hosts that will be
+    /// authenticated by DANE or PKIX and whose name DNSSEC or MTA-STS vouches for; a weak
+    /// configured level is raised, never obeyed; what is refused for good says so.
+    #[test]
+    fn requiretls_plans_only_authenticated_hosts_with_vouched_names() {
+        use DaneTrust::{Trusted, Verified};
+        let usable = || DaneState::Usable {
+            records: vec![EE.parse().unwrap()],
+        };
+        let na = || DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        let bad = || DaneState::HostUnusable {
+            reason: "bogus TLSA".into(),
+        };
+        let sts = |mode: &str| Config {
+            mta_sts: Some(sts_policy(mode)),
+            ..config(Level::Dane)
+        };
+        let configured = |level| Config {
+            level_configured: true,
+            ..config(level)
+        };
+        let host = "mx.example.test";
+        let req = TlsRequest::Required;
+        let dane = config(Level::Dane);
+        let refused = |rule, why| ("skip", rule, false, false, Some(why));
+        // DANE under a signed MX: the message goes, with REQUIRETLS.
+        assert_eq!(
+            plan_of(&dane, usable(), Verified, host, req),
+            ("dane", Rule::DaneMandatory, true, false, None)
+        );
+        // DANE under an unsigned MX: the name is not vouched for (step 2)...
+        assert_eq!(
+            plan_of(&dane, usable(), Trusted, host, req),
+            refused(Rule::RequireTls, "name-not-validated")
+        );
+        // ...unless the MTA-STS policy lists the host (testing or enforce), not if not.
+        for mode in ["testing", "enforce"] {
+            assert_eq!(
+                plan_of(&sts(mode), usable(), Trusted, host, req),
+                ("dane", Rule::DaneMandatory, true, false, None),
+                "{mode}"
+            );
+        }
+        assert_eq!(
+            plan_of(&sts("none"), usable(), Trusted, host, req),
+            refused(Rule::RequireTls, "name-not-validated")
+        );
+        // No DANE: PKIX for the MX name where MTA-STS lists it (enforce as for any message,
+        // testing raised); nothing to authenticate with otherwise: refused for good.
+        assert_eq!(
+            plan_of(&sts("enforce"), na(), Trusted, host, req),
+            ("pkix", Rule::StsEnforce, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&sts("testing"), na(), Trusted, host, req),
+            ("pkix", Rule::RequireTls, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&dane, na(), Verified, host, req),
+            refused(Rule::RequireTls, "not-authenticated")
+        );
+        assert_eq!(
+            plan_of(&dane, DaneState::Unusable, Verified, host, req),
+            refused(Rule::RequireTls, "not-authenticated")
+        );
+        // What the policy skips stays skipped, as of the moment (no refusal: a retry may do).
+        assert_eq!(
+            plan_of(&sts("enforce"), na(), Trusted, "mx.other.test", req),
+            ("skip", Rule::StsMxMismatch, false, false, None)
+        );
+        assert_eq!(
+            plan_of(&dane, bad(), Verified, host, req),
+            ("skip", Rule::HostUnusable, false, false, None)
+        );
+        assert_eq!(
+            plan_of(&configured(Level::May), bad(), Verified, host, req),
+            ("skip", Rule::HostUnusable, false, false, None)
+        );
+        // A configured level never weakens REQUIRETLS: `may`, `none`, `encrypt` are raised
+        // to DANE where the host has it, and refused where it has not.
+        for level in [Level::None, Level::May, Level::Encrypt] {
+            assert_eq!(
+                plan_of(&configured(level), usable(), Verified, host, req),
+                ("dane", Rule::RequireTls, true, false, None),
+                "{level}"
+            );
+            assert_eq!(
+                plan_of(&configured(level), na(), Verified, host, req),
+                refused(Rule::RequireTls, "not-authenticated"),
+                "{level}"
+            );
+        }
+        // Operator-configured authentication: a pinned key, PKIX against configured names.
+        assert_eq!(
+            plan_of(&configured(Level::Fingerprint), na(), Trusted, host, req),
+            ("fingerprint", Rule::Policy, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&configured(Level::Secure), na(), Trusted, host, req),
+            ("pkix", Rule::Policy, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&configured(Level::Verify), na(), Trusted, host, req),
+            refused(Rule::RequireTls, "name-not-validated")
+        );
+        assert_eq!(
+            plan_of(&configured(Level::Verify), na(), Verified, host, req),
+            ("pkix", Rule::Policy, true, false, None)
+        );
+        // `dane-only` keeps its own skip.
+        assert_eq!(
+            plan_of(&config(Level::DaneOnly), na(), Verified, host, req),
+            ("skip", Rule::DaneOnly, false, false, None)
+        );
+        // Without REQUIRETLS the policy's plan stands; whether the connection could also
+        // carry a REQUIRETLS message is known before connecting.
+        assert_eq!(
+            plan_of(&dane, usable(), Verified, host, TlsRequest::Default),
+            ("dane", Rule::DaneMandatory, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&dane, na(), Verified, host, TlsRequest::Default),
+            ("opportunistic", Rule::Opportunistic, false, false, None)
+        );
+    }
+
+    /// RFC 8689 §4.2.2: `TLS-Required: No` turns the recipient domain's DANE and MTA-STS
+    /// policies into opportunistic TLS, and nothing the operator configured.
+    #[test]
+    fn tls_required_no_relaxes_only_the_recipient_domains_policy() {
+        use DaneTrust::Verified;
+        let usable = || DaneState::Usable {
+            records: vec![EE.parse().unwrap()],
+        };
+        let na = || DaneState::NotApplicable {
+            reason: String::new(),
+        };
+        let bad = || DaneState::HostUnusable {
+            reason: "bogus TLSA".into(),
+        };
+        let sts = |mode: &str| Config {
+            mta_sts: Some(sts_policy(mode)),
+            ..config(Level::Dane)
+        };
+        let configured = |level| Config {
+            level_configured: true,
+            ..config(level)
+        };
+        let no = TlsRequest::Optional;
+        let host = "mx.example.test";
+        let relaxed = ("opportunistic", Rule::TlsRequiredNo, false, true, None);
+        let dane = config(Level::Dane);
+        assert_eq!(plan_of(&dane, usable(), Verified, host, no), relaxed);
+        assert_eq!(
+            plan_of(&dane, DaneState::Unusable, Verified, host, no),
+            relaxed
+        );
+        assert_eq!(plan_of(&dane, bad(), Verified, host, no), relaxed);
+        assert_eq!(plan_of(&sts("enforce"), na(), Verified, host, no), relaxed);
+        assert_eq!(
+            plan_of(&sts("enforce"), na(), Verified, "mx.other.test", no),
+            relaxed
+        );
+        // Nothing to relax: the plan stands, and is not marked.
+        assert_eq!(
+            plan_of(&dane, na(), Verified, host, no),
+            ("opportunistic", Rule::Opportunistic, false, false, None)
+        );
+        assert_eq!(
+            plan_of(&sts("testing"), na(), Verified, host, no),
+            ("opportunistic", Rule::StsTesting, false, false, None)
+        );
+        // The operator's policy is kept: a configured level, `dane-only`.
+        assert_eq!(
+            plan_of(&configured(Level::Dane), usable(), Verified, host, no),
+            ("dane", Rule::DaneMandatory, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&configured(Level::Encrypt), na(), Verified, host, no),
+            ("required", Rule::Policy, false, false, None)
+        );
+        assert_eq!(
+            plan_of(&config(Level::DaneOnly), usable(), Verified, host, no),
+            ("dane", Rule::DaneMandatory, true, false, None)
+        );
+        assert_eq!(
+            plan_of(&config(Level::DaneOnly), na(), Verified, host, no),
+            ("skip", Rule::DaneOnly, false, false, None)
+        );
+    }
+
+    #[test]
+    fn the_bounce_of_a_requiretls_message_is_planned_as_any_other() {
+        let e = |from: &str, r| {
+            Envelope::new(from, ["b@y.test"])
+                .unwrap()
+                .with_tls_request(r)
+        };
+        assert_eq!(
+            effective_request(&e("a@x.test", TlsRequest::Required)),
+            TlsRequest::Required
+        );
+        assert_eq!(
+            effective_request(&e("", TlsRequest::Required)),
+            TlsRequest::Default
+        );
+        assert_eq!(
+            effective_request(&e("", TlsRequest::Optional)),
+            TlsRequest::Optional
+        );
+    }
+
+    /// RFC 8689 §4.2.1: the walk bounces (5.7.30, or 5.7.10 when only TLS was missing) only
+    /// when every host refused for good; anything of the moment defers.
+    #[test]
+    fn a_requiretls_walk_bounces_only_when_every_refusal_is_for_good() {
+        let code =
+            |t: &RequireTlsTally| t.bounce().and_then(|r| r.enhanced()).map(|e| e.to_string());
+        let mut t = RequireTlsTally::default();
+        assert_eq!(code(&t), None, "nothing tried: defer");
+        t.skipped(Some(RequireTlsRefusal::NotAuthenticated("mx".into())));
+        assert_eq!(code(&t).as_deref(), Some("5.7.30"));
+        t.failed(&Err(SessionError::RequireTls(
+            RequireTlsRefusal::NotAdvertised,
+        )));
+        assert_eq!(code(&t).as_deref(), Some("5.7.30"));
+        t.failed(&Err(SessionError::StartTlsNotOffered));
+        assert_eq!(code(&t), None, "a stripped STARTTLS is not a verdict");
+        let mut t = RequireTlsTally::default();
+        t.failed(&Err(SessionError::RequireTls(RequireTlsRefusal::NoTls)));
+        assert_eq!(code(&t).as_deref(), Some("5.7.10"));
+        t.skipped(Some(RequireTlsRefusal::NameNotValidated("mx".into())));
+        assert_eq!(code(&t).as_deref(), Some("5.7.30"), "5.7.30 says more");
+        t.skipped(None);
+        assert_eq!(code(&t), None, "a failed lookup leaves hope");
+        let mut t = RequireTlsTally::default();
+        t.failed(&Err(SessionError::Dane(dane::VerifyError::EmptyChain)));
+        assert_eq!(
+            code(&t),
+            None,
+            "a DANE failure is never a bounce before the lifetime"
         );
     }
 

@@ -56,11 +56,18 @@ pub enum Rule {
     StsMxMismatch,
     /// An MTA-STS policy in mode `testing`: delivery goes on as without it (RFC 8461 §5).
     StsTesting,
+    /// A REQUIRETLS message goes only over TLS to a server authenticated by DANE or PKIX,
+    /// named by a DNSSEC-signed MX lookup or an MTA-STS policy, that advertises REQUIRETLS
+    /// (RFC 8689 §4.2.1).
+    RequireTls,
+    /// `TLS-Required: No`: the recipient domain's DANE or MTA-STS policy is ignored for this
+    /// message, TLS is opportunistic (RFC 8689 §4.2.2).
+    TlsRequiredNo,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 17] = [
         Rule::DaneMandatory,
         Rule::DaneAuth,
         Rule::DaneUnusableRecords,
@@ -76,6 +83,8 @@ impl Rule {
         Rule::StsEnforce,
         Rule::StsMxMismatch,
         Rule::StsTesting,
+        Rule::RequireTls,
+        Rule::TlsRequiredNo,
     ];
 
     /// The RFC text behind the rule, as logs and `send --json` show it.
@@ -117,6 +126,12 @@ impl Rule {
             }
             Rule::StsTesting => {
                 "RFC 8461 §5: an MTA-STS policy in testing mode: failures are reported, delivery goes on"
+            }
+            Rule::RequireTls => {
+                "RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS to a server authenticated by DANE or PKIX, named by DNSSEC or MTA-STS, that advertises REQUIRETLS"
+            }
+            Rule::TlsRequiredNo => {
+                "RFC 8689 §4.2.2: TLS-Required: No: the recipient domain's DANE and MTA-STS policies are ignored, TLS is opportunistic"
             }
         }
     }
@@ -313,6 +328,9 @@ pub enum Failure {
     BodyRead,
     /// A reused connection an earlier error had left in an unknown state: nothing was sent.
     Unusable,
+    /// The message carries REQUIRETLS and this connection may not carry it (RFC 8689
+    /// §4.2.1): nothing of the transaction was sent.
+    RequiretlsUnavailable,
 }
 
 impl Failure {
@@ -338,6 +356,7 @@ impl Failure {
             SessionError::Body(_) => Failure::BodyInvalid,
             SessionError::Read(_) => Failure::BodyRead,
             SessionError::Unusable => Failure::Unusable,
+            SessionError::RequireTls(_) => Failure::RequiretlsUnavailable,
         }
     }
 }
@@ -516,6 +535,11 @@ pub struct Attempt {
     /// connection, no new TLS handshake for this one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// The sender's TLS request when it bore on this attempt (RFC 8689): `requiretls` for a
+    /// message sent (or not sent) under REQUIRETLS, `tls-required-no` where the header field
+    /// relaxed the recipient domain's DANE or MTA-STS policy for this host. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_request: Option<crate::requiretls::TlsRequest>,
 }
 
 impl Attempt {
@@ -544,6 +568,11 @@ impl Attempt {
         };
         if let (Some(m), Some(d)) = (&self.dane.matched, self.dane.depth) {
             line.push_str(&format!(" (matched TLSA {m} at depth {d})"));
+        }
+        match self.tls_request {
+            Some(crate::requiretls::TlsRequest::Required) => line.push_str(" (REQUIRETLS)"),
+            Some(crate::requiretls::TlsRequest::Optional) => line.push_str(" (TLS-Required: No)"),
+            Some(crate::requiretls::TlsRequest::Default) | None => {}
         }
         line.push_str(&format!(": {} [{}]", self.reason, self.rule));
         line
@@ -782,6 +811,7 @@ mod tests {
             rule,
             replies: vec!["220 mx".into(), "250 2.0.0 Ok".into()],
             reused: false,
+            tls_request: None,
             mechanism: Mechanism::Opportunistic,
         }
     }
@@ -912,7 +942,10 @@ mod tests {
             .collect();
         let citations: std::collections::HashSet<_> =
             Rule::ALL.iter().map(|r| r.citation()).collect();
-        assert_eq!((ids.len(), citations.len()), (12, 12));
+        assert_eq!(
+            (ids.len(), citations.len()),
+            (Rule::ALL.len(), Rule::ALL.len())
+        );
         assert_eq!(
             serde_json::to_value(Rule::DaneUnusableRecords).unwrap(),
             "dane-unusable-records"

@@ -234,6 +234,47 @@ pub enum SessionError {
     /// server closed, 421): nothing was sent; open a new connection (RFC 5321 §3.8).
     #[error("the connection cannot be reused: an earlier error left it in an unknown state")]
     Unusable,
+    /// The message carries REQUIRETLS and this connection may not carry it (RFC 8689
+    /// §4.2.1): nothing of the transaction was sent; the next host is tried.
+    #[error("REQUIRETLS message not sent: {0}")]
+    RequireTls(RequireTlsRefusal),
+}
+
+/// Why a connection may not carry a REQUIRETLS message (RFC 8689 §4.2.1, whose steps are
+/// cited). Each is a property of the path, decided before anything of the transaction is
+/// sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequireTlsRefusal {
+    /// No TLS on the connection (step 4: "Establish a TLS-protected SMTP session").
+    #[error("the connection is not protected by TLS (RFC 8689 §4.2.1 step 4)")]
+    NoTls,
+    /// TLS, but the peer was not authenticated by DANE or PKIX, or was not planned to be
+    /// (step 4: the server's certificate is authenticated per RFC 6125 or RFC 7672).
+    #[error("{0}: the server is not authenticated by DANE or PKIX (RFC 8689 §4.2.1 step 4)")]
+    NotAuthenticated(String),
+    /// The host's name was not vouched for: an MX lookup without DNSSEC, and no MTA-STS
+    /// policy that lists it (step 2).
+    #[error(
+        "{0} was named by an MX lookup without a valid DNSSEC signature, and no MTA-STS policy lists it (RFC 8689 §4.2.1 step 2)"
+    )]
+    NameNotValidated(String),
+    /// The EHLO reply after STARTTLS does not advertise REQUIRETLS (step 5).
+    #[error("the server does not advertise REQUIRETLS after STARTTLS (RFC 8689 §4.2.1 step 5)")]
+    NotAdvertised,
+}
+
+impl RequireTlsRefusal {
+    /// The reply a bounce carries when no host was left (RFC 8689 §4.2.1): `5.7.10
+    /// Encryption needed` when TLS could not be had, `5.7.30 REQUIRETLS support required`
+    /// otherwise.
+    pub fn reply(&self) -> Reply {
+        match self {
+            RequireTlsRefusal::NoTls => {
+                crate::requiretls::encryption_needed_reply(&self.to_string())
+            }
+            _ => crate::requiretls::requiretls_reply(&self.to_string()),
+        }
+    }
 }
 
 impl SessionError {
@@ -254,6 +295,7 @@ impl SessionError {
             SessionError::SmtpUtf8Unsupported => Some(Self::smtputf8_reply()),
             SessionError::TooBig { .. } => Some(Reply::new(552, vec![format!("5.3.4 {self}")])),
             SessionError::Body(_) => Some(Reply::new(554, vec![format!("5.6.0 {self}")])),
+            SessionError::RequireTls(why) => Some(why.reply()),
             _ => None,
         }
     }
@@ -745,6 +787,19 @@ impl Session {
         }
         if needs_utf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if envelope.requires_tls() {
+            // RFC 8689 §4.2.1 steps 4 and 5, checked here whatever the caller decided: TLS,
+            // and REQUIRETLS in the EHLO reply after STARTTLS (the capabilities are those of
+            // the last EHLO, which followed the handshake). Whether the peer is authenticated
+            // enough is the delivery's decision (crate::deliver).
+            if self.tls.is_none() {
+                return Err(SessionError::RequireTls(RequireTlsRefusal::NoTls));
+            }
+            if !self.caps.requiretls {
+                return Err(SessionError::RequireTls(RequireTlsRefusal::NotAdvertised));
+            }
+            mail.push_str(" REQUIRETLS");
         }
         if self.dirty {
             self.rset().await?;

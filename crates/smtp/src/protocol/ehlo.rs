@@ -21,6 +21,10 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     /// AUTH mechanisms (RFC 4954), upper-case.
     pub auth: Vec<String>,
+    /// REQUIRETLS (RFC 8689 §2). Meaningful only in the EHLO reply after STARTTLS: a
+    /// plaintext EHLO reply is the attacker's to write.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -40,6 +44,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "AUTH" => caps.auth = words.map(str::to_ascii_uppercase).collect(),
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -72,13 +77,19 @@ mod tests {
                 "AUTH PLAIN login",
                 "SMTPUTF8",
                 "ENHANCEDSTATUSCODES",
+                "requiretls",
             ]
             .map(String::from)
             .to_vec(),
         );
         let c = Capabilities::from_ehlo(&reply);
         assert!(
-            c.starttls && c.pipelining && c.eight_bit_mime && c.smtputf8 && c.enhanced_status_codes
+            c.starttls
+                && c.pipelining
+                && c.eight_bit_mime
+                && c.smtputf8
+                && c.enhanced_status_codes
+                && c.requiretls
         );
         assert_eq!(c.size, Some(10_240_000));
         assert_eq!(c.auth, ["PLAIN", "LOGIN"]);

@@ -16,6 +16,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use crate::requiretls::TlsRequest;
+
 /// Longest local part, in octets (RFC 5321 §4.5.3.1.1).
 pub const MAX_LOCAL_PART: usize = 64;
 /// Longest domain, in octets (RFC 5321 §4.5.3.1.2).
@@ -320,10 +322,15 @@ pub fn check_mailbox(field: Field, value: &str) -> Result<(), EnvelopeError> {
 
 /// The envelope of one transaction: the reverse path and the forward paths (RFC 5321 §3.3),
 /// each checked (see the [module documentation](self)). Recipients are kept in order.
+///
+/// It also carries the sender's TLS request for the message (RFC 8689 §4.1: the tag a
+/// receiving MTA puts on it), [`TlsRequest::Default`] unless set with
+/// [`Envelope::with_tls_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     from: String,
     to: Vec<String>,
+    tls: TlsRequest,
 }
 
 impl Envelope {
@@ -347,7 +354,29 @@ impl Envelope {
         for rcpt in &to {
             check_mailbox(Field::Recipient, rcpt)?;
         }
-        Ok(Self { from, to })
+        Ok(Self {
+            from,
+            to,
+            tls: TlsRequest::Default,
+        })
+    }
+
+    /// The same envelope with the sender's TLS request `tls` (RFC 8689): `REQUIRETLS` is
+    /// then sent on MAIL FROM, and delivery keeps to the paths RFC 8689 §4.2 allows.
+    #[must_use]
+    pub fn with_tls_request(mut self, tls: TlsRequest) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The sender's TLS request (RFC 8689 §4.1).
+    pub fn tls_request(&self) -> TlsRequest {
+        self.tls
+    }
+
+    /// Whether the message is sent with `REQUIRETLS` on MAIL FROM (RFC 8689 §2).
+    pub fn requires_tls(&self) -> bool {
+        self.tls == TlsRequest::Required
     }
 
     /// The reverse path without angle brackets; empty for the null sender.

@@ -3,7 +3,7 @@
 //! A command line arrives without its CRLF. Verbs are case-insensitive (RFC 5321 §2.4).
 //! Paths are checked by the crate's envelope rules ([`crate::envelope::check_mailbox`]) and
 //! ESMTP parameters by the RFC that defines each: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8
-//! (RFC 6531), RET and ENVID, NOTIFY and ORCPT (RFC 3461). An unknown or repeated parameter is
+//! (RFC 6531), RET and ENVID, NOTIFY and ORCPT (RFC 3461), REQUIRETLS (RFC 8689 §2). An unknown or repeated parameter is
 //! an error, not something to ignore (RFC 5321 §4.1.1.11: `555`).
 
 use crate::envelope::{EnvelopeError, Field, HeloName, check_mailbox};
@@ -65,6 +65,9 @@ pub struct MailFrom {
     pub ret: Option<Ret>,
     /// `ENVID=`, xtext-decoded (RFC 3461 §4.4).
     pub envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689 §2: a keyword without a value). Parsed wherever it appears;
+    /// the session accepts it only over TLS and when it advertised the extension.
+    pub requiretls: bool,
 }
 
 impl MailFrom {
@@ -75,6 +78,7 @@ impl MailFrom {
             || self.smtputf8
             || self.ret.is_some()
             || self.envid.is_some()
+            || self.requiretls
     }
 }
 
@@ -306,6 +310,7 @@ fn mail(rest: &str) -> Result<MailFrom, ParseError> {
                 mail.body = Body::EightBitMime
             }
             ("SMTPUTF8", None) => mail.smtputf8 = true,
+            ("REQUIRETLS", None) => mail.requiretls = true,
             ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => mail.ret = Some(Ret::Full),
             ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
             ("ENVID", Some(v)) => {
@@ -318,6 +323,7 @@ fn mail(rest: &str) -> Result<MailFrom, ParseError> {
             ("SIZE", _) => return Err(ParseError::BadParameter("SIZE")),
             ("BODY", _) => return Err(ParseError::BadParameter("BODY")),
             ("SMTPUTF8", _) => return Err(ParseError::BadParameter("SMTPUTF8")),
+            ("REQUIRETLS", _) => return Err(ParseError::BadParameter("REQUIRETLS")),
             ("RET", _) => return Err(ParseError::BadParameter("RET")),
             ("ENVID", _) => return Err(ParseError::BadParameter("ENVID")),
             _ => return Err(ParseError::UnknownParameter(key)),
@@ -453,8 +459,16 @@ mod tests {
                 smtputf8: true,
                 ret: Some(Ret::Hdrs),
                 envid: Some("QQ+x".into()),
+                requiretls: false,
             }
         );
+        // RFC 8689 §2: a keyword, case-insensitive, without a value, once.
+        let Ok(Command::Mail(m)) = p("MAIL FROM:<a@x.test> requiretls") else {
+            panic!()
+        };
+        assert!(m.requiretls && m.has_parameters());
+        assert!(matches!(p("mail from:<> REQUIRETLS"), Ok(Command::Mail(m)) if m.requiretls));
+        assert!(!matches!(p("MAIL FROM:<a@x.test>"), Ok(Command::Mail(m)) if m.requiretls));
         assert!(matches!(p("mail from:<>"), Ok(Command::Mail(m)) if m.sender.is_empty()));
         assert!(matches!(p("MAIL FROM: <a@x.test>"), Ok(Command::Mail(_))));
         for (bad, want) in [
@@ -470,6 +484,10 @@ mod tests {
             ("MAIL FROM:<a@x.test> RET=ALL", "bad"),
             ("MAIL FROM:<a@x.test> ENVID=a=b", "bad"),
             ("MAIL FROM:<a@x.test> SIZE=1 SIZE=2", "bad"),
+            ("MAIL FROM:<a@x.test> REQUIRETLS=yes", "bad"),
+            ("MAIL FROM:<a@x.test> REQUIRETLS=", "bad"),
+            ("MAIL FROM:<a@x.test> REQUIRETLS REQUIRETLS", "bad"),
+            ("MAIL FROM:<a@x.test> REQUIRE-TLS", "unknown"),
             ("MAIL FROM:<a@x.test> X-FOO=1", "unknown"),
             ("MAIL FROM:<a@x.test> AUTH=<>", "unknown"),
             ("MAIL FROM:<@relay.test:a@x.test>", "route"),

@@ -452,6 +452,11 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
         if self.config.auth && tls && self.client.user.is_none() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
+        // RFC 8689 §2: the client looks for REQUIRETLS in the EHLO reply after STARTTLS;
+        // in plaintext it would promise what the session cannot give.
+        if tls && self.acceptor.requiretls() {
+            lines.push("REQUIRETLS".to_owned());
+        }
         Reply::new(250, lines)
     }
 
@@ -505,6 +510,25 @@ impl<'a, A: Acceptor, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, A, S
                         Es::new(5, 6, 7),
                         "Error: non-ASCII address without SMTPUTF8",
                     );
+                }
+                if mail.requiretls {
+                    if !self.acceptor.requiretls() {
+                        // Not offered: an unknown parameter (RFC 5321 §4.1.1.11).
+                        return reply(
+                            555,
+                            Es::new(5, 5, 4),
+                            "Error: unrecognized parameter REQUIRETLS",
+                        );
+                    }
+                    if self.client.tls.is_none() {
+                        // RFC 8689 §2: only in a session that employs TLS. 530 as RFC 3207
+                        // §4 for "issue STARTTLS first", 5.7.10 "Encryption needed".
+                        return reply(
+                            530,
+                            Es::new(5, 7, 10),
+                            "REQUIRETLS needs a TLS connection: issue STARTTLS first (RFC 8689 §2)",
+                        );
+                    }
                 }
                 if let Err(r) = self.acceptor.mail(&self.client, &mail).await {
                     return r;

@@ -40,6 +40,10 @@
 //! * 8-bit content without `BODY=8BITMIME` is accepted, as Postfix does.
 //! * VRFY gets `252` (RFC 5321 §3.5.3); EXPN and BDAT (CHUNKING is not offered) get `502`.
 //! * Enhanced status codes are sent on every reply but the greeting, `354` and EHLO/HELO.
+//! * REQUIRETLS (RFC 8689) is advertised only once TLS is up, and only when the
+//!   [`Acceptor::requiretls`] honours it. The parameter over plaintext gets `530 5.7.10`
+//!   (RFC 3207's "must issue STARTTLS first" code, RFC 3463's "encryption needed" status);
+//!   where the acceptor does not honour it, `555 5.5.4` as any unknown parameter.
 
 pub mod budget;
 pub mod command;
@@ -259,6 +263,14 @@ pub trait Acceptor: Send + Sync {
         transaction: &Transaction,
         body: Vec<u8>,
     ) -> impl Future<Output = Result<QueueId, Reply>> + Send;
+
+    /// Whether this acceptor honours REQUIRETLS (RFC 8689): it stores the tag of
+    /// [`MailFrom::requiretls`] with the message (§4.1) and relays such messages only as
+    /// §4.2.1 allows. Only then does the session advertise `REQUIRETLS`, and only after
+    /// STARTTLS (§2); without it the parameter is refused as unknown (`555`). Default: no.
+    fn requiretls(&self) -> bool {
+        false
+    }
 
     /// AUTH credentials (RFC 4954), only asked over TLS when [`Config::auth`] is set.
     /// `true` accepts them.
