@@ -35,11 +35,23 @@
 //! policy once seen cannot be removed by an attacker who blocks its refresh). The store keeps
 //! opaque [`StsPolicyRecord`]s by domain; `crate::sts_cache` turns them into
 //! `sts::CachedPolicy` values and back.
+//!
+//! # TLS-RPT session counters
+//!
+//! TLS reports (RFC 8460 §4) are daily aggregates of sessions per policy domain, so the store
+//! keeps counters, not attempts: one row per UTC day, policy domain, policy, receiving MX,
+//! result and addresses ([`TlsCountRecord`]), added to after each delivery batch
+//! ([`Store::add_tls_counts`], one small write) and read back per domain and day
+//! ([`Store::tls_counts`]). Which (domain, day) reports are done is kept beside them
+//! ([`Store::finish_tls_report`]), so that sending is idempotent across restarts and nodes.
+//! As with the policy cache, the store does not interpret what it counts: `crate::tlsrpt`
+//! does.
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,7 +66,7 @@ use group::GroupCommit;
 use serde::{Deserialize, Serialize};
 use smtp::outcome::RecipientOutcome;
 use smtp::server::{Notify, Ret};
-use smtp::{Attempt, Envelope, Fate, Security};
+use smtp::{Attempt, Envelope, Fate, Security, TlsRequest};
 use spool::{Spool, fsync_dir, write_durably};
 
 /// Unix seconds.
@@ -250,6 +262,16 @@ pub struct DsnParams {
     /// Per recipient that gave parameters (by address).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<RecipientDsn>,
+    /// The sender's TLS request (RFC 8689 §4.1: the tag the message got on receipt):
+    /// `requiretls` (REQUIRETLS on MAIL FROM) or `tls-required-no` (the header field). Kept
+    /// here, in the same JSON, because it is a per-message parameter like `RET`: absent (and
+    /// read back as absent from older entries) means neither. No schema change.
+    #[serde(default, skip_serializing_if = "is_default_request")]
+    pub tls_request: TlsRequest,
+}
+
+fn is_default_request(r: &TlsRequest) -> bool {
+    *r == TlsRequest::Default
 }
 
 /// One recipient's `NOTIFY` and `ORCPT` (RFC 3461 §4.1, §4.2).
@@ -435,6 +457,34 @@ pub struct StsPolicyRecord {
     pub expires_at: Timestamp,
 }
 
+/// One TLS-RPT session counter (RFC 8460 §4.4) as the store keeps it: the sessions of one
+/// UTC day to one policy domain under one policy, with one result, between one pair of
+/// addresses. The store adds and sums these without interpreting the text fields; their
+/// meaning (and their check when read back) belongs to `crate::tlsrpt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsCountRecord {
+    /// The UTC day: Unix seconds of its 00:00:00Z.
+    pub day: Timestamp,
+    /// The policy domain (the recipient domain).
+    pub domain: DnsName,
+    /// `policy-type`: `tlsa`, `sts` or `no-policy-found`.
+    pub policy_type: String,
+    /// `policy-string`, one string per line (may be empty).
+    pub policy_strings: Vec<String>,
+    /// `mx-host` of the policy (may be empty).
+    pub policy_mx: Vec<String>,
+    /// The `result-type` of a failed session; `None` for a successful one.
+    pub result: Option<String>,
+    /// `receiving-mx-hostname`; empty when unknown.
+    pub receiving_mx: String,
+    /// `sending-mta-ip`, when known.
+    pub sending_ip: Option<IpAddr>,
+    /// `receiving-ip`, when a connection was made.
+    pub receiving_ip: Option<IpAddr>,
+    /// How many sessions.
+    pub sessions: u64,
+}
+
 /// The durable queue, as the daemon and `danemta queue` use it. See the module documentation
 /// for why it is synchronous, and how leases work.
 pub trait Store: Send + Sync {
@@ -562,6 +612,57 @@ pub trait Store: Send + Sync {
         let _ = now;
         Err(QueueError::Unsupported("the MTA-STS policy cache"))
     }
+
+    /// Adds `counts` to the TLS-RPT counters (RFC 8460 §4.4): each record's `sessions` is
+    /// added to the counter with the same key (every field but `sessions`), made at zero if
+    /// new. One small write, all or nothing: the scheduler calls it after each delivery
+    /// batch. Counters are statistics, not mail: a store may commit them with less than
+    /// full durability (a power failure may lose the last few).
+    ///
+    /// The default, for stores written before the counters existed, fails with
+    /// [`QueueError::Unsupported`], as do the other TLS-RPT methods.
+    fn add_tls_counts(&self, counts: &[TlsCountRecord]) -> Result<(), QueueError> {
+        let _ = counts;
+        Err(QueueError::Unsupported("TLS-RPT counters"))
+    }
+
+    /// The TLS-RPT counters of `domain` on the UTC day starting at `day` (Unix seconds of
+    /// 00:00:00Z), in no particular order.
+    fn tls_counts(
+        &self,
+        domain: &DnsName,
+        day: Timestamp,
+    ) -> Result<Vec<TlsCountRecord>, QueueError> {
+        let _ = (domain, day);
+        Err(QueueError::Unsupported("TLS-RPT counters"))
+    }
+
+    /// The domains with counters on the UTC day starting at `day` whose report is not
+    /// finished ([`Store::finish_tls_report`]), in name order.
+    fn tls_reports_due(&self, day: Timestamp) -> Result<Vec<DnsName>, QueueError> {
+        let _ = day;
+        Err(QueueError::Unsupported("TLS-RPT counters"))
+    }
+
+    /// Records that the report of `domain` for the day starting at `day` is done with, and
+    /// how (`outcome`: e.g. sent, or no TLS-RPT record), at `now`: it is not due again.
+    fn finish_tls_report(
+        &self,
+        domain: &DnsName,
+        day: Timestamp,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
+        let _ = (domain, day, outcome, now);
+        Err(QueueError::Unsupported("TLS-RPT counters"))
+    }
+
+    /// Removes the counters and report records of days starting before `before`; returns
+    /// how many counters went.
+    fn prune_tls_counts(&self, before: Timestamp) -> Result<usize, QueueError> {
+        let _ = before;
+        Err(QueueError::Unsupported("TLS-RPT counters"))
+    }
 }
 
 /// What [`LocalStore::open`] found and repaired after a crash.
@@ -654,7 +755,52 @@ const SCAN: &str = "SELECT m.id, m.sender, m.arrival, m.size, m.hold_reason, m.l
      FROM messages m LEFT JOIN recipients r ON r.message = m.id ORDER BY m.id, r.position";
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+
+/// Version 4: TLS-RPT (RFC 8460 §4.4) session counters, one row per UTC day (Unix seconds
+/// of 00:00:00Z), policy domain, policy (type, JSON arrays of its strings and MX names),
+/// result (`''` for success), receiving MX and addresses (`''` when unknown); and the
+/// (day, domain) reports done with. Both keyed by day first, so that a day's rows, and the
+/// days to prune, are found along the primary key.
+const SCHEMA_V4: &str = "
+CREATE TABLE tls_counts (
+    day          INTEGER NOT NULL,
+    domain       TEXT NOT NULL,
+    policy_type  TEXT NOT NULL,
+    policy       TEXT NOT NULL,
+    policy_mx    TEXT NOT NULL,
+    result       TEXT NOT NULL,
+    receiving_mx TEXT NOT NULL,
+    sending_ip   TEXT NOT NULL,
+    receiving_ip TEXT NOT NULL,
+    sessions     INTEGER NOT NULL,
+    PRIMARY KEY (day, domain, policy_type, policy, policy_mx, result, receiving_mx,
+                 sending_ip, receiving_ip)
+) WITHOUT ROWID;
+CREATE TABLE tls_reports (
+    day     INTEGER NOT NULL,
+    domain  TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (day, domain)
+) WITHOUT ROWID;
+";
+
+/// Adds sessions to a counter, making it if new.
+const ADD_TLS_COUNT: &str = "INSERT INTO tls_counts (day, domain, policy_type, policy, \
+     policy_mx, result, receiving_mx, sending_ip, receiving_ip, sessions) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (day, domain, policy_type, policy, policy_mx, result, receiving_mx, \
+     sending_ip, receiving_ip) DO UPDATE SET sessions = sessions + excluded.sessions";
+
+/// One domain's counters on one day (a primary-key prefix).
+const TLS_COUNTS: &str = "SELECT policy_type, policy, policy_mx, result, receiving_mx, \
+     sending_ip, receiving_ip, sessions FROM tls_counts WHERE day = ?1 AND domain = ?2";
+
+/// The domains with counters on a day and no finished report.
+const TLS_REPORTS_DUE: &str = "SELECT DISTINCT c.domain FROM tls_counts c WHERE c.day = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM tls_reports r WHERE r.day = ?1 AND r.domain = c.domain) \
+     ORDER BY c.domain";
 
 /// Version 3: the MTA-STS policy cache (RFC 8461 §5.1), one row per policy domain (lower
 /// case, no trailing dot: a [`DnsName`]). `policy` is the JSON of `sts::CachedPolicy`;
@@ -1166,6 +1312,9 @@ fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
     if found < 3 {
         tx.execute_batch(SCHEMA_V3)?;
     }
+    if found < 4 {
+        tx.execute_batch(SCHEMA_V4)?;
+    }
     if found < SCHEMA_VERSION {
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
@@ -1607,6 +1756,115 @@ impl Store for LocalStore {
         let conn = self.conn_relaxed()?;
         Ok(conn.prepare_cached(PRUNE_STS_POLICIES)?.execute([now])?)
     }
+
+    /// One transaction at `synchronous=NORMAL`, like delivery records: it survives a crash
+    /// of the process; a power failure can lose the last counts, never mail.
+    fn add_tls_counts(&self, counts: &[TlsCountRecord]) -> Result<(), QueueError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn_relaxed()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut add = tx.prepare_cached(ADD_TLS_COUNT)?;
+            for c in counts {
+                add.execute(params![
+                    c.day,
+                    c.domain.as_str(),
+                    c.policy_type,
+                    serde_json::to_string(&c.policy_strings)?,
+                    serde_json::to_string(&c.policy_mx)?,
+                    c.result.as_deref().unwrap_or(""),
+                    c.receiving_mx,
+                    c.sending_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    c.receiving_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    i64::try_from(c.sessions).unwrap_or(i64::MAX),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn tls_counts(
+        &self,
+        domain: &DnsName,
+        day: Timestamp,
+    ) -> Result<Vec<TlsCountRecord>, QueueError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(TLS_COUNTS)?;
+        let rows = stmt.query_map(params![day, domain.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let ip = |text: &str| -> Option<IpAddr> { text.parse().ok() };
+        let mut out = Vec::new();
+        for row in rows {
+            let (policy_type, policy, policy_mx, result, receiving_mx, sending, receiving, n) =
+                row?;
+            out.push(TlsCountRecord {
+                day,
+                domain: domain.clone(),
+                policy_type,
+                policy_strings: serde_json::from_str(&policy)?,
+                policy_mx: serde_json::from_str(&policy_mx)?,
+                result: (!result.is_empty()).then_some(result),
+                receiving_mx,
+                sending_ip: ip(&sending),
+                receiving_ip: ip(&receiving),
+                sessions: u64::try_from(n).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    fn tls_reports_due(&self, day: Timestamp) -> Result<Vec<DnsName>, QueueError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(TLS_REPORTS_DUE)?;
+        let names: Vec<String> = stmt
+            .query_map([day], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // Names were valid when written; one that no longer parses cannot get a report.
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+
+    /// At `synchronous=NORMAL`: a record lost in a power failure means the report is
+    /// built and sent once more (receivers tell repeats by the report id).
+    fn finish_tls_report(
+        &self,
+        domain: &DnsName,
+        day: Timestamp,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<(), QueueError> {
+        let conn = self.conn_relaxed()?;
+        conn.prepare_cached(
+            "INSERT INTO tls_reports (day, domain, outcome, at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (day, domain) DO UPDATE SET outcome = excluded.outcome, at = excluded.at",
+        )?
+        .execute(params![day, domain.as_str(), outcome, now])?;
+        Ok(())
+    }
+
+    fn prune_tls_counts(&self, before: Timestamp) -> Result<usize, QueueError> {
+        let mut conn = self.conn_relaxed()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx
+            .prepare_cached("DELETE FROM tls_counts WHERE day < ?1")?
+            .execute([before])?;
+        tx.prepare_cached("DELETE FROM tls_reports WHERE day < ?1")?
+            .execute([before])?;
+        tx.commit()?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -1817,8 +2075,98 @@ mod tests {
             count("SELECT count(*) FROM sqlite_master WHERE name = 'sts_policies_expiry'"),
             1
         );
-        assert_eq!(count("SELECT version FROM schema_version"), 3);
+        assert_eq!(count("SELECT version FROM schema_version"), SCHEMA_VERSION);
         assert_eq!(count("SELECT count(*) FROM schema_version"), 1);
+    }
+
+    /// A queue written by a version-3 build keeps its messages and policy cache and gains
+    /// the TLS-RPT counters.
+    #[test]
+    fn a_version_3_queue_is_migrated() {
+        let dir = Dir::new("schema3");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(SCHEMA_V3).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); \
+             INSERT INTO schema_version VALUES (3); \
+             INSERT INTO messages (id, sender, arrival, size) \
+                 VALUES ('0000000000000000000000AA', 'a@example.org', 7, 3); \
+             INSERT INTO sts_policies VALUES ('example.com', '{}', 1, 2);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM messages"), 1);
+        assert_eq!(count("SELECT count(*) FROM sts_policies"), 1);
+        assert_eq!(count("SELECT count(*) FROM tls_counts"), 0);
+        assert_eq!(count("SELECT count(*) FROM tls_reports"), 0);
+        assert_eq!(count("SELECT version FROM schema_version"), 4);
+    }
+
+    /// A day's counters, the reports due and pruning go along the primary keys: no scan of
+    /// the whole table, no sort.
+    #[test]
+    fn tls_counter_statements_use_the_primary_keys() {
+        let dir = Dir::new("plans-tls");
+        let mut conn = Connection::open(dir.0.join("q.sqlite")).unwrap();
+        migrate(&mut conn).unwrap();
+        for sql in [
+            TLS_COUNTS,
+            TLS_REPORTS_DUE,
+            "DELETE FROM tls_counts WHERE day < ?1",
+            "DELETE FROM tls_reports WHERE day < ?1",
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = stmt.parameter_count();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter((0..n).map(|_| 0)), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .all(|s| !s.starts_with("SCAN") || s.contains("USING")),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                plan.iter().any(|s| s.contains("PRIMARY KEY")),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
+
+    /// Counter writes commit at NORMAL and leave the connection at FULL for the queue.
+    #[test]
+    fn counter_writes_restore_full_sync() {
+        let dir = Dir::new("tls-sync");
+        let (store, _) = LocalStore::open(&dir.0, 0).unwrap();
+        let domain: DnsName = "example.com".parse().unwrap();
+        store
+            .add_tls_counts(&[TlsCountRecord {
+                day: 0,
+                domain: domain.clone(),
+                policy_type: "no-policy-found".into(),
+                policy_strings: vec![],
+                policy_mx: vec![],
+                result: None,
+                receiving_mx: String::new(),
+                sending_ip: None,
+                receiving_ip: None,
+                sessions: 1,
+            }])
+            .unwrap();
+        store.finish_tls_report(&domain, 0, "sent", 1).unwrap();
+        store.prune_tls_counts(0).unwrap();
+        let sync: i64 = store
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
     }
 
     /// Pruning reads the expired rows through the expiry index, not the whole table.

@@ -758,7 +758,10 @@ mod sts_policies {
         };
         // Back to what a version-2 build left.
         raw(&dir)
-            .execute_batch("DROP TABLE sts_policies; UPDATE schema_version SET version = 2;")
+            .execute_batch(
+                "DROP TABLE sts_policies; DROP TABLE tls_counts; DROP TABLE tls_reports; \
+                 UPDATE schema_version SET version = 2;",
+            )
             .unwrap();
         let store = Arc::new(open(&dir, T0));
         let listed = store.list(T0).unwrap();
@@ -767,7 +770,7 @@ mod sts_policies {
         let version: i64 = raw(&dir)
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         let policies = StorePolicies::new(Arc::clone(&store));
         policies
             .put(&domain("example.com"), &cached(60, T0))
@@ -775,13 +778,13 @@ mod sts_policies {
         drop((policies, store));
 
         raw(&dir)
-            .execute("UPDATE schema_version SET version = 4", [])
+            .execute("UPDATE schema_version SET version = 5", [])
             .unwrap();
         assert!(matches!(
             LocalStore::open(dir.path(), T0),
             Err(QueueError::SchemaTooNew {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             })
         ));
     }
@@ -881,5 +884,199 @@ mod sts_policies {
         assert_eq!(record.expires_at, T0 + 86_401);
         let back: CachedPolicy = serde_json::from_str(&record.policy).unwrap();
         assert_eq!(back, cached(86_400, T0));
+    }
+}
+
+/// The TLS-RPT session counters (RFC 8460 §4.4) and the record of reports done.
+mod tls_counts {
+    use super::*;
+
+    use dns::DnsName;
+    use relay::queue::TlsCountRecord;
+
+    /// Midnight UTC of a day (T0 is 2027-01-15T08:00:00Z).
+    const DAY: i64 = T0 - T0 % 86_400;
+
+    fn domain(name: &str) -> DnsName {
+        name.parse().unwrap()
+    }
+
+    fn count(day: i64, domain_name: &str, result: Option<&str>, sessions: u64) -> TlsCountRecord {
+        TlsCountRecord {
+            day,
+            domain: domain(domain_name),
+            policy_type: "sts".into(),
+            policy_strings: vec!["version: STSv1".into(), "mode: enforce".into()],
+            policy_mx: vec!["mx.example.com".into()],
+            result: result.map(str::to_owned),
+            receiving_mx: "mx.example.com".into(),
+            sending_ip: None,
+            receiving_ip: Some("192.0.2.25".parse().unwrap()),
+            sessions,
+        }
+    }
+
+    fn sorted(mut v: Vec<TlsCountRecord>) -> Vec<TlsCountRecord> {
+        v.sort_by(|a, b| (&a.result, a.sessions).cmp(&(&b.result, b.sessions)));
+        v
+    }
+
+    #[test]
+    fn counts_with_the_same_key_add_up() {
+        let dir = TempDir::new("tls-counts");
+        let store = open(&dir, T0);
+        let d = domain("example.com");
+        assert!(store.tls_counts(&d, DAY).unwrap().is_empty());
+        store
+            .add_tls_counts(&[count(DAY, "example.com", None, 2)])
+            .unwrap();
+        store
+            .add_tls_counts(&[
+                count(DAY, "example.com", None, 3),
+                count(DAY, "example.com", Some("certificate-expired"), 1),
+            ])
+            .unwrap();
+        store
+            .add_tls_counts(&[count(DAY, "example.com", Some("certificate-expired"), 4)])
+            .unwrap();
+        store.add_tls_counts(&[]).unwrap();
+        let got = sorted(store.tls_counts(&d, DAY).unwrap());
+        assert_eq!(
+            got,
+            vec![
+                count(DAY, "example.com", None, 5),
+                count(DAY, "example.com", Some("certificate-expired"), 5),
+            ]
+        );
+        // Another key: another counter (here: another receiving address).
+        let mut other = count(DAY, "example.com", None, 1);
+        other.receiving_ip = Some("2001:db8::25".parse().unwrap());
+        store.add_tls_counts(std::slice::from_ref(&other)).unwrap();
+        let got = store.tls_counts(&d, DAY).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&other));
+        assert!(
+            store
+                .tls_counts(&domain("example.net"), DAY)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn days_are_kept_apart() {
+        let dir = TempDir::new("tls-counts");
+        let store = open(&dir, T0);
+        let d = domain("example.com");
+        let next = DAY + 86_400;
+        store
+            .add_tls_counts(&[
+                count(DAY, "example.com", None, 7),
+                count(next, "example.com", None, 1),
+            ])
+            .unwrap();
+        assert_eq!(
+            store.tls_counts(&d, DAY).unwrap(),
+            vec![count(DAY, "example.com", None, 7)]
+        );
+        assert_eq!(
+            store.tls_counts(&d, next).unwrap(),
+            vec![count(next, "example.com", None, 1)]
+        );
+        assert!(store.tls_counts(&d, DAY - 86_400).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reports_are_due_until_finished_and_pruned_with_their_day() {
+        let dir = TempDir::new("tls-counts");
+        let store = open(&dir, T0);
+        let next = DAY + 86_400;
+        store
+            .add_tls_counts(&[
+                count(DAY, "b.example", None, 1),
+                count(DAY, "a.example", Some("starttls-not-supported"), 1),
+                count(DAY, "a.example", None, 1),
+                count(next, "c.example", None, 1),
+            ])
+            .unwrap();
+        assert_eq!(
+            store.tls_reports_due(DAY).unwrap(),
+            vec![domain("a.example"), domain("b.example")]
+        );
+        store
+            .finish_tls_report(&domain("a.example"), DAY, "sent", T0)
+            .unwrap();
+        // Finishing twice is no error (a second node, a retry).
+        store
+            .finish_tls_report(&domain("a.example"), DAY, "sent", T0 + 1)
+            .unwrap();
+        assert_eq!(
+            store.tls_reports_due(DAY).unwrap(),
+            vec![domain("b.example")]
+        );
+        assert_eq!(
+            store.tls_reports_due(next).unwrap(),
+            vec![domain("c.example")]
+        );
+        // The counters stay readable after the report is done (`danemta report tls`).
+        assert_eq!(
+            store.tls_counts(&domain("a.example"), DAY).unwrap().len(),
+            2
+        );
+        assert_eq!(store.prune_tls_counts(next).unwrap(), 3);
+        assert!(store.tls_reports_due(DAY).unwrap().is_empty());
+        assert_eq!(
+            store.tls_reports_due(next).unwrap(),
+            vec![domain("c.example")]
+        );
+    }
+
+    #[test]
+    fn counters_survive_a_restart() {
+        let dir = TempDir::new("tls-counts");
+        {
+            let store = open(&dir, T0);
+            store
+                .add_tls_counts(&[count(DAY, "example.com", None, 3)])
+                .unwrap();
+        }
+        let store = open(&dir, T0);
+        assert_eq!(
+            store.tls_counts(&domain("example.com"), DAY).unwrap(),
+            vec![count(DAY, "example.com", None, 3)]
+        );
+    }
+
+    /// A queue written by the previous build (schema 3) keeps its messages and cached
+    /// policies, and gains the counters.
+    #[test]
+    fn a_version_3_queue_is_migrated() {
+        let dir = TempDir::new("tls-counts");
+        let id = {
+            let store = open(&dir, T0);
+            put(&store, &envelope(&["bob@example.com"]), b"hi\r\n", T0).unwrap()
+        };
+        let raw = || rusqlite::Connection::open(dir.path().join("queue.sqlite")).unwrap();
+        raw()
+            .execute_batch(
+                "DROP TABLE tls_counts; DROP TABLE tls_reports; \
+                 INSERT INTO sts_policies VALUES ('example.com', '{}', 1, 2); \
+                 UPDATE schema_version SET version = 3;",
+            )
+            .unwrap();
+        let store = open(&dir, T0);
+        assert_eq!(store.list(T0).unwrap()[0].queue_id, id);
+        assert!(store.sts_policy(&domain("example.com")).unwrap().is_some());
+        let version: i64 = raw()
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+        store
+            .add_tls_counts(&[count(DAY, "example.com", None, 1)])
+            .unwrap();
+        assert_eq!(
+            store.tls_counts(&domain("example.com"), DAY).unwrap().len(),
+            1
+        );
     }
 }
