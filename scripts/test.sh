@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: OpenSSL's CLI cross-checks our digests; gcc builds ring;
 # nsd, unbound and ldnsutils (ldns-keygen/-signzone/-key2ds, drill) run the DNSSEC test lab
 # of crates/lab; postfix runs its SMTP receivers (private instances, never the system one);
-# swaks submits mail; sqlite3 checks the queue database after every kill of the crash soak.
-apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix swaks sqlite3)
+# swaks submits mail; sqlite3 checks the queue database after every kill of the crash soak;
+# postgresql runs the private database servers of the shared queue store's tests.
+apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix swaks sqlite3 postgresql)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

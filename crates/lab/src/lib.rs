@@ -164,6 +164,11 @@
 //! * [`mta_sts::MtaSts`] (module [`mta_sts`]): MTA-STS domains in one call: a private CA with
 //!   its PEM file for `--ca-file`, the policy host of several domains on one HTTPS server, the
 //!   zone records each domain needs, and MX certificates that pass or fail PKIX.
+//! * [`postgres::Postgres`] (module [`postgres`]): a private PostgreSQL server (`initdb` in
+//!   `/tmp/danemta-lab/pg-…`, 127.0.0.1 on a free port, run as the `postgres` user when the
+//!   tests run as root) with a fresh database per test ([`postgres::Postgres::create_database`]),
+//!   stopped, killed and restarted on demand, stopped by PID on drop: the shared queue store of
+//!   the relay is tested on it. Needs the Debian package `postgresql`.
 //!
 //! Dropping a receiver kills its processes (by process group; a watchdog does it when the test
 //! process dies without dropping it, as for the DNS lab) and removes its directory
@@ -220,6 +225,7 @@ mod error;
 pub mod https;
 pub mod mta_sts;
 pub mod pki;
+pub mod postgres;
 mod process;
 pub mod smtp;
 mod standard;
