@@ -6,7 +6,8 @@
 //! implementation) and the accepting side ([`listener`]: relay permission, `Received:`, `250`
 //! only once the store has the message). The scheduler and the daemon's wiring come next
 //! (issue 10).
-//! The MTA-STS policy cache ([`sts_cache`], RFC 8461 §5.1) lives in the queue store.
+//! The MTA-STS policy cache ([`sts_cache`], RFC 8461 §5.1) lives in the queue store, as do
+//! the TLS-RPT session counters ([`tlsrpt`], RFC 8460), from which daily reports are sent.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,5 +21,6 @@ pub mod metrics;
 pub mod queue;
 pub mod scheduler;
 pub mod sts_cache;
+pub mod tlsrpt;
 pub mod users;
 pub mod wake;
