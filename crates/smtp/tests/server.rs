@@ -27,9 +27,15 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Default)]
 struct Relay {
     stored: Mutex<Vec<(Client, Transaction, Vec<u8>)>>,
+    /// Whether it honours REQUIRETLS (RFC 8689), which the session then offers.
+    requiretls: bool,
 }
 
 impl Acceptor for Relay {
+    fn requiretls(&self) -> bool {
+        self.requiretls
+    }
+
     async fn rcpt(
         &self,
         _: &Client,
@@ -99,9 +105,13 @@ fn config() -> Config {
 }
 
 async fn start(config: Config) -> Running {
+    start_relay(config, Relay::default()).await
+}
+
+async fn start_relay(config: Config, relay: Relay) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let relay = Arc::new(Relay::default());
+    let relay = Arc::new(relay);
     let server = Server::new(config, relay.clone());
     let ends = Arc::new(Mutex::new(Vec::new()));
     let ends2 = ends.clone();
@@ -814,6 +824,89 @@ async fn starttls_resets_the_session_and_auth_needs_tls() {
     assert_eq!(tls.sni.as_deref(), Some("mx2.example.test"));
     assert_eq!(client.user.as_deref(), Some("alice"));
     assert_eq!(body, b"Subject: 2\r\n\r\n.dot\r\n");
+}
+
+/// RFC 8689 §2, §4.1: REQUIRETLS is advertised only after STARTTLS, and only by a relay
+/// that honours it; the parameter over plaintext is refused (an attacker in the path could
+/// otherwise let a client believe its requirement was taken), and over TLS the message is
+/// stored with it.
+#[tokio::test]
+async fn requiretls_is_offered_and_taken_only_over_tls() {
+    let chains = chains();
+    let relay = Relay {
+        requiretls: true,
+        ..Relay::default()
+    };
+    let s = start_relay(tls_config(&chains, false), relay).await;
+    let mut c = Raw::greeted(s.addr).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(
+        !ehlo
+            .lines()
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case("REQUIRETLS")),
+        "{ehlo}"
+    );
+    assert_eq!(
+        status(&c.cmd("MAIL FROM:<a@x.test> REQUIRETLS").await),
+        "530 5.7.10"
+    );
+    assert_eq!(
+        status(&c.cmd("MAIL FROM:<a@x.test> REQUIRETLS=YES").await),
+        "501 5.5.4"
+    );
+    // The refusal leaves no transaction behind: a MAIL without it is fine.
+    assert_eq!(status(&c.cmd("MAIL FROM:<a@x.test>").await), "250 2.1.0");
+    assert_eq!(c.cmd("QUIT").await.code(), 221);
+    assert!(s.stored().is_empty());
+
+    let (_, mut session) = leaf_for(s.addr, "mx1.example.test").await;
+    assert!(session.capabilities().requiretls);
+    let message = Message::new(
+        b"Subject: r
+
+secret
+",
+    )
+    .unwrap();
+    let envelope = Envelope::new("a@x.test", ["b@y.test"])
+        .unwrap()
+        .with_tls_request(smtp::TlsRequest::Required);
+    let t = session.transact(&envelope, &message).await.unwrap();
+    assert_eq!(t.data.unwrap().code(), 250);
+    assert!(
+        session
+            .transcript
+            .iter()
+            .all(|l| !l.starts_with('5') && !l.starts_with('4')),
+        "{:?}",
+        session.transcript
+    );
+    session.quit().await;
+    let stored = s.stored();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].1.mail.requiretls);
+    assert!(stored[0].0.tls.is_some());
+
+    // A relay that does not honour it never offers it, and takes the parameter as unknown,
+    // over TLS too; our client then sends nothing of a REQUIRETLS message.
+    let s = start(tls_config(&chains, false)).await;
+    let (_, mut session) = leaf_for(s.addr, "mx1.example.test").await;
+    assert!(!session.capabilities().requiretls);
+    let e = session.transact(&envelope, &message).await.unwrap_err();
+    assert_eq!(
+        e,
+        smtp::session::SessionError::RequireTls(smtp::session::RequireTlsRefusal::NotAdvertised)
+    );
+    assert!(session.is_reusable(), "nothing was sent");
+    session.quit().await;
+    let mut c = Raw::greeted(s.addr).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(
+        status(&c.cmd("MAIL FROM:<a@x.test> REQUIRETLS").await),
+        "555 5.5.4"
+    );
+    assert!(s.stored().is_empty());
 }
 
 /// CVE-2011-0411: commands pipelined in plaintext after STARTTLS must never run as if they
