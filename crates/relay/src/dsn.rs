@@ -8,7 +8,10 @@
 //! 1. `text/plain`: a human explanation in the style of Postfix's bounce daemon;
 //! 2. `message/delivery-status` (RFC 3464 §2): the per-message and per-recipient fields;
 //! 3. `text/rfc822-headers` (RFC 6522 §4) with the original's header section, or
-//!    `message/rfc822` with the whole original when `RET=FULL` asked for it (RFC 3461 §4.3).
+//!    `message/rfc822` with the whole original when `RET=FULL` asked for it (RFC 3461 §4.3)
+//!    and the original did not carry REQUIRETLS (RFC 8689 §5: "If a REQUIRETLS message is
+//!    bounced, the server MUST behave as if RET=HDRS was present"). Such a DSN is itself
+//!    queued with REQUIRETLS (the scheduler's business).
 //!
 //! # Hostile input
 //!
@@ -34,6 +37,7 @@ use mail_builder::headers::text::Text;
 use mail_builder::mime::{BodyPart, MimePart};
 use smtp::outcome::{RecipientOutcome, Response};
 use smtp::reply::EnhancedStatus;
+use smtp::requiretls::TlsRequest;
 use smtp::server::Ret;
 
 use crate::queue::{DsnParams, Timestamp};
@@ -326,6 +330,20 @@ impl Returned {
     fn of(report: &Report<'_>, failure: bool) -> Self {
         let original = report.original;
         let full_asked = failure && report.dsn.ret == Some(Ret::Full);
+        // RFC 8689 §5: RET=FULL is disregarded for a REQUIRETLS message; its body must not
+        // travel a path that may be weaker than the one its sender required.
+        let requiretls = report.dsn.tls_request == TlsRequest::Required;
+        if full_asked && requiretls {
+            return Self {
+                full: false,
+                content: clean_lines(Self::headers(original).0),
+                note: Some(
+                    "The message required TLS (REQUIRETLS, RFC 8689 §5): only its header \
+                     section is returned, whatever RET asked for."
+                        .to_owned(),
+                ),
+            };
+        }
         if full_asked && original.len() <= MAX_RETURNED_MESSAGE {
             return Self {
                 full: true,
@@ -340,24 +358,35 @@ impl Returned {
                 original.len()
             )
         });
-        let mut headers = header_section(original);
-        if headers.len() > MAX_RETURNED_HEADERS {
-            let cut = headers.get(..MAX_RETURNED_HEADERS).unwrap_or(headers);
-            headers = match cut.iter().rposition(|&b| b == b'\n') {
-                Some(end) => cut.get(..=end).unwrap_or(cut),
-                None => cut,
-            };
-            note = Some(format!(
-                "The message's header section was too large to be returned in full: only its \
-                 first {} octets are attached.",
-                headers.len()
-            ));
+        let (headers, cut) = Self::headers(original);
+        if let Some(cut) = cut {
+            note = Some(cut);
         }
         Self {
             full: false,
             content: clean_lines(headers),
             note,
         }
+    }
+
+    /// The header section of `original`, cut at a line end to [`MAX_RETURNED_HEADERS`], and
+    /// the note that says so when it was cut.
+    fn headers(original: &[u8]) -> (&[u8], Option<String>) {
+        let mut headers = header_section(original);
+        if headers.len() <= MAX_RETURNED_HEADERS {
+            return (headers, None);
+        }
+        let cut = headers.get(..MAX_RETURNED_HEADERS).unwrap_or(headers);
+        headers = match cut.iter().rposition(|&b| b == b'\n') {
+            Some(end) => cut.get(..=end).unwrap_or(cut),
+            None => cut,
+        };
+        let note = format!(
+            "The message's header section was too large to be returned in full: only its \
+             first {} octets are attached.",
+            headers.len()
+        );
+        (headers, Some(note))
     }
 
     fn content(&self) -> &[u8] {
@@ -1085,6 +1114,7 @@ mod tests {
                     orcpt: Some(("utf-8".into(), "ü@example.net".into())),
                 },
             ],
+            ..DsnParams::default()
         };
         let out = build(&report(&dsn, vec![failed(&b), failed(&u)], ORIGINAL)).unwrap();
         assert_crlf_only(&out);
@@ -1168,6 +1198,41 @@ mod tests {
         let g = &groups(&parts[1].1)[1];
         assert!(g.contains("Action: delivered\r\nStatus: 2.0.0\r\n"), "{g}");
         assert!(text(&parts[0].1).contains("delivery via mx.example.net[192.0.2.1]: 250 2.0.0 Ok"));
+    }
+
+    /// RFC 8689 §5: the bounce of a REQUIRETLS message returns its headers only, RET=FULL
+    /// or not: the body must not travel a path weaker than the one its sender required.
+    #[test]
+    fn a_requiretls_message_is_never_returned_whole() {
+        let b = outcome(
+            "b@example.net",
+            Fate::Bounced,
+            smtp(550, "5.7.30 no REQUIRETLS"),
+        );
+        let original = "From: a@example.org\r\nSubject: secret plans\r\n\r\nthe secret body\r\n";
+        let full = DsnParams {
+            ret: Some(Ret::Full),
+            tls_request: TlsRequest::Required,
+            ..DsnParams::default()
+        };
+        let out = build(&report(&full, vec![failed(&b)], original.as_bytes())).unwrap();
+        assert_crlf_only(&out);
+        let parts = parts_of(&out);
+        assert_eq!(parts[2].0, "text/rfc822-headers");
+        assert_eq!(
+            parts[2].1,
+            b"From: a@example.org\r\nSubject: secret plans\r\n"
+        );
+        assert!(!text(&out).contains("the secret body"), "{}", text(&out));
+        assert!(text(&parts[0].1).contains("REQUIRETLS"));
+        assert!(groups(&parts[1].1)[1].contains("Status: 5.7.30"));
+        // Without REQUIRETLS the same report returns the body, as asked.
+        let plain = DsnParams {
+            ret: Some(Ret::Full),
+            ..DsnParams::default()
+        };
+        let out = build(&report(&plain, vec![failed(&b)], original.as_bytes())).unwrap();
+        assert!(text(&out).contains("the secret body"));
     }
 
     #[test]

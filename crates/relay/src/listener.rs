@@ -13,7 +13,11 @@
 //! * **`250` only after fsync**: [`Acceptor::message`] returns the queue id only once
 //!   [`Store::accept`] returned `Ok`, i.e. once body and envelope are on stable storage; a
 //!   store error is `451 4.3.0` (RFC 3463 §3.4), a full file system `452 4.3.1`, never `250`;
-//! * every stored message starts with a `Received:` trace field (RFC 5321 §4.4).
+//! * every stored message starts with a `Received:` trace field (RFC 5321 §4.4);
+//! * REQUIRETLS (RFC 8689): the relay honours it ([`Acceptor::requiretls`]), so the session
+//!   advertises it after STARTTLS and takes the parameter only over TLS; each message is
+//!   stored with its tag (§4.1: REQUIRETLS, else a `TLS-Required: No` header field), which
+//!   delivery obeys (`smtp::deliver`) and which survives restarts in the queue.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp::reply::{EnhancedStatus, Reply};
+use smtp::requiretls::TlsRequest;
 use smtp::server::{Acceptor, Client, MailFrom, QueueId, RcptTo, Server, Transaction, reply};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
@@ -207,6 +212,12 @@ fn insufficient_storage() -> Reply {
 }
 
 impl Acceptor for RelayAcceptor {
+    /// The scheduler delivers REQUIRETLS messages as RFC 8689 §4.2.1 demands and returns
+    /// their DSNs as §5 does: the relay offers the extension.
+    fn requiretls(&self) -> bool {
+        true
+    }
+
     /// On a submission listener, `530 5.7.0` until the client authenticated.
     async fn mail(&self, client: &Client, _: &MailFrom) -> Result<(), Reply> {
         if let Some((dir, min_free)) = &self.min_free
@@ -317,11 +328,12 @@ impl Acceptor for RelayAcceptor {
             temporary_failure()
         })?;
         let id = queue::QueueId::generate();
+        // RFC 8689 §4.1: tag the message before our own trace field goes on top.
+        let dsn = dsn_params(transaction, &body);
         let received = self.received(client, transaction, id.as_str(), &date);
         // In place: no second copy of a big message in memory.
         let mut message = body;
         message.splice(0..0, received.bytes());
-        let dsn = dsn_params(transaction);
         let size = message.len() as u64;
         let store = Arc::clone(&self.store);
         let now = queue::now();
@@ -363,9 +375,12 @@ impl Acceptor for RelayAcceptor {
     }
 }
 
-/// The RFC 3461 parameters of a transaction, to store with its message.
-fn dsn_params(transaction: &Transaction) -> DsnParams {
+/// The RFC 3461 parameters of a transaction, to store with its message, and the RFC 8689
+/// tag of the message (`body`): REQUIRETLS from MAIL FROM, else `TLS-Required: No` from
+/// the header section (§4.1: the header field is ignored when REQUIRETLS was given).
+fn dsn_params(transaction: &Transaction, body: &[u8]) -> DsnParams {
     DsnParams {
+        tls_request: TlsRequest::from_message(transaction.mail.requiretls, body),
         ret: transaction.mail.ret,
         envid: transaction.mail.envid.clone(),
         recipients: transaction

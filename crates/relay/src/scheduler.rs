@@ -35,7 +35,7 @@ use rustls::crypto::CryptoProvider;
 use smtp::outcome::{RecipientOutcome, Response};
 use smtp::{
     Attempt, Connection, Delivery, Envelope, Fate, Gate, HeloName, Limits, Message, Outgoing,
-    Security, Timeouts, deliver_batch, dnssec_gate, fingerprint_records,
+    Security, Timeouts, TlsRequest, deliver_batch, dnssec_gate, fingerprint_records,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -749,8 +749,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
         claim: &Claim,
         recipients: &[String],
     ) -> Result<(Envelope, Message), String> {
+        // RFC 8689: the tag stored on receipt goes with the envelope to the delivery.
         let envelope = Envelope::new(claim.sender.clone(), recipients.iter().cloned())
-            .map_err(|e| format!("bad envelope in the queue: {e}"))?;
+            .map_err(|e| format!("bad envelope in the queue: {e}"))?
+            .with_tls_request(claim.dsn.tls_request);
         let raw = self.read_body(&claim.id).await?;
         let message = Message::new(&raw).map_err(|e| format!("queued message unusable: {e}"))?;
         Ok((envelope, message))
@@ -935,6 +937,16 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 tracing::error!(target: "relay", "{}: the sender cannot receive a DSN", claim.id);
                 continue;
             };
+            // RFC 8689 §5: the DSN of a REQUIRETLS message is sent with REQUIRETLS too (from
+            // the null sender, it still goes where REQUIRETLS cannot: see smtp::deliver).
+            let dsn_of_dsn = DsnParams {
+                tls_request: match claim.dsn.tls_request {
+                    TlsRequest::Required => TlsRequest::Required,
+                    _ => TlsRequest::Default,
+                },
+                ..DsnParams::default()
+            };
+            let envelope = envelope.with_tls_request(dsn_of_dsn.tls_request);
             let store = Arc::clone(&self.store);
             let queued = id.clone();
             let stored = tokio::task::spawn_blocking(move || {
@@ -942,7 +954,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
                     &NewMessage {
                         id: &queued,
                         envelope: &envelope,
-                        dsn: &DsnParams::default(),
+                        dsn: &dsn_of_dsn,
                         body: &message,
                     },
                     now,
