@@ -10,6 +10,7 @@ mod doctor;
 mod error;
 mod escape;
 mod queue;
+mod report;
 mod rollover;
 mod send;
 mod sendmail;
@@ -62,6 +63,9 @@ enum Command {
     /// Make and check TLSA records (RFC 6698) for a certificate chain.
     #[command(subcommand)]
     Tlsa(tlsa::TlsaCommand),
+    /// Show the reports the relay sends: `report tls` for TLS reporting (RFC 8460).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Sendmail(args) => sendmail::run(args),
+        Command::Report(cmd) => report::run(cmd),
     };
     match result {
         Ok(code) => code,
