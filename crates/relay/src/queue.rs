@@ -61,6 +61,7 @@ use dns::DnsName;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod group;
+pub mod postgres;
 mod spool;
 use group::GroupCommit;
 use serde::{Deserialize, Serialize};
@@ -165,6 +166,9 @@ pub enum QueueError {
     /// The database failed.
     #[error("queue database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL store's database failed (or cannot be reached).
+    #[error("queue database: {0}")]
+    Postgres(#[from] postgres::PgError),
     /// Stored JSON could not be written or read back.
     #[error("queue record: {0}")]
     Json(#[from] serde_json::Error),
@@ -227,6 +231,7 @@ impl QueueError {
             QueueError::Db(rusqlite::Error::SqliteFailure(e, _)) => {
                 e.code == rusqlite::ErrorCode::DiskFull
             }
+            QueueError::Postgres(e) => e.is_storage_full(),
             QueueError::Batch(inner) => inner.is_storage_full(),
             _ => false,
         }
