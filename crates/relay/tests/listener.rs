@@ -606,3 +606,234 @@ async fn a_message_looping_through_too_many_relays_is_refused() {
     }
     assert_eq!(queued(&store).len(), 1, "only the message under the limit");
 }
+
+/// RFC 8689 end to end through the relay: REQUIRETLS is not offered and refused in
+/// plaintext, offered and taken over STARTTLS; the message is stored with its tag (as is a
+/// `TLS-Required: No` one); and when the only next hop cannot be authenticated (an address
+/// literal under a configured `may`: no DANE, no MTA-STS), the message is never sent but
+/// bounced with 5.7.30, in a DSN that returns the headers only and itself carries
+/// REQUIRETLS.
+#[tokio::test]
+async fn requiretls_is_taken_over_starttls_stored_and_bounced_with_5_7_30_when_no_host_qualifies() {
+    use relay::queue::{DsnParams, Lease};
+    use smtp::TlsRequest;
+
+    let dir = TempDir::new("listener-requiretls");
+    let store = Arc::new(
+        LocalStore::open(dir.path(), relay::scheduler::unix_now())
+            .unwrap()
+            .0,
+    );
+    // The listener, with STARTTLS.
+    let cert = danemta_lab::pki::TestCert::self_signed(&["mx.example.test"]).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = smtp::server::tls::SniResolver::from_pem(
+        &[(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes())],
+        &provider,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config::new(HeloName::new("mx.example.test").unwrap());
+    config.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    config.tls = Some(resolver.into_server_config(provider.clone()).unwrap());
+    let acceptor = RelayAcceptor::new(
+        store.clone() as Arc<dyn Store>,
+        "mx.example.test",
+        &server_config(true),
+    );
+    tokio::spawn(serve_listener(
+        listener,
+        Arc::new(Server::new(config, Arc::new(acceptor))),
+        ConnectionLimits {
+            overall: 10,
+            per_client: 10,
+            exempt: Vec::new(),
+            plaintext_refusal: true,
+        },
+        "smtp",
+    ));
+
+    // Plaintext: not offered, refused; a TLS-Required: No message is tagged.
+    let mut c = Raw::connect(addr).await;
+    let mut ehlo = String::new();
+    c.io.get_mut()
+        .write_all(b"EHLO client.example\r\n")
+        .await
+        .unwrap();
+    loop {
+        let mut line = String::new();
+        c.io.read_line(&mut line).await.unwrap();
+        ehlo.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    }
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("REQUIRETLS"),
+        "{ehlo}"
+    );
+    let refused = c
+        .send("MAIL FROM:<alice@client.example> REQUIRETLS\r\n")
+        .await;
+    assert!(refused.starts_with("530 5.7.10"), "{refused}");
+    assert!(
+        c.send("MAIL FROM:<alice@client.example>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.send("RCPT TO:<carol@example.test>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.send("DATA\r\n").await.starts_with("354"));
+    let accepted = c
+        .send("Subject: relaxed\r\nTLS-Required: No\r\n\r\nanything goes\r\n.\r\n")
+        .await;
+    assert!(accepted.starts_with("250"), "{accepted}");
+    let _ = c.send("QUIT\r\n").await;
+
+    // Over STARTTLS: offered and taken.
+    let mut session = smtp::session::Session::open(
+        addr,
+        "mx.example.test",
+        "client.example",
+        &smtp::tls::Mode::Opportunistic,
+        &provider,
+        &smtp::Timeouts::uniform(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    assert!(session.tls().is_some() && session.capabilities().requiretls);
+    let envelope = smtp::Envelope::new("alice@client.example", ["bob@example.test"])
+        .unwrap()
+        .with_tls_request(TlsRequest::Required);
+    let secret = smtp::Message::new(b"Subject: secret plans\n\nthe secret body\n").unwrap();
+    let t = session.transact(&envelope, &secret).await.unwrap();
+    assert_eq!(t.data.unwrap().code(), 250);
+    session.quit().await;
+
+    // Both are stored with their tags, read back from the queue database.
+    let lease = Lease {
+        owner: "test".into(),
+        until: i64::MAX / 4,
+    };
+    let claims = store.due(i64::MAX / 4, 10, &lease).unwrap();
+    let tag = |rcpt: &str| {
+        claims
+            .iter()
+            .find(|c| c.recipients == [rcpt])
+            .map(|c| c.dsn.tls_request)
+    };
+    assert_eq!(tag("bob@example.test"), Some(TlsRequest::Required));
+    assert_eq!(tag("carol@example.test"), Some(TlsRequest::Optional));
+    for claim in &claims {
+        store.complete(claim).unwrap();
+        store.delete(&claim.id).unwrap();
+    }
+
+    // The only next hop cannot be authenticated: a sink in plaintext, at an address
+    // literal, under a configured `may`.
+    let sink_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink_listener.local_addr().unwrap();
+    let sink_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sink_connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = sink_listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = stream.write_all(b"554 5.7.1 not expected\r\n").await;
+        }
+    });
+    let toml = format!(
+        "[[policy]]\ndomain = \"example.test\"\nlevel = \"may\"\nnext_hop = \"[{}]:{}\"\n",
+        sink_addr.ip(),
+        sink_addr.port()
+    );
+    let relay_config =
+        Arc::new(relay::config::Config::parse(&toml, std::path::Path::new("test.toml")).unwrap());
+    let settings = relay::scheduler::Settings {
+        hostname: HeloName::new("relay.test").unwrap(),
+        retry: relay::scheduler::retry::Retry {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+            lifetime: Duration::from_secs(3600),
+        },
+        max_connections: 4,
+        max_connections_per_destination: 2,
+        max_claimed: 16,
+        timeouts: smtp::Timeouts::uniform(Duration::from_secs(5)),
+        owner: "test".into(),
+        dnssec: Err("no DNS in this test".into()),
+    };
+    let policy = relay::scheduler::Policy {
+        config: relay_config,
+        roots: Arc::new(rustls::RootCertStore::empty()),
+    };
+    // Only bob's message is queued now; the relay takes it.
+    let id = QueueId::generate();
+    store
+        .accept(
+            &NewMessage {
+                id: &id,
+                envelope: &envelope,
+                dsn: &DsnParams {
+                    ret: Some(smtp::server::Ret::Full),
+                    tls_request: TlsRequest::Required,
+                    ..DsnParams::default()
+                },
+                body: b"From: <alice@client.example>\r\nSubject: secret plans\r\n\r\nthe secret body\r\n",
+            },
+            relay::scheduler::unix_now(),
+        )
+        .unwrap();
+    let scheduler = Arc::new(relay::scheduler::Scheduler::new(
+        store.clone() as Arc<dyn Store>,
+        Arc::new(NoDns),
+        settings,
+        policy,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(scheduler.clone().run(stopped));
+    scheduler.wake();
+    // The message is bounced (gone from the queue), and a DSN to alice takes its place.
+    let mut dsn = None;
+    for _ in 0..200 {
+        let entries = queued(&store);
+        if !entries.iter().any(|e| e.queue_id == id)
+            && let Some(e) = entries.iter().find(|e| e.sender.is_empty())
+        {
+            dsn = Some(e.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let dsn = dsn.expect("a DSN in place of the bounced message");
+    assert_eq!(
+        sink_connections.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(dsn.recipients[0].address, "alice@client.example");
+    let body = body_of(&store, &dsn.queue_id);
+    assert!(body.contains("Status: 5.7.30"), "{body}");
+    assert!(body.contains("REQUIRETLS"), "{body}");
+    assert!(body.contains("Subject: secret plans"), "{body}");
+    assert!(
+        !body.contains("the secret body"),
+        "RET=FULL is disregarded: {body}"
+    );
+    // The DSN itself is queued with REQUIRETLS (RFC 8689 §5).
+    let claims = store.due(i64::MAX / 4, 10, &lease).unwrap();
+    let claim = claims.iter().find(|c| c.id == dsn.queue_id).unwrap();
+    assert_eq!(claim.dsn.tls_request, TlsRequest::Required);
+}
+
+/// Every lookup fails: the REQUIRETLS test routes by address literal.
+struct NoDns;
+
+impl dns::Resolver for NoDns {
+    async fn lookup(&self, name: &dns::DnsName, rtype: dns::RecordType) -> dns::Lookup {
+        dns::testing::failed(name.clone(), rtype, dns::Failure::Timeout)
+    }
+}
