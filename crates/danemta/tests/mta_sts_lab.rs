@@ -537,3 +537,91 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `danemta report tls` for `domain` today, from the daemon's queue: the RFC 8460 JSON.
+fn tls_report(queue: &std::path::Path, domain: &str) -> Value {
+    let day = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args([
+            "report",
+            "tls",
+            "--json",
+            "--domain",
+            domain,
+            "--day",
+            day.trim(),
+        ])
+        .arg("--config")
+        .arg(queue.with_extension("toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The daemon counts each delivery's sessions for TLS-RPT (RFC 8460 §4) as it goes: a
+/// PKIX-verified session to an enforce domain is a success under policy type `sts`, a
+/// certificate of another CA a `certificate-not-trusted` failure with the MX host and
+/// address, and a DANE domain's sessions count under `tlsa`.
+#[test]
+fn serve_counts_the_sessions_of_each_policy_for_tls_rpt() {
+    let dir = tempdir("serve-tlsrpt");
+    let queue = dir.join("queue");
+    let serve = Serve::start(&queue);
+    serve.submit("t@enforce.sts.test");
+    serve.submit("t@badcert.sts.test");
+    serve.submit("t@dane.sts.test");
+    assert!(got(&world().valid, "t@enforce.sts.test"), "{}", serve.log());
+    assert!(got(&world().foreign, "t@dane.sts.test"), "{}", serve.log());
+    serve.wait_for("RFC 8461 §4.2", 0);
+    // Counting runs after each batch, off the delivery path: give it a moment.
+    let policy = |domain: &str| {
+        let mut last = Value::Null;
+        for _ in 0..50 {
+            last = tls_report(&queue, domain);
+            if last["policies"].as_array().is_some_and(|p| !p.is_empty()) {
+                return last["policies"][0].clone();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no policy counted for {domain}: {last:#}\n{}", serve.log());
+    };
+    let ok = policy("enforce.sts.test");
+    assert_eq!(ok["policy"]["policy-type"], "sts", "{ok:#}");
+    assert_eq!(ok["summary"]["total-successful-session-count"], 1, "{ok:#}");
+    assert_eq!(ok["summary"]["total-failure-session-count"], 0, "{ok:#}");
+
+    let bad = policy("badcert.sts.test");
+    assert_eq!(bad["policy"]["policy-type"], "sts", "{bad:#}");
+    assert!(
+        bad["summary"]["total-failure-session-count"].as_u64() >= Some(1),
+        "{bad:#}"
+    );
+    let detail = &bad["failure-details"][0];
+    assert_eq!(detail["result-type"], "certificate-not-trusted", "{bad:#}");
+    assert_eq!(
+        detail["receiving-mx-hostname"], "mx.badcert.sts.test",
+        "{bad:#}"
+    );
+
+    let dane = policy("dane.sts.test");
+    assert_eq!(dane["policy"]["policy-type"], "tlsa", "{dane:#}");
+    assert_eq!(
+        dane["summary"]["total-successful-session-count"], 1,
+        "{dane:#}"
+    );
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}

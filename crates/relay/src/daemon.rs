@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dane::pki_types::CertificateDer;
 use dane::pki_types::pem::PemObject;
+use dns::DnsName;
 use rustls::crypto::CryptoProvider;
 use smtp::HeloName;
 use smtp::server::Server;
@@ -222,14 +223,35 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         owner: format!("{}/{}", hostname.as_str(), std::process::id()),
         dnssec,
     };
+    let resolver = Arc::new(backend);
     let scheduler = Arc::new(Scheduler::new(
         Arc::clone(&store),
-        Arc::new(backend),
+        Arc::clone(&resolver),
         settings,
         policy(&config)?,
     ));
     let (stop, stopped) = watch::channel(false);
-    let delivering = tokio::spawn(Arc::clone(&scheduler).run(stopped));
+    let delivering = tokio::spawn(Arc::clone(&scheduler).run(stopped.clone()));
+    // TLS-RPT (RFC 8460): yesterday's reports, once the day is over, then hourly.
+    let reporting = match hostname.as_str().parse::<DnsName>() {
+        Ok(name) => {
+            let roots = Arc::clone(&scheduler);
+            let wake = Arc::clone(&scheduler);
+            Some(tokio::spawn(crate::tlsrpt::run(
+                Arc::clone(&store),
+                sts::ResolverTxt(Arc::clone(&resolver)),
+                sts::ResolverAddresses(resolver),
+                crate::tlsrpt::Reporter::for_host(&name),
+                move || roots.pkix_roots(),
+                move || wake.wake(),
+                stopped,
+            )))
+        }
+        Err(_) => {
+            tracing::warn!(target: "relay", "no TLS-RPT reports: the host name {hostname} is not a domain name");
+            None
+        }
+    };
 
     let bell = wake::Doorbell::bind(&dir)?;
     let ringing = {
@@ -321,6 +343,9 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
     ringing.abort();
     let _ = stop.send(true);
     let _ = delivering.await;
+    if let Some(reporting) = reporting {
+        let _ = reporting.await;
+    }
     tracing::info!(target: "relay", "stopped");
     Ok(())
 }

@@ -45,6 +45,7 @@ use crate::dsn::{self, Action};
 use crate::metrics;
 use crate::queue::{Claim, DsnParams, Lease, NewMessage, QueueId, Store, Timestamp};
 use crate::sts_cache::StorePolicies;
+use crate::tlsrpt;
 use destination::{Destination, Hop, destination, literal_route};
 use retry::Retry;
 
@@ -136,6 +137,9 @@ pub struct Scheduler<R> {
     /// PKIX roots on reload. `None` when no TLS client can be built from the roots.
     mta_sts: RwLock<Option<Arc<MtaSts<R>>>>,
 }
+
+/// A destination's MTA-STS policy, or the TLS-RPT kind of the failure to get one.
+type MtaStsFound = (Option<Arc<sts::Policy>>, Option<sts::ResultType>);
 
 /// MTA-STS discovery through the daemon's resolver, cached in the queue store (RFC 8461
 /// §5.1: the cache survives restarts).
@@ -653,8 +657,8 @@ impl<R: Resolver + 'static> Scheduler<R> {
             .and_then(|r| r.rsplit_once('@'))
             .and_then(|(_, d)| d.parse().ok())
             .unwrap_or_else(DnsName::root);
-        let mta_sts = match self.mta_sts_policy(dest).await {
-            Ok(policy) => policy,
+        let (mta_sts, sts_failure) = match self.mta_sts_policy(dest).await {
+            Ok(found) => found,
             Err(why) => return parts.iter().map(|p| deferred(p, &why)).collect(),
         };
         let route: Route = match (&dest.hop, dest.next_hop()) {
@@ -703,6 +707,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
         if let Some(connection) = batch.connection {
             self.park(dest, connection).await;
         }
+        if let Hop::Mx(domain, _) = &dest.hop {
+            self.count_tls_sessions(domain, cfg.mta_sts.clone(), sts_failure, &batch.deliveries);
+        }
         let mut delivered = batch.deliveries.into_iter();
         parts
             .iter()
@@ -717,30 +724,65 @@ impl<R: Resolver + 'static> Scheduler<R> {
     }
 
     /// The MTA-STS policy for a destination it may apply to (RFC 8461; PRODUCT.md): MX
-    /// delivery at level `dane` with no `[[policy]]` entry. A failed discovery is no policy
-    /// (§5.1; a cached policy still applies, see `sts::discover`); a policy cache that cannot
-    /// be read defers, since it may hold an `enforce` policy.
-    async fn mta_sts_policy(&self, dest: &Destination) -> Result<Option<Arc<sts::Policy>>, String> {
+    /// delivery at level `dane` with no `[[policy]]` entry; or, when the domain announces one
+    /// that cannot be had, the TLS-RPT kind of the failure (RFC 8460 §4.3.2.2). A failed
+    /// discovery is no policy (§5.1; a cached policy still applies, see `sts::discover`); a
+    /// policy cache that cannot be read defers, since it may hold an `enforce` policy.
+    async fn mta_sts_policy(&self, dest: &Destination) -> Result<MtaStsFound, String> {
         let Hop::Mx(domain, _) = &dest.hop else {
-            return Ok(None);
+            return Ok((None, None));
         };
         if dest.configured || dest.level != smtp::Level::Dane {
-            return Ok(None);
+            return Ok((None, None));
         }
         let sts = match self.mta_sts.read() {
             Ok(sts) => sts.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let Some(sts) = sts else { return Ok(None) };
+        let Some(sts) = sts else {
+            return Ok((None, None));
+        };
         match sts.policy_for(domain, SystemTime::now()).await {
-            Ok(sts::Discovery::Policy { policy, .. }) => Ok(Some(Arc::new(policy))),
-            Ok(sts::Discovery::NoPolicy(sts::DiscoveryError::NoRecord)) => Ok(None),
+            Ok(sts::Discovery::Policy { policy, .. }) => Ok((Some(Arc::new(policy)), None)),
+            Ok(sts::Discovery::NoPolicy(sts::DiscoveryError::NoRecord)) => Ok((None, None)),
             Ok(sts::Discovery::NoPolicy(why)) => {
                 tracing::warn!(target: "relay", "MTA-STS for {domain}: {why}; delivering as without a policy");
-                Ok(None)
+                Ok((None, why.result_type()))
             }
             Err(e) => Err(format!("MTA-STS policy cache of {domain} unreadable: {e}")),
         }
+    }
+
+    /// Counts the batch's sessions for `domain`'s TLS-RPT report (RFC 8460 §4), off the
+    /// async threads; a failure to count is logged and costs nothing else.
+    fn count_tls_sessions(
+        &self,
+        domain: &DnsName,
+        policy: Option<Arc<sts::Policy>>,
+        failure: Option<sts::ResultType>,
+        deliveries: &[Delivery],
+    ) {
+        let attempts: Vec<Attempt> = deliveries
+            .iter()
+            .flat_map(|d| d.attempts.iter().cloned())
+            .collect();
+        let (store, domain) = (Arc::clone(&self.store), domain.clone());
+        tokio::task::spawn_blocking(move || {
+            let state = match (&policy, failure) {
+                (Some(p), _) => tlsrpt::StsState::Policy(p),
+                (None, Some(kind)) => tlsrpt::StsState::Failed(kind),
+                (None, None) => tlsrpt::StsState::None,
+            };
+            if let Err(e) = tlsrpt::record(&*store, &domain, state, &attempts, SystemTime::now()) {
+                tracing::warn!(target: "relay", "TLS-RPT: cannot count the sessions to {domain}: {e}");
+            }
+        });
+    }
+
+    /// The PKIX trust anchors in force (system roots plus `[delivery] ca_file`, as last
+    /// loaded).
+    pub fn pkix_roots(&self) -> Arc<RootCertStore> {
+        Arc::clone(&self.policy().roots)
     }
 
     /// Reads a claimed message's body and makes the envelope for `recipients`.

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dns::{DnsName, Status};
+use rustls::RootCertStore;
 use smtp::outcome::{DaneStatus, Failure, Mechanism, Rule, Security};
 use smtp::{Attempt, Envelope, Stage, TlsRequest};
 use sts::report::{
@@ -740,6 +741,57 @@ pub async fn send_due_reports<T: TxtResolver, A: AddressSource>(
 /// How long after midnight UTC the daemon may wait before sending: any time in the next
 /// hours is fine (RFC 8460 §4.1 asks for reports covering whole days, not for a time).
 pub const SEND_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The daemon's reporting task: at start and then every [`SEND_INTERVAL`] until `shutdown`
+/// turns true, [`send_due_reports`] with an HTTPS client over the current `roots` (read each
+/// time: a reload may change `[delivery] ca_file`); `on_queued` is called when a report mail
+/// went into the queue (to wake the scheduler). Failures are logged and tried again next time.
+pub async fn run<T: TxtResolver, A: AddressSource>(
+    store: Arc<dyn Store>,
+    txt: T,
+    addresses: A,
+    reporter: Reporter,
+    roots: impl Fn() -> Arc<RootCertStore>,
+    on_queued: impl Fn(),
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        match Uploader::new(roots()) {
+            Ok(uploader) => {
+                let sender = Sender {
+                    txt: &txt,
+                    addresses: &addresses,
+                    uploader: &uploader,
+                    reporter: &reporter,
+                };
+                match send_due_reports(&store, &sender, SystemTime::now()).await {
+                    Ok(sent) => {
+                        for s in &sent {
+                            tracing::info!(target: "relay", "TLS-RPT report for {} of {}: {:?}", s.domain, s.day, s.outcome);
+                        }
+                        if sent.iter().any(|s| {
+                            matches!(
+                                &s.outcome,
+                                SendOutcome::Sent {
+                                    queued: Some(_),
+                                    ..
+                                }
+                            )
+                        }) {
+                            on_queued();
+                        }
+                    }
+                    Err(e) => tracing::warn!(target: "relay", "{e}"),
+                }
+            }
+            Err(e) => tracing::warn!(target: "relay", "TLS-RPT: no HTTPS client: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SEND_INTERVAL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
