@@ -5,7 +5,7 @@
 //!
 //! | domain | published | MX |
 //! |---|---|---|
-//! | `enforce.sts.test` | enforce, mx `mx.enforce.sts.test` | valid PKIX certificate |
+//! | `enforce.sts.test` | enforce, mx `mx.enforce.sts.test`; TLS-RPT to `tlsrpt@` itself | valid PKIX certificate |
 //! | `badcert.sts.test` | enforce | certificate of another CA |
 //! | `mismatch.sts.test` | enforce, mx `mx.elsewhere.test` | valid, but not in the policy |
 //! | `testing.sts.test` | testing | certificate of another CA |
@@ -57,7 +57,8 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let sts = MtaSts::start([
-            StsDomain::enforce("enforce.sts.test", &["mx.enforce.sts.test"]),
+            StsDomain::enforce("enforce.sts.test", &["mx.enforce.sts.test"])
+                .tls_rpt("mailto:tlsrpt@enforce.sts.test"),
             StsDomain::enforce("badcert.sts.test", &["mx.badcert.sts.test"]),
             StsDomain::enforce("mismatch.sts.test", &["mx.elsewhere.test"]),
             StsDomain::testing("testing.sts.test", &["mx.testing.sts.test"]),
@@ -622,6 +623,54 @@ fn serve_counts_the_sessions_of_each_policy_for_tls_rpt() {
         dane["summary"]["total-successful-session-count"], 1,
         "{dane:#}"
     );
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A finished day's report reaches the domain's TLS-RPT mailbox (RFC 8460 §5.3): the daemon
+/// finds yesterday's counters at start, looks up `_smtp._tls`, queues the report mail
+/// through itself, and a real Postfix receives it with its gzip attachment.
+#[test]
+fn serve_mails_yesterdays_report_to_the_tls_rpt_address() {
+    let dir = tempdir("serve-report-mail");
+    let queue = dir.join("queue");
+    let yesterday = relay::queue::now() - 86_400;
+    let day = yesterday - yesterday.rem_euclid(86_400);
+    {
+        let (store, _) = relay::queue::LocalStore::open(&queue, relay::queue::now()).unwrap();
+        use relay::queue::Store as _;
+        store
+            .add_tls_counts(&[relay::queue::TlsCountRecord {
+                day,
+                domain: "enforce.sts.test".parse().unwrap(),
+                policy_type: "sts".into(),
+                policy_strings: vec!["version: STSv1".into(), "mode: enforce".into()],
+                policy_mx: vec!["mx.enforce.sts.test".into()],
+                result: Some("certificate-not-trusted".into()),
+                receiving_mx: "mx.enforce.sts.test".into(),
+                sending_ip: None,
+                receiving_ip: Some([127, 0, 0, 1].into()),
+                sessions: 3,
+            }])
+            .unwrap();
+    }
+    let serve = Serve::start(&queue);
+    let w = world();
+    let report = (0..100).find_map(|_| {
+        let found = w.valid.delivered().into_iter().find(|m| {
+            m.contains("Report Domain: enforce.sts.test") && m.contains("application/tlsrpt+gzip")
+        });
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    });
+    let report = report.unwrap_or_else(|| panic!("no report mail arrived:\n{}", serve.log()));
+    assert!(
+        report.contains("TLS-Report-Domain: enforce.sts.test"),
+        "{report}"
+    );
+    assert!(report.contains("TLS-Required: No"), "{report}");
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
