@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use relay::config::Config;
-use relay::queue::{DsnParams, NewMessage, QueueId, Store};
+use relay::queue::{DsnParams, NewMessage, QueueId};
 use smtp::Envelope;
 
 use crate::error::CliError;
@@ -282,7 +282,7 @@ pub fn run(args: SendmailArgs) -> Result<ExitCode, CliError> {
     let body = message.assemble(&received, &added);
 
     // Every failure to write the queue is EX_TEMPFAIL (75): the application tries later.
-    let store = crate::queue::open_store(&config)?;
+    let store = crate::queue::open_queue(&config)?;
     let dsn = DsnParams::default();
     store
         .accept(

@@ -286,16 +286,23 @@ fn sendmail_refuses_bad_input_with_sysexits() {
     assert!(body.contains("\r\nFrom: "), "{body}");
 }
 
+/// `store = "postgres"` opens the shared queue; a database that cannot be reached is a
+/// temporary failure (75), named as the queue database (the store's own tests, and two
+/// daemons sharing one, are in `crates/relay/tests/store_suite.rs` and `serve_postgres.rs`).
 #[test]
-fn a_postgres_store_is_reported_as_unavailable() {
+fn an_unreachable_postgres_store_is_a_temporary_failure() {
     let setup = Setup::new("queue-postgres", "");
     let config = std::fs::read_to_string(&setup.config).expect("config");
     std::fs::write(
         &setup.config,
-        format!("{config}store = \"postgres\"\nurl = \"postgres://localhost/danemta\"\n"),
+        format!("{config}store = \"postgres\"\nurl = \"postgres://danemta@127.0.0.1:1/danemta\"\n"),
     )
     .expect("config");
     let out = setup.queue(&["list"]);
-    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("postgres"));
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("queue database"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::certs::{self, Certs, Source};
 use crate::config::{Config, ListenMode, StoreKind};
 use crate::listener::{ConnectionLimits, RelayAcceptor, serve_listener};
+use crate::queue::postgres::{self, PgStore};
 use crate::queue::{LocalStore, QueueError, Store};
 use crate::scheduler::{Policy, Scheduler, Settings, retry::Retry, unix_now};
 use crate::users::{Users, UsersError};
@@ -35,13 +36,10 @@ pub enum DaemonError {
         "the system host name {0:?} cannot be used in EHLO: set [server] hostname to this host's fully qualified domain name"
     )]
     Hostname(String),
-    /// `store = "postgres"` is not available in this build.
-    #[error("[queue] store = \"postgres\" is not implemented yet; use store = \"local\"")]
-    StoreUnsupported,
     /// The queue cannot be opened.
     #[error("queue {dir}: {source}")]
     Queue {
-        /// The queue directory.
+        /// The queue directory (for `store = "postgres"`: the database's `host:port/name`).
         dir: PathBuf,
         /// Why.
         source: QueueError,
@@ -128,7 +126,12 @@ pub fn policy(config: &Config) -> Result<Policy, DaemonError> {
 pub fn check(config: &Config) -> Result<(), DaemonError> {
     let hostname = hostname(config)?;
     if config.queue.store == StoreKind::Postgres {
-        return Err(DaemonError::StoreUnsupported);
+        // The URL's form and TLS settings; the database itself is reached at start.
+        let url = config.queue.url.as_deref().unwrap_or_default();
+        postgres::check_url(url).map_err(|source| DaemonError::Queue {
+            dir: PathBuf::from("[queue] url"),
+            source,
+        })?;
     }
     let source = cert_source(config, &hostname);
     if let Source::Configured(_) = source {
@@ -141,6 +144,57 @@ pub fn check(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Opens the configured store for the daemon.
+///
+/// * `local`: the spool and SQLite in `[queue] dir`, recovering what a crash left; refused
+///   when another daemon holds the queue's lock.
+/// * `postgres`: [`PgStore`] on `[queue] url` (connected and migrated in a blocking task).
+///   Nothing of the queue is on this node's disk then, but `[queue] dir` is still the
+///   node's own directory: the doorbell socket `danemta sendmail` and `danemta queue` ring
+///   (which also keeps two daemons from sharing the directory), and the self-signed
+///   certificate when `[server] tls` is not set. It is created if missing. Several nodes
+///   share the database, each with a directory of its own.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, DaemonError> {
+    let dir = config.queue.dir.clone();
+    match config.queue.store {
+        StoreKind::Local => {
+            let (store, recovery) =
+                LocalStore::open(&dir, unix_now()).map_err(|source| DaemonError::Queue {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            if !recovery.spool_scanned {
+                return Err(DaemonError::AlreadyRunning(dir));
+            }
+            log_recovery(&recovery);
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres => {
+            let url = config.queue.url.clone().unwrap_or_default();
+            let target = postgres::check_url(&url).map_err(|source| DaemonError::Queue {
+                dir: PathBuf::from("[queue] url"),
+                source,
+            })?;
+            let queue_err = |source| DaemonError::Queue {
+                dir: PathBuf::from(&target),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(|source| {
+                queue_err(QueueError::Io {
+                    path: dir.clone(),
+                    source,
+                })
+            })?;
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url))
+                .await
+                .map_err(|_| queue_err(QueueError::Internal("the store's opening task failed")))?
+                .map_err(queue_err)?;
+            tracing::info!(target: "relay", "queue: PostgreSQL at {target}");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -149,20 +203,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// SIGHUP reads again (`None`: the embedded defaults, nothing to reload but certificates).
 pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonError> {
     let hostname = hostname(&config)?;
-    if config.queue.store == StoreKind::Postgres {
-        return Err(DaemonError::StoreUnsupported);
-    }
     let dir = config.queue.dir.clone();
-    let queue_err = |source| DaemonError::Queue {
-        dir: dir.clone(),
-        source,
-    };
-    let (store, recovery) = LocalStore::open(&dir, unix_now()).map_err(queue_err)?;
-    if !recovery.spool_scanned {
-        return Err(DaemonError::AlreadyRunning(dir));
-    }
-    log_recovery(&recovery);
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&config).await?;
 
     let provider = provider();
     let source = cert_source(&config, &hostname);

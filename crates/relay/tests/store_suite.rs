@@ -294,7 +294,7 @@ fn hold_release_delete_flush(q: &Queue) {
     assert_eq!(list[0].queue_name, QueueName::Hold);
     assert_eq!(list[0].hold_reason.as_deref(), Some("operator"));
     let claims = store.due(T0, 10, &lease("w", T0 + 60)).unwrap();
-    assert_eq!(ids(&claims), [b.clone()]);
+    assert_eq!(ids(&claims), std::slice::from_ref(&b));
     // b deferred far into the future.
     store
         .record_attempt(
@@ -315,7 +315,7 @@ fn hold_release_delete_flush(q: &Queue) {
     // flush makes b due now; a stays held.
     assert_eq!(store.flush(&[], T0 + 1).unwrap(), 1);
     let claims = store.due(T0 + 1, 10, &lease("w", T0 + 60)).unwrap();
-    assert_eq!(ids(&claims), [b.clone()]);
+    assert_eq!(ids(&claims), std::slice::from_ref(&b));
     store.complete(&claims[0]).unwrap();
     // Flushing a held message by id does nothing.
     assert_eq!(store.flush(std::slice::from_ref(&a), T0 + 1).unwrap(), 0);
@@ -871,7 +871,10 @@ fn tls_counters_add_up_and_reports_finish(q: &Queue) {
     let mut got = store.tls_counts(&d, day).unwrap();
     got.sort_by_key(|c| c.result.clone());
     assert_eq!(got, [count(None, 6), count(Some("validation-failure"), 1)]);
-    assert_eq!(store.tls_reports_due(day).unwrap(), [d.clone()]);
+    assert_eq!(
+        store.tls_reports_due(day).unwrap(),
+        std::slice::from_ref(&d)
+    );
     store.finish_tls_report(&d, day, "sent", T0).unwrap();
     store
         .finish_tls_report(&d, day, "sent again", T0 + 1)

@@ -449,6 +449,13 @@ impl PgStore {
     }
 }
 
+/// Checks `url` as [`PgStore::open`] would (its form, its TLS settings, plaintext only to
+/// loopback, a readable `sslrootcert`) without connecting; returns where it points,
+/// `host:port/database` (never the password), for messages.
+pub fn check_url(url: &str) -> Result<String, QueueError> {
+    parse_url(url).map(|(_, _, target)| target)
+}
+
 /// Takes the lease of `claim` in the transaction: the row stays locked until it ends. The
 /// message must exist ([`QueueError::NotFound`]) and carry the claim's token
 /// ([`QueueError::LeaseLost`]).
