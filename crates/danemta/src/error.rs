@@ -29,9 +29,6 @@ pub enum CliError {
     /// The queue cannot be opened, read or written.
     #[error("{0}")]
     Queue(#[from] relay::queue::QueueError),
-    /// A feature the configuration asks for is not available in this build.
-    #[error("{0}")]
-    Unavailable(String),
     /// The message given on input is refused (sendmail).
     #[error("{0}")]
     Data(String),
@@ -50,8 +47,6 @@ pub const EX_NOINPUT: u8 = 66;
 pub const EX_DATAERR: u8 = 65;
 /// sysexits EX_NOUSER (`queue`: no message with that id).
 pub const EX_NOUSER: u8 = 67;
-/// sysexits EX_UNAVAILABLE (a configured feature this build does not have).
-pub const EX_UNAVAILABLE: u8 = 69;
 /// sysexits EX_CONFIG.
 pub const EX_CONFIG: u8 = 78;
 
@@ -66,7 +61,6 @@ impl CliError {
             CliError::Config(_) => EX_CONFIG,
             CliError::Queue(relay::queue::QueueError::NotFound(_)) => EX_NOUSER,
             CliError::Queue(_) => EX_TEMPFAIL,
-            CliError::Unavailable(_) => EX_UNAVAILABLE,
             CliError::Data(_) => EX_DATAERR,
             CliError::Tls(_) => EX_CONFIG,
         }

@@ -19,14 +19,14 @@ use crate::escape::escape;
 /// Options of `danemta queue`.
 ///
 /// Exit status: 0 done; 67 (EX_NOUSER) some id given is not in the queue (the others were
-/// handled); 64 usage error (including a malformed id: then nothing is done); 69 the
-/// configured store is not available in this build; 75 the queue cannot be opened or
-/// written; 78 the configuration is refused.
+/// handled); 64 usage error (including a malformed id: then nothing is done); 75 the queue
+/// cannot be opened or written (a PostgreSQL queue out of reach included); 78 the
+/// configuration is refused.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit status: 0 done; 67 an id is not in the queue (the others were \
-    handled); 64 usage error; 69 store not available in this build; 75 the queue cannot be \
-    read or written; 78 bad configuration."
+    handled); 64 usage error; 75 the queue cannot be read or written; 78 bad \
+    configuration."
 )]
 pub struct QueueArgs {
     /// The configuration file; default /etc/danemta/danemta.toml when present, else the
@@ -208,27 +208,15 @@ fn each(
 /// same).
 pub(crate) fn open_queue(config: &Config) -> Result<Box<dyn Store>, CliError> {
     match config.queue.store {
-        StoreKind::Local => Ok(Box::new(open_store(config)?)),
+        StoreKind::Local => {
+            let (store, _recovery) = LocalStore::open(&config.queue.dir, now())?;
+            Ok(Box::new(store))
+        }
         StoreKind::Postgres => {
             let url = config.queue.url.as_deref().unwrap_or_default();
             Ok(Box::new(PgStore::open(url)?))
         }
     }
-}
-
-/// Opens the configured local queue as a client (not the daemon): see [`LocalStore::open`].
-/// For commands that do not read a PostgreSQL queue yet; the others use [`open_queue`].
-pub(crate) fn open_store(config: &Config) -> Result<LocalStore, CliError> {
-    match config.queue.store {
-        StoreKind::Local => {}
-        StoreKind::Postgres => {
-            return Err(CliError::Unavailable(
-                "this command does not read a [queue] store = \"postgres\" yet".into(),
-            ));
-        }
-    }
-    let (store, _recovery) = LocalStore::open(&config.queue.dir, now())?;
-    Ok(store)
 }
 
 /// Rings the daemon and says what that means for the mail just changed.

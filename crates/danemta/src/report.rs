@@ -22,8 +22,7 @@ pub enum ReportCommand {
     /// sessions to it by policy (tlsa, sts, no-policy-found), with their failures.
     ///
     /// Exit status: 0 printed (a report without policies when nothing was counted); 64 usage
-    /// error; 69 store not available in this build; 75 the queue cannot be read; 78 bad
-    /// configuration.
+    /// error; 75 the queue cannot be read; 78 bad configuration.
     Tls(TlsArgs),
 }
 
@@ -62,9 +61,9 @@ fn tls(args: &TlsArgs) -> Result<ExitCode, CliError> {
         .parse()
         .map_err(|e| CliError::Usage(format!("--day: {e}")))?;
     let config = Config::load(args.config.as_deref())?;
-    let store = crate::queue::open_store(&config)?;
+    let store = crate::queue::open_queue(&config)?;
     let reporter = Reporter::for_host(&submitter(&config));
-    let report = tlsrpt::report(&store, &reporter, &domain, day)?;
+    let report = tlsrpt::report(&*store, &reporter, &domain, day)?;
     let text = if args.json {
         let json = report
             .to_json()
