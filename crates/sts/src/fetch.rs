@@ -347,29 +347,21 @@ impl Fetcher {
                 host: host.to_string(),
                 source,
             })?;
-        let mut last_error = None;
-        for ip in ips {
-            let addr = SocketAddr::new(ip, self.port);
-            match TcpStream::connect(addr).await {
-                Ok(tcp) => {
-                    return self
-                        .exchange(host, addr, server_name, host_header, tcp)
-                        .await;
-                }
-                Err(e) => last_error = Some((addr, e)),
+        match connect_first(&ips, self.port).await {
+            Ok((addr, tcp)) => {
+                self.exchange(host, addr, server_name, host_header, tcp)
+                    .await
             }
-        }
-        Err(match last_error {
-            Some((addr, source)) => FetchError::Connect {
+            Err(Some((addr, source))) => Err(FetchError::Connect {
                 host: host.to_string(),
                 addr,
                 source,
-            },
-            None => FetchError::Addresses {
+            }),
+            Err(None) => Err(FetchError::Addresses {
                 host: host.to_string(),
                 source: AddressError::NoAddresses,
-            },
-        })
+            }),
+        }
     }
 
     /// TLS, then `GET /.well-known/mta-sts.txt`, then the checks of RFC 8461 §3.2 and §3.3 on
@@ -442,6 +434,28 @@ impl Fetcher {
 }
 
 /// A TLS failure: a certificate rustls refused is `Certificate`, anything else `Tls`.
+/// How long one address may take to accept a TCP connection, so that an address that
+/// swallows packets does not use up the whole fetch's time before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP connection to the first of `ips` that accepts one on `port`, each tried for at most
+/// [`CONNECT_TIMEOUT`]; else the last address's error (`None`: no address at all).
+pub(crate) async fn connect_first(
+    ips: &[IpAddr],
+    port: u16,
+) -> Result<(SocketAddr, TcpStream), Option<(SocketAddr, io::Error)>> {
+    let mut last_error = None;
+    for ip in ips {
+        let addr = SocketAddr::new(*ip, port);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok((addr, tcp)),
+            Ok(Err(e)) => last_error = Some((addr, e)),
+            Err(_) => last_error = Some((addr, io::ErrorKind::TimedOut.into())),
+        }
+    }
+    Err(last_error)
+}
+
 fn tls_error(host: &DnsName, addr: SocketAddr, e: io::Error) -> FetchError {
     let rustls_error = e
         .get_ref()

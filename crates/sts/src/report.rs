@@ -900,29 +900,21 @@ impl Uploader {
                     })?
             }
         };
-        let mut last_error = None;
-        for ip in ips {
-            let addr = SocketAddr::new(ip, target.port);
-            match TcpStream::connect(addr).await {
-                Ok(tcp) => {
-                    return self
-                        .exchange(target, addr, server_name, host_header, tcp, gzip)
-                        .await;
-                }
-                Err(e) => last_error = Some((addr, e)),
+        match crate::fetch::connect_first(&ips, target.port).await {
+            Ok((addr, tcp)) => {
+                self.exchange(target, addr, server_name, host_header, tcp, gzip)
+                    .await
             }
-        }
-        Err(match last_error {
-            Some((addr, source)) => UploadError::Connect {
+            Err(Some((addr, source))) => Err(UploadError::Connect {
                 host: target.host.clone(),
                 addr,
                 source,
-            },
-            None => UploadError::Addresses {
+            }),
+            Err(None) => Err(UploadError::Addresses {
                 host: target.host.clone(),
                 source: AddressError::NoAddresses,
-            },
-        })
+            }),
+        }
     }
 
     async fn exchange(
