@@ -1,79 +1,19 @@
 //! The durable queue through its `Store` trait, on the embedded `LocalStore`.
 
 mod common;
+#[path = "common/store.rs"]
+mod store;
 
 use common::TempDir;
+use store::{attempt, body_of, envelope, lease, outcome, put};
 
-use std::io::Read;
-
-use relay::queue::{
-    DsnParams, Lease, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState, Store,
-};
-use smtp::Attempt;
+use relay::queue::{LocalStore, QueueError, QueueId, QueueName, RecipientState, Store};
 use smtp::Envelope;
-use smtp::outcome::RecipientOutcome;
 
 const T0: i64 = 1_800_000_000;
 
 fn open(dir: &TempDir, now: i64) -> LocalStore {
     LocalStore::open(dir.path(), now).unwrap().0
-}
-
-fn envelope(to: &[&str]) -> Envelope {
-    Envelope::new("alice@example.org", to.iter().copied()).unwrap()
-}
-
-/// Queues `body` for `envelope` under a fresh id.
-fn put(
-    store: &dyn Store,
-    envelope: &Envelope,
-    body: &[u8],
-    now: i64,
-) -> Result<QueueId, QueueError> {
-    let id = QueueId::generate();
-    store.accept(
-        &NewMessage {
-            id: &id,
-            envelope,
-            dsn: &DsnParams::default(),
-            body,
-        },
-        now,
-    )?;
-    Ok(id)
-}
-
-fn lease(owner: &str, until: i64) -> Lease {
-    Lease {
-        owner: owner.into(),
-        until,
-    }
-}
-
-fn outcome(address: &str, fate: &str, reply: &str) -> RecipientOutcome {
-    serde_json::from_value(serde_json::json!({
-        "address": address, "outcome": fate, "reply": reply,
-    }))
-    .unwrap()
-}
-
-fn attempt(security: &str) -> Attempt {
-    serde_json::from_value(serde_json::json!({
-        "host": "mx.example.com", "address": "192.0.2.1", "port": 25,
-        "sni": "mx.example.com", "security": security, "delivered": false,
-        "dane": { "state": "not-applicable", "tlsa": [] },
-        "dnssec": { "mx": "insecure", "a": "insecure", "aaaa": "insecure", "tlsa": null },
-        "reason": "451 4.3.0 try again later",
-        "rule": "RFC 7672 §2.2", "rule_id": "dane-mandatory",
-        "replies": ["451 4.3.0 try again later"],
-    }))
-    .unwrap()
-}
-
-fn body_of(store: &LocalStore, id: &QueueId) -> Vec<u8> {
-    let mut v = Vec::new();
-    store.body(id).unwrap().read_to_end(&mut v).unwrap();
-    v
 }
 
 #[test]
@@ -648,7 +588,7 @@ fn concurrent_accepts_are_all_stored() {
     let stored: Vec<(QueueId, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(store.list(T0).unwrap().len(), 48);
     for (id, body) in stored {
-        assert_eq!(body_of(&store, &id), body.as_bytes());
+        assert_eq!(body_of(&*store, &id), body.as_bytes());
     }
 }
 

@@ -11,9 +11,10 @@
 //! `postgres_only` module below.
 
 mod common;
+#[path = "common/store.rs"]
+mod store;
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
 use common::TempDir;
@@ -21,11 +22,11 @@ use danemta_lab::postgres::Postgres;
 use dns::DnsName;
 use relay::queue::postgres::{PgError, PgStore};
 use relay::queue::{
-    DsnParams, Lease, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState,
-    Store, StsPolicyRecord, TlsCountRecord,
+    DsnParams, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState, Store,
+    StsPolicyRecord, TlsCountRecord,
 };
-use smtp::outcome::RecipientOutcome;
-use smtp::{Attempt, Envelope};
+use smtp::Envelope;
+use store::{attempt, body_of, envelope, lease, outcome, put};
 
 const T0: i64 = 1_800_000_000;
 
@@ -103,63 +104,6 @@ suite!(
 );
 
 // ---------------------------------------------------------------------------------------
-
-fn envelope(to: &[&str]) -> Envelope {
-    Envelope::new("alice@example.org", to.iter().copied()).unwrap()
-}
-
-/// Queues `body` for `envelope` under a fresh id.
-fn put(
-    store: &dyn Store,
-    envelope: &Envelope,
-    body: &[u8],
-    now: i64,
-) -> Result<QueueId, QueueError> {
-    let id = QueueId::generate();
-    store.accept(
-        &NewMessage {
-            id: &id,
-            envelope,
-            dsn: &DsnParams::default(),
-            body,
-        },
-        now,
-    )?;
-    Ok(id)
-}
-
-fn lease(owner: &str, until: i64) -> Lease {
-    Lease {
-        owner: owner.into(),
-        until,
-    }
-}
-
-fn outcome(address: &str, fate: &str, reply: &str) -> RecipientOutcome {
-    serde_json::from_value(serde_json::json!({
-        "address": address, "outcome": fate, "reply": reply,
-    }))
-    .unwrap()
-}
-
-fn attempt(security: &str) -> Attempt {
-    serde_json::from_value(serde_json::json!({
-        "host": "mx.example.com", "address": "192.0.2.1", "port": 25,
-        "sni": "mx.example.com", "security": security, "delivered": false,
-        "dane": { "state": "not-applicable", "tlsa": [] },
-        "dnssec": { "mx": "insecure", "a": "insecure", "aaaa": "insecure", "tlsa": null },
-        "reason": "451 4.3.0 try again later",
-        "rule": "RFC 7672 §2.2", "rule_id": "dane-mandatory",
-        "replies": ["451 4.3.0 try again later"],
-    }))
-    .unwrap()
-}
-
-fn body_of(store: &dyn Store, id: &QueueId) -> Vec<u8> {
-    let mut v = Vec::new();
-    store.body(id).unwrap().read_to_end(&mut v).unwrap();
-    v
-}
 
 fn ids(claims: &[relay::queue::Claim]) -> Vec<QueueId> {
     claims.iter().map(|c| c.id.clone()).collect()
