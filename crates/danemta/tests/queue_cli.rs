@@ -69,12 +69,11 @@ impl Setup {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run danemta");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin)
-            .expect("write stdin");
+        let written = child.stdin.take().expect("stdin").write_all(stdin);
+        // A command may refuse (a usage error) and exit before it reads its input.
+        if let Err(e) = written {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
         child.wait_with_output().expect("wait")
     }
 
