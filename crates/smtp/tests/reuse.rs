@@ -559,6 +559,28 @@ async fn a_cached_connection_serves_only_the_route_and_policy_it_was_opened_unde
     let (d, _) = one_batch(&r, &may, kept).await;
     assert_eq!(d.outcome, Outcome::Delivered);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+    // The domain now has an MTA-STS enforce policy: the plaintext connection opened without
+    // it must not carry the message (that would be the downgrade); a new connection finds
+    // no STARTTLS and the message is deferred.
+    // (The same trust anchors, so that only the policy tells the two apart.)
+    let base = config();
+    let (_, kept) = one_batch(&r, &base, None).await;
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 5);
+    let policy = b"version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: 86400\n";
+    let mut enforce = base.clone();
+    enforce.mta_sts = Some(Arc::new(
+        sts::Policy::parse(policy, "1".parse().unwrap()).unwrap(),
+    ));
+    let (d, kept) = one_batch(&r, &enforce, kept).await;
+    assert_eq!(d.outcome, Outcome::Deferred, "{d:#?}");
+    assert_eq!(d.attempts[0].rule, smtp::Rule::StsEnforce, "{d:#?}");
+    assert!(kept.is_none());
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        bodies(&seen).len(),
+        5,
+        "nothing went over the old connection"
+    );
 }
 
 /// The relay spawns deliveries on a multi-threaded runtime and keeps connections in a cache
