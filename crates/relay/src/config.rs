@@ -316,6 +316,12 @@ pub struct Queue {
     /// See [`Config::min_free`].
     #[serde(deserialize_with = "units::size::option")]
     pub min_free: Option<u64>,
+    /// `lease_time`: how long a node's claim on a message lasts without renewal. A node
+    /// renews the claims it is delivering every third of it; when a node dies (kill -9, a
+    /// power cut) another node sharing the queue (`store = "postgres"`) takes its mail over
+    /// once the lease runs out. Default `2m`, at least `5s`.
+    #[serde(deserialize_with = "units::duration::deserialize")]
+    pub lease_time: Duration,
 }
 
 impl Default for Queue {
@@ -328,6 +334,7 @@ impl Default for Queue {
             retry_max: Duration::from_secs(3600),
             lifetime: Duration::from_secs(5 * 86_400),
             min_free: None,
+            lease_time: Duration::from_secs(120),
         }
     }
 }
@@ -604,6 +611,15 @@ impl Config {
                 ),
             ));
         }
+        if q.lease_time < Duration::from_secs(5) {
+            return Err(invalid(
+                "queue.lease_time".into(),
+                format!(
+                    "{} is too short: a node renews its leases every third of it, and each renewal is a database round trip (at least 5s)",
+                    format_duration(q.lease_time)
+                ),
+            ));
+        }
         if q.store == StoreKind::Postgres && q.url.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(
                 "queue.url".into(),
@@ -806,6 +822,7 @@ impl Config {
             ("queue.retry_max".into(), format_duration(q.retry_max)),
             ("queue.lifetime".into(), format_duration(q.lifetime)),
             ("queue.min_free".into(), format_size(self.min_free())),
+            ("queue.lease_time".into(), format_duration(q.lease_time)),
         ]);
         let dl = &self.delivery;
         out.extend([

@@ -33,6 +33,7 @@ url = "postgres://danemta@db.example.org:5432/danemta"
 retry_first = "5m"                              # first retry after a deferral, doubling…
 retry_max = "1h"                                # …up to this interval
 lifetime = "5d"                                 # then bounce
+lease_time = "2m"                               # a dead node's claims pass to the others after this
 
 [delivery]
 policy = "dane"                                 # default level for every destination
@@ -505,6 +506,7 @@ dir = "/var/spool/danemta"
 retry_first = "5m"                              # first retry after a deferral, doubling…
 retry_max = "1h"                                # …up to this interval
 lifetime = "5d"                                 # then bounce
+lease_time = "2m"                               # a dead node's claims pass to the others after this
 
 [delivery]
 policy = "dane"                                 # default level for every destination
