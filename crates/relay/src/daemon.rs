@@ -263,6 +263,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
             .saturating_mul(4),
         timeouts: smtp::Timeouts::default(),
         owner: format!("{}/{}", hostname.as_str(), std::process::id()),
+        lease: config.queue.lease_time,
         dnssec,
     };
     let resolver = Arc::new(backend);

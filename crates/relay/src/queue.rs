@@ -313,6 +313,28 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
+/// What [`Store::take_connection_slot`] got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotTaken {
+    /// The store is not shared: no cluster-wide count.
+    NotShared,
+    /// A slot, held until released.
+    Taken(ConnectionSlot),
+    /// Every slot is held (by this node or others): try again later.
+    Full,
+}
+
+/// One cluster-wide connection slot of a destination, as the store that lent it names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionSlot {
+    /// The destination's key in the store.
+    pub key: i32,
+    /// Which of its slots.
+    pub index: i32,
+    /// The store's session that holds it (a slot of an older session is gone already).
+    pub session: u64,
+}
+
 /// A message claimed by [`Store::due`]: what a worker needs to attempt a delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -533,6 +555,54 @@ pub trait Store: Send + Sync {
         attempts: &[Attempt],
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError>;
+
+    /// [`Store::record_attempt`], with the delivery status notifications the try owes
+    /// (`notices`, queued as by [`Store::accept`] at `now`). A store shared by several nodes
+    /// writes them in the same transaction as the record, under the lease check: only the
+    /// node whose lease holds queues them, and a crash queues all or none, so exactly one
+    /// node writes each bounce. The default, for a store of one node, queues them first and
+    /// then records: a crash in between sends them twice, never zero times.
+    fn record_attempt_and_notify(
+        &self,
+        claim: &Claim,
+        outcomes: &[RecipientOutcome],
+        attempts: &[Attempt],
+        next_attempt: Timestamp,
+        notices: &[NewMessage<'_>],
+        now: Timestamp,
+    ) -> Result<Progress, QueueError> {
+        for notice in notices {
+            self.accept(notice, now)?;
+        }
+        self.record_attempt(claim, outcomes, attempts, next_attempt)
+    }
+
+    /// Takes one of the `limit` connection slots of `destination` (the next hop, as the
+    /// scheduler names it) that every node sharing this store counts against, so that
+    /// `max_connections_per_destination` holds across the cluster. A store of one node has
+    /// nothing to share ([`SlotTaken::NotShared`]: the scheduler's own count is the limit).
+    /// A slot is held until [`Store::release_connection_slot`], or until the node's session
+    /// with the store ends (a dead node holds none).
+    fn take_connection_slot(
+        &self,
+        _destination: &str,
+        _limit: usize,
+    ) -> Result<SlotTaken, QueueError> {
+        Ok(SlotTaken::NotShared)
+    }
+
+    /// Whether this node leads the nodes sharing the store: the leader does what must be
+    /// done once for the whole queue (sending TLS-RPT reports). The first node to ask leads
+    /// until it dies or loses the store; then the next to ask. A store of one node always
+    /// leads.
+    fn leads_cluster(&self) -> Result<bool, QueueError> {
+        Ok(true)
+    }
+
+    /// Gives back a slot of [`Store::take_connection_slot`].
+    fn release_connection_slot(&self, _slot: &ConnectionSlot) -> Result<(), QueueError> {
+        Ok(())
+    }
 
     /// Extends a claim's lease to `until` (a long delivery renews before its lease runs
     /// out). Fails with [`QueueError::LeaseLost`] when another claimer has taken it over.

@@ -10,8 +10,15 @@
 //!   where RFC 7672 forbids it (that decision is `danemta-smtp`'s, per destination level);
 //! * never a DSN to the null sender (RFC 5321 §4.5.5, RFC 3464 §2): a failed bounce is
 //!   dropped with a log line, so bounces cannot loop;
-//! * a DSN is queued before the attempt that caused it is recorded: a crash in between
-//!   sends it twice, never zero times (at-least-once, like the rest of the queue);
+//! * a DSN is queued with the record of the attempt that caused it
+//!   ([`Store::record_attempt_and_notify`]): on a store shared by several nodes in the same
+//!   transaction, under the lease check, so exactly one node queues each bounce; on the local
+//!   store just before it, so a crash in between sends it twice, never zero times;
+//! * claims are leased for `[queue] lease_time` and renewed while they are worked on; a
+//!   claim taken over by another node (this one was frozen past its lease) is not tried
+//!   further here, and its record is refused ([`crate::queue::QueueError::LeaseLost`]);
+//! * with a shared store, `max_connections_per_destination` is counted over every node
+//!   ([`Store::take_connection_slot`]): a connection holds a slot while it is open or parked;
 //! * recipients are grouped by destination (next hop and policy) into a backlog per
 //!   destination, which delivery jobs drain over one connection each, message after message
 //!   (RFC 5321 §4.1.1.5); another job (another connection) starts only when the backlog grows
@@ -25,8 +32,8 @@ pub mod destination;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dns::{DnsName, Resolver, Route};
@@ -43,16 +50,14 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::dsn::{self, Action};
 use crate::metrics;
-use crate::queue::{Claim, DsnParams, Lease, NewMessage, QueueId, Store, Timestamp};
+use crate::queue::{
+    Claim, ConnectionSlot, DsnParams, Lease, NewMessage, QueueError, QueueId, SlotTaken, Store,
+    Timestamp,
+};
 use crate::sts_cache::StorePolicies;
 use crate::tlsrpt;
 use destination::{Destination, Hop, destination, literal_route};
 use retry::Retry;
-
-/// How long a claim is leased. A delivery never takes this long (the SMTP timeouts of RFC
-/// 5321 §4.5.3.2 add up to less), and the daemon that owns a local queue releases every
-/// lease when it starts, so a crash costs no waiting.
-const LEASE: Duration = Duration::from_secs(3600);
 
 /// A delivery job takes at most this many messages from its destination's backlog at once:
 /// their bodies are read before the first is sent, and their outcomes are recorded after the
@@ -94,6 +99,11 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Our name on leases.
     pub owner: String,
+    /// How long a claim lasts without renewal (`[queue] lease_time`): claims being
+    /// delivered are renewed every quarter of it while less than half of it is left, so a
+    /// delivery of any length keeps its claim, and a node that dies (whose claims nobody
+    /// renews) leaves its mail to the others once it runs out.
+    pub lease: Duration,
     /// The start-up probe of DNSSEC validation (`Err` with why it fails): `dane-only`
     /// destinations are deferred without it (RFC 7672 §2.1.1).
     pub dnssec: Result<(), String>,
@@ -127,8 +137,9 @@ pub struct Scheduler<R> {
     backlog_cap: usize,
     /// Set on shutdown: jobs not connected yet give their claims back untried.
     stopping: AtomicBool,
-    /// Reusable connections between jobs, one per destination, with a generation number.
-    idle: Mutex<HashMap<Destination, (u64, Connection)>>,
+    /// Reusable connections between jobs, one per destination, with a generation number and
+    /// the cluster-wide slot they hold.
+    idle: Mutex<HashMap<Destination, Idle>>,
     /// Generations of parked connections.
     parked: AtomicU64,
     /// TLS sessions to resume, shared by all outgoing connections (smtp::resume).
@@ -136,7 +147,38 @@ pub struct Scheduler<R> {
     /// MTA-STS discovery (RFC 8461), its policy cache in the queue store; rebuilt with the
     /// PKIX roots on reload. `None` when no TLS client can be built from the roots.
     mta_sts: RwLock<Option<Arc<MtaSts<R>>>>,
+    /// The claims being worked on, for their lease renewals.
+    claimed: Mutex<HashMap<QueueId, Weak<Tracker>>>,
 }
+
+/// A parked connection: its generation, the connection, its cluster-wide slot.
+type Idle = (u64, Connection, Option<HeldSlot>);
+
+/// A cluster-wide connection slot ([`Store::take_connection_slot`]) held by a connection;
+/// given back when dropped.
+struct HeldSlot {
+    store: Arc<dyn Store>,
+    slot: ConnectionSlot,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let (store, slot) = (Arc::clone(&self.store), self.slot.clone());
+        let release = move || {
+            if let Err(e) = store.release_connection_slot(&slot) {
+                tracing::warn!(target: "relay", "cannot give a connection slot back: {e}");
+            }
+        };
+        // The store blocks: never on an async thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(release)),
+            Err(_) => release(),
+        }
+    }
+}
+
+/// Shutting down: a job waiting for a connection slot gives its parts back untried.
+struct Stopping;
 
 /// A destination's MTA-STS policy, or the TLS-RPT kind of the failure to get one.
 type MtaStsFound = (Option<Arc<sts::Policy>>, Option<sts::ResultType>);
@@ -168,6 +210,10 @@ fn mta_sts<R: Resolver>(
 /// A claimed message while its destinations are being tried.
 struct Tracker {
     claim: Claim,
+    /// The end of its lease as last renewed (Unix seconds).
+    until: AtomicI64,
+    /// Set when a renewal found the lease taken over: parts not sent yet are not tried.
+    lost: AtomicBool,
     /// Destinations not finished yet.
     remaining: AtomicUsize,
     results: Mutex<(Vec<RecipientOutcome>, Vec<Attempt>)>,
@@ -234,6 +280,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             idle: Mutex::new(HashMap::new()),
             parked: AtomicU64::new(0),
             sessions: Arc::new(smtp::SessionCache::default()),
+            claimed: Mutex::new(HashMap::new()),
             settings,
         }
     }
@@ -269,6 +316,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// claiming and waits up to [`SHUTDOWN_GRACE`] for deliveries in flight.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
+        let renewing = tokio::spawn(Arc::clone(&self).renew_leases());
         // Expired MTA-STS policies (RFC 8461 §5.1: max_age) are forgotten at start.
         match StorePolicies::new(Arc::clone(&self.store)).prune(SystemTime::now()) {
             Ok(0) => {}
@@ -313,7 +361,62 @@ impl<R: Resolver + 'static> Scheduler<R> {
             );
             tasks.abort_all();
         }
+        renewing.abort();
         self.close_idle().await;
+    }
+
+    /// Renews the leases of the claims being worked on, forever: every quarter of the lease
+    /// time, each claim with less than half of it left gets a full lease again. A claim found
+    /// taken over ([`crate::queue::QueueError::LeaseLost`]: this node was frozen or cut off
+    /// from the store for longer than the lease, and another node claimed the message) is
+    /// marked lost: what of it is not sent yet is not tried here. Other failures (the store
+    /// unreachable) are retried at the next round.
+    async fn renew_leases(self: Arc<Self>) {
+        let lease = self.settings.lease.max(Duration::from_secs(1));
+        let lease_secs = Timestamp::try_from(lease.as_secs()).unwrap_or(Timestamp::MAX);
+        loop {
+            tokio::time::sleep(lease / 4).await;
+            let now = unix_now();
+            let due: Vec<Arc<Tracker>> = {
+                let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+                claimed.retain(|_, t| t.strong_count() > 0);
+                claimed
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .filter(|t| !t.lost.load(Ordering::Acquire))
+                    .filter(|t| t.until.load(Ordering::Acquire) - now < lease_secs / 2)
+                    .collect()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let store = Arc::clone(&self.store);
+            let renewed = tokio::task::spawn_blocking(move || {
+                for tracker in due {
+                    let until = now.saturating_add(lease_secs);
+                    match store.renew(&tracker.claim, until) {
+                        Ok(_) => tracker.until.store(until, Ordering::Release),
+                        Err(QueueError::LeaseLost(id)) => {
+                            tracker.lost.store(true, Ordering::Release);
+                            tracing::warn!(
+                                target: "relay",
+                                queue_id = %id,
+                                "{id}: lease lost: another node took the message over; what of it is not sent yet is left to that node"
+                            );
+                        }
+                        Err(e) => tracing::warn!(
+                            target: "relay",
+                            "{}: cannot renew the lease: {e}; trying again",
+                            tracker.claim.id
+                        ),
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = renewed {
+                tracing::error!(target: "relay", "lease renewal failed: {e}");
+            }
+        }
     }
 
     /// How long to sleep: until the next message is due, at most an hour (a store error is
@@ -355,7 +458,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
         let now = unix_now();
         let lease = Lease {
             owner: self.settings.owner.clone(),
-            until: now + Timestamp::try_from(LEASE.as_secs()).unwrap_or(3600),
+            until: now.saturating_add(
+                Timestamp::try_from(self.settings.lease.as_secs()).unwrap_or(Timestamp::MAX),
+            ),
         };
         let store = Arc::clone(&self.store);
         let busy = self.busy_domains();
@@ -405,9 +510,15 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let tracker = Arc::new(Tracker {
                 remaining: AtomicUsize::new(by_destination.len()),
                 results: Mutex::new((unroutable, Vec::new())),
+                until: AtomicI64::new(claim.lease.until),
+                lost: AtomicBool::new(false),
                 claim,
                 _slot: slot,
             });
+            self.claimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tracker.claim.id.clone(), Arc::downgrade(&tracker));
             if by_destination.is_empty() {
                 let this = Arc::clone(self);
                 tasks.spawn(async move { this.finish(tracker).await });
@@ -556,16 +667,22 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 break;
             }
             delivered = parts.len();
-            let deliveries = if self.stopping.load(Ordering::Acquire) {
+            // Parts of claims taken over by another node are not tried here.
+            let (live, lost): (Vec<Part>, Vec<Part>) = parts
+                .into_iter()
+                .partition(|p| !p.tracker.lost.load(Ordering::Acquire));
+            let untried = || Delivery::new(Vec::new(), Vec::new());
+            let deliveries = if self.stopping.load(Ordering::Acquire) || live.is_empty() {
                 // Shutting down: give the claim back untried (finish records nothing for it).
-                parts
-                    .iter()
-                    .map(|_| Delivery::new(Vec::new(), Vec::new()))
-                    .collect()
+                live.iter().map(|_| untried()).collect()
             } else {
-                self.attempt(&dest, &parts, &self.policy()).await
+                self.attempt(&dest, &live, &self.policy()).await
             };
-            for (part, delivery) in parts.into_iter().zip(deliveries) {
+            let results = live
+                .into_iter()
+                .zip(deliveries)
+                .chain(lost.into_iter().map(|p| (p, untried())));
+            for (part, delivery) in results {
                 let tracker = part.tracker;
                 if let Ok(mut results) = tracker.results.lock() {
                     results.0.extend(delivery.recipients);
@@ -580,16 +697,56 @@ impl<R: Resolver + 'static> Scheduler<R> {
         while finishing.join_next().await.is_some() {}
     }
 
-    /// An idle connection to `dest` left by an earlier job, if one is parked.
-    fn take_idle(&self, dest: &Destination) -> Option<Connection> {
+    /// An idle connection to `dest` left by an earlier job, if one is parked, with its slot.
+    fn take_idle(&self, dest: &Destination) -> Option<(Connection, Option<HeldSlot>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.remove(dest).map(|(_, c)| c)
+        idle.remove(dest).map(|(_, c, slot)| (c, slot))
+    }
+
+    /// A cluster-wide connection slot of `dest` ([`Store::take_connection_slot`],
+    /// `max_connections_per_destination` counted over every node sharing the store): waits,
+    /// polling, while all are held elsewhere. `None` when the store is not shared, or cannot
+    /// count (logged; this node's own limit holds meanwhile).
+    async fn connection_slot(&self, dest: &Destination) -> Result<Option<HeldSlot>, Stopping> {
+        let key = dest.hop.to_string();
+        let limit = self.settings.max_connections_per_destination.max(1);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (store, key2) = (Arc::clone(&self.store), key.clone());
+            let taken =
+                tokio::task::spawn_blocking(move || store.take_connection_slot(&key2, limit)).await;
+            match taken {
+                Ok(Ok(SlotTaken::NotShared)) => return Ok(None),
+                Ok(Ok(SlotTaken::Taken(slot))) => {
+                    return Ok(Some(HeldSlot {
+                        store: Arc::clone(&self.store),
+                        slot,
+                    }));
+                }
+                Ok(Ok(SlotTaken::Full)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "relay", "{key}: connection slots cannot be counted across nodes: {e}; this node's own limit applies");
+                    return Ok(None);
+                }
+                Err(_) => return Ok(None),
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(Stopping);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Keeps a reusable connection for the next job to `dest` for [`IDLE_TIME`] (RFC 5321
     /// §4.1.1.5: several transactions per connection), then closes it with QUIT. At most one
     /// per destination; none while shutting down.
-    async fn park(self: &Arc<Self>, dest: &Destination, connection: Connection) {
+    async fn park(
+        self: &Arc<Self>,
+        dest: &Destination,
+        connection: Connection,
+        slot: Option<HeldSlot>,
+    ) {
         if self.stopping.load(Ordering::Acquire) || !connection.is_reusable() {
             connection.close().await;
             return;
@@ -597,9 +754,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
         let generation = self.parked.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.insert(dest.clone(), (generation, connection))
+            idle.insert(dest.clone(), (generation, connection, slot))
         };
-        if let Some((_, old)) = replaced {
+        if let Some((_, old, _)) = replaced {
             old.close().await;
         }
         let this = Arc::clone(self);
@@ -609,11 +766,11 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let expired = {
                 let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
                 match idle.get(&dest) {
-                    Some((g, _)) if *g == generation => idle.remove(&dest),
+                    Some((g, _, _)) if *g == generation => idle.remove(&dest),
                     _ => None,
                 }
             };
-            if let Some((_, connection)) = expired {
+            if let Some((_, connection, _)) = expired {
                 connection.close().await;
             }
         });
@@ -623,7 +780,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
     async fn close_idle(&self) {
         let parked: Vec<Connection> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.drain().map(|(_, (_, c))| c).collect()
+            idle.drain().map(|(_, (_, c, _))| c).collect()
         };
         for connection in parked {
             connection.close().await;
@@ -694,7 +851,25 @@ impl<R: Resolver + 'static> Scheduler<R> {
             mta_sts,
         };
         let next_hop_name = dest.hop.name(&first_domain).clone();
-        let reuse = self.take_idle(dest);
+        let (reuse, slot) = match self.take_idle(dest) {
+            Some((connection, slot)) => (Some(connection), slot),
+            None => (None, None),
+        };
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None => match self.connection_slot(dest).await {
+                Ok(slot) => slot,
+                Err(Stopping) => {
+                    if let Some(connection) = reuse {
+                        connection.close().await;
+                    }
+                    return parts
+                        .iter()
+                        .map(|_| Delivery::new(Vec::new(), Vec::new()))
+                        .collect();
+                }
+            },
+        };
         let batch = deliver_batch(
             &route,
             &next_hop_name,
@@ -705,7 +880,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
         )
         .await;
         if let Some(connection) = batch.connection {
-            self.park(dest, connection).await;
+            self.park(dest, connection, slot).await;
         }
         if let Hop::Mx(domain, _) = &dest.hop {
             self.count_tls_sessions(domain, cfg.mta_sts.clone(), sts_failure, &batch.deliveries);
@@ -876,40 +1051,63 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 metrics::tls_handshake(tls.resumed);
             }
         }
-        self.notify_sender(claim, &outcomes, &expired_recipients, now)
+        let notices = self
+            .notices(claim, &outcomes, &expired_recipients, now)
             .await;
         let next = self.settings.retry.next_attempt(claim.arrival_time, now);
         let store = Arc::clone(&self.store);
         let claim = claim.clone();
+        let queued: Vec<QueueId> = notices.iter().map(|n| n.id.clone()).collect();
         let recorded = tokio::task::spawn_blocking(move || {
-            store.record_attempt(&claim, &outcomes, &attempts, next)?;
+            let notices: Vec<NewMessage<'_>> = notices.iter().map(Notice::as_new).collect();
+            store.record_attempt_and_notify(&claim, &outcomes, &attempts, next, &notices, now)?;
             store.complete(&claim).map(|_| ())
         })
         .await;
+        let id = &tracker.claim.id;
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         match recorded {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                for dsn in &queued {
+                    tracing::info!(
+                        target: "relay",
+                        queue_id = %id,
+                        "{id}: sender delivery status notification: {dsn}"
+                    );
+                }
+                if !queued.is_empty() {
+                    self.wake();
+                }
+            }
+            Ok(Err(QueueError::LeaseLost(_))) => tracing::warn!(
+                target: "relay",
+                queue_id = %id,
+                "{id}: lease lost: another node took the message over; this try is not recorded and its notifications are not sent (the other node's are)"
+            ),
             Ok(Err(e)) => tracing::error!(
                 target: "relay",
-                "{}: cannot record the delivery attempt: {e}; it will be tried again",
-                tracker.claim.id
+                "{id}: cannot record the delivery attempt: {e}; it will be tried again"
             ),
             Err(e) => tracing::error!(
                 target: "relay",
-                "{}: recording the delivery attempt failed: {e}; it will be tried again",
-                tracker.claim.id
+                "{id}: recording the delivery attempt failed: {e}; it will be tried again"
             ),
         }
     }
 
-    /// Queues the DSNs owed for this try (RFC 3461 §4.1 NOTIFY decides which): failures
-    /// (bounces and expiries) by default, successes when asked. Never to the null sender.
-    async fn notify_sender(
+    /// The DSNs owed for this try (RFC 3461 §4.1 NOTIFY decides which): failures (bounces
+    /// and expiries) by default, successes when asked. Never to the null sender. They are
+    /// queued with the try's record ([`Store::record_attempt_and_notify`]).
+    async fn notices(
         &self,
         claim: &Claim,
         outcomes: &[RecipientOutcome],
         expired: &[String],
         now: Timestamp,
-    ) {
+    ) -> Vec<Notice> {
         let failed: Vec<&RecipientOutcome> = outcomes
             .iter()
             .filter(|o| o.outcome == Fate::Bounced)
@@ -923,7 +1121,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
                     claim.id, o.address, o.reply
                 );
             }
-            return;
+            return Vec::new();
         }
         let wanted = |o: &&RecipientOutcome, action| dsn::wanted(&claim.dsn, &o.address, action);
         let failures: Vec<dsn::Reported<'_>> = failed
@@ -945,6 +1143,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 expired: false,
             })
             .collect();
+        let mut notices = Vec::new();
         for reported in [failures, successes] {
             if reported.is_empty() {
                 continue;
@@ -967,61 +1166,52 @@ impl<R: Resolver + 'static> Scheduler<R> {
                 original: &original,
                 now,
             };
-            let message = match dsn::build(&report) {
+            let body = match dsn::build(&report) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(target: "relay", "{}: cannot build a DSN: {e}", claim.id);
                     continue;
                 }
             };
-            let id = QueueId::generate();
             let Ok(envelope) = Envelope::new("", [claim.sender.clone()]) else {
                 tracing::error!(target: "relay", "{}: the sender cannot receive a DSN", claim.id);
                 continue;
             };
             // RFC 8689 §5: the DSN of a REQUIRETLS message is sent with REQUIRETLS too (from
             // the null sender, it still goes where REQUIRETLS cannot: see smtp::deliver).
-            let dsn_of_dsn = DsnParams {
+            let dsn = DsnParams {
                 tls_request: match claim.dsn.tls_request {
                     TlsRequest::Required => TlsRequest::Required,
                     _ => TlsRequest::Default,
                 },
                 ..DsnParams::default()
             };
-            let envelope = envelope.with_tls_request(dsn_of_dsn.tls_request);
-            let store = Arc::clone(&self.store);
-            let queued = id.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                store.accept(
-                    &NewMessage {
-                        id: &queued,
-                        envelope: &envelope,
-                        dsn: &dsn_of_dsn,
-                        body: &message,
-                    },
-                    now,
-                )
-            })
-            .await;
-            match stored {
-                Ok(Ok(())) => {
-                    tracing::info!(
-                        target: "relay",
-                        queue_id = %claim.id,
-                        "{}: sender delivery status notification: {id}",
-                        claim.id
-                    );
-                    self.wake();
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(target: "relay", "{}: cannot queue a DSN: {e}", claim.id)
-                }
-                Err(e) => tracing::error!(
-                    target: "relay",
-                    "{}: the queue writer failed while queuing a DSN: {e}",
-                    claim.id
-                ),
-            }
+            notices.push(Notice {
+                id: QueueId::generate(),
+                envelope: envelope.with_tls_request(dsn.tls_request),
+                dsn,
+                body,
+            });
+        }
+        notices
+    }
+}
+
+/// A delivery status notification to queue with the try that owes it.
+struct Notice {
+    id: QueueId,
+    envelope: Envelope,
+    dsn: DsnParams,
+    body: Vec<u8>,
+}
+
+impl Notice {
+    fn as_new(&self) -> NewMessage<'_> {
+        NewMessage {
+            id: &self.id,
+            envelope: &self.envelope,
+            dsn: &self.dsn,
+            body: &self.body,
         }
     }
 }

@@ -756,40 +756,62 @@ pub async fn run<T: TxtResolver, A: AddressSource>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
-        match Uploader::new(roots()) {
-            Ok(uploader) => {
-                let sender = Sender {
-                    txt: &txt,
-                    addresses: &addresses,
-                    uploader: &uploader,
-                    reporter: &reporter,
-                };
-                match send_due_reports(&store, &sender, SystemTime::now()).await {
-                    Ok(sent) => {
-                        for s in &sent {
-                            tracing::info!(target: "relay", "TLS-RPT report for {} of {}: {:?}", s.domain, s.day, s.outcome);
-                        }
-                        if sent.iter().any(|s| {
-                            matches!(
-                                &s.outcome,
-                                SendOutcome::Sent {
-                                    queued: Some(_),
-                                    ..
-                                }
-                            )
-                        }) {
-                            on_queued();
-                        }
-                    }
-                    Err(e) => tracing::warn!(target: "relay", "{e}"),
-                }
+        // Nodes sharing a queue count into the same counters; one of them sends the reports.
+        let leads = blocking(&store, |s| s.leads_cluster()).await;
+        match leads {
+            Ok(true) => send_due(&store, &txt, &addresses, &reporter, roots(), &on_queued).await,
+            Ok(false) => {
+                tracing::debug!(target: "relay", "TLS-RPT: another node sends the reports")
             }
-            Err(e) => tracing::warn!(target: "relay", "TLS-RPT: no HTTPS client: {e}"),
+            Err(e) => {
+                tracing::warn!(target: "relay", "TLS-RPT: cannot tell which node sends the reports: {e}")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(SEND_INTERVAL) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// One round of [`run`]: every finished day's reports not sent yet.
+async fn send_due<T: TxtResolver, A: AddressSource>(
+    store: &Arc<dyn Store>,
+    txt: &T,
+    addresses: &A,
+    reporter: &Reporter,
+    roots: Arc<RootCertStore>,
+    on_queued: &impl Fn(),
+) {
+    match Uploader::new(roots) {
+        Ok(uploader) => {
+            let sender = Sender {
+                txt,
+                addresses,
+                uploader: &uploader,
+                reporter,
+            };
+            match send_due_reports(store, &sender, SystemTime::now()).await {
+                Ok(sent) => {
+                    for s in &sent {
+                        tracing::info!(target: "relay", "TLS-RPT report for {} of {}: {:?}", s.domain, s.day, s.outcome);
+                    }
+                    if sent.iter().any(|s| {
+                        matches!(
+                            &s.outcome,
+                            SendOutcome::Sent {
+                                queued: Some(_),
+                                ..
+                            }
+                        )
+                    }) {
+                        on_queued();
+                    }
+                }
+                Err(e) => tracing::warn!(target: "relay", "{e}"),
+            }
+        }
+        Err(e) => tracing::warn!(target: "relay", "TLS-RPT: no HTTPS client: {e}"),
     }
 }
 

@@ -764,6 +764,7 @@ async fn requiretls_is_taken_over_starttls_stored_and_bounced_with_5_7_30_when_n
         max_claimed: 16,
         timeouts: smtp::Timeouts::uniform(Duration::from_secs(5)),
         owner: "test".into(),
+        lease: Duration::from_secs(120),
         dnssec: Err("no DNS in this test".into()),
     };
     let policy = relay::scheduler::Policy {

@@ -153,6 +153,7 @@ next_hop = "[{ip}]:{port}"
         max_claimed: 16,
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         owner: "test".into(),
+        lease: Duration::from_secs(120),
         dnssec: Err("no DNS in this test".into()),
     };
     let policy = Policy {

@@ -22,8 +22,8 @@ use danemta_lab::postgres::Postgres;
 use dns::DnsName;
 use relay::queue::postgres::{PgError, PgStore};
 use relay::queue::{
-    DsnParams, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState, Store,
-    StsPolicyRecord, TlsCountRecord,
+    DsnParams, LocalStore, NewMessage, QueueError, QueueId, QueueName, RecipientState, SlotTaken,
+    Store, StsPolicyRecord, TlsCountRecord,
 };
 use smtp::Envelope;
 use store::{attempt, body_of, envelope, lease, outcome, put};
@@ -101,6 +101,7 @@ suite!(
     a_large_queue_is_scanned_in_order,
     the_sts_policy_cache,
     tls_counters_add_up_and_reports_finish,
+    a_bounce_is_queued_with_the_record_of_its_attempt,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -387,6 +388,52 @@ fn a_node_that_lost_its_lease_changes_nothing(q: &Queue) {
     )
     .unwrap();
     assert!(live.complete(&new).unwrap());
+}
+
+/// A DSN as the scheduler makes one: from the null sender to the original sender.
+fn notice<'a>(id: &'a QueueId, envelope: &'a Envelope, body: &'a [u8]) -> NewMessage<'a> {
+    static DSN: DsnParams = DsnParams {
+        ret: None,
+        envid: None,
+        recipients: Vec::new(),
+        tls_request: smtp::TlsRequest::Default,
+    };
+    NewMessage {
+        id,
+        envelope,
+        dsn: &DSN,
+        body,
+    }
+}
+
+fn a_bounce_is_queued_with_the_record_of_its_attempt(q: &Queue) {
+    let store = q.open();
+    let id = put(&*store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
+    let claim = store.due(T0, 1, &lease("n1", T0 + 60)).unwrap().remove(0);
+    let (dsn_id, dsn_envelope) = (
+        QueueId::generate(),
+        Envelope::new("", ["alice@example.org"]).unwrap(),
+    );
+    let progress = store
+        .record_attempt_and_notify(
+            &claim,
+            &[outcome("b@example.com", "bounced", "550 no")],
+            &[attempt("verified")],
+            T0 + 900,
+            &[notice(&dsn_id, &dsn_envelope, b"the bounce")],
+            T0 + 1,
+        )
+        .unwrap();
+    assert_eq!((progress.bounced, progress.pending), (1, 0));
+    assert!(store.complete(&claim).unwrap());
+    let dsn = store.show(&dsn_id, T0 + 1).unwrap();
+    assert_eq!(dsn.sender, "");
+    assert_eq!(dsn.recipients[0].address, "alice@example.org");
+    assert_eq!(body_of(&*store, &dsn_id), b"the bounce");
+    assert!(matches!(
+        store.show(&id, T0 + 1),
+        Err(QueueError::NotFound(_))
+    ));
 }
 
 fn a_node_whose_message_was_finished_by_another_gets_not_found(q: &Queue) {
@@ -829,6 +876,16 @@ fn tls_counters_add_up_and_reports_finish(q: &Queue) {
     assert!(store.tls_counts(&d, day).unwrap().is_empty());
 }
 
+/// A store of one node has no slots to share.
+#[test]
+fn a_local_store_shares_no_slots() {
+    let q = local();
+    assert_eq!(
+        q.open().take_connection_slot("mx.example.com", 1).unwrap(),
+        SlotTaken::NotShared
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // What only the PostgreSQL store has.
 
@@ -837,6 +894,120 @@ mod postgres_only {
 
     fn database(url: &str) -> &str {
         url.rsplit('/').next().unwrap()
+    }
+
+    /// Exactly one node writes each bounce: a node whose lease was taken over queues no
+    /// DSN with its refused record (the notice is in the record's transaction).
+    #[test]
+    fn a_node_that_lost_its_lease_queues_no_bounce() {
+        let q = super::postgres();
+        let (stale, live) = (q.open(), q.open());
+        let id = put(&*stale, &envelope(&["b@example.com"]), b"x", T0).unwrap();
+        let old = stale
+            .due(T0, 1, &lease("stale", T0 + 60))
+            .unwrap()
+            .remove(0);
+        let new = live
+            .due(T0 + 61, 1, &lease("live", T0 + 600))
+            .unwrap()
+            .remove(0);
+        let (dsn_id, dsn_envelope) = (
+            QueueId::generate(),
+            Envelope::new("", ["alice@example.org"]).unwrap(),
+        );
+        let bounced = [outcome("b@example.com", "bounced", "550 no")];
+        let refused = stale.record_attempt_and_notify(
+            &old,
+            &bounced,
+            &[],
+            T0 + 900,
+            &[notice(&dsn_id, &dsn_envelope, b"stale bounce")],
+            T0 + 62,
+        );
+        assert!(matches!(refused, Err(QueueError::LeaseLost(ref i)) if *i == id));
+        assert!(matches!(
+            live.show(&dsn_id, T0 + 62),
+            Err(QueueError::NotFound(_))
+        ));
+        assert_eq!(
+            live.list(T0 + 62).unwrap().len(),
+            1,
+            "only the original is queued"
+        );
+        // The live holder's bounce is queued once.
+        let dsn2 = QueueId::generate();
+        live.record_attempt_and_notify(
+            &new,
+            &bounced,
+            &[],
+            T0 + 900,
+            &[notice(&dsn2, &dsn_envelope, b"live bounce")],
+            T0 + 62,
+        )
+        .unwrap();
+        assert!(live.complete(&new).unwrap());
+        let left: Vec<QueueId> = live
+            .list(T0 + 62)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.queue_id)
+            .collect();
+        assert_eq!(left, vec![dsn2]);
+    }
+
+    /// `max_connections_per_destination` across nodes: the slots of a destination are
+    /// shared by every node's handle; a node that goes away (its session ends) holds none.
+    #[test]
+    fn connection_slots_are_counted_across_nodes() {
+        let q = super::postgres();
+        let (a, b, c) = (q.open(), q.open(), q.open());
+        let take = |s: &dyn Store, d: &str| match s.take_connection_slot(d, 2).unwrap() {
+            SlotTaken::Taken(slot) => Some(slot),
+            SlotTaken::Full => None,
+            SlotTaken::NotShared => panic!("a shared store counts slots"),
+        };
+        let a1 = take(&*a, "mx.example.com").expect("a first slot");
+        let b1 = take(&*b, "mx.example.com").expect("a second slot");
+        assert_eq!(
+            take(&*c, "mx.example.com"),
+            None,
+            "two slots for three nodes"
+        );
+        assert_eq!(
+            take(&*a, "mx.example.com"),
+            None,
+            "a node's own slots count too"
+        );
+        assert!(
+            take(&*c, "other.example").is_some(),
+            "another destination has its own"
+        );
+        a.release_connection_slot(&a1).unwrap();
+        let c1 = take(&*c, "mx.example.com").expect("the slot given back");
+        // b goes away (a node killed: its session ends): its slot is free for the others.
+        drop(b);
+        let freed = (0..100).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            take(&*a, "mx.example.com")
+        });
+        assert!(freed.is_some(), "a gone node's slot is freed");
+        let _ = (b1, c1);
+    }
+
+    /// One node leads (sends the TLS-RPT reports) until it goes away; then another.
+    #[test]
+    fn one_node_leads_until_it_is_gone() {
+        let q = super::postgres();
+        let (a, b) = (q.open(), q.open());
+        assert!(a.leads_cluster().unwrap());
+        assert!(a.leads_cluster().unwrap(), "and goes on leading");
+        assert!(!b.leads_cluster().unwrap(), "one leader at a time");
+        drop(a);
+        let took_over = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            b.leads_cluster().unwrap()
+        });
+        assert!(took_over, "the next node leads once the leader is gone");
     }
 
     /// Nodes starting at the same moment migrate once; a schema from a newer build is

@@ -89,13 +89,14 @@
 //!   host is on loopback (or a Unix socket directory): mail does not cross a network in
 //!   the clear to its queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::{Cursor, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -111,9 +112,9 @@ use tokio_postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, 
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Claim, Lease, NewMessage, Progress, QueueEntry, QueueError, QueueId, QueueName, QueueStats,
-    RecipientState, RecipientView, Store, StsPolicyRecord, Timestamp, TlsCountRecord, name_of,
-    new_token,
+    Claim, ConnectionSlot, Lease, NewMessage, Progress, QueueEntry, QueueError, QueueId, QueueName,
+    QueueStats, RecipientState, RecipientView, SlotTaken, Store, StsPolicyRecord, Timestamp,
+    TlsCountRecord, name_of, new_token,
 };
 
 /// What can go wrong with the database, beyond the queue's own errors.
@@ -377,6 +378,36 @@ pub struct PgStore {
     pool: Pool,
     /// `host:port/database`, for messages (never the password).
     target: String,
+    /// The node's own session: it holds the node's connection slots and, if the node leads
+    /// the cluster, the leader's lock. Opened on first use.
+    node: Mutex<Option<NodeSession>>,
+    /// Node sessions opened so far (names each one).
+    node_sessions: AtomicU64,
+}
+
+/// The node's own session: its connection slots ([`Store::take_connection_slot`]) and its
+/// leadership ([`Store::leads_cluster`]) are session-level advisory locks, which PostgreSQL
+/// releases when the session ends, so a node that dies (or loses its connection) holds
+/// none. A session takes each lock once here (PostgreSQL would let it take one twice).
+struct NodeSession {
+    conn: Conn,
+    id: u64,
+    held: HashSet<(i32, i32)>,
+    leader: bool,
+}
+
+/// The advisory lock (one `bigint` key, a space apart from the slots' two `int` keys) of
+/// the cluster's leader. "dnmtlead" in ASCII.
+const LEADER_LOCK: i64 = 0x646e_6d74_6c65_6164;
+
+/// The advisory lock key of a destination's slots: FNV-1a of its name, the same on every
+/// node and in every build (two destinations sharing a key share their slots: a tighter
+/// limit, never a looser one).
+fn slot_key(destination: &str) -> i32 {
+    let hash = destination.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
 }
 
 impl std::fmt::Debug for PgStore {
@@ -400,9 +431,28 @@ impl PgStore {
     pub fn open_with(url: &str, options: &PgOptions) -> Result<Self, QueueError> {
         let (config, tls, target) = parse_url(url)?;
         let pool = Pool::new(config, tls, options)?;
-        let store = Self { pool, target };
+        let store = Self {
+            pool,
+            target,
+            node: Mutex::new(None),
+            node_sessions: AtomicU64::new(0),
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The node's session, opened (again) if it is not open.
+    fn node_session(&self) -> Result<MutexGuard<'_, Option<NodeSession>>, QueueError> {
+        let mut node = self.node.lock().map_err(|_| QueueError::Poisoned)?;
+        if node.as_ref().is_none_or(|s| s.conn.client.is_closed()) {
+            *node = Some(NodeSession {
+                conn: self.pool.connect()?,
+                id: self.node_sessions.fetch_add(1, Ordering::Relaxed) + 1,
+                held: HashSet::new(),
+                leader: false,
+            });
+        }
+        Ok(node)
     }
 
     /// `host:port/database`: where the store is (for logs; never the password).
@@ -490,52 +540,76 @@ fn attempts_of(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
+/// A message's row values, ready for [`insert_message`].
+struct MessageRow<'a> {
+    id: &'a QueueId,
+    sender: &'a str,
+    size: i64,
+    dsn: String,
+    body: &'a [u8],
+    recipients: Vec<String>,
+}
+
+impl<'a> MessageRow<'a> {
+    fn of(message: &NewMessage<'a>) -> Result<Self, QueueError> {
+        Ok(Self {
+            id: message.id,
+            sender: message.envelope.sender(),
+            size: i64::try_from(message.body.len()).unwrap_or(i64::MAX),
+            dsn: serde_json::to_string(message.dsn)?,
+            body: message.body,
+            recipients: message.envelope.recipients().to_vec(),
+        })
+    }
+}
+
+/// Queues a message in the transaction: its row (refused if the id exists), its body and
+/// its recipients, due at `now`.
+async fn insert_message<C: GenericClient>(
+    tx: &C,
+    statements: &mut Statements,
+    row: &MessageRow<'_>,
+    now: Timestamp,
+) -> Result<(), QueueError> {
+    let id = row.id.as_str();
+    let insert = statements
+        .get(
+            tx,
+            "INSERT INTO messages (id, sender, arrival, size, dsn) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    let inserted = tx
+        .execute(&insert, &[&id, &row.sender, &now, &row.size, &row.dsn])
+        .await?;
+    if inserted == 0 {
+        return Err(QueueError::Exists(row.id.clone()));
+    }
+    let stmt = statements
+        .get(tx, "INSERT INTO bodies (message, body) VALUES ($1, $2)")
+        .await?;
+    tx.execute(&stmt, &[&id, &row.body]).await?;
+    let stmt = statements
+        .get(
+            tx,
+            "INSERT INTO recipients (message, position, address, next_attempt) \
+             SELECT $1, (n - 1)::integer, a, $3 \
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(a, n)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&id, &row.recipients, &now]).await?;
+    Ok(())
+}
+
 impl Store for PgStore {
     /// One transaction: the message row (refused if the id exists), its body and its
     /// recipients; durable when it returns (module documentation).
     fn accept(&self, message: &NewMessage<'_>, now: Timestamp) -> Result<(), QueueError> {
-        let NewMessage {
-            id,
-            envelope,
-            dsn,
-            body,
-        } = *message;
-        let dsn = serde_json::to_string(dsn)?;
-        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
-        let recipients = envelope.recipients().to_vec();
+        let row = MessageRow::of(message)?;
         self.pool.run(async |conn| {
             let Conn { client, statements } = conn;
             let tx = client.transaction().await?;
-            let insert = statements
-                .get(
-                    &tx,
-                    "INSERT INTO messages (id, sender, arrival, size, dsn) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-                )
-                .await?;
-            let inserted = tx
-                .execute(
-                    &insert,
-                    &[&id.as_str(), &envelope.sender(), &now, &size, &dsn],
-                )
-                .await?;
-            if inserted == 0 {
-                return Err(QueueError::Exists(id.clone()));
-            }
-            let stmt = statements
-                .get(&tx, "INSERT INTO bodies (message, body) VALUES ($1, $2)")
-                .await?;
-            tx.execute(&stmt, &[&id.as_str(), &body]).await?;
-            let stmt = statements
-                .get(
-                    &tx,
-                    "INSERT INTO recipients (message, position, address, next_attempt) \
-                     SELECT $1, (n - 1)::integer, a, $3 \
-                     FROM unnest($2::text[]) WITH ORDINALITY AS t(a, n)",
-                )
-                .await?;
-            tx.execute(&stmt, &[&id.as_str(), &recipients, &now])
-                .await?;
+            insert_message(&tx, statements, &row, now).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -623,8 +697,6 @@ impl Store for PgStore {
         })
     }
 
-    /// One transaction holding the message's row lock from the lease check to the commit
-    /// (at `synchronous_commit = off`): nothing is written without the lease.
     fn record_attempt(
         &self,
         claim: &Claim,
@@ -632,6 +704,27 @@ impl Store for PgStore {
         attempts: &[Attempt],
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError> {
+        self.record_attempt_and_notify(claim, outcomes, attempts, next_attempt, &[], 0)
+    }
+
+    /// One transaction holding the message's row lock from the lease check to the commit
+    /// (at `synchronous_commit = off`): nothing is written without the lease, the notices
+    /// included. A commit lost in a database crash loses the record and the notices
+    /// together (the try is made again); a later durable commit, such as
+    /// [`Store::complete`]'s, makes it durable.
+    fn record_attempt_and_notify(
+        &self,
+        claim: &Claim,
+        outcomes: &[RecipientOutcome],
+        attempts: &[Attempt],
+        next_attempt: Timestamp,
+        notices: &[NewMessage<'_>],
+        now: Timestamp,
+    ) -> Result<Progress, QueueError> {
+        let notices: Vec<MessageRow<'_>> = notices
+            .iter()
+            .map(MessageRow::of)
+            .collect::<Result<_, _>>()?;
         let history: Vec<String> = attempts
             .iter()
             .map(serde_json::to_string)
@@ -659,6 +752,9 @@ impl Store for PgStore {
             let tx = client.transaction().await?;
             relaxed(&tx).await?;
             check_lease(&tx, statements, claim).await?;
+            for notice in &notices {
+                insert_message(&tx, statements, notice, now).await?;
+            }
             let id = claim.id.as_str();
             if !history.is_empty() {
                 let stmt = statements.get(&tx, RECORD_ATTEMPTS).await?;
@@ -693,6 +789,118 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(progress)
         })
+    }
+
+    /// The first free slot among `pg_try_advisory_lock(key, 0 … limit - 1)` on the node's
+    /// session (one round trip per slot tried; never waits for a lock). A failure drops
+    /// the session, and with it every slot it held.
+    fn take_connection_slot(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<SlotTaken, QueueError> {
+        let key = slot_key(destination);
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX).max(1);
+        let mut slots = self.node_session()?;
+        let Some(session) = slots.as_mut() else {
+            return Err(QueueError::Internal("no node session"));
+        };
+        let NodeSession { conn, id, held, .. } = session;
+        let tried = block_on(
+            async {
+                let stmt = conn
+                    .statements
+                    .get(&conn.client, "SELECT pg_try_advisory_lock($1, $2)")
+                    .await?;
+                for index in (0..limit).filter(|i| !held.contains(&(key, *i))) {
+                    if conn.client.query_one(&stmt, &[&key, &index]).await?.get(0) {
+                        return Ok(Some(index));
+                    }
+                }
+                Ok::<_, tokio_postgres::Error>(None)
+            },
+            self.pool.timeout,
+        );
+        match flatten(tried) {
+            Ok(Some(index)) => {
+                held.insert((key, index));
+                Ok(SlotTaken::Taken(ConnectionSlot {
+                    key,
+                    index,
+                    session: *id,
+                }))
+            }
+            Ok(None) => Ok(SlotTaken::Full),
+            Err(e) => {
+                *slots = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// `pg_advisory_unlock` on the session that took the slot; a slot of an earlier session
+    /// is gone already.
+    fn release_connection_slot(&self, slot: &ConnectionSlot) -> Result<(), QueueError> {
+        let mut slots = self.node.lock().map_err(|_| QueueError::Poisoned)?;
+        let Some(session) = slots.as_mut() else {
+            return Ok(());
+        };
+        if session.id != slot.session || !session.held.remove(&(slot.key, slot.index)) {
+            return Ok(());
+        }
+        let conn = &mut session.conn;
+        let released = block_on(
+            async {
+                let stmt = conn
+                    .statements
+                    .get(&conn.client, "SELECT pg_advisory_unlock($1, $2)")
+                    .await?;
+                conn.client
+                    .query_one(&stmt, &[&slot.key, &slot.index])
+                    .await
+                    .map(|_| ())
+            },
+            self.pool.timeout,
+        );
+        let released = flatten(released);
+        if released.is_err() {
+            *slots = None;
+        }
+        released
+    }
+
+    /// `pg_try_advisory_lock` of [`LEADER_LOCK`] on the node's session, asked until this
+    /// node gets it; then held until the session ends (the node dies, or loses the
+    /// database), when the next node to ask takes over.
+    fn leads_cluster(&self) -> Result<bool, QueueError> {
+        let mut node = self.node_session()?;
+        let Some(session) = node.as_mut() else {
+            return Err(QueueError::Internal("no node session"));
+        };
+        if session.leader {
+            return Ok(true);
+        }
+        let conn = &session.conn;
+        let got = flatten(block_on(
+            async {
+                let row = conn
+                    .client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                    .await?;
+                Ok::<bool, tokio_postgres::Error>(row.get(0))
+            },
+            self.pool.timeout,
+        ));
+        match got {
+            Ok(leader) => {
+                session.leader = leader;
+                Ok(leader)
+            }
+            Err(e) => {
+                *node = None;
+                Err(e)
+            }
+        }
     }
 
     /// The lease check and the new expiry in one transaction (durable commit).
@@ -1440,6 +1648,11 @@ impl Wake for Unpark {
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.unpark();
     }
+}
+
+/// The result of a [`block_on`] of a client call, as a queue error.
+fn flatten<T>(r: Result<Result<T, tokio_postgres::Error>, PgError>) -> Result<T, QueueError> {
+    r.map_err(QueueError::from)?.map_err(QueueError::from)
 }
 
 /// Polls `future` on this thread until it is ready or `limit` has passed. Needs no runtime:
