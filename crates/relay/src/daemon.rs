@@ -432,13 +432,20 @@ fn reload<R: dns::Resolver + 'static>(
     }
 }
 
-/// Queue size and oldest message age, for the metrics.
+/// Queue size and oldest message age (the whole queue's, on every node sharing it), and
+/// whether this node leads, for the metrics.
 async fn record_queue(store: &Arc<dyn Store>) {
     let store = Arc::clone(store);
     let now = unix_now();
-    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
-        let oldest = stats.oldest_arrival.unwrap_or(now);
-        metrics::queue(stats.messages, u64::try_from(now - oldest).unwrap_or(0));
+    let read = tokio::task::spawn_blocking(move || (store.stats(), store.leads_cluster())).await;
+    if let Ok((stats, leads)) = read {
+        if let Ok(stats) = stats {
+            let oldest = stats.oldest_arrival.unwrap_or(now);
+            metrics::queue(stats.messages, u64::try_from(now - oldest).unwrap_or(0));
+        }
+        if let Ok(leads) = leads {
+            metrics::leader(leads);
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `danemta_retries_total` | counter | |
 //! | `danemta_queue_messages` | gauge | |
 //! | `danemta_queue_oldest_age_seconds` | gauge | |
+//! | `danemta_cluster_leader` | gauge | |
 //! | `danemta_smtp_sessions_total` | counter | `listener` (`smtp`, `submission`, `submissions`) |
 //! | `danemta_smtp_rejections_total` | counter | `reason` (`relay-denied`, `auth-failed`, `too-big`, `other`) |
 //! | `danemta_messages_accepted_total` | counter | |
@@ -24,6 +25,11 @@
 //! | `danemta_dns_cache_requests_total` | counter | `result` (`hit`, `miss`) |
 //!
 //! The two DNS counters are recorded by `danemta-dns` (see [`dns::resolver::describe_metrics`]).
+//!
+//! Nodes sharing a queue (`[queue] store = "postgres"`): counters are each node's own work
+//! (sum them over the nodes); the two queue gauges are the whole queue's, the same on every
+//! node (take one, or `max`, never the sum); `danemta_cluster_leader` is 1 on the node that
+//! sends the TLS-RPT reports ([`crate::queue::Store::leads_cluster`]), 0 on the others.
 
 use std::net::SocketAddr;
 
@@ -43,6 +49,8 @@ pub const RETRIES: &str = "danemta_retries_total";
 pub const QUEUE_MESSAGES: &str = "danemta_queue_messages";
 /// Gauge: age in seconds of the oldest queued message.
 pub const QUEUE_OLDEST_AGE: &str = "danemta_queue_oldest_age_seconds";
+/// Gauge: 1 on the node that leads the nodes sharing the queue, else 0.
+pub const CLUSTER_LEADER: &str = "danemta_cluster_leader";
 /// Counter: SMTP sessions opened, by listener mode.
 pub const SESSIONS: &str = "danemta_smtp_sessions_total";
 /// Counter: commands rejected by a listener, by reason.
@@ -136,6 +144,10 @@ fn describe() {
         QUEUE_OLDEST_AGE,
         Unit::Seconds,
         "Age of the oldest message in the queue"
+    );
+    describe_gauge!(
+        CLUSTER_LEADER,
+        "1 on the node that sends the TLS-RPT reports for the nodes sharing the queue"
     );
     describe_counter!(
         SESSIONS,
@@ -346,6 +358,11 @@ pub fn queue(messages: u64, oldest_age_seconds: u64) {
     }
 }
 
+/// Whether this node leads the nodes sharing the queue.
+pub fn leader(leads: bool) {
+    gauge!(CLUSTER_LEADER).set(if leads { 1.0 } else { 0.0 });
+}
+
 /// A session opened on a listener of `mode` (`smtp`, `submission` or `submissions`; any
 /// other value counts as `other`).
 pub fn session(mode: &'static str) {
@@ -464,6 +481,7 @@ mod tests {
             dane_failure(Rule::DaneAuth);
             retry();
             queue(7, 3600);
+            leader(true);
             session("submission");
             rejection(Rejection::RelayDenied);
             accepted(1000);
@@ -507,6 +525,7 @@ mod tests {
             &DebugValue::Counter(2)
         );
         assert_eq!(value(QUEUE_MESSAGES, &[]), &DebugValue::Gauge(7.0.into()));
+        assert_eq!(value(CLUSTER_LEADER, &[]), &DebugValue::Gauge(1.0.into()));
         assert_eq!(
             value(QUEUE_OLDEST_AGE, &[]),
             &DebugValue::Gauge(3600.0.into())
@@ -526,10 +545,10 @@ mod tests {
             &DebugValue::Counter(0)
         );
         // Every series is of a closed set: 4×5 deliveries, a series per rule, 3 listeners,
-        // 6 rejections, 3 unlabelled counters, 2 gauges, 4 + 2 DNS series, 2 TLS handshakes.
+        // 6 rejections, 3 unlabelled counters, 3 gauges, 4 + 2 DNS series, 2 TLS handshakes.
         assert_eq!(
             values.len(),
-            20 + Rule::ALL.len() + 3 + 6 + 3 + 2 + 4 + 2 + 2
+            20 + Rule::ALL.len() + 3 + 6 + 3 + 3 + 4 + 2 + 2
         );
     }
 }
