@@ -50,6 +50,9 @@
 //!   delivery it no longer owns. A message deleted meanwhile is [`QueueError::NotFound`]. As
 //!   in the local store, an expired lease nobody has taken over is still its holder's: the
 //!   token is the proof of ownership, the expiry only says when others may take it.
+//! * [`Store::record_attempt_and_notify`] inserts the delivery status notifications a try
+//!   owes in the record's transaction, after the lease check: a node that lost its lease
+//!   queues none, and a crash queues all or none, so exactly one node writes each bounce.
 //! * Operator actions (`hold`, `release`, `delete`, `flush`) need no lease (each one
 //!   statement, or one transaction), as in the local store.
 //!
@@ -59,6 +62,23 @@
 //! a node still holding it then gets `LeaseLost`), never a lost message. Removing a finished
 //! message ([`Store::complete`]) is a durable commit, and WAL order makes everything before it
 //! durable too.
+//!
+//! # The node's session: connection slots and the leader
+//!
+//! Besides the pool, each store opens one session of its own on first use, and holds
+//! session-level advisory locks on it, which PostgreSQL releases when the session ends (a
+//! node killed, or cut off): nothing a dead node held needs a timeout to expire.
+//!
+//! * [`Store::take_connection_slot`]: slot `i` of a destination is the lock `(key, i)`, `key`
+//!   a 32-bit FNV-1a hash of the destination's next hop, `i` below
+//!   `max_connections_per_destination`; a node tries them in order with
+//!   `pg_try_advisory_lock` (never waiting) and holds the first it gets while its connection
+//!   is open. So the limit holds across the nodes. If the session is lost (a database
+//!   restart), every slot is gone with it and the nodes count afresh: for a moment the nodes'
+//!   connections may exceed the limit, never for longer.
+//! * [`Store::leads_cluster`]: the node holding the lock `LEADER_LOCK` (one `bigint` key) leads (it sends the
+//!   TLS-RPT reports, whose counters every node adds to); the first node to ask gets it and
+//!   keeps it while its session lives.
 //!
 //! # Connections
 //!
@@ -869,7 +889,7 @@ impl Store for PgStore {
         released
     }
 
-    /// `pg_try_advisory_lock` of [`LEADER_LOCK`] on the node's session, asked until this
+    /// `pg_try_advisory_lock` of `LEADER_LOCK` on the node's session, asked until this
     /// node gets it; then held until the session ends (the node dies, or loses the
     /// database), when the next node to ask takes over.
     fn leads_cluster(&self) -> Result<bool, QueueError> {
