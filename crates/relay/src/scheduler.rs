@@ -149,6 +149,8 @@ pub struct Scheduler<R> {
     mta_sts: RwLock<Option<Arc<MtaSts<R>>>>,
     /// The claims being worked on, for their lease renewals.
     claimed: Mutex<HashMap<QueueId, Weak<Tracker>>>,
+    /// Set once the store said it counts no connection slots (it is not shared).
+    unshared: AtomicBool,
 }
 
 /// A parked connection: its generation, the connection, its cluster-wide slot.
@@ -281,6 +283,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             parked: AtomicU64::new(0),
             sessions: Arc::new(smtp::SessionCache::default()),
             claimed: Mutex::new(HashMap::new()),
+            unshared: AtomicBool::new(false),
             settings,
         }
     }
@@ -708,6 +711,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// polling, while all are held elsewhere. `None` when the store is not shared, or cannot
     /// count (logged; this node's own limit holds meanwhile).
     async fn connection_slot(&self, dest: &Destination) -> Result<Option<HeldSlot>, Stopping> {
+        if self.unshared.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let key = dest.hop.to_string();
         let limit = self.settings.max_connections_per_destination.max(1);
         let mut pause = Duration::from_millis(50);
@@ -716,7 +722,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let taken =
                 tokio::task::spawn_blocking(move || store.take_connection_slot(&key2, limit)).await;
             match taken {
-                Ok(Ok(SlotTaken::NotShared)) => return Ok(None),
+                Ok(Ok(SlotTaken::NotShared)) => {
+                    self.unshared.store(true, Ordering::Relaxed);
+                    return Ok(None);
+                }
                 Ok(Ok(SlotTaken::Taken(slot))) => {
                     return Ok(Some(HeldSlot {
                         store: Arc::clone(&self.store),
