@@ -69,6 +69,37 @@
 //! Exits non-zero when a relay fails to take or deliver every message within
 //! `DELIVERY_TIMEOUT`, printing why (its log tail), or delivers without a DANE-verified
 //! connection in its log.
+//!
+//! # The shared store (`RELAY_BENCH_STORE=postgres`, issue 14)
+//!
+//! `bash scripts/bench.sh relay --store postgres` (which sets `RELAY_BENCH_STORE=postgres`)
+//! measures what the PostgreSQL queue (`[queue] store = "postgres"`) costs: the same cases,
+//! phases, load, receiver and table, but the systems are
+//! * `danemta local`: one `danemta serve` on its local store (spool files + SQLite), exactly
+//!   as the default mode runs it: the baseline, measured in the same run;
+//! * `danemta pg xK` for every K of `RELAY_BENCH_NODES` (default `1,2,3`, at most 8): K
+//!   `danemta serve` nodes sharing one queue in one PostgreSQL database, each with its own
+//!   lab address (listener and metrics), config file, `queue.dir` and log, and the same `url`.
+//!
+//! Postfix is not run in this mode. One lab PostgreSQL server (`danemta_lab::postgres`) is
+//! started for the whole run, with `fsync = on` (the lab's default is off; the benchmark keeps
+//! production durability) and every other setting as the lab helper makes it (PostgreSQL's
+//! defaults, `synchronous_commit = on` among them; `shared_buffers = 32MB`); its data lives on
+//! the same file system as the local store's spool. The settings in force are printed. Each
+//! `danemta pg xK` of each case gets a fresh database (`Postgres::create_database`).
+//!
+//! Every node is started with `[delivery] paused = true`; phase 2 rewrites every node's
+//! config to `paused = false` and sends each a SIGHUP. The client spreads its sessions over
+//! the nodes' listeners round-robin (session k talks to node k mod K; a session takes the
+//! next message as soon as it is done with one, so a faster node takes more). Receipts are
+//! counted at the one receiver, as in the default mode. RSS, PSS and CPU are sums over the
+//! nodes (RSS: the sum of each node's `VmHWM`; PSS: the sum of each node's sampled peak, so
+//! never below the peak of the sum; CPU: the sum of the nodes' utime + stime), without the
+//! database server, whose own CPU seconds per 1,000 messages and peak PSS (the postmaster and
+//! its children: background processes, autovacuum workers, the nodes' backends) are printed
+//! below each table, with the transactions and WAL bytes per message of the database, the
+//! `WARN`/`ERROR` lines of the nodes' logs and the notable lines of the server's log. Ratios are
+//! against `danemta local`.
 
 #[path = "relay_vs_postfix/measure.rs"]
 mod measure;
@@ -80,11 +111,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use danemta_lab::pki::{TestCert, tlsa_3_1_1};
+use danemta_lab::postgres::{Postgres, PostgresSpec};
 use danemta_lab::smtp::{Receiver, ReceiverSpec};
 use danemta_lab::{Lab, LabAddr, ZoneSpec};
 use measure::{MemSampler, ReceiverLog, ReceiverLogWatch, Watched};
@@ -100,6 +132,10 @@ const DEFAULT_SIZES: &str = "2k,100k";
 const DEFAULT_DESTINATIONS: &str = "20,1";
 /// Most destinations the lab zone has.
 const MAX_DESTINATIONS: usize = 20;
+/// Node counts of the shared-store mode unless `RELAY_BENCH_NODES` says otherwise.
+const DEFAULT_NODES: &str = "1,2,3";
+/// Most nodes sharing one queue.
+const MAX_NODES: usize = 8;
 /// Messages larger than this are sent `LARGE_DIVISOR` times fewer.
 const LARGE_BYTES: usize = 16 * 1024;
 const LARGE_DIVISOR: usize = 4;
@@ -235,15 +271,25 @@ struct Danemta {
 }
 
 impl Danemta {
-    fn start(lab: &Lab, dir: &Path, client: Ipv4Addr) -> Result<Danemta, String> {
+    /// Starts a daemon whose config, queue and log are in `home`, named `hostname`; on the
+    /// local store, or on the shared one at `url`.
+    fn start(
+        lab: &Lab,
+        home: &Path,
+        hostname: &str,
+        client: Ipv4Addr,
+        url: Option<&str>,
+    ) -> Result<Danemta, String> {
         let addr = lab.claim_addr().map_err(|e| e.to_string())?;
         let listen = SocketAddr::new(IpAddr::V4(addr.ip()), RELAY_PORT);
-        let home = dir.join("danemta");
-        fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        fs::create_dir_all(home).map_err(|e| e.to_string())?;
         let config = home.join("danemta.toml");
+        let store = url.map_or(String::new(), |url| {
+            format!("store = \"postgres\"\nurl = \"{url}\"\n")
+        });
         let text = format!(
             r#"[server]
-hostname = "relay-danemta.bench.test"
+hostname = "{hostname}"
 relay_networks = ["{client}/32"]
 [[server.listen]]
 address = "{listen}"
@@ -252,7 +298,7 @@ mode = "smtp"
 resolver = "trust-ad@{resolver}"
 [queue]
 dir = "{queue}"
-[delivery]
+{store}[delivery]
 policy = "dane"
 port = 25
 paused = true
@@ -672,7 +718,8 @@ fn message(tag: &str, i: usize, destinations: usize, body: &str) -> String {
 
 /// What the sessions of one run share.
 struct Load {
-    relay: SocketAddr,
+    /// The relay's listeners (several: nodes sharing a queue); session k uses k mod len.
+    relays: Vec<SocketAddr>,
     from: Ipv4Addr,
     tag: String,
     n: usize,
@@ -683,9 +730,11 @@ struct Load {
     accepted_at: Mutex<Vec<f64>>,
 }
 
-/// One session: takes message numbers until `n`, one transaction each.
-async fn session(load: Arc<Load>) -> Result<usize, String> {
-    let mut c = Conn::open(load.relay, load.from).await?;
+/// Session `k`: takes message numbers until `n`, one transaction each, on listener k mod
+/// the number of listeners.
+async fn session(load: Arc<Load>, k: usize) -> Result<usize, String> {
+    let relay = load.relays[k % load.relays.len()];
+    let mut c = Conn::open(relay, load.from).await?;
     c.expect(220, "greeting").await?;
     c.command("EHLO client.bench.test", 250).await?;
     let mut sent = 0;
@@ -761,20 +810,29 @@ struct Outcome {
     peak_kib: u64,
     /// Largest sampled sum of `Pss` over the relay's processes, KiB.
     peak_pss_kib: u64,
+    /// What the database server of a shared store spent meanwhile.
+    server: Option<ServerCost>,
 }
 
-/// Submits messages `0..n` tagged `tag` to `relay` over `sessions`; how long it took
-/// and when each `250` after DATA came (epoch seconds).
+/// The database server's share of a run (all phases).
+struct ServerCost {
+    cpu_seconds: f64,
+    /// Largest sampled sum of `Pss` over the server's processes, KiB.
+    peak_pss_kib: u64,
+}
+
+/// Submits messages `0..n` tagged `tag` to `relays` (round-robin) over `sessions`; how long
+/// it took and when each `250` after DATA came (epoch seconds).
 fn submit(
     rt: &tokio::runtime::Runtime,
-    relay: SocketAddr,
+    relays: &[SocketAddr],
     client: Ipv4Addr,
     tag: &str,
     case: Case,
     n: usize,
 ) -> Result<(Duration, Vec<f64>), String> {
     let load = Arc::new(Load {
-        relay,
+        relays: relays.to_vec(),
         from: client,
         tag: tag.to_owned(),
         n,
@@ -786,7 +844,7 @@ fn submit(
     let start = Instant::now();
     let results = rt.block_on(async {
         let tasks: Vec<_> = (0..case.sessions)
-            .map(|_| tokio::spawn(session(load.clone())))
+            .map(|k| tokio::spawn(session(load.clone(), k)))
             .collect();
         let mut results = Vec::new();
         for t in tasks {
@@ -856,16 +914,19 @@ fn receipts(
     Ok((last, latencies))
 }
 
-/// Runs the three phases against `relay` (whose processes are `watched`), started with
+/// Runs the three phases against `relays` (one relay's listener, or those of nodes sharing a
+/// queue; their processes are `watched`, CPU and memory summed over them), started with
 /// deliveries paused: (1) submit the case's N messages and time the `250`s; (2) `resume` and
 /// time the delivery of the full queue; (3) submit N/2 more with deliveries running and
-/// measure each one's latency from `250` to receipt.
+/// measure each one's latency from `250` to receipt. `server`: the processes of a database
+/// the relay uses, measured apart.
 #[allow(clippy::too_many_arguments)]
 fn run(
     ctx: &Ctx<'_>,
     tag: &str,
-    relay: SocketAddr,
-    watched: Watched,
+    relays: &[SocketAddr],
+    watched: &[Watched],
+    server: Option<ServerProcs>,
     case: Case,
     resume: &dyn Fn() -> Result<(), String>,
 ) -> Result<Outcome, String> {
@@ -877,11 +938,14 @@ fn run(
             &format!("{tag}."),
         ))
     };
-    let mem = MemSampler::start(watched);
-    let cpu0 = watched.cpu_ticks();
+    let cpu_ticks = || watched.iter().map(|w| w.cpu_ticks()).sum::<u64>();
+    let mems: Vec<MemSampler> = watched.iter().map(|&w| MemSampler::start(w)).collect();
+    let server_mem = server.map(ServerSampler::start);
+    let server_cpu0 = server.map(ServerProcs::cpu_ticks);
+    let cpu0 = cpu_ticks();
     let phases = || -> Result<_, String> {
         let log = watch(&tag);
-        let (accepted, _) = submit(ctx.rt, relay, ctx.client, &tag, case, case.n)?;
+        let (accepted, _) = submit(ctx.rt, relays, ctx.client, &tag, case, case.n)?;
         let resumed = measure::now();
         resume()?;
         let received = delivered(log, case.n, &tag)?;
@@ -889,7 +953,7 @@ fn run(
         let live_n = (case.n / 2).max(1);
         let log = watch(&live_tag);
         let live_start = measure::now();
-        let (_, at) = submit(ctx.rt, relay, ctx.client, &live_tag, case, live_n)?;
+        let (_, at) = submit(ctx.rt, relays, ctx.client, &live_tag, case, live_n)?;
         let received = delivered(log, live_n, &live_tag)?;
         let (live_last, latencies) = receipts(&received, &live_tag, &at)?;
         Ok((
@@ -901,8 +965,19 @@ fn run(
         ))
     };
     let result = phases();
-    let cpu1 = watched.cpu_ticks();
-    let (peak_kib, peak_pss_kib) = mem.stop();
+    let cpu1 = cpu_ticks();
+    let server_cpu1 = server.map(ServerProcs::cpu_ticks);
+    let (peak_kib, peak_pss_kib) = mems
+        .into_iter()
+        .map(MemSampler::stop)
+        .fold((0, 0), |(h, p), (h1, p1)| (h + h1, p + p1));
+    let server = server_mem.map(|mem| ServerCost {
+        cpu_seconds: server_cpu1
+            .unwrap_or(0)
+            .saturating_sub(server_cpu0.unwrap_or(0)) as f64
+            / ctx.ticks,
+        peak_pss_kib: mem.stop(),
+    });
     let (accepted, delivered, live_n, live, latencies) = result?;
     Ok(Outcome {
         accepted,
@@ -913,6 +988,7 @@ fn run(
         cpu_seconds: cpu1.saturating_sub(cpu0) as f64 / ctx.ticks,
         peak_kib,
         peak_pss_kib,
+        server,
     })
 }
 
@@ -922,8 +998,10 @@ struct Row {
     evidence: Option<String>,
     /// `Verified TLS connection established` lines in the relay's log.
     connections: usize,
-    /// danemta's TLS handshakes (full, resumed), from its metrics.
+    /// danemta's TLS handshakes (full, resumed), from its metrics (summed over nodes).
     handshakes: Option<(u64, u64)>,
+    /// The shared store's database, for nodes sharing a queue.
+    store: Option<StoreReport>,
 }
 
 impl Row {
@@ -934,18 +1012,41 @@ impl Row {
             evidence: None,
             connections: 0,
             handshakes: None,
+            store: None,
         }
     }
 
     fn from_log(name: &'static str, outcome: Result<Outcome, String>, log: &Path) -> Row {
+        Row::from_logs(name, outcome, &[log.to_owned()])
+    }
+
+    /// From the logs of a relay's nodes: the first verified line of any, the sum of the counts.
+    fn from_logs(name: &'static str, outcome: Result<Outcome, String>, logs: &[PathBuf]) -> Row {
         Row {
             name,
             outcome,
-            evidence: first_line_with(log, VERIFIED),
-            connections: count_lines_with(log, VERIFIED),
+            evidence: logs.iter().find_map(|log| first_line_with(log, VERIFIED)),
+            connections: logs.iter().map(|log| count_lines_with(log, VERIFIED)).sum(),
             handshakes: None,
+            store: None,
         }
     }
+}
+
+/// What the database of a shared queue saw during one system's run, and what its nodes and
+/// server logged.
+#[derive(Default)]
+struct StoreReport {
+    /// `pg_stat_database` of the run's database: (xact_commit, xact_rollback, deadlocks).
+    transactions: Option<(u64, u64, u64)>,
+    /// WAL the server wrote during the run, bytes.
+    wal_bytes: Option<u64>,
+    /// Per node with `WARN`/`ERROR` lines in its log: how many, and the first.
+    node_problems: Vec<String>,
+    /// Lines the server logged during the run, by severity (`ERROR`, `FATAL`, `WARNING`, `LOG`…).
+    server_log: Vec<(String, usize)>,
+    /// The first few lines the server logged during the run other than `LOG`.
+    server_examples: Vec<String>,
 }
 
 /// danemta's outgoing TLS handshakes so far, (full, resumed), read from its Prometheus
@@ -970,6 +1071,8 @@ fn handshakes(metrics: SocketAddr) -> Option<(u64, u64)> {
 }
 
 const DANEMTA: &str = "danemta serve";
+/// The baseline of the shared-store mode: danemta on its local store.
+const DANEMTA_LOCAL: &str = "danemta local";
 const POSTFIX_DEFAULT: &str = "Postfix defaults";
 const POSTFIX_TUNED: &str = "Postfix tuned";
 
@@ -1045,15 +1148,50 @@ fn cases() -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
+/// What the run compares.
+#[derive(Clone, Debug)]
+enum Mode {
+    /// danemta against Postfix, its defaults and tuned (the default).
+    Postfix,
+    /// danemta on its local store against 1, 2, 3… nodes sharing a queue on PostgreSQL
+    /// (`RELAY_BENCH_STORE=postgres`; `RELAY_BENCH_NODES`, default `1,2,3`).
+    Shared { nodes: Vec<usize> },
+}
+
+fn mode() -> Result<Mode, String> {
+    match std::env::var("RELAY_BENCH_STORE").as_deref() {
+        Err(_) | Ok("" | "local") => Ok(Mode::Postfix),
+        Ok("postgres") => Ok(Mode::Shared {
+            nodes: env_list("RELAY_BENCH_NODES", DEFAULT_NODES, |s| {
+                s.parse().ok().filter(|k| (1..=MAX_NODES).contains(k))
+            })?,
+        }),
+        Ok(other) => Err(format!(
+            "RELAY_BENCH_STORE={other:?}: want postgres (or local, the default: danemta against Postfix)"
+        )),
+    }
+}
+
+/// One system of a case.
+#[derive(Clone, Copy)]
+enum System {
+    /// danemta serve or a Postfix relay, by name ([`run_system`]).
+    Compared(&'static str),
+    /// danemta on its local store, the shared store's baseline.
+    Local,
+    /// This many danemta nodes sharing a PostgreSQL queue, and the system's name.
+    Shared(usize, &'static str),
+}
+
 fn main() {
-    let cases = match cases() {
+    let (cases, mode) = match cases().and_then(|c| Ok((c, mode()?))) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(64);
         }
     };
-    let code = bench(&cases);
+    let code = bench(&cases, &mode);
     std::process::exit(code);
 }
 
@@ -1065,37 +1203,7 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
         _ => "postfix-tuned",
     };
     if name == DANEMTA {
-        match Danemta::start(ctx.lab, dir, ctx.client) {
-            Ok(mut d) => {
-                eprintln!(
-                    "{}: danemta serve on {} (pid {:?})",
-                    case.label(),
-                    d.listen,
-                    d.pid()
-                );
-                let Some(pid) = d.pid() else {
-                    return Row::failed(name, "danemta serve has no pid".into());
-                };
-                let outcome = run(ctx, tag, d.listen, Watched::Process(pid), case, &|| {
-                    d.resume()
-                });
-                let outcome = outcome.map_err(|e| {
-                    format!(
-                        "{e}\n`status=sent` lines: {}, `status=deferred` lines: {}\n--- danemta log tail ---\n{}",
-                        count_lines_with(&d.log, "status=sent"),
-                        count_lines_with(&d.log, "status=deferred"),
-                        tail(&d.log, 40)
-                    )
-                });
-                let handshakes = handshakes(d.metrics);
-                d.stop();
-                Row {
-                    handshakes,
-                    ..Row::from_log(name, outcome, &d.log)
-                }
-            }
-            Err(e) => Row::failed(name, e),
-        }
+        run_danemta(name, tag, ctx, case, &dir.join("danemta"), None)
     } else {
         match PostfixRelay::start(ctx.lab, dir, ctx.client, name == POSTFIX_TUNED) {
             Ok(mut p) => {
@@ -1103,9 +1211,15 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
                 let Some(pid) = p.pid() else {
                     return Row::failed(name, "Postfix master has no pid".into());
                 };
-                let outcome = run(ctx, tag, p.listen, Watched::Group(pid), case, &|| {
-                    p.resume()
-                });
+                let outcome = run(
+                    ctx,
+                    tag,
+                    &[p.listen],
+                    &[Watched::Group(pid)],
+                    None,
+                    case,
+                    &|| p.resume(),
+                );
                 // The log is written by postlogd; give it a moment to catch up.
                 std::thread::sleep(Duration::from_millis(300));
                 let log = p.maillog();
@@ -1122,6 +1236,297 @@ fn run_system(name: &'static str, ctx: &Ctx, case: Case, dir: &Path) -> Row {
             }
             Err(e) => Row::failed(name, e),
         }
+    }
+}
+
+/// The shared store of a system: the database server, and how many nodes share a database
+/// of it.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    pg: &'a Postgres,
+    nodes: usize,
+}
+
+/// Runs danemta on one case: one daemon on its local store (`shared` None), its directory
+/// `home`; or `nodes` daemons sharing a fresh database of the server, in `home/node<j>`.
+fn run_danemta(
+    name: &'static str,
+    tag: &str,
+    ctx: &Ctx,
+    case: Case,
+    home: &Path,
+    shared: Option<Shared>,
+) -> Row {
+    let url = match shared.map(|s| s.pg.create_database()).transpose() {
+        Ok(url) => url,
+        Err(e) => return Row::failed(name, format!("creating the queue's database: {e}")),
+    };
+    let mut nodes = Vec::new();
+    for j in 1..=shared.map_or(1, |s| s.nodes) {
+        let (node_home, hostname) = match shared {
+            Some(_) => (
+                home.join(format!("node{j}")),
+                format!("relay-danemta-{j}.bench.test"),
+            ),
+            None => (home.to_owned(), "relay-danemta.bench.test".to_owned()),
+        };
+        match Danemta::start(ctx.lab, &node_home, &hostname, ctx.client, url.as_deref()) {
+            Ok(d) => {
+                match shared {
+                    Some(_) => eprintln!(
+                        "{}: {name} node {j} on {} (pid {:?})",
+                        case.label(),
+                        d.listen,
+                        d.pid()
+                    ),
+                    None => eprintln!(
+                        "{}: danemta serve on {} (pid {:?})",
+                        case.label(),
+                        d.listen,
+                        d.pid()
+                    ),
+                }
+                nodes.push(d);
+            }
+            // The nodes started so far stop as they drop.
+            Err(e) => return Row::failed(name, e),
+        }
+    }
+    let Some(pids) = nodes.iter().map(Danemta::pid).collect::<Option<Vec<u32>>>() else {
+        return Row::failed(name, "danemta serve has no pid".into());
+    };
+    let watched: Vec<Watched> = pids.into_iter().map(Watched::Process).collect();
+    let relays: Vec<SocketAddr> = nodes.iter().map(|d| d.listen).collect();
+    let server = shared.and_then(|s| s.pg.pid()).map(ServerProcs);
+    let mark = shared.map(|s| ServerMark::now(s.pg));
+    let outcome = run(ctx, tag, &relays, &watched, server, case, &|| {
+        // Every node, as the single daemon: `paused = false`, then SIGHUP.
+        nodes.iter().try_for_each(Danemta::resume)
+    });
+    let logs: Vec<PathBuf> = nodes.iter().map(|d| d.log.clone()).collect();
+    let outcome = outcome.map_err(|e| {
+        let count = |needle| -> usize { logs.iter().map(|l| count_lines_with(l, needle)).sum() };
+        let tails = match logs.as_slice() {
+            [log] => format!("--- danemta log tail ---\n{}", tail(log, 40)),
+            logs => logs
+                .iter()
+                .enumerate()
+                .map(|(j, log)| format!("--- node {} log tail ---\n{}", j + 1, tail(log, 20)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        format!(
+            "{e}\n`status=sent` lines: {}, `status=deferred` lines: {}\n{tails}",
+            count("status=sent"),
+            count("status=deferred"),
+        )
+    });
+    let handshakes = nodes
+        .iter()
+        .map(|d| handshakes(d.metrics))
+        .try_fold((0, 0), |(full, resumed), h| {
+            h.map(|(f, r)| (full + f, resumed + r))
+        });
+    for d in &mut nodes {
+        d.stop();
+    }
+    let store = match (shared, mark, url) {
+        (Some(s), Some(mark), Some(url)) => Some(store_report(s.pg, &url, &mark, &logs)),
+        _ => None,
+    };
+    Row {
+        handshakes,
+        store,
+        ..Row::from_logs(name, outcome, &logs)
+    }
+}
+
+/// A PostgreSQL server's processes: the postmaster and its children. Not a process group:
+/// every child of the postmaster (each backend, each background process) makes itself a
+/// session leader (`setsid`), so [`Watched::Group`] would see the postmaster alone.
+#[derive(Clone, Copy, Debug)]
+struct ServerProcs(u32);
+
+/// (ppid, utime + stime, cutime + cstime) of `pid`, from /proc/PID/stat, in clock ticks.
+fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name's closing parenthesis start with field 3 (state).
+    let f: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    Some((
+        u32::try_from(field(4)?).ok()?,
+        field(14)? + field(15)?,
+        field(16)? + field(17)?,
+    ))
+}
+
+impl ServerProcs {
+    /// The postmaster and its live children.
+    fn pids(self) -> Vec<u32> {
+        let children = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| proc_stat(pid).is_some_and(|(ppid, ..)| ppid == self.0));
+        std::iter::once(self.0).chain(children).collect()
+    }
+
+    /// CPU so far, in clock ticks: every live process's utime + stime, plus the postmaster's
+    /// cutime + cstime (the children it reaped: backends of closed connections, autovacuum
+    /// workers). The difference of two readings is what the server spent in between.
+    fn cpu_ticks(self) -> u64 {
+        let live: u64 = self
+            .pids()
+            .into_iter()
+            .filter_map(proc_stat)
+            .map(|(_, own, _)| own)
+            .sum();
+        live + proc_stat(self.0).map_or(0, |(_, _, reaped)| reaped)
+    }
+
+    /// The sum of `Pss` over the live processes, in KiB (shared buffers divided among them).
+    fn pss_kib(self) -> u64 {
+        self.pids()
+            .into_iter()
+            .map(|pid| Watched::Process(pid).memory_kib().1)
+            .sum()
+    }
+}
+
+/// Samples [`ServerProcs::pss_kib`] every 100 ms on a thread of its own until stopped.
+struct ServerSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl ServerSampler {
+    fn start(server: ServerProcs) -> ServerSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = server.pss_kib().max(peak);
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        ServerSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The largest sum of `Pss` seen, in KiB (one last sample is taken now).
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// Where the database server was before a run: its log's length and its WAL position.
+struct ServerMark {
+    log_len: u64,
+    wal_lsn: Option<String>,
+}
+
+impl ServerMark {
+    fn now(pg: &Postgres) -> ServerMark {
+        ServerMark {
+            log_len: fs::metadata(pg.dir().join("postgres.out")).map_or(0, |m| m.len()),
+            wal_lsn: pg
+                .psql("postgres", "SELECT pg_current_wal_lsn()")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// What the database `url` of `pg` and the nodes' `logs` say about a finished run (the nodes
+/// stopped) since `mark`.
+fn store_report(pg: &Postgres, url: &str, mark: &ServerMark, logs: &[PathBuf]) -> StoreReport {
+    // The nodes' backends report their statistics as they exit, just after the nodes do.
+    std::thread::sleep(Duration::from_millis(500));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let transactions = pg
+        .psql(
+            db,
+            "SELECT xact_commit, xact_rollback, deadlocks FROM pg_stat_database \
+             WHERE datname = current_database()",
+        )
+        .ok()
+        .and_then(|out| {
+            let v: Vec<u64> = out
+                .trim()
+                .split('|')
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 3).then(|| (v[0], v[1], v[2]))
+        });
+    let wal_bytes = mark.wal_lsn.as_ref().and_then(|lsn| {
+        pg.psql(
+            "postgres",
+            &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn}')::bigint"),
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+    });
+    let node_problems = logs
+        .iter()
+        .enumerate()
+        .filter_map(|(j, log)| {
+            let text = fs::read_to_string(log).ok()?;
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                // Every node says so at its start, as the bench wants.
+                .filter(|l| !l.contains("deliveries paused"))
+                .collect();
+            let first = bad.first()?;
+            Some(format!(
+                "node {}: {} WARN/ERROR line{}, the first: {}",
+                j + 1,
+                bad.len(),
+                if bad.len() == 1 { "" } else { "s" },
+                first.trim()
+            ))
+        })
+        .collect();
+    let mut server_log: Vec<(String, usize)> = Vec::new();
+    let mut server_examples = Vec::new();
+    let text = fs::read(pg.dir().join("postgres.out")).unwrap_or_default();
+    let new = String::from_utf8_lossy(text.get(mark.log_len as usize..).unwrap_or_default());
+    for line in new.lines() {
+        // "2026-12-02 07:00:00.000 UTC [123] ERROR:  …" (log_line_prefix '%m [%p] ').
+        let Some(severity) = line
+            .split_once("] ")
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .map(|(severity, _)| severity)
+            .filter(|s| matches!(*s, "PANIC" | "FATAL" | "ERROR" | "WARNING" | "LOG"))
+        else {
+            continue;
+        };
+        match server_log.iter_mut().find(|(s, _)| s == severity) {
+            Some((_, n)) => *n += 1,
+            None => server_log.push((severity.to_owned(), 1)),
+        }
+        let notable = severity != "LOG" || line.contains("too frequently");
+        if notable && server_examples.len() < 5 {
+            server_examples.push(line.trim().to_owned());
+        }
+    }
+    StoreReport {
+        transactions,
+        wal_bytes,
+        node_problems,
+        server_log,
+        server_examples,
     }
 }
 
@@ -1253,8 +1658,131 @@ fn print_case(case: Case, rows: &[Row]) -> bool {
     ok
 }
 
+/// Prints, after a case's table in the shared-store mode: each shared system's ratios to the
+/// local store, its TLS handshakes, and what its database server spent and logged.
+fn print_shared(case: Case, rows: &[Row]) {
+    // accepted/s, delivered/s, live/s, p50, p99, RSS, PSS, CPU s/1k.
+    let figures = |o: &Outcome| -> [f64; 8] {
+        [
+            case.n as f64 / o.accepted.as_secs_f64(),
+            case.n as f64 / o.delivered.as_secs_f64(),
+            o.live_n as f64 / o.live.as_secs_f64(),
+            measure::quantile(&o.latencies, 0.5).unwrap_or(0.0),
+            measure::quantile(&o.latencies, 0.99).unwrap_or(0.0),
+            o.peak_kib as f64,
+            o.peak_pss_kib as f64,
+            o.cpu_seconds * 1000.0 / (case.n + o.live_n) as f64,
+        ]
+    };
+    let local = rows
+        .iter()
+        .find(|r| r.name == DANEMTA_LOCAL)
+        .and_then(|r| r.outcome.as_ref().ok());
+    if let Some(base) = local {
+        let base = figures(base);
+        for row in rows.iter().filter(|r| r.name != DANEMTA_LOCAL) {
+            let Ok(o) = &row.outcome else { continue };
+            let ratios: Vec<String> = figures(o)
+                .iter()
+                .zip(base)
+                .zip([
+                    "accepted",
+                    "delivered",
+                    "live",
+                    "p50",
+                    "p99",
+                    "RSS",
+                    "PSS",
+                    "CPU",
+                ])
+                .map(|((x, y), what)| {
+                    if y > 0.0 {
+                        format!("{what} {:.2}x", x / y)
+                    } else {
+                        format!("{what} -")
+                    }
+                })
+                .collect();
+            println!("{} / local: {}", row.name, ratios.join(", "));
+        }
+    }
+    for row in rows {
+        let Some(((full, resumed), o)) = row
+            .handshakes
+            .and_then(|h| Some((h, row.outcome.as_ref().ok()?)))
+        else {
+            continue;
+        };
+        let all = full + resumed;
+        println!(
+            "{} TLS handshakes: {all} for {} messages ({full} full, {resumed} resumed: {:.0} % resumed)",
+            row.name,
+            case.n + o.live_n,
+            if all > 0 {
+                resumed as f64 * 100.0 / all as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    let local_cpu = local.map(|o| figures(o)[7]);
+    for row in rows {
+        let (Some(store), Ok(o)) = (&row.store, &row.outcome) else {
+            continue;
+        };
+        let messages = (case.n + o.live_n) as f64;
+        let mut parts = Vec::new();
+        if let Some(server) = &o.server {
+            let server_cpu = server.cpu_seconds * 1000.0 / messages;
+            let nodes_cpu = figures(o)[7];
+            parts.push(format!(
+                "server CPU s/1k {server_cpu:.2} (nodes + server {:.2}{}), server peak PSS {:.1} MiB",
+                nodes_cpu + server_cpu,
+                local_cpu.map_or(String::new(), |l| format!(
+                    " = {:.2}x local's {l:.2}",
+                    (nodes_cpu + server_cpu) / l
+                )),
+                server.peak_pss_kib as f64 / 1024.0
+            ));
+        }
+        if let Some((commits, rollbacks, deadlocks)) = store.transactions {
+            parts.push(format!(
+                "per message {:.1} commits, {:.2} rollbacks; {deadlocks} deadlocks",
+                commits as f64 / messages,
+                rollbacks as f64 / messages
+            ));
+        }
+        if let Some(wal) = store.wal_bytes {
+            parts.push(format!(
+                "WAL {:.1} KiB per message",
+                wal as f64 / 1024.0 / messages
+            ));
+        }
+        let log: Vec<String> = store
+            .server_log
+            .iter()
+            .map(|(severity, n)| format!("{n} {severity}"))
+            .collect();
+        parts.push(format!(
+            "server log: {}",
+            if log.is_empty() {
+                "nothing".to_owned()
+            } else {
+                log.join(", ")
+            }
+        ));
+        if store.node_problems.is_empty() {
+            parts.push("no WARN/ERROR lines in the nodes' logs".to_owned());
+        }
+        println!("{} PostgreSQL: {}", row.name, parts.join("; "));
+        for line in store.server_examples.iter().chain(&store.node_problems) {
+            println!("    {line}");
+        }
+    }
+}
+
 /// Everything, with every process owned by a guard dropped before `main` exits.
-fn bench(cases: &[Case]) -> i32 {
+fn bench(cases: &[Case], mode: &Mode) -> i32 {
     let cert = TestCert::self_signed(&["mx.bench.test"]).expect("certificate");
     let mut domains = vec!["bench.test".to_owned()];
     domains.extend((0..MAX_DESTINATIONS).map(|k| format!("d{k}.bench.test")));
@@ -1293,6 +1821,30 @@ fn bench(cases: &[Case]) -> i32 {
         client: client_addr.ip(),
         ticks: measure::clock_ticks(),
     };
+    // The shared store's server: one for the run, with production durability (fsync on).
+    let pg = match mode {
+        Mode::Postfix => None,
+        Mode::Shared { .. } => match Postgres::start_with(PostgresSpec { fsync: true }) {
+            Ok(pg) => Some(pg),
+            Err(e) => {
+                eprintln!("relay bench: starting the lab PostgreSQL: {e}");
+                return 1;
+            }
+        },
+    };
+    let systems: Vec<System> = match mode {
+        Mode::Postfix => [DANEMTA, POSTFIX_DEFAULT, POSTFIX_TUNED]
+            .into_iter()
+            .map(System::Compared)
+            .collect(),
+        Mode::Shared { nodes } => std::iter::once(System::Local)
+            .chain(nodes.iter().map(|&k| {
+                // A name for the table; a handful per run, for the life of the process.
+                let name: &'static str = Box::leak(format!("danemta pg x{k}").into_boxed_str());
+                System::Shared(k, name)
+            }))
+            .collect(),
+    };
 
     println!(
         "{} client sessions; destinations d<k>.bench.test, each with its own MX host and \
@@ -1313,14 +1865,54 @@ fn bench(cases: &[Case]) -> i32 {
             LARGE_BYTES / 1024
         );
     }
-    println!(
-        "latency: client's 250 after DATA -> receiver's cleanup log line for that Message-ID (log polled every 2 ms); \
-         RSS: largest sum of VmHWM over the relay's processes (100 ms samples; shared pages \
-         count once per process), PSS: largest sum of Pss (smaps_rollup; shared pages divided); \
-         CPU: utime+stime of the relay's processes per 1,000 messages; verified: `{VERIFIED}` \
-         lines in the relay's log (danemta logs one per delivery, Postfix one per TLS handshake); \
-         ratios: rates > 1 and latency, memory, CPU < 1 favour danemta"
-    );
+    if let Some(pg) = &pg {
+        let query = |sql: &str| {
+            pg.psql("postgres", sql)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|e| format!("? ({e})"))
+        };
+        println!(
+            "shared store: PostgreSQL {} (the lab's server on {}, one for the run, its data on \
+             the same file system as the local store's spool; a fresh database per system and \
+             case), settings: {}; fsync = on is set for this bench (the lab's default is off), \
+             nothing else changed from the lab helper's settings, durability not weakened: the \
+             store commits each accepted message and each finished one durably (it forces \
+             synchronous_commit = on for those) and, by its design, claims and attempt records \
+             with synchronous_commit = off",
+            query("SHOW server_version"),
+            pg.addr(),
+            query(
+                "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name) \
+                 FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', \
+                 'full_page_writes', 'wal_sync_method', 'shared_buffers', 'max_connections', \
+                 'max_wal_size', 'checkpoint_timeout')"
+            ),
+        );
+        println!(
+            "systems: {DANEMTA_LOCAL} (one daemon on its local store: the baseline), danemta pg xK \
+             (K daemons, each with its own address, config and queue.dir, sharing one \
+             database; the client's sessions go round-robin over their listeners; every node \
+             started paused and resumed by config rewrite + SIGHUP); Postfix is not run"
+        );
+        println!(
+            "latency: client's 250 after DATA -> receiver's cleanup log line for that Message-ID (log polled every 2 ms); \
+             RSS: sum of the nodes' VmHWM; PSS: sum of each node's largest sampled Pss \
+             (smaps_rollup, 100 ms samples); CPU: utime+stime summed over the nodes per 1,000 \
+             messages; RSS, PSS and CPU exclude the PostgreSQL server, reported below each \
+             table; verified: `{VERIFIED}` lines in the nodes' logs (one per delivery); \
+             ratios against {DANEMTA_LOCAL}: rates > 1 and latency, memory, CPU < 1 favour the \
+             shared store"
+        );
+    } else {
+        println!(
+            "latency: client's 250 after DATA -> receiver's cleanup log line for that Message-ID (log polled every 2 ms); \
+             RSS: largest sum of VmHWM over the relay's processes (100 ms samples; shared pages \
+             count once per process), PSS: largest sum of Pss (smaps_rollup; shared pages divided); \
+             CPU: utime+stime of the relay's processes per 1,000 messages; verified: `{VERIFIED}` \
+             lines in the relay's log (danemta logs one per delivery, Postfix one per TLS handshake); \
+             ratios: rates > 1 and latency, memory, CPU < 1 favour danemta"
+        );
+    }
     let mut ok = true;
     let mut evidence: Vec<(&'static str, String)> = Vec::new();
     let mut failures = Vec::new();
@@ -1330,11 +1922,35 @@ fn bench(cases: &[Case]) -> i32 {
             eprintln!("{}: {e}", dir.display());
             return 1;
         }
-        let rows: Vec<Row> = [DANEMTA, POSTFIX_DEFAULT, POSTFIX_TUNED]
-            .into_iter()
-            .map(|name| run_system(name, &ctx, *case, &dir))
+        let rows: Vec<Row> = systems
+            .iter()
+            .map(|system| match *system {
+                System::Compared(name) => run_system(name, &ctx, *case, &dir),
+                System::Local => run_danemta(
+                    DANEMTA_LOCAL,
+                    "danemta-local",
+                    &ctx,
+                    *case,
+                    &dir.join("danemta-local"),
+                    None,
+                ),
+                System::Shared(nodes, name) => match &pg {
+                    Some(pg) => run_danemta(
+                        name,
+                        &format!("danemta-pg{nodes}"),
+                        &ctx,
+                        *case,
+                        &dir.join(format!("danemta-pg{nodes}")),
+                        Some(Shared { pg, nodes }),
+                    ),
+                    None => Row::failed(name, "no PostgreSQL server".into()),
+                },
+            })
             .collect();
         ok &= print_case(*case, &rows);
+        if pg.is_some() {
+            print_shared(*case, &rows);
+        }
         for row in rows {
             match (&row.outcome, row.evidence) {
                 (Err(e), _) => failures.push(format!("{} {}: {e}", case.label(), row.name)),
@@ -1361,6 +1977,7 @@ fn bench(cases: &[Case]) -> i32 {
     }
     drop(client_addr);
     drop(work);
+    drop(pg);
     drop(lab);
     drop(receiver);
     if ok && failures.is_empty() { 0 } else { 1 }
