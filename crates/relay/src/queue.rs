@@ -556,13 +556,15 @@ pub trait Store: Send + Sync {
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError>;
 
-    /// [`Store::record_attempt`], with the delivery status notifications the try owes
-    /// (`notices`, queued as by [`Store::accept`] at `now`). A store shared by several nodes
-    /// writes them in the same transaction as the record, under the lease check: only the
-    /// node whose lease holds queues them, and a crash queues all or none, so exactly one
-    /// node writes each bounce. The default, for a store of one node, queues them first and
-    /// then records: a crash in between sends them twice, never zero times.
-    fn record_attempt_and_notify(
+    /// Finishes a try in one step: queues the delivery status notifications it owes
+    /// (`notices`, as by [`Store::accept`] at `now`), records it ([`Store::record_attempt`])
+    /// and ends the claim ([`Store::complete`]); `true` when the message left the queue. A
+    /// store shared by several nodes does it in one transaction, under the lease check: only
+    /// the node whose lease holds queues the notices, and a crash writes all or none, so
+    /// exactly one node writes each bounce. The default, for a store of one node, queues the
+    /// notices first, then records and completes: a crash in between sends them twice, never
+    /// zero times.
+    fn finish_attempt(
         &self,
         claim: &Claim,
         outcomes: &[RecipientOutcome],
@@ -570,11 +572,12 @@ pub trait Store: Send + Sync {
         next_attempt: Timestamp,
         notices: &[NewMessage<'_>],
         now: Timestamp,
-    ) -> Result<Progress, QueueError> {
+    ) -> Result<bool, QueueError> {
         for notice in notices {
             self.accept(notice, now)?;
         }
-        self.record_attempt(claim, outcomes, attempts, next_attempt)
+        self.record_attempt(claim, outcomes, attempts, next_attempt)?;
+        self.complete(claim)
     }
 
     /// Takes one of the `limit` connection slots of `destination` (the next hop, as the

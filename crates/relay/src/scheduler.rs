@@ -11,7 +11,7 @@
 //! * never a DSN to the null sender (RFC 5321 §4.5.5, RFC 3464 §2): a failed bounce is
 //!   dropped with a log line, so bounces cannot loop;
 //! * a DSN is queued with the record of the attempt that caused it
-//!   ([`Store::record_attempt_and_notify`]): on a store shared by several nodes in the same
+//!   ([`Store::finish_attempt`]): on a store shared by several nodes in the same
 //!   transaction, under the lease check, so exactly one node queues each bounce; on the local
 //!   store just before it, so a crash in between sends it twice, never zero times;
 //! * claims are leased for `[queue] lease_time` and renewed while they are worked on; a
@@ -1069,8 +1069,9 @@ impl<R: Resolver + 'static> Scheduler<R> {
         let queued: Vec<QueueId> = notices.iter().map(|n| n.id.clone()).collect();
         let recorded = tokio::task::spawn_blocking(move || {
             let notices: Vec<NewMessage<'_>> = notices.iter().map(Notice::as_new).collect();
-            store.record_attempt_and_notify(&claim, &outcomes, &attempts, next, &notices, now)?;
-            store.complete(&claim).map(|_| ())
+            store
+                .finish_attempt(&claim, &outcomes, &attempts, next, &notices, now)
+                .map(|_| ())
         })
         .await;
         let id = &tracker.claim.id;
@@ -1109,7 +1110,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
 
     /// The DSNs owed for this try (RFC 3461 §4.1 NOTIFY decides which): failures (bounces
     /// and expiries) by default, successes when asked. Never to the null sender. They are
-    /// queued with the try's record ([`Store::record_attempt_and_notify`]).
+    /// queued with the try's record ([`Store::finish_attempt`]).
     async fn notices(
         &self,
         claim: &Claim,

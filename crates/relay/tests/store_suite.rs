@@ -101,7 +101,7 @@ suite!(
     a_large_queue_is_scanned_in_order,
     the_sts_policy_cache,
     tls_counters_add_up_and_reports_finish,
-    a_bounce_is_queued_with_the_record_of_its_attempt,
+    a_finished_try_queues_its_bounce_and_ends_the_claim,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ fn notice<'a>(id: &'a QueueId, envelope: &'a Envelope, body: &'a [u8]) -> NewMes
     }
 }
 
-fn a_bounce_is_queued_with_the_record_of_its_attempt(q: &Queue) {
+fn a_finished_try_queues_its_bounce_and_ends_the_claim(q: &Queue) {
     let store = q.open();
     let id = put(&*store, &envelope(&["b@example.com"]), b"x", T0).unwrap();
     let claim = store.due(T0, 1, &lease("n1", T0 + 60)).unwrap().remove(0);
@@ -414,8 +414,8 @@ fn a_bounce_is_queued_with_the_record_of_its_attempt(q: &Queue) {
         QueueId::generate(),
         Envelope::new("", ["alice@example.org"]).unwrap(),
     );
-    let progress = store
-        .record_attempt_and_notify(
+    let removed = store
+        .finish_attempt(
             &claim,
             &[outcome("b@example.com", "bounced", "550 no")],
             &[attempt("verified")],
@@ -424,8 +424,7 @@ fn a_bounce_is_queued_with_the_record_of_its_attempt(q: &Queue) {
             T0 + 1,
         )
         .unwrap();
-    assert_eq!((progress.bounced, progress.pending), (1, 0));
-    assert!(store.complete(&claim).unwrap());
+    assert!(removed, "nothing pending: the message left the queue");
     let dsn = store.show(&dsn_id, T0 + 1).unwrap();
     assert_eq!(dsn.sender, "");
     assert_eq!(dsn.recipients[0].address, "alice@example.org");
@@ -434,6 +433,36 @@ fn a_bounce_is_queued_with_the_record_of_its_attempt(q: &Queue) {
         store.show(&id, T0 + 1),
         Err(QueueError::NotFound(_))
     ));
+
+    // A deferred recipient: the message stays, its claim released, due at the next attempt.
+    let id = put(&*store, &envelope(&["c@example.com"]), b"y", T0).unwrap();
+    let claim = store.due(T0, 2, &lease("n1", T0 + 60)).unwrap();
+    let claim = claim.into_iter().find(|c| c.id == id).unwrap();
+    let removed = store
+        .finish_attempt(
+            &claim,
+            &[outcome("c@example.com", "deferred", "451 later")],
+            &[attempt("verified")],
+            T0 + 900,
+            &[],
+            T0 + 1,
+        )
+        .unwrap();
+    assert!(!removed);
+    let view = store.show(&id, T0 + 1).unwrap();
+    assert_eq!(view.queue_name, QueueName::Deferred);
+    assert_eq!(view.recipients[0].next_attempt, T0 + 900);
+    assert!(
+        store
+            .due(T0 + 899, 5, &lease("n2", T0 + 960))
+            .unwrap()
+            .iter()
+            .all(|c| c.id != id)
+    );
+    assert_eq!(
+        ids(&store.due(T0 + 900, 5, &lease("n2", T0 + 960)).unwrap()),
+        vec![id]
+    );
 }
 
 fn a_node_whose_message_was_finished_by_another_gets_not_found(q: &Queue) {
@@ -916,7 +945,7 @@ mod postgres_only {
             Envelope::new("", ["alice@example.org"]).unwrap(),
         );
         let bounced = [outcome("b@example.com", "bounced", "550 no")];
-        let refused = stale.record_attempt_and_notify(
+        let refused = stale.finish_attempt(
             &old,
             &bounced,
             &[],
@@ -936,16 +965,17 @@ mod postgres_only {
         );
         // The live holder's bounce is queued once.
         let dsn2 = QueueId::generate();
-        live.record_attempt_and_notify(
-            &new,
-            &bounced,
-            &[],
-            T0 + 900,
-            &[notice(&dsn2, &dsn_envelope, b"live bounce")],
-            T0 + 62,
-        )
-        .unwrap();
-        assert!(live.complete(&new).unwrap());
+        let removed = live
+            .finish_attempt(
+                &new,
+                &bounced,
+                &[],
+                T0 + 900,
+                &[notice(&dsn2, &dsn_envelope, b"live bounce")],
+                T0 + 62,
+            )
+            .unwrap();
+        assert!(removed);
         let left: Vec<QueueId> = live
             .list(T0 + 62)
             .unwrap()

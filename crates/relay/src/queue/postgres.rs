@@ -50,9 +50,10 @@
 //!   delivery it no longer owns. A message deleted meanwhile is [`QueueError::NotFound`]. As
 //!   in the local store, an expired lease nobody has taken over is still its holder's: the
 //!   token is the proof of ownership, the expiry only says when others may take it.
-//! * [`Store::record_attempt_and_notify`] inserts the delivery status notifications a try
-//!   owes in the record's transaction, after the lease check: a node that lost its lease
-//!   queues none, and a crash queues all or none, so exactly one node writes each bounce.
+//! * [`Store::finish_attempt`] inserts the delivery status notifications a try owes, records
+//!   the try and ends the claim in one transaction, after the lease check: a node that lost
+//!   its lease queues none, and a crash queues all or none, so exactly one node writes each
+//!   bounce.
 //! * Operator actions (`hold`, `release`, `delete`, `flush`) need no lease (each one
 //!   statement, or one transaction), as in the local store.
 //!
@@ -343,10 +344,25 @@ const LEASE_TOKEN: &str = "SELECT lease_token FROM messages WHERE id = $1 FOR NO
 const RELEASE_LEASE: &str = "UPDATE messages SET lease_owner = NULL, lease_token = NULL, \
      lease_until = NULL WHERE id = $1";
 
-/// One recipient's outcome (only while it is pending).
-const RECORD_RECIPIENT: &str = "UPDATE recipients SET state = $3, attempts = attempts + 1, \
-     next_attempt = $4, delay_reason = $5, security = coalesce($6, security), outcome = $7 \
-     WHERE message = $1 AND address = $2 AND state = 'pending'";
+/// The outcomes of a try, one element of the arrays per recipient (only while pending).
+const RECORD_RECIPIENTS: &str = "UPDATE recipients r SET state = u.state, \
+     attempts = r.attempts + 1, next_attempt = $2, delay_reason = u.reply, \
+     security = coalesce($3, r.security), outcome = u.outcome \
+     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(address, state, reply, outcome) \
+     WHERE r.message = $1 AND r.address = u.address AND r.state = 'pending'";
+
+/// Queues a message in one statement: its row (nothing when the id exists: no row comes
+/// back), its body and its recipients, due at its arrival.
+const INSERT_MESSAGE: &str = "WITH m AS ( \
+       INSERT INTO messages (id, sender, arrival, size, dsn) VALUES ($1, $2, $3, $4, $5) \
+       ON CONFLICT (id) DO NOTHING RETURNING id \
+     ), b AS ( \
+       INSERT INTO bodies (message, body) SELECT id, $6 FROM m \
+     ), r AS ( \
+       INSERT INTO recipients (message, position, address, next_attempt) \
+       SELECT m.id, (t.n - 1)::integer, t.a, $3 \
+       FROM m, unnest($7::text[]) WITH ORDINALITY AS t(a, n) \
+     ) SELECT count(*) FROM m";
 
 /// The attempts of one try, in order.
 const RECORD_ATTEMPTS: &str = "INSERT INTO attempts (message, attempt) \
@@ -583,42 +599,140 @@ impl<'a> MessageRow<'a> {
     }
 }
 
-/// Queues a message in the transaction: its row (refused if the id exists), its body and
-/// its recipients, due at `now`.
+/// Queues a message ([`INSERT_MESSAGE`]), refused if the id exists.
 async fn insert_message<C: GenericClient>(
-    tx: &C,
+    client: &C,
     statements: &mut Statements,
     row: &MessageRow<'_>,
     now: Timestamp,
 ) -> Result<(), QueueError> {
-    let id = row.id.as_str();
-    let insert = statements
-        .get(
-            tx,
-            "INSERT INTO messages (id, sender, arrival, size, dsn) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+    let stmt = statements.get(client, INSERT_MESSAGE).await?;
+    let inserted: i64 = client
+        .query_one(
+            &stmt,
+            &[
+                &row.id.as_str(),
+                &row.sender,
+                &now,
+                &row.size,
+                &row.dsn,
+                &row.body,
+                &row.recipients,
+            ],
         )
-        .await?;
-    let inserted = tx
-        .execute(&insert, &[&id, &row.sender, &now, &row.size, &row.dsn])
-        .await?;
+        .await?
+        .get(0);
     if inserted == 0 {
         return Err(QueueError::Exists(row.id.clone()));
     }
-    let stmt = statements
-        .get(tx, "INSERT INTO bodies (message, body) VALUES ($1, $2)")
-        .await?;
-    tx.execute(&stmt, &[&id, &row.body]).await?;
-    let stmt = statements
-        .get(
-            tx,
-            "INSERT INTO recipients (message, position, address, next_attempt) \
-             SELECT $1, (n - 1)::integer, a, $3 \
-             FROM unnest($2::text[]) WITH ORDINALITY AS t(a, n)",
+    Ok(())
+}
+
+/// The outcomes of one try, ready for [`write_record`].
+struct Record {
+    history: Vec<String>,
+    security: Option<String>,
+    addresses: Vec<String>,
+    states: Vec<&'static str>,
+    replies: Vec<String>,
+    outcomes: Vec<String>,
+    next_attempt: Timestamp,
+}
+
+impl Record {
+    fn of(
+        outcomes: &[RecipientOutcome],
+        attempts: &[Attempt],
+        next_attempt: Timestamp,
+    ) -> Result<Self, QueueError> {
+        let mut record = Record {
+            history: attempts
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?,
+            security: match attempts.last() {
+                Some(a) => Some(serde_json::to_string(&a.security)?),
+                None => None,
+            },
+            addresses: Vec::with_capacity(outcomes.len()),
+            states: Vec::with_capacity(outcomes.len()),
+            replies: Vec::with_capacity(outcomes.len()),
+            outcomes: Vec::with_capacity(outcomes.len()),
+            next_attempt,
+        };
+        for outcome in outcomes {
+            let state = match outcome.outcome {
+                Fate::Delivered => RecipientState::Delivered,
+                Fate::Bounced => RecipientState::Bounced,
+                Fate::Deferred => RecipientState::Pending,
+            };
+            record.addresses.push(outcome.address.clone());
+            record.states.push(state.as_str());
+            record.replies.push(outcome.reply.to_string());
+            record.outcomes.push(serde_json::to_string(outcome)?);
+        }
+        Ok(record)
+    }
+}
+
+/// Writes a try of message `id` in the transaction (its lease checked): the attempts, the
+/// recipients' outcomes (one statement each); returns where its recipients stand.
+async fn write_record<C: GenericClient>(
+    tx: &C,
+    statements: &mut Statements,
+    id: &str,
+    record: &Record,
+) -> Result<Progress, QueueError> {
+    if !record.history.is_empty() {
+        let stmt = statements.get(tx, RECORD_ATTEMPTS).await?;
+        tx.execute(&stmt, &[&id, &record.history]).await?;
+    }
+    if !record.addresses.is_empty() {
+        let stmt = statements.get(tx, RECORD_RECIPIENTS).await?;
+        tx.execute(
+            &stmt,
+            &[
+                &id,
+                &record.next_attempt,
+                &record.security,
+                &record.addresses,
+                &record.states,
+                &record.replies,
+                &record.outcomes,
+            ],
         )
         .await?;
-    tx.execute(&stmt, &[&id, &row.recipients, &now]).await?;
-    Ok(())
+    }
+    let stmt = statements.get(tx, STATE_COUNTS).await?;
+    let mut progress = Progress::default();
+    for row in tx.query(&stmt, &[&id]).await? {
+        let n = count(row.get(1));
+        match RecipientState::parse(row.get(0)) {
+            RecipientState::Pending => progress.pending = n,
+            RecipientState::Delivered => progress.delivered = n,
+            RecipientState::Bounced => progress.bounced = n,
+        }
+    }
+    Ok(progress)
+}
+
+/// Ends the claim on message `id` in the transaction (its lease checked): removes it when
+/// nothing is pending (`true`), else releases its lease.
+async fn end_claim<C: GenericClient>(
+    tx: &C,
+    statements: &mut Statements,
+    id: &str,
+    pending: usize,
+) -> Result<bool, QueueError> {
+    let removed = pending == 0;
+    let sql = if removed {
+        "DELETE FROM messages WHERE id = $1"
+    } else {
+        RELEASE_LEASE
+    };
+    let stmt = statements.get(tx, sql).await?;
+    tx.execute(&stmt, &[&id]).await?;
+    Ok(removed)
 }
 
 impl Store for PgStore {
@@ -628,10 +742,7 @@ impl Store for PgStore {
         let row = MessageRow::of(message)?;
         self.pool.run(async |conn| {
             let Conn { client, statements } = conn;
-            let tx = client.transaction().await?;
-            insert_message(&tx, statements, &row, now).await?;
-            tx.commit().await?;
-            Ok(())
+            insert_message(&*client, statements, &row, now).await
         })
     }
 
@@ -717,6 +828,8 @@ impl Store for PgStore {
         })
     }
 
+    /// One transaction holding the message's row lock from the lease check to the commit
+    /// (at `synchronous_commit = off`): nothing is written without the lease.
     fn record_attempt(
         &self,
         claim: &Claim,
@@ -724,15 +837,22 @@ impl Store for PgStore {
         attempts: &[Attempt],
         next_attempt: Timestamp,
     ) -> Result<Progress, QueueError> {
-        self.record_attempt_and_notify(claim, outcomes, attempts, next_attempt, &[], 0)
+        let record = Record::of(outcomes, attempts, next_attempt)?;
+        self.pool.run(async |conn| {
+            let Conn { client, statements } = conn;
+            let tx = client.transaction().await?;
+            relaxed(&tx).await?;
+            check_lease(&tx, statements, claim).await?;
+            let progress = write_record(&tx, statements, claim.id.as_str(), &record).await?;
+            tx.commit().await?;
+            Ok(progress)
+        })
     }
 
-    /// One transaction holding the message's row lock from the lease check to the commit
-    /// (at `synchronous_commit = off`): nothing is written without the lease, the notices
-    /// included. A commit lost in a database crash loses the record and the notices
-    /// together (the try is made again); a later durable commit, such as
-    /// [`Store::complete`]'s, makes it durable.
-    fn record_attempt_and_notify(
+    /// One durable transaction holding the message's row lock from the lease check to the
+    /// commit: the notices, the record and the end of the claim are written all or none,
+    /// and only with the lease.
+    fn finish_attempt(
         &self,
         claim: &Claim,
         outcomes: &[RecipientOutcome],
@@ -740,74 +860,24 @@ impl Store for PgStore {
         next_attempt: Timestamp,
         notices: &[NewMessage<'_>],
         now: Timestamp,
-    ) -> Result<Progress, QueueError> {
+    ) -> Result<bool, QueueError> {
         let notices: Vec<MessageRow<'_>> = notices
             .iter()
             .map(MessageRow::of)
             .collect::<Result<_, _>>()?;
-        let history: Vec<String> = attempts
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<_, _>>()?;
-        let security = match attempts.last() {
-            Some(a) => Some(serde_json::to_string(&a.security)?),
-            None => None,
-        };
-        let mut updates = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            let state = match outcome.outcome {
-                Fate::Delivered => RecipientState::Delivered,
-                Fate::Bounced => RecipientState::Bounced,
-                Fate::Deferred => RecipientState::Pending,
-            };
-            updates.push((
-                outcome.address.as_str(),
-                state.as_str(),
-                outcome.reply.to_string(),
-                serde_json::to_string(outcome)?,
-            ));
-        }
+        let record = Record::of(outcomes, attempts, next_attempt)?;
         self.pool.run(async |conn| {
             let Conn { client, statements } = conn;
             let tx = client.transaction().await?;
-            relaxed(&tx).await?;
             check_lease(&tx, statements, claim).await?;
             for notice in &notices {
                 insert_message(&tx, statements, notice, now).await?;
             }
             let id = claim.id.as_str();
-            if !history.is_empty() {
-                let stmt = statements.get(&tx, RECORD_ATTEMPTS).await?;
-                tx.execute(&stmt, &[&id, &history]).await?;
-            }
-            let stmt = statements.get(&tx, RECORD_RECIPIENT).await?;
-            for (address, state, reply, outcome) in &updates {
-                tx.execute(
-                    &stmt,
-                    &[
-                        &id,
-                        address,
-                        state,
-                        &next_attempt,
-                        reply,
-                        &security,
-                        outcome,
-                    ],
-                )
-                .await?;
-            }
-            let stmt = statements.get(&tx, STATE_COUNTS).await?;
-            let mut progress = Progress::default();
-            for row in tx.query(&stmt, &[&id]).await? {
-                let n = count(row.get(1));
-                match RecipientState::parse(row.get(0)) {
-                    RecipientState::Pending => progress.pending = n,
-                    RecipientState::Delivered => progress.delivered = n,
-                    RecipientState::Bounced => progress.bounced = n,
-                }
-            }
+            let progress = write_record(&tx, statements, id, &record).await?;
+            let removed = end_claim(&tx, statements, id, progress.pending).await?;
             tx.commit().await?;
-            Ok(progress)
+            Ok(removed)
         })
     }
 
@@ -974,14 +1044,7 @@ impl Store for PgStore {
             let id = claim.id.as_str();
             let stmt = statements.get(&tx, PENDING_COUNT).await?;
             let pending: i64 = tx.query_one(&stmt, &[&id]).await?.get(0);
-            let removed = pending == 0;
-            let sql = if removed {
-                "DELETE FROM messages WHERE id = $1"
-            } else {
-                RELEASE_LEASE
-            };
-            let stmt = statements.get(&tx, sql).await?;
-            tx.execute(&stmt, &[&id]).await?;
+            let removed = end_claim(&tx, statements, id, count(pending)).await?;
             tx.commit().await?;
             Ok(removed)
         })
