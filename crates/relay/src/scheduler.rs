@@ -369,17 +369,22 @@ impl<R: Resolver + 'static> Scheduler<R> {
     }
 
     /// Renews the leases of the claims being worked on, forever: every quarter of the lease
-    /// time, each claim with less than half of it left gets a full lease again. A claim found
-    /// taken over ([`crate::queue::QueueError::LeaseLost`]: this node was frozen or cut off
-    /// from the store for longer than the lease, and another node claimed the message) is
-    /// marked lost: what of it is not sent yet is not tried here. Other failures (the store
-    /// unreachable) are retried at the next round.
+    /// time, each claim with less than three quarters of it left gets a full lease again, so
+    /// a lease is renewed while at least half of it is left (the store's times are whole
+    /// seconds: the check is made in milliseconds, so that rounding cannot eat the margin).
+    /// A claim found taken over ([`crate::queue::QueueError::LeaseLost`]: this node was
+    /// frozen or cut off from the store for longer than the lease, and another node claimed
+    /// the message) is marked lost: what of it is not sent yet is not tried here. Other
+    /// failures (the store unreachable) are retried at the next round.
     async fn renew_leases(self: Arc<Self>) {
         let lease = self.settings.lease.max(Duration::from_secs(1));
         let lease_secs = Timestamp::try_from(lease.as_secs()).unwrap_or(Timestamp::MAX);
+        let lease_ms = i128::from(lease_secs) * 1000;
         loop {
             tokio::time::sleep(lease / 4).await;
-            let now = unix_now();
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i128::try_from(d.as_millis()).unwrap_or(i128::MAX));
             let due: Vec<Arc<Tracker>> = {
                 let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
                 claimed.retain(|_, t| t.strong_count() > 0);
@@ -387,7 +392,10 @@ impl<R: Resolver + 'static> Scheduler<R> {
                     .values()
                     .filter_map(Weak::upgrade)
                     .filter(|t| !t.lost.load(Ordering::Acquire))
-                    .filter(|t| t.until.load(Ordering::Acquire) - now < lease_secs / 2)
+                    .filter(|t| {
+                        let left = i128::from(t.until.load(Ordering::Acquire)) * 1000 - now_ms;
+                        left < lease_ms * 3 / 4
+                    })
                     .collect()
             };
             if due.is_empty() {
@@ -396,7 +404,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let store = Arc::clone(&self.store);
             let renewed = tokio::task::spawn_blocking(move || {
                 for tracker in due {
-                    let until = now.saturating_add(lease_secs);
+                    let until = unix_now().saturating_add(lease_secs);
                     match store.renew(&tracker.claim, until) {
                         Ok(_) => tracker.until.store(until, Ordering::Release),
                         Err(QueueError::LeaseLost(id)) => {

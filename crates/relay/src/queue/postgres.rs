@@ -57,12 +57,13 @@
 //! * Operator actions (`hold`, `release`, `delete`, `flush`) need no lease (each one
 //!   statement, or one transaction), as in the local store.
 //!
-//! Claims, delivery records and postponements commit with `synchronous_commit = off` (as the
-//! local store commits them at `synchronous=NORMAL`): a database crash may forget the last of
-//! them, which means one more delivery of a message (a forgotten lease is simply free again;
-//! a node still holding it then gets `LeaseLost`), never a lost message. Removing a finished
-//! message ([`Store::complete`]) is a durable commit, and WAL order makes everything before it
-//! durable too.
+//! Claims, lease renewals, delivery records and postponements commit with
+//! `synchronous_commit = off` (as the local store commits them at `synchronous=NORMAL`): a
+//! database crash may forget the last of them, which means one more delivery of a message (a
+//! forgotten lease is simply free again; a node still holding it then gets `LeaseLost`),
+//! never a lost message. Finishing a try ([`Store::finish_attempt`]: its bounces, its record,
+//! the message's removal) and [`Store::complete`] are durable commits, and WAL order makes
+//! everything before them durable too.
 //!
 //! # The node's session: connection slots and the leader
 //!
@@ -993,11 +994,14 @@ impl Store for PgStore {
         }
     }
 
-    /// The lease check and the new expiry in one transaction (durable commit).
+    /// The lease check and the new expiry in one transaction, committed at
+    /// `synchronous_commit = off` (renewals must be quick; one forgotten in a database crash
+    /// ends the lease early, which can only repeat a delivery).
     fn renew(&self, claim: &Claim, until: Timestamp) -> Result<Claim, QueueError> {
         self.pool.run(async |conn| {
             let Conn { client, statements } = conn;
             let tx = client.transaction().await?;
+            relaxed(&tx).await?;
             check_lease(&tx, statements, claim).await?;
             let stmt = statements
                 .get(&tx, "UPDATE messages SET lease_until = $2 WHERE id = $1")
