@@ -594,17 +594,17 @@ pub trait Store: Send + Sync {
         Ok(SlotTaken::NotShared)
     }
 
+    /// Gives back a slot of [`Store::take_connection_slot`].
+    fn release_connection_slot(&self, _slot: &ConnectionSlot) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Whether this node leads the nodes sharing the store: the leader does what must be
     /// done once for the whole queue (sending TLS-RPT reports). The first node to ask leads
     /// until it dies or loses the store; then the next to ask. A store of one node always
     /// leads.
     fn leads_cluster(&self) -> Result<bool, QueueError> {
         Ok(true)
-    }
-
-    /// Gives back a slot of [`Store::take_connection_slot`].
-    fn release_connection_slot(&self, _slot: &ConnectionSlot) -> Result<(), QueueError> {
-        Ok(())
     }
 
     /// Extends a claim's lease to `until` (a long delivery renews before its lease runs
