@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian 12 machine (as root): installs what the
 # tests need, then checks formatting and lints, runs every unit, integration, conformance and
-# property test, and a short fuzzing run of the TLSA parser.
+# property test, and a short fuzzing run of every fuzz target (the quick build, see
+# scripts/fuzz.sh).
 #
 #   bash scripts/test.sh              # everything
 #   FUZZ_SECONDS=0 bash scripts/test.sh   # skip the fuzzing run
@@ -76,6 +77,6 @@ cargo test --workspace --locked
 
 if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
     echo "==> fuzzing all targets (TLSA parser ${FUZZ_SECONDS:-20} s, the others ${FUZZ_SECONDS_EACH:-10} s each)"
-    bash scripts/fuzz.sh
+    FUZZ_BUILD="${FUZZ_BUILD:-quick}" bash scripts/fuzz.sh
 fi
 echo "==> all tests passed"
