@@ -1824,7 +1824,10 @@ fn bench(cases: &[Case], mode: &Mode) -> i32 {
     // The shared store's server: one for the run, with production durability (fsync on).
     let pg = match mode {
         Mode::Postfix => None,
-        Mode::Shared { .. } => match Postgres::start_with(PostgresSpec { fsync: true }) {
+        Mode::Shared { .. } => match Postgres::start_with(PostgresSpec {
+            fsync: true,
+            ..PostgresSpec::default()
+        }) {
             Ok(pg) => Some(pg),
             Err(e) => {
                 eprintln!("relay bench: starting the lab PostgreSQL: {e}");

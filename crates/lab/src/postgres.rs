@@ -55,6 +55,9 @@ pub struct PostgresSpec {
     /// needs no protection from power failures (a killed server loses nothing either way, the
     /// kernel still has its writes), and tests run faster without.
     pub fsync: bool,
+    /// TLS: the server's certificate chain and key (`ssl = on`); plaintext is still
+    /// accepted too (`host` lines of `pg_hba.conf`), so a test can try both.
+    pub tls: Option<crate::pki::TestCert>,
 }
 
 /// A private PostgreSQL server (see the module documentation).
@@ -107,6 +110,7 @@ impl Postgres {
                 .map_err(|e| LabError::io(format!("chown {}", pg.dir.display()), e))?;
         }
         pg.initdb()?;
+        pg.write_tls()?;
         // A free port now may be taken by the time the server binds it: try a few.
         let mut last = None;
         for _ in 0..5 {
@@ -209,6 +213,29 @@ impl Postgres {
         self.spawn_and_wait()
     }
 
+    /// Writes the spec's certificate and key for the server (the key readable by the server's
+    /// user only, as PostgreSQL demands).
+    fn write_tls(&self) -> Result<(), LabError> {
+        let Some(cert) = &self.spec.tls else {
+            return Ok(());
+        };
+        for (name, pem) in [
+            ("server.crt", &cert.chain_pem),
+            ("server.key", &cert.key_pem),
+        ] {
+            let path = self.dir.join(name);
+            fs::write(&path, pem)
+                .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| LabError::io(format!("chmod {}", path.display()), e))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| LabError::io(format!("chown {}", path.display()), e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn initdb(&self) -> Result<(), LabError> {
         let out = self
             .command("initdb")
@@ -262,9 +289,17 @@ impl Postgres {
             "shared_buffers=32MB".to_owned(),
             "log_min_messages=warning".to_owned(),
         ];
+        let tls = match self.spec.tls {
+            Some(_) => vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", self.dir.join("server.crt").display()),
+                format!("ssl_key_file={}", self.dir.join("server.key").display()),
+            ],
+            None => Vec::new(),
+        };
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(&self.data);
-        for s in &settings {
+        for s in settings.iter().chain(&tls) {
             cmd.arg("-c").arg(s);
         }
         let child = cmd

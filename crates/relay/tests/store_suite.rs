@@ -1040,6 +1040,65 @@ mod postgres_only {
         assert!(took_over, "the next node leads once the leader is gone");
     }
 
+    /// TLS to the database (`sslmode=verify-full`): the server's certificate is checked
+    /// against `sslrootcert` and its name against the URL's host. A server with a
+    /// certificate of another CA (an interceptor), or for another name, is refused: the
+    /// queue, bodies included, never goes to a database that could not prove who it is.
+    #[test]
+    fn tls_to_the_database_is_verified() {
+        use danemta_lab::pki::{TestCa, TestCert};
+        use danemta_lab::postgres::PostgresSpec;
+
+        let ca = TestCa::new("queue database CA").unwrap();
+        let start = |names: &[&str]| {
+            Postgres::start_with(PostgresSpec {
+                tls: Some(TestCert::ca_signed(names, &ca, false).unwrap()),
+                ..PostgresSpec::default()
+            })
+            .unwrap()
+        };
+        let dir = TempDir::new("pg-tls");
+        let roots = |name: &str, ca: &TestCa| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, ca.cert_pem()).unwrap();
+            path
+        };
+        let ours = roots("ours.pem", &ca);
+        let theirs = roots("theirs.pem", &TestCa::new("another CA").unwrap());
+        let tls = |url: &str, rootcert: &std::path::Path| {
+            format!(
+                "{url}?sslmode=verify-full&sslrootcert={}",
+                rootcert.display()
+            )
+        };
+
+        let pg = start(&["127.0.0.1"]);
+        let url = pg.create_database().unwrap();
+        let store = PgStore::open(&tls(&url, &ours)).unwrap();
+        put(&store, &envelope(&["b@example.com"]), b"over TLS", T0).unwrap();
+        let over_tls = pg
+            .psql(
+                database(&url),
+                &format!(
+                    "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                     WHERE s.ssl AND a.datname = '{}'",
+                    database(&url)
+                ),
+            )
+            .unwrap();
+        assert_ne!(over_tls.trim(), "0", "the store's sessions use TLS");
+        drop(store);
+
+        // The interceptor: another CA's certificate.
+        let refused = PgStore::open(&tls(&url, &theirs)).unwrap_err();
+        assert!(matches!(refused, QueueError::Postgres(_)), "{refused}");
+        // The right CA, the wrong name.
+        let elsewhere = start(&["db.example.org"]);
+        let url = elsewhere.create_database().unwrap();
+        let refused = PgStore::open(&tls(&url, &ours)).unwrap_err();
+        assert!(matches!(refused, QueueError::Postgres(_)), "{refused}");
+    }
+
     /// Nodes starting at the same moment migrate once; a schema from a newer build is
     /// refused.
     #[test]
