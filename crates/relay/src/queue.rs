@@ -580,6 +580,12 @@ pub trait Store: Send + Sync {
         self.complete(claim)
     }
 
+    /// Whether several nodes share this store (each one's scheduler then looks at the queue
+    /// at least once per lease time, and counts connection slots through the store).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Takes one of the `limit` connection slots of `destination` (the next hop, as the
     /// scheduler names it) that every node sharing this store counts against, so that
     /// `max_connections_per_destination` holds across the cluster. A store of one node has

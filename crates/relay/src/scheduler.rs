@@ -149,8 +149,6 @@ pub struct Scheduler<R> {
     mta_sts: RwLock<Option<Arc<MtaSts<R>>>>,
     /// The claims being worked on, for their lease renewals.
     claimed: Mutex<HashMap<QueueId, Weak<Tracker>>>,
-    /// Set once the store said it counts no connection slots (it is not shared).
-    unshared: AtomicBool,
 }
 
 /// A parked connection: its generation, the connection, its cluster-wide slot.
@@ -283,7 +281,6 @@ impl<R: Resolver + 'static> Scheduler<R> {
             parked: AtomicU64::new(0),
             sessions: Arc::new(smtp::SessionCache::default()),
             claimed: Mutex::new(HashMap::new()),
-            unshared: AtomicBool::new(false),
             settings,
         }
     }
@@ -378,8 +375,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// failures (the store unreachable) are retried at the next round.
     async fn renew_leases(self: Arc<Self>) {
         let lease = self.settings.lease.max(Duration::from_secs(1));
-        let lease_secs = Timestamp::try_from(lease.as_secs()).unwrap_or(Timestamp::MAX);
-        let lease_ms = i128::from(lease_secs) * 1000;
+        let lease_ms = i128::from(lease.as_secs()) * 1000;
         loop {
             tokio::time::sleep(lease / 4).await;
             let now_ms = SystemTime::now()
@@ -401,45 +397,82 @@ impl<R: Resolver + 'static> Scheduler<R> {
             if due.is_empty() {
                 continue;
             }
-            let store = Arc::clone(&self.store);
-            let renewed = tokio::task::spawn_blocking(move || {
-                for tracker in due {
-                    let until = unix_now().saturating_add(lease_secs);
-                    match store.renew(&tracker.claim, until) {
-                        Ok(_) => tracker.until.store(until, Ordering::Release),
-                        Err(QueueError::LeaseLost(id)) => {
-                            tracker.lost.store(true, Ordering::Release);
-                            tracing::warn!(
-                                target: "relay",
-                                queue_id = %id,
-                                "{id}: lease lost: another node took the message over; what of it is not sent yet is left to that node"
-                            );
-                        }
-                        Err(e) => tracing::warn!(
+            self.renew(due).await;
+        }
+    }
+
+    /// Renews the leases of `trackers` for a full lease time; a claim taken over by another
+    /// node is marked lost (and logged), other failures are logged.
+    async fn renew(&self, trackers: Vec<Arc<Tracker>>) {
+        let store = Arc::clone(&self.store);
+        let lease_secs =
+            Timestamp::try_from(self.settings.lease.as_secs().max(1)).unwrap_or(Timestamp::MAX);
+        let renewed = tokio::task::spawn_blocking(move || {
+            for tracker in trackers {
+                let until = unix_now().saturating_add(lease_secs);
+                match store.renew(&tracker.claim, until) {
+                    Ok(_) => tracker.until.store(until, Ordering::Release),
+                    Err(QueueError::LeaseLost(id)) => {
+                        tracker.lost.store(true, Ordering::Release);
+                        tracing::warn!(
                             target: "relay",
-                            "{}: cannot renew the lease: {e}; trying again",
-                            tracker.claim.id
-                        ),
+                            queue_id = %id,
+                            "{id}: lease lost: another node took the message over; what of it is not sent yet is left to that node"
+                        );
                     }
+                    Err(e) => tracing::warn!(
+                        target: "relay",
+                        "{}: cannot renew the lease: {e}; trying again",
+                        tracker.claim.id
+                    ),
                 }
-            })
-            .await;
-            if let Err(e) = renewed {
-                tracing::error!(target: "relay", "lease renewal failed: {e}");
             }
+        })
+        .await;
+        if let Err(e) = renewed {
+            tracing::error!(target: "relay", "lease renewal failed: {e}");
+        }
+    }
+
+    /// Before a batch is sent: the claims among `parts` whose lease has run out, or is about
+    /// to, by this node's clock (it was frozen, or its renewals failed) are renewed first, so
+    /// that one taken over meanwhile is marked lost and not sent (after a resume, the next
+    /// batch may start before the renewal round has run).
+    async fn confirm_leases(&self, parts: &[Part]) {
+        let now = unix_now();
+        let mut expired: Vec<Arc<Tracker>> = Vec::new();
+        for part in parts {
+            let t = &part.tracker;
+            if !t.lost.load(Ordering::Acquire)
+                && t.until.load(Ordering::Acquire) - now <= 1
+                && !expired.iter().any(|e| Arc::ptr_eq(e, t))
+            {
+                expired.push(Arc::clone(t));
+            }
+        }
+        if !expired.is_empty() {
+            self.renew(expired).await;
         }
     }
 
     /// How long to sleep: until the next message is due, at most an hour (a store error is
-    /// retried after a minute).
+    /// retried after a minute). With a store shared by several nodes, at most the lease
+    /// time: mail another node accepted rings that node's doorbell only, and the claims of a
+    /// node that died must be taken over, so an idle node looks at the queue that often.
     async fn until_next_due(&self) -> Duration {
         let store = Arc::clone(&self.store);
         let next = tokio::task::spawn_blocking(move || store.next_due()).await;
         let now = unix_now();
+        let longest = if self.store.is_shared() {
+            self.settings.lease.max(Duration::from_secs(1))
+        } else {
+            Duration::from_secs(3600)
+        };
         match next {
-            Ok(Ok(Some(t))) => Duration::from_secs(u64::try_from(t - now).unwrap_or(0).max(1))
-                .min(Duration::from_secs(3600)),
-            Ok(Ok(None)) => Duration::from_secs(3600),
+            Ok(Ok(Some(t))) => {
+                Duration::from_secs(u64::try_from(t - now).unwrap_or(0).max(1)).min(longest)
+            }
+            Ok(Ok(None)) => longest,
             Ok(Err(e)) => {
                 tracing::error!(target: "relay", "queue: {e}");
                 Duration::from_secs(60)
@@ -679,6 +712,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             }
             delivered = parts.len();
             // Parts of claims taken over by another node are not tried here.
+            self.confirm_leases(&parts).await;
             let (live, lost): (Vec<Part>, Vec<Part>) = parts
                 .into_iter()
                 .partition(|p| !p.tracker.lost.load(Ordering::Acquire));
@@ -719,7 +753,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
     /// polling, while all are held elsewhere. `None` when the store is not shared, or cannot
     /// count (logged; this node's own limit holds meanwhile).
     async fn connection_slot(&self, dest: &Destination) -> Result<Option<HeldSlot>, Stopping> {
-        if self.unshared.load(Ordering::Relaxed) {
+        if !self.store.is_shared() {
             return Ok(None);
         }
         let key = dest.hop.to_string();
@@ -730,10 +764,7 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let taken =
                 tokio::task::spawn_blocking(move || store.take_connection_slot(&key2, limit)).await;
             match taken {
-                Ok(Ok(SlotTaken::NotShared)) => {
-                    self.unshared.store(true, Ordering::Relaxed);
-                    return Ok(None);
-                }
+                Ok(Ok(SlotTaken::NotShared)) => return Ok(None),
                 Ok(Ok(SlotTaken::Taken(slot))) => {
                     return Ok(Some(HeldSlot {
                         store: Arc::clone(&self.store),

@@ -882,6 +882,10 @@ impl Store for PgStore {
         })
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     /// The first free slot among `pg_try_advisory_lock(key, 0 … limit - 1)` on the node's
     /// session (one round trip per slot tried; never waits for a lock). A failure drops
     /// the session, and with it every slot it held.
