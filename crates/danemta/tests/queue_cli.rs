@@ -287,7 +287,7 @@ fn sendmail_refuses_bad_input_with_sysexits() {
 
 /// `store = "postgres"` opens the shared queue; a database that cannot be reached is a
 /// temporary failure (75), named as the queue database (the store's own tests, and two
-/// daemons sharing one, are in `crates/relay/tests/store_suite.rs` and `serve_postgres.rs`).
+/// daemons sharing one, are in `crates/relay/tests/store_suite.rs` and `serve_cluster.rs`).
 #[test]
 fn an_unreachable_postgres_store_is_a_temporary_failure() {
     let setup = Setup::new("queue-postgres", "");

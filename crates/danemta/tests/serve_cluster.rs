@@ -482,6 +482,7 @@ struct Node {
     name: String,
     child: Option<Child>,
     log: PathBuf,
+    config: PathBuf,
     listen: SocketAddr,
 }
 
@@ -545,6 +546,7 @@ next_hop = "[{sink0}]:{sink0_port}"
             name: name.to_owned(),
             child: Some(child),
             log,
+            config: config_path,
             listen,
         };
         let ready = until(WAIT, || {
@@ -567,6 +569,35 @@ next_hop = "[{sink0}]:{sink0_port}"
 
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `danemta queue --config NODE.toml ARGS…`: its exit status and output.
+    fn queue(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+            .arg("queue")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The queue as `danemta queue list --json` on this node shows it.
+    fn listed(&self) -> Vec<serde_json::Value> {
+        let (code, out) = self.queue(&["list", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 
     fn running(&mut self) -> bool {
@@ -751,6 +782,39 @@ fn mail_accepted_on_each_of_three_nodes_is_delivered_once() {
         until(WAIT, || cluster.queued() == 0),
         "the shared queue empties"
     );
+}
+
+/// `danemta queue` on any node sees and acts on the whole queue: mail accepted by one node
+/// (for a domain whose MX cannot be looked up: it stays queued) is listed, held, shown and
+/// deleted through the others.
+#[test]
+fn danemta_queue_on_any_node_acts_on_the_whole_queue() {
+    let cluster = Cluster::start(Spec::default());
+    for node in &cluster.nodes {
+        assert!(
+            node.log().contains("queue: PostgreSQL at 127.0.0.1:"),
+            "{}",
+            node.log()
+        );
+    }
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    cluster.accepted(0, "x@nowhere.test", "stuck@cluster.test");
+    let listed = b.listed();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["queue_id"].as_str().unwrap().to_owned();
+    assert_eq!(listed[0]["recipients"][0]["address"], "x@nowhere.test");
+    let (code, out) = b.queue(&["hold", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.listed()[0]["queue_name"], "hold");
+    let (code, out) = a.queue(&["show", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("x@nowhere.test"), "{out}");
+    let (code, out) = c.queue(&["delete", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(a.listed().is_empty());
+    let (code, _) = b.queue(&["show", &id]);
+    assert_eq!(code, 67, "gone for every node");
+    assert!(cluster.sink.arrivals().is_empty(), "nothing was delivered");
 }
 
 #[test]
