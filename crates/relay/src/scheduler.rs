@@ -100,9 +100,9 @@ pub struct Settings {
     /// Our name on leases.
     pub owner: String,
     /// How long a claim lasts without renewal (`[queue] lease_time`): claims being
-    /// delivered are renewed every quarter of it while less than half of it is left, so a
-    /// delivery of any length keeps its claim, and a node that dies (whose claims nobody
-    /// renews) leaves its mail to the others once it runs out.
+    /// delivered are renewed while at least half of it is left, so a delivery of any length
+    /// keeps its claim, and a node that dies (whose claims nobody renews) leaves its mail to
+    /// the others once it runs out.
     pub lease: Duration,
     /// The start-up probe of DNSSEC validation (`Err` with why it fails): `dane-only`
     /// destinations are deferred without it (RFC 7672 §2.1.1).
