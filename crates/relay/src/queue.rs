@@ -313,17 +313,6 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
-/// What [`Store::take_connection_slot`] got.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SlotTaken {
-    /// The store is not shared: no cluster-wide count.
-    NotShared,
-    /// A slot, held until released.
-    Taken(ConnectionSlot),
-    /// Every slot is held (by this node or others): try again later.
-    Full,
-}
-
 /// One cluster-wide connection slot of a destination, as the store that lent it names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionSlot {
@@ -588,16 +577,19 @@ pub trait Store: Send + Sync {
 
     /// Takes one of the `limit` connection slots of `destination` (the next hop, as the
     /// scheduler names it) that every node sharing this store counts against, so that
-    /// `max_connections_per_destination` holds across the cluster. A store of one node has
-    /// nothing to share ([`SlotTaken::NotShared`]: the scheduler's own count is the limit).
-    /// A slot is held until [`Store::release_connection_slot`], or until the node's session
-    /// with the store ends (a dead node holds none).
+    /// `max_connections_per_destination` holds across the cluster; `None` when every slot is
+    /// held (by this node or others). A slot is held until
+    /// [`Store::release_connection_slot`], or until the node's session with the store ends
+    /// (a dead node holds none). Only a shared store ([`Store::is_shared`]) counts slots: for
+    /// a store of one node the scheduler's own count is the limit, and the default refuses.
     fn take_connection_slot(
         &self,
         _destination: &str,
         _limit: usize,
-    ) -> Result<SlotTaken, QueueError> {
-        Ok(SlotTaken::NotShared)
+    ) -> Result<Option<ConnectionSlot>, QueueError> {
+        Err(QueueError::Internal(
+            "connection slots are counted only by a store shared by several nodes",
+        ))
     }
 
     /// Gives back a slot of [`Store::take_connection_slot`].

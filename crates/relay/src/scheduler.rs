@@ -51,8 +51,7 @@ use crate::config::Config;
 use crate::dsn::{self, Action};
 use crate::metrics;
 use crate::queue::{
-    Claim, ConnectionSlot, DsnParams, Lease, NewMessage, QueueError, QueueId, SlotTaken, Store,
-    Timestamp,
+    Claim, ConnectionSlot, DsnParams, Lease, NewMessage, QueueError, QueueId, Store, Timestamp,
 };
 use crate::sts_cache::StorePolicies;
 use crate::tlsrpt;
@@ -764,19 +763,21 @@ impl<R: Resolver + 'static> Scheduler<R> {
             let taken =
                 tokio::task::spawn_blocking(move || store.take_connection_slot(&key2, limit)).await;
             match taken {
-                Ok(Ok(SlotTaken::NotShared)) => return Ok(None),
-                Ok(Ok(SlotTaken::Taken(slot))) => {
+                Ok(Ok(Some(slot))) => {
                     return Ok(Some(HeldSlot {
                         store: Arc::clone(&self.store),
                         slot,
                     }));
                 }
-                Ok(Ok(SlotTaken::Full)) => {}
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(target: "relay", "{key}: connection slots cannot be counted across nodes: {e}; this node's own limit applies");
                     return Ok(None);
                 }
-                Err(_) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(target: "relay", "{key}: counting connection slots failed: {e}; this node's own limit applies");
+                    return Ok(None);
+                }
             }
             if self.stopping.load(Ordering::Acquire) {
                 return Err(Stopping);

@@ -135,8 +135,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Claim, ConnectionSlot, Lease, NewMessage, Progress, QueueEntry, QueueError, QueueId, QueueName,
-    QueueStats, RecipientState, RecipientView, SlotTaken, Store, StsPolicyRecord, Timestamp,
-    TlsCountRecord, name_of, new_token,
+    QueueStats, RecipientState, RecipientView, Store, StsPolicyRecord, Timestamp, TlsCountRecord,
+    name_of, new_token,
 };
 
 /// What can go wrong with the database, beyond the queue's own errors.
@@ -893,7 +893,7 @@ impl Store for PgStore {
         &self,
         destination: &str,
         limit: usize,
-    ) -> Result<SlotTaken, QueueError> {
+    ) -> Result<Option<ConnectionSlot>, QueueError> {
         let key = slot_key(destination);
         let limit = i32::try_from(limit).unwrap_or(i32::MAX).max(1);
         let mut slots = self.node_session()?;
@@ -919,13 +919,13 @@ impl Store for PgStore {
         match flatten(tried) {
             Ok(Some(index)) => {
                 held.insert((key, index));
-                Ok(SlotTaken::Taken(ConnectionSlot {
+                Ok(Some(ConnectionSlot {
                     key,
                     index,
                     session: *id,
                 }))
             }
-            Ok(None) => Ok(SlotTaken::Full),
+            Ok(None) => Ok(None),
             Err(e) => {
                 *slots = None;
                 Err(e)
