@@ -23,6 +23,14 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file cannot be written (`manpages`, `completions`).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The configuration is refused (it names the file, the key and the reason).
     #[error("{0}")]
     Config(#[from] relay::config::ConfigError),
@@ -47,6 +55,8 @@ pub const EX_NOINPUT: u8 = 66;
 pub const EX_DATAERR: u8 = 65;
 /// sysexits EX_NOUSER (`queue`: no message with that id).
 pub const EX_NOUSER: u8 = 67;
+/// sysexits EX_CANTCREAT (an output file cannot be written).
+pub const EX_CANTCREAT: u8 = 73;
 /// sysexits EX_CONFIG.
 pub const EX_CONFIG: u8 = 78;
 
@@ -58,6 +68,7 @@ impl CliError {
             CliError::Resolver(_) | CliError::Runtime(_) => EX_TEMPFAIL,
             CliError::Usage(_) => EX_USAGE,
             CliError::Read { .. } => EX_NOINPUT,
+            CliError::Write { .. } => EX_CANTCREAT,
             CliError::Config(_) => EX_CONFIG,
             CliError::Queue(relay::queue::QueueError::NotFound(_)) => EX_NOUSER,
             CliError::Queue(_) => EX_TEMPFAIL,

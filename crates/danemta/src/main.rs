@@ -9,6 +9,7 @@ mod dnsopts;
 mod doctor;
 mod error;
 mod escape;
+mod manual;
 mod queue;
 mod report;
 mod rollover;
@@ -45,6 +46,10 @@ enum Command {
     Queue(queue::QueueArgs),
     /// sendmail(1)-compatible submission to the local relay: reads the message on standard
     /// input. Install as /usr/sbin/sendmail for applications.
+    ///
+    /// Called by the name `sendmail` (a link to the danemta binary, e.g. /usr/sbin/sendmail),
+    /// danemta acts as `danemta sendmail`; called as `mailq`, as `danemta queue list`.
+    #[command(after_long_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
     /// Check a domain's DANE health: MX hosts, DNSSEC status, TLSA records, DANE state.
     ///
@@ -66,10 +71,17 @@ enum Command {
     /// Show the reports the relay sends: `report tls` for TLS reporting (RFC 8460).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    ///
+    /// For example: `danemta completions bash > /etc/bash_completion.d/danemta`.
+    Completions(manual::CompletionsArgs),
+    /// Write the manual pages (danemta(8) and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages(manual::ManpagesArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(command_line(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -91,6 +103,8 @@ fn main() -> ExitCode {
         Command::Queue(args) => queue::run(args),
         Command::Sendmail(args) => sendmail::run(args),
         Command::Report(cmd) => report::run(cmd),
+        Command::Completions(args) => manual::completions(args),
+        Command::Manpages(args) => manual::manpages(args),
     };
     match result {
         Ok(code) => code,
@@ -100,6 +114,33 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The command line as danemta reads it. Installed under the names applications call, the
+/// binary takes the role they expect, as Postfix's and Exim's do: `sendmail ARGS…` (e.g. a
+/// /usr/sbin/sendmail link) is `danemta sendmail ARGS…`, and `mailq` is `danemta queue list`.
+fn command_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let called_as = args
+        .first()
+        .and_then(|arg0| std::path::Path::new(arg0).file_name())
+        .and_then(|name| name.to_str())
+        .unwrap_or("danemta")
+        .to_owned();
+    let role: &[&str] = match called_as.as_str() {
+        "sendmail" => &["sendmail"],
+        "mailq" => &["queue", "list"],
+        _ => &[],
+    };
+    if !role.is_empty() {
+        args.splice(
+            0..1.min(args.len()),
+            std::iter::once("danemta")
+                .chain(role.iter().copied())
+                .map(Into::into),
+        );
+    }
+    args
 }
 
 /// Logs go to standard error. Commands log one line per delivery attempt at `info`;
@@ -156,5 +197,36 @@ fn init_logging(daemon: bool) {
         })
         .delimited(" ");
         let _ = builder.fmt_fields(fields).without_time().try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    fn line(args: &[&str]) -> Vec<String> {
+        command_line(args.iter().map(Into::into))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn called_as_sendmail_or_mailq_it_takes_their_role() {
+        assert_eq!(
+            line(&["/usr/sbin/sendmail", "-t", "-i"]),
+            ["danemta", "sendmail", "-t", "-i"]
+        );
+        assert_eq!(line(&["sendmail"]), ["danemta", "sendmail"]);
+        assert_eq!(line(&["/usr/bin/mailq"]), ["danemta", "queue", "list"]);
+        assert_eq!(
+            line(&["/usr/bin/danemta", "check", "example.com"]),
+            ["/usr/bin/danemta", "check", "example.com"]
+        );
+        assert_eq!(
+            line(&["/opt/sendmail-tools/danemta", "serve"]),
+            ["/opt/sendmail-tools/danemta", "serve"]
+        );
+        assert!(line(&[]).is_empty());
     }
 }

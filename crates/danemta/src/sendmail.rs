@@ -44,7 +44,7 @@ pub struct SendmailArgs {
     args: Vec<OsString>,
 }
 
-const USAGE: &str = "\
+pub const USAGE: &str = "\
 usage: danemta sendmail [-C|--config FILE] [-t] [-i|-oi] [-f FROM] [-F NAME] [-v] [RCPT...]
 Reads a message on standard input and queues it for the local danemta relay.
   -C, --config FILE  configuration (default /etc/danemta/danemta.toml, else embedded defaults)
