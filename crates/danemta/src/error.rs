@@ -37,6 +37,9 @@ pub enum CliError {
     /// The queue cannot be opened, read or written.
     #[error("{0}")]
     Queue(#[from] relay::queue::QueueError),
+    /// sendmail could neither write the queue nor hand the message to the daemon.
+    #[error("cannot queue the message: {0}")]
+    Submit(String),
     /// The message given on input is refused (sendmail).
     #[error("{0}")]
     Data(String),
@@ -73,6 +76,7 @@ impl CliError {
             CliError::Queue(relay::queue::QueueError::NotFound(_)) => EX_NOUSER,
             CliError::Queue(_) => EX_TEMPFAIL,
             CliError::Data(_) => EX_DATAERR,
+            CliError::Submit(_) => EX_TEMPFAIL,
             CliError::Tls(_) => EX_CONFIG,
         }
     }

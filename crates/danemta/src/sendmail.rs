@@ -3,7 +3,11 @@
 //! Like Postfix's `sendmail` + `postdrop`, it writes the message straight into the queue
 //! ([`Store::accept`], durable before it returns) and then rings the daemon
 //! ([`relay::wake`]); it works while the daemon is down, which then sends the mail when it
-//! starts. What it does to the message follows Postfix's `cleanup`:
+//! starts. A user who may not write the spool (the packaged daemon's, mode 0750) cannot use
+//! the queue directly: the message then goes to the running daemon over loopback SMTP (its
+//! first `smtp` listener), which answers only once it is durable; with the daemon down too,
+//! sendmail exits 75 and the application keeps the message. What it does to the message
+//! follows Postfix's `cleanup`:
 //!
 //! * lines end in CRLF; a line holding a single `.` ends the input unless `-i`/`-oi`; bare CR
 //!   and NUL are refused (EX_DATAERR), as is a message over `[server] max_message_size`;
@@ -22,7 +26,11 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use relay::config::Config;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay::config::{Config, ListenMode, StoreKind};
 use relay::queue::{DsnParams, NewMessage, QueueId};
 use smtp::Envelope;
 
@@ -46,7 +54,8 @@ pub struct SendmailArgs {
 
 pub const USAGE: &str = "\
 usage: danemta sendmail [-C|--config FILE] [-t] [-i|-oi] [-f FROM] [-F NAME] [-v] [RCPT...]
-Reads a message on standard input and queues it for the local danemta relay.
+Reads a message on standard input and queues it for the local danemta relay (straight into
+the queue, or, for users who cannot write it, through the running daemon's smtp listener).
   -C, --config FILE  configuration (default /etc/danemta/danemta.toml, else embedded defaults)
   -t                 recipients also from the To:, Cc: and Bcc: headers (Bcc: is removed)
   -i, -oi            a line with a single '.' does not end the message (only end of input)
@@ -282,24 +291,113 @@ pub fn run(args: SendmailArgs) -> Result<ExitCode, CliError> {
     let body = message.assemble(&received, &added);
 
     // Every failure to write the queue is EX_TEMPFAIL (75): the application tries later.
-    let store = crate::queue::open_queue(&config)?;
-    let dsn = DsnParams::default();
-    store
-        .accept(
-            &NewMessage {
-                id: &id,
-                envelope: &envelope,
-                dsn: &dsn,
-                body: &body,
-            },
-            crate::queue::now(),
-        )
-        .map_err(CliError::Queue)?;
-    let rung = crate::queue::doorbell(&config.queue.dir);
-    if opts.verbose {
-        println!("{id}: queued; {rung}");
+    match queue_directly(&config, &id, &envelope, &body) {
+        Ok(()) => {
+            let rung = crate::queue::doorbell(&config.queue.dir);
+            if opts.verbose {
+                println!("{id}: queued; {rung}");
+            }
+        }
+        Err(CliError::Queue(e))
+            if config.queue.store == StoreKind::Local && e.is_permission_denied() =>
+        {
+            // A user who may not write the spool (it belongs to the daemon's user) hands the
+            // message to the running daemon instead, as a loopback SMTP client.
+            let reply = submit_to_daemon(&config, &hostname, &envelope, &body)
+                .map_err(|why| CliError::Submit(format!("{e}; and {why}")))?;
+            if opts.verbose {
+                println!("handed to the daemon: {}", escape(&reply));
+            }
+        }
+        Err(e) => return Err(e),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the message into the queue ([`Store::accept`]: durable before it returns).
+fn queue_directly(
+    config: &Config,
+    id: &QueueId,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<(), CliError> {
+    let store = crate::queue::open_queue(config)?;
+    let dsn = DsnParams::default();
+    let message = NewMessage {
+        id,
+        envelope,
+        dsn: &dsn,
+        body,
+    };
+    store
+        .accept(&message, crate::queue::now())
+        .map_err(CliError::Queue)
+}
+
+/// Submits the message over SMTP to the daemon's first `smtp` listener (an unspecified
+/// address becomes loopback), as Postfix's sendmail hands mail to its daemons: the daemon
+/// answers 250 only once the message is durable in its queue (PRODUCT.md). The listener must
+/// let this host relay (`server.relay_networks`, loopback by default). Answers the reply to
+/// the message, or why it was not taken.
+fn submit_to_daemon(
+    config: &Config,
+    hostname: &str,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<String, String> {
+    use smtp::session::Session;
+    use smtp::tls::Mode;
+
+    let listen = config
+        .server
+        .listen
+        .iter()
+        .find(|l| l.mode == ListenMode::Smtp)
+        .ok_or("the daemon has no smtp listener to submit to")?;
+    let mut addr = listen.address;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let message = smtp::Message::new(body).map_err(|e| format!("the message: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let timeouts = smtp::Timeouts {
+        connect: Duration::from_secs(10),
+        ..smtp::Timeouts::default()
+    };
+    runtime.block_on(async {
+        let not_taken =
+            |e: &dyn std::fmt::Display| format!("the daemon at {addr} did not take it: {e}");
+        // Opportunistic: the daemon's certificate is not checked (it is this host, often
+        // self-signed); TLS only keeps the message off the wire of a non-loopback listener.
+        let mut session = Session::open(
+            addr,
+            "localhost",
+            hostname,
+            &Mode::Opportunistic,
+            &provider,
+            &timeouts,
+        )
+        .await
+        .map_err(|e| not_taken(&e))?;
+        let result = session.transact(envelope, &message).await;
+        session.quit().await;
+        let transaction = result.map_err(|e| not_taken(&e))?;
+        if let Some(refused) = transaction.rcpt.iter().find(|r| !r.is_positive()) {
+            return Err(not_taken(refused));
+        }
+        match transaction.data {
+            Some(reply) if reply.is_positive() => Ok(reply.to_string()),
+            Some(reply) => Err(not_taken(&reply)),
+            None => Err(not_taken(&"no reply to the message")),
+        }
+    })
 }
 
 /// Checks one recipient on its own, so that the error says where it came from.

@@ -7,7 +7,8 @@
 //! Covered: SIGHUP reloads the policy table (and refuses a broken file, keeping the running
 //! one), SIGTERM exits 0; JSON logs carry the delivery fields; a submission listener wants
 //! AUTH, and AUTH only after STARTTLS; the metrics count sessions, acceptances and
-//! deliveries; a second daemon on the same queue is refused.
+//! deliveries; a second daemon on the same queue is refused; sendmail from a user who cannot
+//! write the spool goes through the daemon.
 //!
 //! Every daemon is stopped by a Drop guard (SIGTERM, then SIGKILL); every sink thread stops
 //! when its guard is dropped.
@@ -851,6 +852,82 @@ fn metrics_count_sessions_and_deliveries() {
             .map(|(p, what)| (what, metric(&text, p)))
             .collect::<Vec<_>>(),
         d.metrics
+    );
+}
+
+/// `sendmail` run by a user who may not write the spool (the daemon's, mode 0700) hands the
+/// message to the daemon over loopback SMTP, and it is delivered; with the daemon down it
+/// exits 75 (try later) naming both failures, and nothing is lost silently.
+#[test]
+fn sendmail_without_spool_access_submits_to_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("sendmail-nobody");
+    // `nobody` must read the configuration and reach it; the spool stays root's.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let queue = dir.path().join("queue");
+    fs::create_dir(&queue).unwrap();
+    fs::set_permissions(&queue, fs::Permissions::from_mode(0o700)).unwrap();
+    let sink = Sink::start();
+    let (listen, metrics) = (free_addr(), free_addr());
+    let text = config_text(
+        &queue,
+        &[Listen {
+            addr: listen,
+            mode: "smtp",
+        }],
+        metrics,
+        sink.addr,
+        "",
+    );
+    let mut d = Daemon::start(dir.path(), "sendmail-nobody", &text, listen, metrics, &[]);
+    let config = d.config.clone();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let sendmail_as_nobody = |body: &str| {
+        let mut child = Command::new("runuser")
+            .args([
+                "-u",
+                "nobody",
+                "--",
+                env!("CARGO_BIN_EXE_danemta"),
+                "sendmail",
+                "-C",
+            ])
+            .arg(&config)
+            .args(["-v", "rcpt@example.test"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runuser");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let out = sendmail_as_nobody("Subject: from nobody\n\nhello\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("handed to the daemon: 250"),
+        "{out:?}\n{}",
+        d.log()
+    );
+    sink.wait_for(1, || d.log());
+    let got = &sink.got()[0];
+    assert_eq!(got.to, ["rcpt@example.test"]);
+    assert!(got.from.starts_with("nobody@"), "{}", got.from);
+    assert!(got.body.contains("Subject: from nobody"), "{}", got.body);
+
+    d.stop(WAIT);
+    let out = sendmail_as_nobody("Subject: daemon down\n\nhello\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("did not take it"),
+        "{stderr}"
     );
 }
 

@@ -236,6 +236,23 @@ impl QueueError {
             _ => false,
         }
     }
+
+    /// Whether the local queue could not be opened or written for lack of permission (the
+    /// spool belongs to the daemon's user), rather than for a fault of the queue itself:
+    /// `danemta sendmail` then hands the message to the daemon over SMTP.
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            QueueError::Io { source, .. } => source.kind() == io::ErrorKind::PermissionDenied,
+            QueueError::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::PermissionDenied
+            ),
+            QueueError::Batch(inner) => inner.is_permission_denied(),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
