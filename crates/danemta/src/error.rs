@@ -46,6 +46,18 @@ pub enum CliError {
     /// A TLS client configuration cannot be built (no usable trust anchors).
     #[error("cannot set up TLS: {0}")]
     Tls(rustls::Error),
+    /// Run as root, the command could not become the owner of the spool.
+    #[error("cannot become the owner of the spool {dir} (uid {uid}, gid {gid}): {source}")]
+    Privileges {
+        /// The spool directory.
+        dir: String,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// sysexits EX_USAGE.
@@ -60,6 +72,8 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
 /// sysexits EX_CANTCREAT (an output file cannot be written).
 pub const EX_CANTCREAT: u8 = 73;
+/// sysexits EX_OSERR (a system call failed: switching users).
+pub const EX_OSERR: u8 = 71;
 /// sysexits EX_CONFIG.
 pub const EX_CONFIG: u8 = 78;
 
@@ -78,6 +92,7 @@ impl CliError {
             CliError::Data(_) => EX_DATAERR,
             CliError::Submit(_) => EX_TEMPFAIL,
             CliError::Tls(_) => EX_CONFIG,
+            CliError::Privileges { .. } => EX_OSERR,
         }
     }
 }

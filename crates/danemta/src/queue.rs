@@ -209,6 +209,7 @@ fn each(
 pub(crate) fn open_queue(config: &Config) -> Result<Box<dyn Store>, CliError> {
     match config.queue.store {
         StoreKind::Local => {
+            become_spool_owner(&config.queue.dir)?;
             let (store, _recovery) = LocalStore::open(&config.queue.dir, now())?;
             Ok(Box::new(store))
         }
@@ -217,6 +218,45 @@ pub(crate) fn open_queue(config: &Config) -> Result<Box<dyn Store>, CliError> {
             Ok(Box::new(PgStore::open(url)?))
         }
     }
+}
+
+/// Run as root against a spool that belongs to another user (the packaged daemon's
+/// `danemta`), becomes that user and group for the rest of the command, as Postfix's
+/// `postdrop` and `postsuper` work as the mail owner: what root would create in the spool
+/// (the queue database's journal, message files) the daemon could then neither read nor
+/// write. Otherwise (not root, no spool yet, a root-owned spool) changes nothing.
+fn become_spool_owner(dir: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let (uid, gid) = (meta.uid(), meta.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    let failed = |source| CliError::Privileges {
+        dir: dir.display().to_string(),
+        uid,
+        gid,
+        source,
+    };
+    // Group first (setgid is no longer allowed once the uid is dropped); no supplementary
+    // groups of root's. glibc applies each call to every thread of the process.
+    // SAFETY: plain system calls with integer arguments (and an empty group list).
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// Rings the daemon and says what that means for the mail just changed.

@@ -931,6 +931,92 @@ fn sendmail_without_spool_access_submits_to_the_daemon() {
     );
 }
 
+/// `sendmail` and `queue` run as root on a spool that belongs to the daemon's user (the
+/// package's `danemta`) work as that user: a queue database journal or message file made by
+/// root would be unreadable or unwritable to the daemon.
+#[test]
+fn root_writes_the_spool_as_its_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "nobody"])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a numeric id")
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let dir = TempDir::new("sendmail-root");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let queue = dir.path().join("queue");
+    fs::create_dir(&queue).unwrap();
+    fs::set_permissions(&queue, fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&queue, Some(uid), Some(gid)).unwrap();
+    let (listen, metrics, sink) = (free_addr(), free_addr(), free_addr());
+    let listens = [Listen {
+        addr: listen,
+        mode: "smtp",
+    }];
+    let config = dir.path().join("danemta.toml");
+    fs::write(&config, config_text(&queue, &listens, metrics, sink, "")).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["sendmail", "-C"])
+        .arg(&config)
+        .arg("rcpt@example.test")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: from root\n\nhello\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let mut pending = vec![queue.clone()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (uid, gid),
+            "{} is not nobody's",
+            path.display()
+        );
+        files += 1;
+        if meta.is_dir() {
+            pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(files > 2, "the spool holds the queue and the message");
+    // The owner sees the message root queued.
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_danemta"),
+            "queue",
+            "list",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("rcpt@example.test"),
+        "{out:?}"
+    );
+}
+
 /// A second daemon on a queue in use exits non-zero and says why.
 #[test]
 fn a_second_daemon_on_the_same_queue_is_refused() {
