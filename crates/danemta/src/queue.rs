@@ -220,25 +220,28 @@ pub(crate) fn open_queue(config: &Config) -> Result<Box<dyn Store>, CliError> {
     }
 }
 
-/// Run as root against a spool that belongs to another user (the packaged daemon's
-/// `danemta`), becomes that user and group for the rest of the command, as Postfix's
-/// `postdrop` and `postsuper` work as the mail owner: what root would create in the spool
-/// (the queue database's journal, message files) the daemon could then neither read nor
-/// write. Otherwise (not root, no spool yet, a root-owned spool) changes nothing.
-fn become_spool_owner(dir: &Path) -> Result<(), CliError> {
+/// The owner (uid, gid) of the spool `dir` when this process runs as root and the spool
+/// belongs to another user (the packaged daemon's `danemta`); `None` otherwise (not root, no
+/// spool yet, a root-owned spool).
+pub(crate) fn foreign_spool_owner(dir: &Path) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
 
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
+        return None;
     }
-    let Ok(meta) = std::fs::metadata(dir) else {
+    let meta = std::fs::metadata(dir).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// Run as root against a spool that belongs to another user, becomes that user and group
+/// for the rest of the command, as Postfix's `postdrop` and `postsuper` work as the mail
+/// owner: what root would create in the spool (the queue database's journal, message files)
+/// the daemon could then neither read nor write.
+fn become_spool_owner(dir: &Path) -> Result<(), CliError> {
+    let Some((uid, gid)) = foreign_spool_owner(dir) else {
         return Ok(());
     };
-    let (uid, gid) = (meta.uid(), meta.gid());
-    if uid == 0 {
-        return Ok(());
-    }
     let failed = |source| CliError::Privileges {
         dir: dir.display().to_string(),
         uid,

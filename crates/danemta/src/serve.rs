@@ -11,6 +11,8 @@ use crate::escape::escape;
 
 /// sysexits EX_CONFIG: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
+/// sysexits EX_NOPERM: run as root on a spool that is another user's.
+const EX_NOPERM: u8 = 77;
 
 /// Options of `danemta serve`.
 #[derive(Debug, clap::Args)]
@@ -61,6 +63,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
                 ExitCode::from(EX_CONFIG)
             }
         });
+    }
+    if let Some((uid, _)) = crate::queue::foreign_spool_owner(&config.queue.dir) {
+        // Files root made there (the queue database's journal, message files, the
+        // self-signed certificate) would lock the spool's owner out of its own queue.
+        eprintln!(
+            "danemta serve: the spool {} belongs to uid {uid}, not root: run the daemon as \
+             that user (`systemctl start danemta` for the package's), not as root",
+            escape(&config.queue.dir.display().to_string())
+        );
+        return Ok(ExitCode::from(EX_NOPERM));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

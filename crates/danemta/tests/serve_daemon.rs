@@ -1015,6 +1015,18 @@ fn root_writes_the_spool_as_its_owner() {
         out.status.success() && stdout.contains("rcpt@example.test"),
         "{out:?}"
     );
+    // The daemon itself is not started as root there: it says as whom to run it.
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to uid {uid}")),
+        "{stderr}"
+    );
 }
 
 /// A second daemon on a queue in use exits non-zero and says why.
