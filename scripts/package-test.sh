@@ -7,7 +7,8 @@
 #
 # Needs root. Installs and purges twice (a second run on a machine where it ran before must
 # pass too); whatever happens, the package is purged at exit. An MTA already installed
-# (Postfix in the test suite) keeps its /usr/sbin/sendmail: that is checked.
+# (Postfix in the test suite) keeps its sendmail, mailq and /usr/lib/sendmail; the second
+# round diverts its sendmail as README.md says, and danemta's takes the name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,15 @@ deb=${DEB:-$(PROFILE=${PROFILE:-dev} bash scripts/package.sh | tail -n 1)}
 deb=$(realpath "$deb")
 work=$(mktemp -d)
 daemon_pid=
+diverted=
+undivert() {
+    dpkg-divert --local --rename --remove /usr/sbin/sendmail >/dev/null
+    diverted=
+}
 cleanup() {
     [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
     dpkg --purge danemta >/dev/null 2>&1 || true
+    [ -n "$diverted" ] && undivert
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,13 +39,29 @@ check() { # check DESCRIPTION COMMAND...: runs COMMAND, fails with DESCRIPTION i
     "$@" >"$work/out" 2>&1 || { cat "$work/out" >&2; fail "$what"; }
 }
 
-sendmail_before=$(readlink -f /usr/sbin/sendmail 2>/dev/null || true)
-sendmail_sum=$( [ -f /usr/sbin/sendmail ] && sha256sum </usr/sbin/sendmail || true)
+# What another MTA installed as sendmail (Postfix: a file and two links to it), to compare.
+mta_paths=(/usr/sbin/sendmail /usr/bin/mailq /usr/lib/sendmail)
+mta_files() {
+    local p
+    for p in "${mta_paths[@]}"; do
+        if [ -L "$p" ]; then echo "$p -> $(readlink "$p")"; elif [ -e "$p" ]; then echo "$p $(sha256sum <"$p")"; fi
+    done
+}
+mta_before=$(mta_files)
+other_mta=
+[ -e /usr/sbin/sendmail ] && [ "$(readlink /usr/sbin/sendmail)" != /etc/alternatives/sendmail ] && other_mta=yes
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 for round in 1 2; do
+    # Round 2 with another MTA installed: its sendmail diverted as the README says, after
+    # which danemta's takes the name.
+    if [ "$round" = 2 ] && [ -n "$other_mta" ]; then
+        echo "==> round 2: dpkg-divert --local --rename --add /usr/sbin/sendmail"
+        check "dpkg-divert" dpkg-divert --local --rename --add /usr/sbin/sendmail
+        diverted=yes
+    fi
     echo "==> round $round: dpkg -i $(basename "$deb")"
     check "dpkg -i" dpkg -i "$deb"
     dpkg-query -W -f='${Status}' danemta | grep -qx "install ok installed" || fail "not installed"
@@ -86,13 +109,16 @@ for round in 1 2; do
         echo "    systemd-analyze security: $score"
     fi
 
-    # sendmail through alternatives, never over another MTA's real file.
-    update-alternatives --query sendmail | grep -qx 'Alternative: /usr/bin/danemta' ||
-        fail "no sendmail alternative"
-    if [ -n "$sendmail_sum" ]; then
-        [ "$(sha256sum </usr/sbin/sendmail)" = "$sendmail_sum" ] || fail "/usr/sbin/sendmail was replaced"
+    # sendmail through alternatives, never over another MTA's file or links.
+    if [ -n "$other_mta" ] && [ -z "$diverted" ]; then
+        [ "$(mta_files)" = "$mta_before" ] || fail "the other MTA's sendmail changed: $(mta_files)"
+        ! update-alternatives --query sendmail 2>/dev/null | grep -q danemta ||
+            fail "sendmail alternative registered over another MTA's"
     else
+        update-alternatives --query sendmail | grep -qx 'Alternative: /usr/bin/danemta' ||
+            fail "no sendmail alternative"
         [ "$(readlink -f /usr/sbin/sendmail)" = /usr/bin/danemta ] || fail "/usr/sbin/sendmail is not danemta"
+        [ "$(readlink -f /usr/bin/mailq)" = /usr/bin/danemta ] || fail "mailq is not danemta"
     fi
 
     # The daemon as the danemta user on the packaged spool (a test port instead of 25, which
@@ -134,7 +160,7 @@ for round in 1 2; do
         [ ! -e "$gone" ] || fail "$gone left after purge"
     done
     ! update-alternatives --query sendmail 2>/dev/null | grep -q danemta || fail "sendmail alternative left"
-    [ "$(readlink -f /usr/sbin/sendmail 2>/dev/null || true)" = "$sendmail_before" ] ||
-        fail "/usr/sbin/sendmail changed by install and purge"
+    [ -n "$diverted" ] && undivert
+    [ "$(mta_files)" = "$mta_before" ] || fail "sendmail changed by install and purge: $(mta_files)"
 done
 echo "==> package test passed"
