@@ -18,6 +18,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The code blocks of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod cert;
 pub mod matching;
 pub mod name;

@@ -8,6 +8,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The code blocks of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod answer;
 pub mod authoritative;
 pub mod backend;
