@@ -19,7 +19,8 @@
 #      the RRset's TTL (RFC 7671 §8.1). The first installation (no installed chain) is not
 #      gated.
 #   3. Only if every gate passed: copies fullchain.pem and privkey.pem to
-#      DANEMTA_CERT_DIR/LINEAGE/ (root:DANEMTA_GROUP, mode 0640, replaced atomically), then
+#      DANEMTA_CERT_DIR/LINEAGE/ (root:DANEMTA_GROUP, mode 0640 in a 0750 directory,
+#      replaced atomically), then
 #      runs DANEMTA_RELOAD_CMD (SIGHUP: danemta re-reads its certificates).
 #   4. If a gate did not pass: installs nothing, reloads nothing, prints the TLSA records to
 #      publish and exits with the gate's status (75 = not yet), so that certbot reports it.
@@ -173,12 +174,18 @@ fi
 
 # Install: both files into temporary names in the same directory, then renamed over the old
 # ones, so that danemta never reads half a file.
+# DANEMTA_CERT_DIR itself is left as it is when it exists (it may be /etc/danemta, which
+# sendmail users must be able to read); the lineage's directory is root:GROUP 0750.
+if [ ! -d "$cert_dir" ]; then
+    mkdir -p "$cert_dir"
+    chmod 0755 "$cert_dir"
+fi
 umask 077
 if [ ! -d "$dest" ]; then
-    mkdir -p "$dest"
+    mkdir "$dest"
 fi
-chown "root:$group" "$cert_dir" "$dest"
-chmod 0750 "$cert_dir" "$dest"
+chown "root:$group" "$dest"
+chmod 0750 "$dest"
 tmp_key=$(mktemp "$dest/.privkey.pem.XXXXXX")
 tmp_chain=$(mktemp "$dest/.fullchain.pem.XXXXXX")
 trap 'rm -f "$tmp_key" "$tmp_chain"' EXIT
