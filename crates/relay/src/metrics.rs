@@ -23,6 +23,23 @@
 //! | `danemta_tls_handshakes_total` | counter | `resumed` (`true`, `false`) |
 //! | `danemta_dns_lookups_total` | counter | `dnssec` (`secure`, `insecure`, `bogus`, `indeterminate`) |
 //! | `danemta_dns_cache_requests_total` | counter | `result` (`hit`, `miss`) |
+//! | `danemta_tls_certificate_expiry_timestamp_seconds` | gauge | `chain`: the chain's certificate file as configured in `[[server.tls]] cert`, or `self-signed` |
+//! | `danemta_own_tlsa_match` | gauge | `host`: `[server] hostname` |
+//!
+//! The `chain` and `host` labels come from the configuration, not from the mail: their number
+//! is that of the configured chains (and one host).
+//!
+//! `danemta_tls_certificate_expiry_timestamp_seconds` is the earliest notAfter (Unix
+//! seconds) among the certificates of each chain the listeners offer, set at start and at
+//! every reload (SIGHUP); `(value - time()) / 86400` is the days left. The metrics crate
+//! cannot remove a series: a chain that a reload dropped from the configuration keeps its
+//! series until the next restart, with the value NaN (no expiry alert compares true on it).
+//!
+//! `danemta_own_tlsa_match` says whether the TLSA records published for the daemon's own
+//! name (`_25._tcp.<hostname>`) authenticate the chains it serves to DANE peers (see
+//! [`crate::own_tlsa`]): 1 yes, 0 no (a mismatch or a bogus answer: peers doing DANE defer
+//! mail to this host). There is no series while DANE is not in use for the name (no TLSA
+//! records, or an insecure zone); if it was set before, it reads NaN from then on.
 //!
 //! The two DNS counters are recorded by `danemta-dns` (see [`dns::resolver::describe_metrics`]).
 //!
@@ -62,6 +79,12 @@ pub const ACCEPTED_BYTES: &str = "danemta_messages_accepted_bytes_total";
 /// Counter: outgoing attempts over TLS, by whether the session was resumed (RFC 8446 §2.2,
 /// RFC 5077) or came from a full handshake.
 pub const TLS_HANDSHAKES: &str = "danemta_tls_handshakes_total";
+
+/// Gauge: the earliest notAfter (Unix seconds) of the certificates of an offered chain.
+pub const CERT_EXPIRY: &str = "danemta_tls_certificate_expiry_timestamp_seconds";
+/// Gauge: 1 when the TLSA records published for the daemon's own name authenticate the
+/// chains it serves, 0 when not.
+pub const OWN_TLSA_MATCH: &str = "danemta_own_tlsa_match";
 
 /// Why [`install`] failed.
 #[derive(Debug, Error)]
@@ -173,6 +196,15 @@ fn describe() {
         TLS_HANDSHAKES,
         Unit::Count,
         "Outgoing delivery attempts over TLS, by whether the TLS session was resumed"
+    );
+    describe_gauge!(
+        CERT_EXPIRY,
+        Unit::Seconds,
+        "Earliest notAfter (Unix time) of the certificates of each chain the listeners offer, by chain (certificate file, or self-signed)"
+    );
+    describe_gauge!(
+        OWN_TLSA_MATCH,
+        "1 when the TLSA records published at _25._tcp.<host> authenticate the chains the listeners serve for it, 0 on a mismatch or a bogus answer; absent while DANE is not in use for the name"
     );
     dns::resolver::describe_metrics();
 
@@ -387,6 +419,55 @@ pub fn accepted(bytes: u64) {
     counter!(ACCEPTED_BYTES).increment(bytes);
 }
 
+/// The chains offered now, each with the earliest notAfter (Unix seconds) of its
+/// certificates, by `chain` label. Labels set by an earlier call and absent now read NaN
+/// (the series cannot be removed; see the module documentation).
+pub fn certificate_expiry<'a>(chains: impl IntoIterator<Item = (&'a str, u64)>) {
+    let mut now: Vec<String> = Vec::new();
+    for (label, not_after) in chains {
+        // Unix seconds are exact in f64 far beyond the year 9999.
+        #[allow(clippy::cast_precision_loss)]
+        gauge!(CERT_EXPIRY, "chain" => label.to_owned()).set(not_after as f64);
+        now.push(label.to_owned());
+    }
+    let mut previous = match EXPIRY_LABELS.lock() {
+        Ok(p) => p,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for gone in previous.iter().filter(|l| !now.contains(l)) {
+        gauge!(CERT_EXPIRY, "chain" => gone.clone()).set(f64::NAN);
+    }
+    // A dropped chain stays NaN until it is configured again.
+    previous.retain(|l| !now.contains(l));
+    previous.extend(now);
+}
+
+/// The `chain` labels of `danemta_tls_certificate_expiry_timestamp_seconds` set so far.
+static EXPIRY_LABELS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the TLSA records published for `host` authenticate the chains served for it:
+/// `Some(true)` 1, `Some(false)` 0, `None` DANE not in use for the name (no TLSA records, or
+/// an insecure zone): NaN if the series exists already, else nothing is recorded.
+pub fn own_tlsa_match(host: &str, matched: Option<bool>) {
+    let mut shown = match OWN_TLSA_HOSTS.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let value = match matched {
+        Some(true) => 1.0,
+        Some(false) => 0.0,
+        None if shown.iter().any(|h| h == host) => f64::NAN,
+        None => return,
+    };
+    gauge!(OWN_TLSA_MATCH, "host" => host.to_owned()).set(value);
+    if !shown.iter().any(|h| h == host) {
+        shown.push(host.to_owned());
+    }
+}
+
+/// The `host` labels of `danemta_own_tlsa_match` set so far.
+static OWN_TLSA_HOSTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -550,5 +631,80 @@ mod tests {
             values.len(),
             20 + Rule::ALL.len() + 3 + 6 + 3 + 3 + 4 + 2 + 2
         );
+    }
+
+    fn gauge(
+        values: &HashMap<(String, Vec<(String, String)>), DebugValue>,
+        name: &str,
+        pairs: &[(&str, &str)],
+    ) -> Option<f64> {
+        match values.get(&(name.to_owned(), labels(pairs)))? {
+            DebugValue::Gauge(v) => Some(v.into_inner()),
+            other => panic!("{name} is not a gauge: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificate_expiry_is_set_per_chain_and_a_dropped_chain_reads_nan() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            certificate_expiry([
+                ("/etc/danemta/test-a-chain.pem", 1_900_000_000),
+                ("self-signed-test", 2_000_000_000),
+            ]);
+        });
+        let first = values(snapshotter.snapshot());
+        let a = [("chain", "/etc/danemta/test-a-chain.pem")];
+        let b = [("chain", "self-signed-test")];
+        assert_eq!(gauge(&first, CERT_EXPIRY, &a), Some(1_900_000_000.0));
+        assert_eq!(gauge(&first, CERT_EXPIRY, &b), Some(2_000_000_000.0));
+        // A reload that drops chain b and renews chain a.
+        metrics::with_local_recorder(&recorder, || {
+            certificate_expiry([("/etc/danemta/test-a-chain.pem", 1_950_000_000)]);
+        });
+        let second = values(snapshotter.snapshot());
+        assert_eq!(gauge(&second, CERT_EXPIRY, &a), Some(1_950_000_000.0));
+        assert!(gauge(&second, CERT_EXPIRY, &b).unwrap().is_nan());
+        // Configured again, it has a value again.
+        metrics::with_local_recorder(&recorder, || {
+            certificate_expiry([("self-signed-test", 2_000_000_001)]);
+        });
+        let third = values(snapshotter.snapshot());
+        assert_eq!(gauge(&third, CERT_EXPIRY, &b), Some(2_000_000_001.0));
+        assert!(gauge(&third, CERT_EXPIRY, &a).unwrap().is_nan());
+    }
+
+    #[test]
+    fn own_tlsa_match_is_absent_until_dane_is_in_use() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let host = [("host", "own-tlsa-test.example")];
+        metrics::with_local_recorder(&recorder, || {
+            own_tlsa_match("own-tlsa-test.example", None);
+        });
+        assert_eq!(
+            gauge(&values(snapshotter.snapshot()), OWN_TLSA_MATCH, &host),
+            None
+        );
+        metrics::with_local_recorder(&recorder, || {
+            own_tlsa_match("own-tlsa-test.example", Some(true));
+        });
+        assert_eq!(
+            gauge(&values(snapshotter.snapshot()), OWN_TLSA_MATCH, &host),
+            Some(1.0)
+        );
+        metrics::with_local_recorder(&recorder, || {
+            own_tlsa_match("own-tlsa-test.example", Some(false));
+        });
+        assert_eq!(
+            gauge(&values(snapshotter.snapshot()), OWN_TLSA_MATCH, &host),
+            Some(0.0)
+        );
+        metrics::with_local_recorder(&recorder, || {
+            own_tlsa_match("own-tlsa-test.example", None);
+        });
+        let v = gauge(&values(snapshotter.snapshot()), OWN_TLSA_MATCH, &host);
+        assert!(v.unwrap().is_nan(), "{v:?}");
     }
 }
