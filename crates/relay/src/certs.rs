@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use dane::cert::CertInfo;
 use dane::matching::record_for;
+use dane::pki_types::CertificateDer;
 use dane::{Matching, Selector, Tlsa, Usage};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -68,7 +69,44 @@ pub enum Source {
 pub struct Certs {
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<SniResolver>>,
+    offered: RwLock<Arc<Vec<Offered>>>,
 }
+
+/// One chain the listeners offer, as the metrics and the own-TLSA check see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offered {
+    /// The `chain` label of `danemta_tls_certificate_expiry_timestamp_seconds`: the
+    /// certificate file as configured (`[[server.tls]] cert`), or `self-signed` for the
+    /// certificate the daemon made itself.
+    pub label: String,
+    /// The certificates, leaf first, as sent in the handshake.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The earliest notAfter (Unix seconds) among them; `None` if none parses (rustls
+    /// refused such a chain already, so only in theory).
+    pub not_after: Option<u64>,
+}
+
+impl Offered {
+    fn new(label: String, pem: &[u8]) -> Offered {
+        use dane::pki_types::pem::PemObject;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .collect();
+        let not_after = certs
+            .iter()
+            .filter_map(|c| CertInfo::parse(c).ok())
+            .map(|info| info.not_after())
+            .min();
+        Offered {
+            label,
+            certs,
+            not_after,
+        }
+    }
+}
+
+/// The `chain` label of the self-signed certificate.
+pub const SELF_SIGNED_LABEL: &str = "self-signed";
 
 /// What loading found, for the start-up log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +117,8 @@ pub struct Loaded {
     pub made: bool,
     /// The `3 1 1` record of the default chain's leaf (DANE-EE, SPKI, SHA-256).
     pub tlsa: Option<Tlsa>,
+    /// Every chain offered, the default first.
+    pub offered: Vec<Offered>,
 }
 
 impl Certs {
@@ -92,6 +132,7 @@ impl Certs {
             Certs {
                 provider,
                 current: RwLock::new(Arc::new(resolver)),
+                offered: RwLock::new(Arc::new(loaded.offered.clone())),
             },
             loaded,
         ))
@@ -103,7 +144,18 @@ impl Certs {
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(resolver);
         }
+        if let Ok(mut offered) = self.offered.write() {
+            *offered = Arc::new(loaded.offered.clone());
+        }
         Ok(loaded)
+    }
+
+    /// The chains offered now, the default first.
+    pub fn offered(&self) -> Arc<Vec<Offered>> {
+        match self.offered.read() {
+            Ok(o) => Arc::clone(&o),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// A rustls server configuration whose certificates come from `self` (TLS 1.2 and 1.3,
@@ -162,12 +214,24 @@ fn resolver(
         .collect();
     let resolver = SniResolver::from_pem(&slices, provider)?;
     let tlsa = pems.first().and_then(|(chain, _)| tlsa_3_1_1(chain));
+    let offered = files
+        .iter()
+        .zip(&pems)
+        .map(|((path, _), (chain, _))| {
+            let label = match source {
+                Source::Configured(_) => path.display().to_string(),
+                Source::SelfSigned { .. } => SELF_SIGNED_LABEL.to_owned(),
+            };
+            Offered::new(label, chain)
+        })
+        .collect();
     Ok((
         resolver,
         Loaded {
             default_chain: files.first().map(|(c, _)| c.clone()).unwrap_or_default(),
             made,
             tlsa,
+            offered,
         },
     ))
 }
@@ -175,7 +239,6 @@ fn resolver(
 /// The `3 1 1` record (DANE-EE, SPKI, SHA-256: RFC 7671 §5.1's recommendation) of the first
 /// certificate in a PEM chain.
 pub fn tlsa_3_1_1(chain_pem: &[u8]) -> Option<Tlsa> {
-    use dane::pki_types::CertificateDer;
     use dane::pki_types::pem::PemObject;
     let leaf = CertificateDer::pem_slice_iter(chain_pem).next()?.ok()?;
     let info = CertInfo::parse(&leaf).ok()?;
@@ -257,12 +320,96 @@ mod tests {
         let again = certs.reload(&source).unwrap();
         assert!(!again.made);
         assert_eq!(again.tlsa, Some(record));
+        // The made certificate is offered as `self-signed`, valid for ten years.
+        assert_eq!(again.offered.len(), 1);
+        assert_eq!(again.offered[0].label, SELF_SIGNED_LABEL);
+        let ten_years = 3650 * 86_400;
+        let not_after = again.offered[0].not_after.unwrap();
+        let now = time::OffsetDateTime::now_utc()
+            .unix_timestamp()
+            .unsigned_abs();
+        assert!(not_after.abs_diff(now + ten_years) < 86_400, "{not_after}");
+        assert_eq!(*certs.offered(), again.offered);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("tls/self-signed.key"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "the key is private");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A PEM file holding `certs`, and one holding the leaf's key.
+    fn write_chain(
+        dir: &Path,
+        name: &str,
+        certs: &[&rcgen::Certificate],
+        key: &rcgen::KeyPair,
+    ) -> TlsChain {
+        let pem: String = certs.iter().map(|c| c.pem()).collect();
+        let cert = dir.join(format!("{name}-chain.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert, pem).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        TlsChain {
+            cert,
+            key: key_path,
+        }
+    }
+
+    fn cert_until(
+        name: &str,
+        not_after: time::OffsetDateTime,
+        ca: bool,
+        issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair, rcgen::CertificateParams) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_after = not_after;
+        if ca {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let cert = match issuer {
+            Some(issuer) => p.signed_by(&key, issuer).unwrap(),
+            None => p.self_signed(&key).unwrap(),
+        };
+        (cert, key, p)
+    }
+
+    #[test]
+    fn configured_chains_are_offered_by_file_with_their_earliest_not_after() {
+        let dir =
+            std::env::temp_dir().join(format!("danemta-certs-offered-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let day = |d: i64| {
+            time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+                + time::Duration::days(d)
+        };
+        // A CA expiring before its leaf: the chain's expiry is the CA's.
+        let (ca_cert, ca_key, ca_params) = cert_until("Test CA", day(400), true, None);
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let (leaf, leaf_key, _) = cert_until("relay.example.test", day(500), false, Some(&issuer));
+        let (other, other_key, _) = cert_until("other.example.test", day(90), false, None);
+        let first = write_chain(&dir, "first", &[&leaf, &ca_cert], &leaf_key);
+        let second = write_chain(&dir, "second", &[&other], &other_key);
+        let source = Source::Configured(vec![first.clone(), second.clone()]);
+        let (_, loaded) = Certs::load(&source, provider()).unwrap();
+        let got: Vec<_> = loaded
+            .offered
+            .iter()
+            .map(|o| (o.label.clone(), o.certs.len(), o.not_after))
+            .collect();
+        let secs = |t: time::OffsetDateTime| Some(t.unix_timestamp().unsigned_abs());
+        assert_eq!(
+            got,
+            [
+                (first.cert.display().to_string(), 2, secs(day(400))),
+                (second.cert.display().to_string(), 1, secs(day(90))),
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
