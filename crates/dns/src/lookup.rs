@@ -13,15 +13,15 @@ use crate::status::Status;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RecordType {
-    /// IPv4 address.
+    /// IPv4 address (RFC 1035 §3.4.1).
     A,
-    /// IPv6 address.
+    /// IPv6 address (RFC 3596).
     Aaaa,
     /// Mail exchanger (RFC 5321 §5.1).
     Mx,
     /// Service locator (RFC 2782), for RFC 6186 submission.
     Srv,
-    /// TLSA (RFC 6698).
+    /// TLSA (RFC 6698 §2), asked at `_PORT._tcp.BASE` (RFC 6698 §3, RFC 7672 §2.2.2).
     Tlsa,
     /// DNSKEY, for resolver self-tests.
     Dnskey,
@@ -59,11 +59,11 @@ pub struct Srv {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Record {
-    /// A or AAAA.
+    /// An A or AAAA record: the host's address.
     Address(IpAddr),
-    /// MX.
+    /// An MX record (RFC 1035 §3.3.9, RFC 5321 §5.1).
     Mx(Mx),
-    /// SRV.
+    /// An SRV record (RFC 2782).
     Srv(Srv),
     /// NS: a name server of the zone.
     Ns(DnsName),
@@ -122,11 +122,12 @@ pub enum Failure {
 /// One CNAME link followed while answering.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CnameLink {
-    /// The alias.
+    /// The alias (the owner of the CNAME record).
     pub from: DnsName,
-    /// Its target.
+    /// Its target (RFC 1034 §3.6.2).
     pub to: DnsName,
-    /// The DNSSEC status of this link.
+    /// The DNSSEC status of this link: the TLSA base domain follows a CNAME only when every
+    /// link is secure (RFC 7672 §2.2.2).
     pub status: Status,
 }
 

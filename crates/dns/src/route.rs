@@ -70,7 +70,7 @@ pub struct HostRef {
 /// The first step's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostsStep {
-    /// Hosts to try in this order; `secure` tells whether the lookup that named them was
+    /// Hosts to try in this order; `status` tells whether the lookup that named them was
     /// secure (RFC 7672 §2.2.1).
     Hosts {
         /// Hosts in order.
@@ -78,9 +78,11 @@ pub enum HostsStep {
         /// DNSSEC status of the MX/SRV lookup (with its CNAMEs); `Secure` for a configured host.
         status: Status,
     },
-    /// Retry later.
+    /// Retry later, e.g. when the MX (or SRV) lookup failed or is bogus, so nothing from it may
+    /// be used (RFC 7672 §2.2.1); why, in words.
     Defer(String),
-    /// Give up: the destination does not accept mail.
+    /// Give up: the destination does not accept mail (NXDOMAIN, null MX of RFC 7505, no
+    /// submission service); why, for code and in words.
     Bounce(NoMail, String),
 }
 
@@ -322,7 +324,8 @@ pub fn try_unexpanded(host: &DnsName, base: &DnsName, tlsa: &TlsaAnswer) -> Opti
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum DaneState {
-    /// Secure TLSA records, some usable: TLS is mandatory and authenticated by them.
+    /// Secure TLSA records, some usable: TLS is mandatory and authenticated by them
+    /// (RFC 7672 §2.2, §3).
     Usable {
         /// The usable records after RFC 7671 §9 digest agility.
         records: Vec<Tlsa>,
@@ -330,14 +333,16 @@ pub enum DaneState {
     /// Secure TLSA records, none usable: TLS is mandatory but unauthenticated (RFC 7672 §2.2,
     /// rule 6).
     Unusable,
-    /// No secure TLSA records: DANE does not apply; opportunistic TLS.
+    /// No secure TLSA records (insecure addresses or TLSA RRset, or a secure denial): DANE
+    /// does not apply; opportunistic TLS (RFC 7672 §2.2).
     NotApplicable {
-        /// Why.
+        /// Why, with the RFC rule.
         reason: String,
     },
-    /// The host must not be used (rule 5): try the next, defer when none is left.
+    /// The host must not be used (a bogus or indeterminate lookup, RFC 7672 §2.1.1 and §2.2;
+    /// or no addresses): try the next, defer when none is left.
     HostUnusable {
-        /// Why.
+        /// Why, with the RFC rule.
         reason: String,
     },
 }
@@ -422,9 +427,9 @@ pub struct Candidate {
 /// The lookups made for one host.
 #[derive(Clone, Debug)]
 pub struct HostLookups {
-    /// A.
+    /// The host's A lookup.
     pub a: Lookup,
-    /// AAAA.
+    /// The host's AAAA lookup.
     pub aaaa: Lookup,
     /// The TLSA lookups, when [`tlsa_question`] asked for them.
     pub tlsa: Option<TlsaLookups>,
@@ -626,9 +631,10 @@ pub enum Route {
         /// The hosts, in the order to try them.
         candidates: Vec<Candidate>,
     },
-    /// Keep the message and retry later.
+    /// Keep the message and retry later, e.g. after a bogus or failed MX lookup (RFC 7672
+    /// §2.2.1).
     Defer {
-        /// Why.
+        /// Why, in words.
         reason: String,
         /// DNSSEC status of the MX (or SRV) lookup, if one was made.
         mx_dnssec: Option<Status>,
