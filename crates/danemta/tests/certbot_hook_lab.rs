@@ -218,3 +218,17 @@ fn a_renewal_with_the_same_key_is_installed_at_once() {
     assert_eq!(case.installed_chain(), renewed.chain_pem, "{out}");
     assert_eq!(case.reloads(), 1, "{out}");
 }
+
+#[test]
+fn the_first_installation_is_not_gated_and_names_the_record() {
+    // Nothing installed yet: no key to roll over from.
+    let w = world();
+    let case = Case::new("first", "mx.unpublished.hook.test", &w.current, &w.next);
+    std::fs::remove_dir_all(case.cert_dir.join(&case.host)).unwrap();
+    let (code, out) = case.run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(case.installed_chain(), w.next.chain_pem, "{out}");
+    assert_eq!(case.reloads(), 1, "{out}");
+    let record = format!("_25._tcp.mx.unpublished.hook.test. IN TLSA {}", w.next_tlsa);
+    assert!(out.contains(&record), "{out}");
+}
