@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod dsn;
 pub mod listener;
 pub mod metrics;
+pub mod own_tlsa;
 pub mod queue;
 pub mod scheduler;
 pub mod sts_cache;
