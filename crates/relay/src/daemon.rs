@@ -245,6 +245,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
     if let Err(e) = metrics::install(config.metrics.listen) {
         tracing::warn!(target: "relay", "metrics: {e}; running without /metrics");
     }
+    record_cert_expiry(&loaded.offered);
 
     let settings = Settings {
         hostname: hostname.clone(),
@@ -275,6 +276,19 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
     ));
     let (stop, stopped) = watch::channel(false);
     let delivering = tokio::spawn(Arc::clone(&scheduler).run(stopped.clone()));
+    // Our own TLSA records against the chains we serve (crate::own_tlsa): now, after each
+    // reload and hourly, in a task of its own (never delaying or failing the start).
+    let recheck_own_tlsa = Arc::new(tokio::sync::Notify::new());
+    let own_tlsa = match hostname.as_str().parse::<DnsName>() {
+        Ok(name) => Some(tokio::spawn(crate::own_tlsa::run(
+            Arc::clone(&resolver),
+            name,
+            Arc::clone(&certs),
+            Arc::clone(&recheck_own_tlsa),
+            stopped.clone(),
+        ))),
+        Err(_) => None,
+    };
     // TLS-RPT (RFC 8460): yesterday's reports, once the day is over, then hourly.
     let reporting = match hostname.as_str().parse::<DnsName>() {
         Ok(name) => {
@@ -373,7 +387,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
     let mut queue_gauges = tokio::time::interval(Duration::from_secs(15));
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path.as_deref(), &hostname, &scheduler, &certs),
+            _ = hup.recv() => reload(path.as_deref(), &hostname, &scheduler, &certs, &recheck_own_tlsa),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = queue_gauges.tick() => record_queue(&store).await,
@@ -384,6 +398,9 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), DaemonErro
         l.abort();
     }
     ringing.abort();
+    if let Some(own_tlsa) = &own_tlsa {
+        own_tlsa.abort();
+    }
     let _ = stop.send(true);
     let _ = delivering.await;
     if let Some(reporting) = reporting {
@@ -401,6 +418,7 @@ fn reload<R: dns::Resolver + 'static>(
     hostname: &HeloName,
     scheduler: &Scheduler<R>,
     certs: &Certs,
+    recheck_own_tlsa: &tokio::sync::Notify,
 ) {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -420,16 +438,29 @@ fn reload<R: dns::Resolver + 'static>(
         }
     }
     match certs.reload(&cert_source(&config, hostname)) {
-        Ok(loaded) => tracing::info!(
-            target: "relay",
-            "reloaded: policy table ({} entries) and certificates ({})",
-            config.policy.len(),
-            loaded.default_chain.display()
-        ),
+        Ok(loaded) => {
+            tracing::info!(
+                target: "relay",
+                "reloaded: policy table ({} entries) and certificates ({})",
+                config.policy.len(),
+                loaded.default_chain.display()
+            );
+            record_cert_expiry(&loaded.offered);
+            recheck_own_tlsa.notify_one();
+        }
         Err(e) => {
             tracing::error!(target: "relay", "certificates not reloaded, keeping the old ones: {e}")
         }
     }
+}
+
+/// `danemta_tls_certificate_expiry_timestamp_seconds` of the chains offered now.
+fn record_cert_expiry(offered: &[certs::Offered]) {
+    metrics::certificate_expiry(
+        offered
+            .iter()
+            .filter_map(|o| Some((o.label.as_str(), o.not_after?))),
+    );
 }
 
 /// Queue size and oldest message age (the whole queue's, on every node sharing it), and

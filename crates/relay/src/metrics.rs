@@ -476,8 +476,11 @@ mod tests {
 
     use super::*;
 
+    /// Recorded values by (name, sorted labels).
+    type Values = HashMap<(String, Vec<(String, String)>), DebugValue>;
+
     /// The recorded values by (name, sorted labels).
-    fn values(snapshot: Snapshot) -> HashMap<(String, Vec<(String, String)>), DebugValue> {
+    fn values(snapshot: Snapshot) -> Values {
         snapshot
             .into_vec()
             .into_iter()
@@ -633,11 +636,7 @@ mod tests {
         );
     }
 
-    fn gauge(
-        values: &HashMap<(String, Vec<(String, String)>), DebugValue>,
-        name: &str,
-        pairs: &[(&str, &str)],
-    ) -> Option<f64> {
+    fn gauge(values: &Values, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
         match values.get(&(name.to_owned(), labels(pairs)))? {
             DebugValue::Gauge(v) => Some(v.into_inner()),
             other => panic!("{name} is not a gauge: {other:?}"),
