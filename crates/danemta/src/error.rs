@@ -37,6 +37,9 @@ pub enum CliError {
     /// The queue cannot be opened, read or written.
     #[error("{0}")]
     Queue(#[from] relay::queue::QueueError),
+    /// A DNS question could not be answered (try again later).
+    #[error("DNS lookup failed: {0}")]
+    Lookup(String),
     /// sendmail could neither write the queue nor hand the message to the daemon.
     #[error("cannot queue the message: {0}")]
     Submit(String),
@@ -90,7 +93,7 @@ impl CliError {
             CliError::Queue(relay::queue::QueueError::NotFound(_)) => EX_NOUSER,
             CliError::Queue(_) => EX_TEMPFAIL,
             CliError::Data(_) => EX_DATAERR,
-            CliError::Submit(_) => EX_TEMPFAIL,
+            CliError::Submit(_) | CliError::Lookup(_) => EX_TEMPFAIL,
             CliError::Tls(_) => EX_CONFIG,
             CliError::Privileges { .. } => EX_OSERR,
         }

@@ -128,7 +128,7 @@ pub fn run(args: RolloverArgs) -> Result<ExitCode, CliError> {
             Duration::from_secs(args.dns.dns_timeout.max(1)),
         )
         .await
-        .map_err(CliError::Usage)
+        .map_err(CliError::Lookup)
     })?;
     let state_path = args
         .state

@@ -118,3 +118,25 @@ fn the_same_key_needs_no_rollover() {
     let (code, v) = rollover("mx.both.roll.test", &w.current, &state, true);
     assert_eq!((code, v["same_key"].as_bool()), (0, Some(true)));
 }
+
+/// A zone whose name servers cannot be found is a temporary failure (75, try again), not a
+/// usage error: a renewal hook must be able to tell the two apart. (No DNS server listens on
+/// the discard port.)
+#[test]
+fn name_servers_not_found_is_a_temporary_failure() {
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_danemta"))
+        .args(["tlsa", "rollover", "--gate", "--name", "mx.both.roll.test"])
+        .arg("--current")
+        .arg(&w.current)
+        .arg("--next")
+        .arg(&w.next_key)
+        .arg("--state")
+        .arg(w.lab.dir().join("state-no-dns.json"))
+        .args(["--resolver=trust-ad@127.0.0.1:9", "--dns-timeout", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("DNS lookup failed"), "{stderr}");
+}
