@@ -920,6 +920,12 @@ fn sendmail_without_spool_access_submits_to_the_daemon() {
     assert_eq!(got.to, ["rcpt@example.test"]);
     assert!(got.from.starts_with("nobody@"), "{}", got.from);
     assert!(got.body.contains("Subject: from nobody"), "{}", got.body);
+    // The intake is logged as Postfix does, with the queue id the client was given.
+    let log = d.log();
+    assert!(
+        log.contains(": queued from=<nobody@") && log.contains("nrcpt=1, size="),
+        "{log}"
+    );
 
     d.stop(WAIT);
     let out = sendmail_as_nobody("Subject: daemon down\n\nhello\n");

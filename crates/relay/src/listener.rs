@@ -335,6 +335,15 @@ impl Acceptor for RelayAcceptor {
         let mut message = body;
         message.splice(0..0, received.bytes());
         let size = message.len() as u64;
+        // What Postfix's cleanup and qmgr log at intake, to trace a message from here on.
+        let intake = format!(
+            "from=<{}>, nrcpt={}, size={size}, client={}",
+            envelope.sender(),
+            envelope.recipients().len(),
+            client
+                .addr
+                .map_or_else(|| "local".to_owned(), |a| a.ip().to_string()),
+        );
         let store = Arc::clone(&self.store);
         let now = queue::now();
         let queued = id.clone();
@@ -352,6 +361,7 @@ impl Acceptor for RelayAcceptor {
         .await;
         match stored {
             Ok(Ok(())) => {
+                tracing::info!(target: "relay", "{id}: queued {intake}");
                 metrics::accepted(size);
                 if let Some(wake) = &self.on_queued {
                     wake();
