@@ -1,12 +1,13 @@
-//! The crate's examples (`starttls_dane`, `route`) run as a user runs them, with
-//! `cargo run --example`, against the DNSSEC lab: signed and unsigned zones under the lab's
+//! The crate's examples (`starttls_dane`, `route`) run as a user runs them (built by cargo,
+//! run with arguments, judged by exit status and output), against the DNSSEC lab: signed and unsigned zones under the lab's
 //! private root, and a real Postfix receiver offering STARTTLS with a test certificate.
 //!
 //! Needs root and the lab's Debian packages (nsd, unbound, ldnsutils, postfix; see
 //! `scripts/test.sh`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -67,17 +68,48 @@ fn world() -> &'static World {
     })
 }
 
-/// Runs `cargo run --example name -- args` in this crate, as a user would.
+/// Runs the example `name` with `args`, as `cargo run --example name -- args` would. The
+/// examples are built once per test process with `cargo build --examples` (a no-op when
+/// they are fresh), which reports where their executables are; running those directly keeps
+/// the tests off cargo's build lock.
 fn example(name: &str, args: &[String]) -> Output {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    Command::new(cargo)
-        .args(["run", "-q", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", name, "--"])
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "--examples",
+                "--message-format=json",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .output()
+            .expect("cargo build --examples");
+        assert!(
+            out.status.success(),
+            "cargo build --examples: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["target"]["kind"][0] == "example")
+            .filter_map(|m| {
+                let exe = m["executable"].as_str()?.into();
+                Some((m["target"]["name"].as_str()?.to_owned(), exe))
+            })
+            .collect()
+    });
+    let exe = built
+        .get(name)
+        .unwrap_or_else(|| panic!("cargo built no example {name}: {built:?}"));
+    Command::new(exe)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cargo run --example {name}: {e}"))
+        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()))
 }
 
 /// The validating back-end asking the lab's non-validating Unbound, anchored at the lab root.
