@@ -10,6 +10,12 @@
 //! DNSSEC; the TLS handshake after STARTTLS succeeds only when the server's certificate
 //! matches one of them (RFC 7672 §3) and the server proves it holds the key.
 //!
+//! `--port N` is the SMTP port and so also names the TLSA records (`_N._tcp.HOST`, RFC 6698
+//! §3); `--connect IP[:PORT]` only changes where to connect (e.g. a test server), not what is
+//! looked up or verified. `--resolver` and `--trust-anchor` are as for `danemta`: in-process
+//! validation over the system's resolver by default, IANA root anchors unless a file of DS or
+//! DNSKEY records replaces them.
+//!
 //! Exit status: 0 verified; 1 not verified (TLSA mismatch, bogus DNS, no STARTTLS, network
 //! error); 2 DANE does not apply to HOST (no secure TLSA records: nothing to verify, an MTA
 //! would use opportunistic TLS; or none of the records is usable); 64 usage error.

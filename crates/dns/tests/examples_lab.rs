@@ -266,3 +266,27 @@ fn route_of_a_domain_that_does_not_exist_exits_non_zero() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no route: bounced"), "{out}");
 }
+
+#[test]
+fn starttls_dane_connects_where_told() {
+    let w = world();
+    // The receiver's own address, given explicitly: verified as before.
+    let mut options = trust_ad(w);
+    options.push(format!("--connect={}", w.receiver.addr()));
+    let (code, out) = run("starttls_dane", "mx.ee.dane.test", options);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "verified: mx.ee.dane.test at {}",
+            w.receiver.addr()
+        )),
+        "{out}"
+    );
+    // An address where nothing listens: a failure, not a panic. (--port would also change the
+    // TLSA owner name, _PORT._tcp.HOST; a port in --connect changes only where to connect.)
+    let mut options = trust_ad(w);
+    options.extend(["--connect".into(), "127.0.39.254:9".into()]);
+    let (code, out) = run("starttls_dane", "mx.ee.dane.test", options);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED") && !out.contains("panicked"), "{out}");
+}
