@@ -50,8 +50,13 @@ mta_files() {
 mta_before=$(mta_files)
 other_mta=
 [ -e /usr/sbin/sendmail ] && [ "$(readlink /usr/sbin/sendmail)" != /etc/alternatives/sendmail ] && other_mta=yes
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() { # a port nothing listens on, from the range the kernel leaves alone
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 12000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+    done
+    echo "$port"
 }
 
 for round in 1 2; do

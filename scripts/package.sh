@@ -29,7 +29,7 @@ release) build_flags=(--release) out=release ;;
 dev) build_flags=() out=debug ;;
 *) build_flags=(--profile "$profile") out=$profile ;;
 esac
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 echo "==> cargo build ($profile)" >&2
 cargo build --locked -p danemta --bin danemta "${build_flags[@]}" >&2
 
