@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # nsd, unbound and ldnsutils (ldns-keygen/-signzone/-key2ds, drill) run the DNSSEC test lab
 # of crates/lab; postfix runs its SMTP receivers (private instances, never the system one);
 # swaks submits mail; sqlite3 checks the queue database after every kill of the crash soak;
-# postgresql runs the private database servers of the shared queue store's tests.
-apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix swaks sqlite3 postgresql)
+# postgresql runs the private database servers of the shared queue store's tests; lintian
+# checks the Debian package (scripts/package.sh, which also installs cargo-deb).
+apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix swaks sqlite3 postgresql lintian)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -74,6 +75,13 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> the library crates: cargo package, cargo doc without warnings, doc tests"
+bash scripts/check-library.sh
+echo "==> contrib/: Prometheus alert rules (promtool check and unit tests), Grafana dashboard"
+bash scripts/check-contrib.sh
+echo "==> the Debian package: build (the debug binary just tested), lintian, install, purge"
+PROFILE=dev bash scripts/package-test.sh
 
 if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
     echo "==> fuzzing all targets (TLSA parser ${FUZZ_SECONDS:-20} s, the others ${FUZZ_SECONDS_EACH:-10} s each)"
