@@ -25,13 +25,16 @@ if ! command -v lintian >/dev/null; then
 fi
 
 case $profile in
-release) build_flags=(--release) out=release ;;
-dev) build_flags=() out=debug ;;
-*) build_flags=(--profile "$profile") out=$profile ;;
+release) build=(cargo build --locked -p danemta --bin danemta --release) out=release ;;
+# The debug binary exactly as `cargo test --workspace` builds it for the CLI's integration
+# tests: the same command, so nothing is rebuilt after the test suite (`cargo build -p
+# danemta` would resolve features for danemta alone and rebuild most dependencies).
+dev) build=(cargo test --workspace --locked --no-run) out=debug ;;
+*) build=(cargo build --locked -p danemta --bin danemta --profile "$profile") out=$profile ;;
 esac
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-echo "==> cargo build ($profile)" >&2
-cargo build --locked -p danemta --bin danemta "${build_flags[@]}" >&2
+echo "==> ${build[*]}" >&2
+"${build[@]}" >&2
 
 bin=$target/$out/danemta
 assets=$target/$out/deb-assets
