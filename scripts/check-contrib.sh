@@ -24,39 +24,10 @@ tests=contrib/prometheus/danemta-alerts.test.yml
 dashboard=contrib/grafana/danemta.json
 sources=(crates/relay/src/metrics.rs crates/dns/src/resolver.rs)
 
-missing=()
-command -v promtool >/dev/null || missing+=(prometheus)
-command -v jq >/dev/null || missing+=(jq)
-if ((${#missing[@]})); then
-    echo "==> installing Debian packages: ${missing[*]}"
-    policy=/usr/sbin/policy-rc.d
-    policy_backup=
-    if [ -e "$policy" ]; then
-        policy_backup=$(mktemp)
-        cp -p "$policy" "$policy_backup"
-    fi
-    printf '#!/bin/sh\n# scripts/check-contrib.sh: no service starts during the package install\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    restore_policy() {
-        if [ -n "$policy_backup" ]; then mv -f "$policy_backup" "$policy"; else rm -f "$policy"; fi
-    }
-    if ! { apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; then
-        restore_policy
-        echo "error: could not install ${missing[*]} with apt-get (are you root, is a mirror reachable?)" >&2
-        exit 1
-    fi
-    restore_policy
-    # The package enables its service; only promtool is wanted here.
-    for svc in prometheus prometheus-node-exporter; do
-        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-            systemctl disable --now "$svc" >/dev/null 2>&1 || true
-        elif [ -x "/etc/init.d/$svc" ]; then
-            "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
-            command -v update-rc.d >/dev/null && update-rc.d "$svc" disable >/dev/null 2>&1 || true
-        fi
-    done
-fi
+source scripts/lib/apt.sh
+# promtool alone is wanted: no recommends, and the services the package enables are stopped.
+apt_install --no-install-recommends prometheus jq
+stop_services prometheus prometheus-node-exporter
 
 failed=0
 fail() {

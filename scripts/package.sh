@@ -19,10 +19,8 @@ if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; 
     echo "==> installing cargo-deb $cargo_deb_version" >&2
     cargo install cargo-deb --locked --version "$cargo_deb_version" >&2
 fi
-if ! command -v lintian >/dev/null; then
-    echo "==> installing lintian" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian; } >&2
-fi
+source scripts/lib/apt.sh
+apt_install lintian
 
 case $profile in
 release) build=(cargo build --locked -p danemta --bin danemta --release) out=release ;;

@@ -16,49 +16,17 @@ cd "$(dirname "$0")/.."
 # postgresql runs the private database servers of the shared queue store's tests; lintian
 # checks the Debian package (scripts/package.sh, which also installs cargo-deb).
 apt_packages=(openssl ca-certificates gcc libc6-dev nsd unbound ldnsutils postfix swaks sqlite3 postgresql lintian)
-missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "==> installing Debian packages: ${missing[*]}"
-    # The nsd and unbound packages would start system services that bind port 53 on every
-    # address and clash with the lab's private servers: forbid service starts while installing
-    # (policy-rc.d exiting 101 is the Debian way), restoring any existing policy afterwards.
-    policy=/usr/sbin/policy-rc.d
-    policy_backup=
-    if [ -e "$policy" ]; then
-        policy_backup=$(mktemp)
-        cp -p "$policy" "$policy_backup"
-    fi
-    printf '#!/bin/sh\n# scripts/test.sh: no service starts during the package install\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    restore_policy() {
-        if [ -n "$policy_backup" ]; then mv -f "$policy_backup" "$policy"; else rm -f "$policy"; fi
-    }
-    # postfix asks debconf what kind of mail system this is: none (no main.cf is written, so
-    # even a started system Postfix would not listen on port 25).
-    if command -v debconf-set-selections >/dev/null; then
-        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    fi
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }; then
-        restore_policy
-        echo "error: could not install ${missing[*]} with apt-get (are you root, is a mirror reachable?)" >&2
-        exit 1
-    fi
-    restore_policy
+source scripts/lib/apt.sh
+# postfix asks debconf what kind of mail system this is: none (no main.cf is written, so even
+# a started system Postfix would not listen on port 25).
+if command -v debconf-set-selections >/dev/null; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 fi
+apt_install "${apt_packages[@]}"
 # A system nsd/unbound/postfix (started before this script, or by systemd despite policy-rc.d)
 # may hold port 53 or 25 on every address; stop and disable them. The lab avoids 127.0.0.1
 # anyway, so this is a safety net.
-for svc in nsd unbound postfix; do
-    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        systemctl disable --now "$svc" >/dev/null 2>&1 || true
-    elif [ -x "/etc/init.d/$svc" ]; then
-        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
-        command -v update-rc.d >/dev/null && update-rc.d "$svc" disable >/dev/null 2>&1 || true
-    fi
-done
+stop_services nsd unbound postfix
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
