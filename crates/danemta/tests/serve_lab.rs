@@ -128,6 +128,9 @@ fn world() -> &'static World {
                     ip(ee.addr())
                 ),
             ),
+            // The relay itself (`server.hostname`) is the best MX: the mail would loop.
+            secure("loop.dane.test", "@ MX 10 relay.lab.test.\n".into()),
+            secure("lab.test", format!("relay A {}\n", ip(plain.addr()))),
             // DANE-verified, but the receiver does not accept the domain: 554 5.7.1.
             secure("reject.dane.test", zone(ip(ee.addr()), Some(&ee311))),
             secure(
@@ -918,6 +921,22 @@ fn a_bogus_tlsa_answer_is_deferred_without_connecting() {
         None,
     );
     assert_eq!(at(&w.ee, "hello serve@bogus-tlsa").len(), before);
+}
+
+/// A domain whose best MX is this relay (an `accept_domains` entry without a `next_hop`) is
+/// deferred as looping back (RFC 5321 §5.1), never sent to its MX, i.e. back to us.
+#[test]
+fn mail_whose_best_mx_is_this_relay_is_deferred_as_a_loop() {
+    let d = shared();
+    let rcpt = "serve@loop.dane.test";
+    submit(d, SENDER, rcpt);
+    let (_, r) = d.wait_deferred(rcpt, 1);
+    let reason = r["delay_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("mail for loop.dane.test loops back to myself"),
+        "{r:#}"
+    );
+    nobody_got(&body(rcpt));
 }
 
 #[test]

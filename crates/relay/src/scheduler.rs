@@ -55,7 +55,7 @@ use crate::queue::{
 };
 use crate::sts_cache::StorePolicies;
 use crate::tlsrpt;
-use destination::{Destination, Hop, destination, literal_route};
+use destination::{Destination, Hop, destination, literal_route, without_self};
 use retry::Retry;
 
 /// A delivery job takes at most this many messages from its destination's backlog at once:
@@ -869,6 +869,13 @@ impl<R: Resolver + 'static> Scheduler<R> {
         };
         let route: Route = match (&dest.hop, dest.next_hop()) {
             (Hop::Address(ip, port), _) => literal_route(*ip, *port),
+            (Hop::Mx(domain, _), Some(hop)) => {
+                let route = dns::discover(&*self.resolver, &hop).await;
+                match self.settings.hostname.as_str().parse::<DnsName>() {
+                    Ok(me) => without_self(route, domain, &me),
+                    Err(_) => route,
+                }
+            }
             (_, Some(hop)) => dns::discover(&*self.resolver, &hop).await,
             (_, None) => literal_route([127, 0, 0, 1].into(), dest.hop.port()),
         };

@@ -167,6 +167,51 @@ pub fn literal_route(ip: IpAddr, port: u16) -> Route {
     }
 }
 
+/// RFC 5321 §5.1: an SMTP client that is itself one of the destination's MX hosts "MUST
+/// discard all records with preference values equal to or greater than its own" and deliver
+/// to the rest. `me` is this relay's name (`server.hostname`): the MX hosts with that name
+/// and every host not preferred to it leave the route; when none is left, the mail would
+/// come back here (a domain in `accept_domains` without a `[[policy]] next_hop`) and is
+/// deferred, saying so, where Postfix says "mail for DOMAIN loops back to myself". Other
+/// routes are unchanged.
+pub fn without_self(route: Route, domain: &DnsName, me: &DnsName) -> Route {
+    let Route::Deliver {
+        mx_dnssec,
+        candidates,
+    } = route
+    else {
+        return route;
+    };
+    let Some(own) = candidates
+        .iter()
+        .filter(|c| c.name == *me)
+        .map(|c| c.preference)
+        .min()
+    else {
+        return Route::Deliver {
+            mx_dnssec,
+            candidates,
+        };
+    };
+    let better: Vec<Candidate> = candidates
+        .into_iter()
+        .filter(|c| c.preference < own)
+        .collect();
+    if better.is_empty() {
+        return Route::Defer {
+            reason: format!(
+                "mail for {domain} loops back to myself: {me} is its best MX host (RFC 5321 \
+                 §5.1); give {domain} a [[policy]] next_hop"
+            ),
+            mx_dnssec: Some(mx_dnssec),
+        };
+    }
+    Route::Deliver {
+        mx_dnssec,
+        candidates: better,
+    }
+}
+
 /// The reloadable part of the scheduler's settings: the configuration the policy table is
 /// read from. SIGHUP swaps it.
 pub type Policy = Arc<Config>;
@@ -177,6 +222,79 @@ mod tests {
 
     fn config(toml: &str) -> Config {
         Config::parse(toml, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    /// MX hosts by name and preference, as route discovery lists them.
+    fn mx_route(hosts: &[(&str, u16)]) -> Route {
+        let candidates = hosts
+            .iter()
+            .map(|(name, preference)| {
+                let Route::Deliver { candidates, .. } = literal_route([192, 0, 2, 1].into(), 25)
+                else {
+                    unreachable!()
+                };
+                let mut c = candidates.into_iter().next().unwrap();
+                c.name = name.parse().unwrap();
+                c.preference = *preference;
+                c
+            })
+            .collect();
+        Route::Deliver {
+            mx_dnssec: Status::Secure,
+            candidates,
+        }
+    }
+
+    fn names(route: &Route) -> Vec<String> {
+        match route {
+            Route::Deliver { candidates, .. } => {
+                candidates.iter().map(|c| c.name.to_string()).collect()
+            }
+            other => panic!("not delivered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mx_hosts_not_preferred_to_this_relay_are_discarded() {
+        let (domain, me): (DnsName, DnsName) = (
+            "example.org".parse().unwrap(),
+            "Relay.Example.org".parse().unwrap(),
+        );
+        // A backup MX delivers to the better hosts only.
+        let route = mx_route(&[
+            ("mx1.example.org", 10),
+            ("relay.example.org", 20),
+            ("mx3.example.org", 20),
+            ("mx4.example.org", 30),
+        ]);
+        assert_eq!(
+            names(&without_self(route, &domain, &me)),
+            ["mx1.example.org"]
+        );
+        // Not among the MX hosts: the route is unchanged.
+        let route = mx_route(&[("mx1.example.org", 10), ("mx2.example.org", 20)]);
+        assert_eq!(
+            names(&without_self(route.clone(), &domain, &me)),
+            names(&route)
+        );
+        // The best MX: the mail would loop back here.
+        let route = mx_route(&[("relay.example.org", 10), ("mx2.example.org", 20)]);
+        match without_self(route, &domain, &me) {
+            Route::Defer { reason, .. } => {
+                assert!(
+                    reason.contains("mail for example.org loops back to myself"),
+                    "{reason}"
+                );
+                assert!(reason.contains("next_hop"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Equal preference counts as not better.
+        let route = mx_route(&[("mx1.example.org", 10), ("relay.example.org", 10)]);
+        assert!(matches!(
+            without_self(route, &domain, &me),
+            Route::Defer { .. }
+        ));
     }
 
     #[test]
