@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use danemta_lab::pki::{TestCert, tlsa_3_1_1};
 use danemta_lab::smtp::{Receiver, ReceiverSpec};
-use danemta_lab::{Lab, Signing, ZoneSpec};
+use danemta_lab::{Lab, Mitm, Signing, StripStartTls, ZoneSpec};
 
 struct World {
     lab: Lab,
@@ -166,6 +166,41 @@ fn starttls_dane_fails_on_a_tlsa_mismatch() {
         "{out}"
     );
     assert!(!out.contains("verified:"), "{out}");
+}
+
+/// An attacker on the path to a DANE host: one strips STARTTLS from the EHLO reply, one
+/// answers STARTTLS with its own certificate for the same name. Neither gets a session.
+#[test]
+fn starttls_dane_refuses_an_attacker_on_the_path() {
+    let w = world();
+    let any = SocketAddr::from(([0, 0, 0, 0], 25));
+    let strip = StripStartTls::start(any, w.receiver.addr()).unwrap();
+    let mut options = trust_ad(w);
+    options.push(format!("--connect={}", strip.addr()));
+    let (code, out) = run("starttls_dane", "mx.ee.dane.test", options);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not offer STARTTLS"), "{out}");
+    assert!(strip.connections() >= 1, "{}", strip.transcript());
+
+    let attacker = TestCert::self_signed(&["mx.ee.dane.test"]).unwrap();
+    let mitm = Mitm::start(
+        any,
+        w.receiver.addr(),
+        &attacker.chain_pem,
+        &attacker.key_pem,
+    )
+    .unwrap();
+    let mut options = trust_ad(w);
+    options.push(format!("--connect={}", mitm.addr()));
+    let (code, out) = run("starttls_dane", "mx.ee.dane.test", options);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("DANE verification of mx.ee.dane.test failed"),
+        "{out}"
+    );
+    assert!(!out.contains("verified:"), "{out}");
+    assert_eq!(mitm.handshakes(), 0, "{}", mitm.transcript());
+    assert!(mitm.client_hellos() >= 1, "{}", mitm.transcript());
 }
 
 #[test]
